@@ -1,0 +1,278 @@
+//! The HTTP wire protocol between `uplinkd` and `uplink-server` (same over HTTP/2 and
+//! HTTP/3): paths, header names, JSON bodies, error codes and limits. Both sides build
+//! and parse requests only through these names, so they cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest chunk the server accepts (the top speed tier).
+pub const MAX_CHUNK_SIZE: u64 = 32 * 1024 * 1024;
+/// Smallest chunk the daemon plans (the last chunk of a file may be shorter).
+pub const MIN_CHUNK_SIZE: u64 = 256 * 1024;
+/// Default chunk size.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+/// Largest file uplink accepts: 100 GB.
+pub const MAX_FILE_SIZE: u64 = 100_000_000_000;
+/// Largest single-request object (`PUT /v1/objects/{name}`).
+pub const MAX_OBJECT_SIZE: u64 = 1024 * 1024 * 1024;
+/// Sessions expire after 7 days.
+pub const SESSION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+
+pub const HDR_AUTHORIZATION: &str = "authorization";
+pub const HDR_IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const HDR_CHUNK_LENGTH: &str = "x-chunk-length";
+pub const HDR_CHUNK_SHA256: &str = "x-chunk-sha256";
+pub const HDR_CHUNK_CRC32C: &str = "x-chunk-crc32c";
+pub const HDR_CHUNK_HMAC: &str = "x-chunk-hmac";
+/// Optional on `PUT /v1/objects/{name}`: hex SHA-256 of the whole body, checked before commit.
+pub const HDR_CONTENT_SHA256: &str = "x-content-sha256";
+pub const HDR_CONTENT_ENCODING: &str = "content-encoding";
+pub const HDR_ALT_SVC: &str = "alt-svc";
+pub const CONTENT_ENCODING_LZ4: &str = "lz4";
+
+pub const PATH_UPLOADS: &str = "/v1/uploads";
+pub const PATH_PING: &str = "/v1/ping";
+pub const PATH_OBJECTS: &str = "/v1/objects/";
+
+/// ALPN of the HTTP/2 transport.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// `/v1/uploads/{id}`
+pub fn upload_path(upload_id: &str) -> String {
+    format!("{PATH_UPLOADS}/{upload_id}")
+}
+
+/// `/v1/uploads/{id}/chunks/{offset}`
+pub fn chunk_path(upload_id: &str, offset: u64) -> String {
+    format!("{PATH_UPLOADS}/{upload_id}/chunks/{offset}")
+}
+
+/// `/v1/uploads/{id}/complete`
+pub fn complete_path(upload_id: &str) -> String {
+    format!("{PATH_UPLOADS}/{upload_id}/complete")
+}
+
+/// `/v1/objects/{name}`
+pub fn object_path(name: &str) -> String {
+    format!("{PATH_OBJECTS}{name}")
+}
+
+/// A request path of the protocol, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    Ping,
+    Uploads,
+    Upload(&'a str),
+    Chunk(&'a str, u64),
+    Complete(&'a str),
+    Object(&'a str),
+}
+
+/// Parses a request path; `None` for anything the protocol does not define.
+pub fn parse_route(path: &str) -> Option<Route<'_>> {
+    if path == PATH_PING {
+        return Some(Route::Ping);
+    }
+    if path == PATH_UPLOADS {
+        return Some(Route::Uploads);
+    }
+    if let Some(name) = path.strip_prefix(PATH_OBJECTS) {
+        return Some(Route::Object(name));
+    }
+    let rest = path.strip_prefix(PATH_UPLOADS)?.strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let id = parts.next().filter(|s| is_valid_id(s))?;
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => Some(Route::Upload(id)),
+        (Some("complete"), None, _) => Some(Route::Complete(id)),
+        (Some("chunks"), Some(off), None) => {
+            // Canonical decimal only: "007" or "+7" would alias another chunk's URL.
+            let canonical = !off.is_empty()
+                && off.bytes().all(|b| b.is_ascii_digit())
+                && (off.len() == 1 || !off.starts_with('0'));
+            if !canonical {
+                return None;
+            }
+            off.parse().ok().map(|o| Route::Chunk(id, o))
+        }
+        _ => None,
+    }
+}
+
+/// Upload ids are lower-case hex of fixed length.
+pub fn is_valid_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Object names: 1..=255 bytes of `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn is_valid_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Turns any file name into a valid object name (unsafe bytes become `_`).
+pub fn sanitize_object_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .take(255)
+        .collect();
+    while out.starts_with('.') {
+        out.replace_range(0..1, "_");
+    }
+    if out.is_empty() {
+        out.push_str("upload");
+    }
+    out
+}
+
+/// `POST /v1/uploads`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateUpload {
+    pub size: u64,
+    pub name: String,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// Answer to create: the session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadCreated {
+    pub upload_id: String,
+    /// Hex of the session nonce (HKDF salt and HMAC input).
+    pub nonce: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// One chunk the server holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub offset: u64,
+    pub length: u64,
+    /// Hex SHA-256 of the raw bytes.
+    pub sha256: String,
+}
+
+/// `GET /v1/uploads/{id}`: what the server holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadState {
+    pub upload_id: String,
+    pub size: u64,
+    pub name: String,
+    pub nonce: String,
+    pub expires_at: u64,
+    /// In offset order.
+    pub chunks: Vec<ChunkRecord>,
+    pub received_bytes: u64,
+    /// Set once complete succeeded.
+    pub completed: Option<UploadCompleted>,
+    /// Chunk PUT requests the server has begun to receive for this upload (since it started).
+    pub chunk_puts: u64,
+    /// Of those, PUTs of a chunk it already held (replays: no-ops).
+    pub duplicate_puts: u64,
+}
+
+/// `POST /v1/uploads/{id}/complete`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteUpload {
+    /// Hex Merkle root (RFC 6962) over all chunks.
+    pub merkle_root: String,
+}
+
+/// Answer to complete (and to a single-request object PUT).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadCompleted {
+    /// Hex SHA-256 of the assembled file.
+    pub sha256: String,
+    pub size: u64,
+    /// Where the object lives: `/v1/objects/{name}`.
+    pub location: String,
+}
+
+/// Answer to a chunk PUT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkStored {
+    pub offset: u64,
+    pub length: u64,
+    /// True when the server already held this exact chunk (replay).
+    pub duplicate: bool,
+}
+
+/// Every error body: a stable machine code and a sentence for people.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Stable error codes of the wire protocol.
+pub mod code {
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const BAD_HEADER: &str = "bad_header";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const BAD_HMAC: &str = "bad_hmac";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const UNKNOWN_UPLOAD: &str = "unknown_upload";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const CHUNK_CONFLICT: &str = "chunk_conflict";
+    pub const CHUNK_IN_PROGRESS: &str = "chunk_in_progress";
+    pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
+    pub const ALREADY_COMPLETED: &str = "already_completed";
+    pub const CHUNK_TOO_LARGE: &str = "chunk_too_large";
+    pub const OUT_OF_RANGE: &str = "out_of_range";
+    pub const LENGTH_MISMATCH: &str = "length_mismatch";
+    pub const CRC32C_MISMATCH: &str = "crc32c_mismatch";
+    pub const SHA256_MISMATCH: &str = "sha256_mismatch";
+    pub const INCOMPLETE: &str = "incomplete";
+    pub const MERKLE_MISMATCH: &str = "merkle_mismatch";
+    pub const BAD_NAME: &str = "bad_name";
+    pub const EXPIRED: &str = "expired";
+    pub const DISK_FULL: &str = "disk_full";
+    pub const INTERNAL: &str = "internal";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn routes_round_trip_through_the_path_builders() {
+        assert_eq!(parse_route(&upload_path(ID)), Some(Route::Upload(ID)));
+        assert_eq!(parse_route(&chunk_path(ID, 0)), Some(Route::Chunk(ID, 0)));
+        assert_eq!(parse_route(&chunk_path(ID, 4194304)), Some(Route::Chunk(ID, 4194304)));
+        assert_eq!(parse_route(&complete_path(ID)), Some(Route::Complete(ID)));
+        assert_eq!(parse_route(PATH_UPLOADS), Some(Route::Uploads));
+        assert_eq!(parse_route(PATH_PING), Some(Route::Ping));
+        assert_eq!(parse_route(&object_path("a.ply")), Some(Route::Object("a.ply")));
+    }
+
+    #[test]
+    fn non_canonical_or_foreign_paths_are_refused() {
+        for p in [
+            format!("{PATH_UPLOADS}/{ID}/chunks/007"),
+            format!("{PATH_UPLOADS}/{ID}/chunks/+7"),
+            format!("{PATH_UPLOADS}/{ID}/chunks/"),
+            format!("{PATH_UPLOADS}/{ID}/chunks/1/x"),
+            format!("{PATH_UPLOADS}/../etc"),
+            format!("{PATH_UPLOADS}/{}", ID.to_uppercase()),
+            "/v2/uploads".to_string(),
+        ] {
+            assert_eq!(parse_route(&p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn object_names_are_safe_file_names() {
+        assert!(is_valid_object_name("scan-01.ply"));
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(256)] {
+            assert!(!is_valid_object_name(bad), "{bad}");
+        }
+        for raw in ["a b/c", ".x", "", "ok.bin", "é"] {
+            assert!(is_valid_object_name(&sanitize_object_name(raw)), "{raw}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The wire protocol's request handling, independent of the HTTP version carrying it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
+use uplink_proto::wire::{self, code, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, Route};
+
+use crate::error::ApiError;
+use crate::objects;
+use crate::store::{BeginChunk, Store};
+
+/// Largest JSON request body.
+const MAX_JSON_BODY: u64 = 64 * 1024;
+
+pub type ResponseBody = Full<Bytes>;
+
+/// Shared state of all connections.
+pub struct App {
+    pub store: Store,
+    pub token: Vec<u8>,
+    /// `Alt-Svc` value advertised on responses (HTTP/3), if any.
+    pub alt_svc: Option<String>,
+}
+
+/// Handles one request; never fails (errors become JSON error responses).
+pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let mut resp = match route(&app, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::error!(error = %e, "request failed");
+            } else {
+                tracing::debug!(error = %e, "request refused");
+            }
+            error_response(&e)
+        }
+    };
+    if let Some(alt) = &app.alt_svc {
+        if let Ok(v) = http::HeaderValue::from_str(alt) {
+            resp.headers_mut().insert(wire::HDR_ALT_SVC, v);
+        }
+    }
+    resp
+}
+
+pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
+    let body = ErrorBody { code: e.code.to_string(), message: e.message.clone() };
+    json(StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn route<B>(app: &Arc<App>, req: Request<B>) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let path = req.uri().path().to_owned();
+    let route = wire::parse_route(&path)
+        .ok_or_else(|| ApiError::new(404, code::NOT_FOUND, format!("no such path {path}")))?;
+    let method = req.method().clone();
+    if route == Route::Ping {
+        return match method {
+            Method::HEAD | Method::GET => Ok(empty(StatusCode::NO_CONTENT)),
+            _ => Err(not_allowed(&method, &path)),
+        };
+    }
+    authorize(app, req.headers())?;
+    match (route, method) {
+        (Route::Uploads, Method::POST) => {
+            let key = header_str(req.headers(), wire::HDR_IDEMPOTENCY_KEY)?.map(str::to_owned);
+            let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+            let create: CreateUpload = parse_json(&body)?;
+            let app2 = Arc::clone(app);
+            let created = blocking(move || app2.store.create(key.as_deref(), &create)).await?;
+            Ok(json(StatusCode::CREATED, &created))
+        }
+        (Route::Upload(id), Method::GET) => Ok(json(StatusCode::OK, &app.store.get(id)?.state())),
+        (Route::Upload(id), Method::DELETE) => {
+            let (app2, id) = (Arc::clone(app), id.to_owned());
+            blocking(move || app2.store.delete(&id)).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (Route::Complete(id), Method::POST) => {
+            let session = app.store.get(id)?;
+            let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+            let complete: CompleteUpload = parse_json(&body)?;
+            let app2 = Arc::clone(app);
+            let done = blocking(move || session.complete(app2.store.objects_dir(), &complete.merkle_root)).await?;
+            Ok(json(StatusCode::OK, &done))
+        }
+        (Route::Chunk(id, offset), Method::PUT) => put_chunk(app, id, offset, req).await,
+        (Route::Object(name), Method::PUT) => {
+            if !wire::is_valid_object_name(name) {
+                return Err(ApiError::new(400, code::BAD_NAME, format!("invalid object name {name:?}")));
+            }
+            let expect = match header_str(req.headers(), wire::HDR_CONTENT_SHA256)? {
+                Some(h) => Some(uplink_proto::parse_hex32(h).ok_or_else(|| {
+                    ApiError::bad_header("X-Content-SHA256 must be 64 hex digits")
+                })?),
+                None => None,
+            };
+            let done = objects::put_object(app.store.objects_dir(), name, expect, req.into_body()).await?;
+            Ok(json(StatusCode::CREATED, &done))
+        }
+        (_, method) => Err(not_allowed(&method, &path)),
+    }
+}
+
+async fn put_chunk<B>(app: &Arc<App>, id: &str, offset: u64, req: Request<B>) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let session = app.store.get(id)?;
+    let h = req.headers();
+    if let Some(enc) = header_str(h, wire::HDR_CONTENT_ENCODING)? {
+        if enc != "identity" {
+            return Err(ApiError::new(415, code::BAD_HEADER, format!("unsupported Content-Encoding {enc}")));
+        }
+    }
+    let length: u64 = required(h, wire::HDR_CHUNK_LENGTH)?
+        .parse()
+        .map_err(|_| ApiError::bad_header("X-Chunk-Length must be a decimal byte count"))?;
+    let sha256 = uplink_proto::parse_hex32(required(h, wire::HDR_CHUNK_SHA256)?)
+        .ok_or_else(|| ApiError::bad_header("X-Chunk-SHA256 must be 64 hex digits"))?;
+    let crc_hex = required(h, wire::HDR_CHUNK_CRC32C)?;
+    let crc32c = (crc_hex.len() == 8)
+        .then(|| u32::from_str_radix(crc_hex, 16).ok())
+        .flatten()
+        .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
+    let tag = hex::decode(required(h, wire::HDR_CHUNK_HMAC)?)
+        .map_err(|_| ApiError::bad_header("X-Chunk-HMAC must be hex"))?;
+    let chunk = ChunkId { offset, length, sha256: &sha256, upload_id: &session.id, nonce: session.nonce() };
+    if !integrity::verify_chunk_tag(session.key(), &chunk, &tag) {
+        return Err(ApiError::new(401, code::BAD_HMAC, "X-Chunk-HMAC does not authenticate this chunk"));
+    }
+    let reservation = match session.begin_chunk(offset, length, &sha256)? {
+        BeginChunk::Duplicate => {
+            return Ok(json(StatusCode::OK, &ChunkStored { offset, length, duplicate: true }));
+        }
+        BeginChunk::Reserved(r) => r,
+    };
+    let body = read_body(req.into_body(), length).await?;
+    let expect = ChunkDigest { sha256, crc32c };
+    blocking(move || session.store_chunk(reservation, &body, &expect)).await?;
+    Ok(json(StatusCode::CREATED, &ChunkStored { offset, length, duplicate: false }))
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = || ApiError::new(401, code::UNAUTHORIZED, "missing or wrong bearer token");
+    let value = headers.get(wire::HDR_AUTHORIZATION).ok_or_else(unauthorized)?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    if integrity::constant_time_eq(token.trim().as_bytes(), &app.token) {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+fn not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(405, code::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    h.get(name)
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_header(format!("{name} is not ASCII"))))
+        .transpose()
+}
+
+fn required<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {
+    header_str(h, name)?.ok_or_else(|| ApiError::bad_header(format!("missing header {name}")))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(400, code::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+/// Reads a whole body of at most `limit` bytes.
+async fn read_body<B>(mut body: B, limit: u64) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = BytesMut::with_capacity(limit.min(wire::MAX_CHUNK_SIZE) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::new(400, code::BAD_REQUEST, format!("request body interrupted: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(ApiError::new(
+                    400,
+                    code::LENGTH_MISMATCH,
+                    format!("request body exceeds {limit} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Runs file-system work off the reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, code::INTERNAL, format!("worker failed: {e}")))?
+}

@@ -1,0 +1,673 @@
+//! Upload sessions on disk.
+//!
+//! Layout under the data dir:
+//! ```text
+//! sessions/<upload_id>/meta.json   the session (atomic writes)
+//! sessions/<upload_id>/data.part   the file being assembled, chunks written at their offsets
+//! sessions/<upload_id>/chunks.log  one JSON line per verified chunk, appended after its data is synced
+//! objects/<name>                   completed files
+//! ```
+//! A chunk is acknowledged only after its bytes and its log line are both on disk, so a
+//! server restart (or power cut) never forgets an acknowledged chunk. A torn last log line
+//! is cut off on load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uplink_proto::integrity::{self, ChunkDigest};
+use uplink_proto::wire::{self, code, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated, UploadState};
+
+use crate::error::ApiError;
+use crate::fsutil;
+
+const META: &str = "meta.json";
+const PART: &str = "data.part";
+const LOG: &str = "chunks.log";
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionMeta {
+    upload_id: String,
+    size: u64,
+    name: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    nonce: String,
+    idempotency_key: Option<String>,
+    created_at: u64,
+    expires_at: u64,
+    #[serde(default)]
+    completed: Option<UploadCompleted>,
+    #[serde(default)]
+    merkle_root: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LogLine {
+    o: u64,
+    l: u64,
+    s: String,
+}
+
+/// All sessions of one data dir.
+pub struct Store {
+    sessions_dir: PathBuf,
+    objects_dir: PathBuf,
+    secret: Vec<u8>,
+    index: Mutex<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, Arc<Session>>,
+    by_key: HashMap<String, String>,
+}
+
+/// One upload session.
+pub struct Session {
+    pub id: String,
+    dir: PathBuf,
+    size: u64,
+    name: String,
+    nonce: Vec<u8>,
+    key: [u8; 32],
+    part: Option<File>,
+    state: Mutex<SessionState>,
+    meta: Mutex<SessionMeta>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// offset -> (length, sha256) of verified, durable chunks.
+    chunks: BTreeMap<u64, (u64, [u8; 32])>,
+    /// offset -> length of chunks being received right now.
+    reserved: BTreeMap<u64, u64>,
+    received: u64,
+    log: Option<File>,
+    chunk_puts: u64,
+    duplicate_puts: u64,
+}
+
+/// Outcome of [`Session::begin_chunk`].
+pub enum BeginChunk {
+    /// The server already holds exactly this chunk: nothing to do.
+    Duplicate,
+    /// The range is reserved for this request until the guard drops.
+    Reserved(Reservation),
+}
+
+/// Holds a chunk's byte range while its body is received and verified.
+pub struct Reservation {
+    session: Arc<Session>,
+    offset: u64,
+    length: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        lock(&self.session.state).reserved.remove(&self.offset);
+    }
+}
+
+fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
+    a_off < b_off + b_len && b_off < a_off + a_len
+}
+
+/// The entry of `map` that overlaps `[offset, offset + length)`, if any.
+fn overlapping<V: Copy>(
+    map: &BTreeMap<u64, V>,
+    offset: u64,
+    length: u64,
+    len_of: impl Fn(&V) -> u64,
+) -> Option<(u64, V)> {
+    let before = map.range(..=offset).next_back();
+    let after = map.range(offset..offset + length).next();
+    [before, after]
+        .into_iter()
+        .flatten()
+        .find(|(o, v)| overlaps(**o, len_of(v), offset, length))
+        .map(|(o, v)| (*o, *v))
+}
+
+impl Store {
+    /// Opens (or creates) the store and loads every live session.
+    pub fn open(data_dir: &Path, secret: Vec<u8>) -> std::io::Result<Store> {
+        let sessions_dir = data_dir.join("sessions");
+        let objects_dir = data_dir.join("objects");
+        std::fs::create_dir_all(&sessions_dir)?;
+        std::fs::create_dir_all(&objects_dir)?;
+        let store = Store { sessions_dir, objects_dir, secret, index: Mutex::new(Index::default()) };
+        let now = now_secs();
+        for entry in std::fs::read_dir(&store.sessions_dir)? {
+            let dir = entry?.path();
+            match store.load_session(&dir, now) {
+                Ok(Some(s)) => {
+                    let mut idx = lock(&store.index);
+                    if let Some(k) = lock(&s.meta).idempotency_key.clone() {
+                        idx.by_key.insert(k, s.id.clone());
+                    }
+                    idx.by_id.insert(s.id.clone(), s);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping unreadable session"),
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn objects_dir(&self) -> &Path {
+        &self.objects_dir
+    }
+
+    pub fn session_count(&self) -> usize {
+        lock(&self.index).by_id.len()
+    }
+
+    fn load_session(&self, dir: &Path, now: u64) -> std::io::Result<Option<Arc<Session>>> {
+        let bytes = match std::fs::read(dir.join(META)) {
+            Ok(b) => b,
+            // A session dir without meta was never acknowledged to anyone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::remove_dir_all(dir)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let meta: SessionMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if meta.expires_at <= now {
+            tracing::info!(upload_id = %meta.upload_id, "removing expired session");
+            std::fs::remove_dir_all(dir)?;
+            return Ok(None);
+        }
+        let nonce = hex::decode(&meta.nonce)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let mut state = SessionState::default();
+        let mut part = None;
+        if let Some(done) = &meta.completed {
+            // Completed: finish a rename a crash may have interrupted.
+            let object = self.objects_dir.join(&meta.name);
+            if dir.join(PART).exists() {
+                fsutil::rename_durable(&dir.join(PART), &object)?;
+            }
+            state.received = done.size;
+        } else {
+            let (chunks, good_len) = read_log(&dir.join(LOG))?;
+            let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG))?;
+            if log.metadata()?.len() != good_len {
+                tracing::warn!(upload_id = %meta.upload_id, "cutting a torn line off the chunk log");
+                log.set_len(good_len)?;
+                log.sync_all()?;
+            }
+            state.received = chunks.values().map(|(l, _)| *l).sum();
+            state.chunks = chunks;
+            state.log = Some(log);
+            part = Some(OpenOptions::new().read(true).write(true).open(dir.join(PART))?);
+        }
+        Ok(Some(Arc::new(Session {
+            id: meta.upload_id.clone(),
+            dir: dir.to_path_buf(),
+            size: meta.size,
+            name: meta.name.clone(),
+            key: integrity::session_key(&self.secret, &nonce, &meta.upload_id),
+            nonce,
+            part,
+            state: Mutex::new(state),
+            meta: Mutex::new(meta),
+        })))
+    }
+
+    /// `POST /v1/uploads`: a new session, or the one this idempotency key made before.
+    pub fn create(&self, key: Option<&str>, req: &CreateUpload) -> Result<UploadCreated, ApiError> {
+        if req.size == 0 || req.size > wire::MAX_FILE_SIZE {
+            return Err(ApiError::new(
+                400,
+                code::BAD_REQUEST,
+                format!("size must be 1..={} bytes, got {}", wire::MAX_FILE_SIZE, req.size),
+            ));
+        }
+        if !wire::is_valid_object_name(&req.name) {
+            return Err(ApiError::new(400, code::BAD_NAME, format!("invalid object name {:?}", req.name)));
+        }
+        let mut idx = lock(&self.index);
+        if let Some(existing) = key.and_then(|k| idx.by_key.get(k)).and_then(|id| idx.by_id.get(id)) {
+            let meta = lock(&existing.meta);
+            if meta.size != req.size || meta.name != req.name {
+                return Err(ApiError::new(
+                    409,
+                    code::IDEMPOTENCY_MISMATCH,
+                    "this Idempotency-Key created an upload with another size or name",
+                ));
+            }
+            return Ok(created(&meta));
+        }
+        let mut raw = [0u8; 16];
+        rand::rng().fill_bytes(&mut raw);
+        let id = hex::encode(raw);
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let now = now_secs();
+        let meta = SessionMeta {
+            upload_id: id.clone(),
+            size: req.size,
+            name: req.name.clone(),
+            metadata: req.metadata.clone(),
+            nonce: hex::encode(nonce),
+            idempotency_key: key.map(str::to_owned),
+            created_at: now,
+            expires_at: now + wire::SESSION_MAX_AGE_SECS,
+            completed: None,
+            merkle_root: None,
+        };
+        let dir = self.sessions_dir.join(&id);
+        let make = || -> std::io::Result<(File, File)> {
+            std::fs::create_dir(&dir)?;
+            let part = OpenOptions::new().read(true).write(true).create_new(true).open(dir.join(PART))?;
+            // Reserve the space now so a full disk is reported at create, not mid-upload.
+            if let Err(e) = rustix::fs::fallocate(&part, rustix::fs::FallocateFlags::empty(), 0, req.size) {
+                if e == rustix::io::Errno::NOSPC {
+                    return Err(e.into());
+                }
+                part.set_len(req.size)?;
+            }
+            let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG))?;
+            let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
+            fsutil::write_atomic(&dir, META, &json)?;
+            fsutil::sync_dir(&self.sessions_dir)?;
+            Ok((part, log))
+        };
+        let (part, log) = match make() {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(ApiError::io("creating the upload session", &e));
+            }
+        };
+        let session = Arc::new(Session {
+            id: id.clone(),
+            dir,
+            size: req.size,
+            name: req.name.clone(),
+            key: integrity::session_key(&self.secret, &nonce, &id),
+            nonce: nonce.to_vec(),
+            part: Some(part),
+            state: Mutex::new(SessionState { log: Some(log), ..Default::default() }),
+            meta: Mutex::new(meta.clone()),
+        });
+        if let Some(k) = key {
+            idx.by_key.insert(k.to_owned(), id.clone());
+        }
+        idx.by_id.insert(id, session);
+        Ok(created(&meta))
+    }
+
+    /// The live session `id`.
+    pub fn get(&self, id: &str) -> Result<Arc<Session>, ApiError> {
+        let s = lock(&self.index).by_id.get(id).cloned().ok_or_else(|| ApiError::unknown_upload(id))?;
+        if lock(&s.meta).expires_at <= now_secs() {
+            return Err(ApiError::new(410, code::EXPIRED, format!("upload {id} expired")));
+        }
+        Ok(s)
+    }
+
+    /// `DELETE /v1/uploads/{id}`: forget the session and free its space. A completed
+    /// object stays.
+    pub fn delete(&self, id: &str) -> Result<(), ApiError> {
+        let mut idx = lock(&self.index);
+        let s = idx.by_id.remove(id).ok_or_else(|| ApiError::unknown_upload(id))?;
+        if let Some(k) = &lock(&s.meta).idempotency_key {
+            idx.by_key.remove(k);
+        }
+        drop(idx);
+        std::fs::remove_dir_all(&s.dir).map_err(|e| ApiError::io("deleting the session", &e))?;
+        fsutil::sync_dir(&self.sessions_dir).map_err(|e| ApiError::io("deleting the session", &e))
+    }
+}
+
+fn created(meta: &SessionMeta) -> UploadCreated {
+    UploadCreated { upload_id: meta.upload_id.clone(), nonce: meta.nonce.clone(), expires_at: meta.expires_at }
+}
+
+/// Reads the chunk log; returns the chunks and the length of its intact prefix.
+fn read_log(path: &Path) -> std::io::Result<(BTreeMap<u64, (u64, [u8; 32])>, u64)> {
+    let mut chunks = BTreeMap::new();
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((chunks, 0)),
+        Err(e) => return Err(e),
+    };
+    let mut good = 0u64;
+    let mut reader = BufReader::new(f);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        let Ok(rec) = serde_json::from_str::<LogLine>(line.trim_end()) else { break };
+        let Some(sha) = uplink_proto::parse_hex32(&rec.s) else { break };
+        chunks.insert(rec.o, (rec.l, sha));
+        good += n as u64;
+    }
+    Ok((chunks, good))
+}
+
+impl Session {
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    pub fn nonce(&self) -> &[u8] {
+        &self.nonce
+    }
+
+    /// `GET /v1/uploads/{id}`
+    pub fn state(&self) -> UploadState {
+        let meta = lock(&self.meta).clone();
+        let st = lock(&self.state);
+        UploadState {
+            upload_id: self.id.clone(),
+            size: self.size,
+            name: self.name.clone(),
+            nonce: meta.nonce,
+            expires_at: meta.expires_at,
+            chunks: st
+                .chunks
+                .iter()
+                .map(|(o, (l, s))| ChunkRecord { offset: *o, length: *l, sha256: hex::encode(s) })
+                .collect(),
+            received_bytes: st.received,
+            completed: meta.completed,
+            chunk_puts: st.chunk_puts,
+            duplicate_puts: st.duplicate_puts,
+        }
+    }
+
+    /// Checks a chunk's place before its body is read, and reserves its range.
+    pub fn begin_chunk(self: &Arc<Self>, offset: u64, length: u64, sha256: &[u8; 32]) -> Result<BeginChunk, ApiError> {
+        if length == 0 {
+            return Err(ApiError::bad_header("X-Chunk-Length must be at least 1"));
+        }
+        if length > wire::MAX_CHUNK_SIZE {
+            return Err(ApiError::new(
+                413,
+                code::CHUNK_TOO_LARGE,
+                format!("chunk of {length} bytes exceeds the limit of {} bytes", wire::MAX_CHUNK_SIZE),
+            ));
+        }
+        if offset.checked_add(length).is_none_or(|end| end > self.size) {
+            return Err(ApiError::new(
+                416,
+                code::OUT_OF_RANGE,
+                format!("chunk {offset}+{length} lies beyond the upload's {} bytes", self.size),
+            ));
+        }
+        if lock(&self.meta).completed.is_some() {
+            return Err(ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed"));
+        }
+        let mut st = lock(&self.state);
+        st.chunk_puts += 1;
+        if let Some((o, (l, s))) = overlapping(&st.chunks, offset, length, |v| v.0) {
+            if o == offset && l == length && s == *sha256 {
+                st.duplicate_puts += 1;
+                return Ok(BeginChunk::Duplicate);
+            }
+            return Err(ApiError::new(
+                409,
+                code::CHUNK_CONFLICT,
+                format!("the server holds a different chunk at {o}+{l}"),
+            ));
+        }
+        if let Some((o, l)) = overlapping(&st.reserved, offset, length, |v| *v) {
+            return Err(ApiError::new(
+                409,
+                code::CHUNK_IN_PROGRESS,
+                format!("chunk {o}+{l} is being received by another request"),
+            ));
+        }
+        st.reserved.insert(offset, length);
+        Ok(BeginChunk::Reserved(Reservation { session: Arc::clone(self), offset, length }))
+    }
+
+    /// Verifies a received chunk and makes it durable (blocking: run off the reactor).
+    /// Nothing is written unless length, CRC32C and SHA-256 all match.
+    pub fn store_chunk(&self, res: Reservation, body: &[u8], expect: &ChunkDigest) -> Result<(), ApiError> {
+        if body.len() as u64 != res.length {
+            return Err(ApiError::new(
+                400,
+                code::LENGTH_MISMATCH,
+                format!("body has {} bytes, X-Chunk-Length says {}", body.len(), res.length),
+            ));
+        }
+        let got = integrity::digest(body);
+        if got.crc32c != expect.crc32c {
+            return Err(ApiError::new(422, code::CRC32C_MISMATCH, "body does not match X-Chunk-CRC32C"));
+        }
+        if got.sha256 != expect.sha256 {
+            return Err(ApiError::new(422, code::SHA256_MISMATCH, "body does not match X-Chunk-SHA256"));
+        }
+        let part = self
+            .part
+            .as_ref()
+            .ok_or_else(|| ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed"))?;
+        part.write_all_at(body, res.offset).map_err(|e| ApiError::io("writing the chunk", &e))?;
+        part.sync_data().map_err(|e| ApiError::io("syncing the chunk", &e))?;
+        let line = serde_json::to_string(&LogLine { o: res.offset, l: res.length, s: hex::encode(got.sha256) })
+            .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        let mut st = lock(&self.state);
+        let log = st
+            .log
+            .as_mut()
+            .ok_or_else(|| ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed"))?;
+        log.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| log.sync_data())
+            .map_err(|e| ApiError::io("recording the chunk", &e))?;
+        st.chunks.insert(res.offset, (res.length, got.sha256));
+        st.received += res.length;
+        Ok(())
+    }
+
+    /// `POST /v1/uploads/{id}/complete` (blocking): checks contiguity and the Merkle root,
+    /// then assembles the object. Idempotent: a repeat answers the same result.
+    pub fn complete(&self, objects_dir: &Path, merkle_root: &str) -> Result<UploadCompleted, ApiError> {
+        let claimed = uplink_proto::parse_hex32(merkle_root)
+            .ok_or_else(|| ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits"))?;
+        let mut st = lock(&self.state);
+        {
+            let meta = lock(&self.meta);
+            if let Some(done) = &meta.completed {
+                if meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
+                    return Ok(done.clone());
+                }
+                return Err(ApiError::new(422, code::MERKLE_MISMATCH, "upload completed with another Merkle root"));
+            }
+        }
+        let mut next = 0u64;
+        for (o, (l, _)) in &st.chunks {
+            if *o != next {
+                break;
+            }
+            next = o + l;
+        }
+        if next != self.size {
+            return Err(ApiError::new(
+                409,
+                code::INCOMPLETE,
+                format!("bytes {next}.. of {} are missing", self.size),
+            ));
+        }
+        let root = uplink_proto::merkle::root_of(st.chunks.iter().map(|(o, (l, s))| (*o, *l, s)))
+            .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        if root != claimed {
+            return Err(ApiError::new(
+                422,
+                code::MERKLE_MISMATCH,
+                format!("Merkle root of the received chunks is {}", hex::encode(root)),
+            ));
+        }
+        let part_path = self.dir.join(PART);
+        let sha = sha256_file(&part_path).map_err(|e| ApiError::io("hashing the assembled file", &e))?;
+        let done = UploadCompleted {
+            sha256: hex::encode(sha),
+            size: self.size,
+            location: wire::object_path(&self.name),
+        };
+        // Record completion first: a crash after this line finishes the rename on load.
+        let mut meta = lock(&self.meta);
+        let mut next_meta = meta.clone();
+        next_meta.completed = Some(done.clone());
+        next_meta.merkle_root = Some(hex::encode(claimed));
+        let json = serde_json::to_vec_pretty(&next_meta).map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        fsutil::write_atomic(&self.dir, META, &json).map_err(|e| ApiError::io("recording completion", &e))?;
+        *meta = next_meta;
+        fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
+            .map_err(|e| ApiError::io("moving the object into place", &e))?;
+        st.log = None;
+        let _ = std::fs::remove_file(self.dir.join(LOG));
+        Ok(done)
+    }
+}
+
+/// SHA-256 of a whole file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        Store::open(dir, b"token".to_vec()).unwrap()
+    }
+
+    fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {
+        let d = integrity::digest(data);
+        match s.begin_chunk(offset, data.len() as u64, &d.sha256)? {
+            BeginChunk::Duplicate => Ok(true),
+            BeginChunk::Reserved(r) => s.store_chunk(r, data, &d).map(|()| false),
+        }
+    }
+
+    fn create(st: &Store, size: u64) -> Arc<Session> {
+        let c = st
+            .create(Some("k"), &CreateUpload { size, name: "f.bin".into(), metadata: Default::default() })
+            .unwrap();
+        st.get(&c.upload_id).unwrap()
+    }
+
+    #[test]
+    fn chunks_survive_a_restart_and_assemble_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path();
+        let st = store(tmp);
+        let s = create(&st, 10);
+        assert!(!put(&s, 4, b"456789").unwrap());
+        let id = s.id.clone();
+        drop((s, st));
+        let st = store(tmp);
+        let s = st.get(&id).unwrap();
+        assert_eq!(s.state().received_bytes, 6);
+        assert!(!put(&s, 0, b"0123").unwrap());
+        let root = uplink_proto::merkle::root_of([
+            (0, 4, &integrity::sha256(b"0123")),
+            (4, 6, &integrity::sha256(b"456789")),
+        ])
+        .unwrap();
+        let done = s.complete(st.objects_dir(), &hex::encode(root)).unwrap();
+        assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
+        assert_eq!(std::fs::read(st.objects_dir().join("f.bin")).unwrap(), b"0123456789");
+        // Idempotent.
+        assert_eq!(s.complete(st.objects_dir(), &hex::encode(root)).unwrap(), done);
+    }
+
+    #[test]
+    fn replay_is_a_no_op_and_a_different_chunk_is_a_conflict() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path();
+        let st = store(tmp);
+        let s = create(&st, 8);
+        assert!(!put(&s, 0, b"abcd").unwrap());
+        assert!(put(&s, 0, b"abcd").unwrap());
+        assert_eq!(put(&s, 0, b"abcX").unwrap_err().code, code::CHUNK_CONFLICT);
+        assert_eq!(put(&s, 2, b"cd").unwrap_err().code, code::CHUNK_CONFLICT);
+        assert_eq!(put(&s, 6, b"abc").unwrap_err().code, code::OUT_OF_RANGE);
+        let state = s.state();
+        assert_eq!((state.chunk_puts, state.duplicate_puts), (4, 1));
+    }
+
+    #[test]
+    fn a_bad_digest_stores_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path();
+        let st = store(tmp);
+        let s = create(&st, 4);
+        let good = integrity::digest(b"abcd");
+        let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256).unwrap() else { panic!() };
+        let err = s.store_chunk(r, b"abce", &good).unwrap_err();
+        assert_eq!(err.code, code::CRC32C_MISMATCH);
+        assert!(s.state().chunks.is_empty());
+        // The reservation was released: the right bytes go through.
+        assert!(!put(&s, 0, b"abcd").unwrap());
+    }
+
+    #[test]
+    fn a_torn_log_line_is_cut_off() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path();
+        let st = store(tmp);
+        let s = create(&st, 8);
+        put(&s, 0, b"abcd").unwrap();
+        let id = s.id.clone();
+        drop((s, st));
+        let log = tmp.join("sessions").join(&id).join(LOG);
+        OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"o\":4,\"l\"").unwrap();
+        let st = store(tmp);
+        let s = st.get(&id).unwrap();
+        assert_eq!(s.state().chunks.len(), 1);
+        put(&s, 4, b"efgh").unwrap();
+        drop((s, st));
+        let st = store(tmp);
+        assert_eq!(st.get(&id).unwrap().state().chunks.len(), 2);
+    }
+
+    #[test]
+    fn idempotency_key_finds_the_same_session() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path();
+        let st = store(tmp);
+        let req = CreateUpload { size: 5, name: "a".into(), metadata: Default::default() };
+        let a = st.create(Some("job-1"), &req).unwrap();
+        assert_eq!(st.create(Some("job-1"), &req).unwrap(), a);
+        let other = CreateUpload { size: 6, ..req.clone() };
+        assert_eq!(st.create(Some("job-1"), &other).unwrap_err().code, code::IDEMPOTENCY_MISMATCH);
+        assert_ne!(st.create(None, &req).unwrap().upload_id, a.upload_id);
+    }
+}

@@ -1,0 +1,112 @@
+//! TLS for the ingest server: TLS 1.3 only, ALPN `h2`.
+//!
+//! With no `--cert/--key`, the server makes a private CA and a certificate signed by it
+//! in `DATA_DIR/tls/` on first start and reuses them afterwards; clients trust `ca.pem`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} holds no usable PEM {what}")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Where the certificate files are.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA a client should trust; `None` when the operator brought their own cert.
+    pub ca: Option<PathBuf>,
+}
+
+/// Makes (once) a private CA and a server certificate for `names` under `dir`.
+pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles, TlsError> {
+    let files = CertFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        ca: Some(dir.join("ca.pem")),
+    };
+    if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
+        return Ok(files);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.into(), source })?;
+
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "uplink-server local CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+
+    let mut leaf_params = rcgen::CertificateParams::new(names.to_vec())?;
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "uplink-server");
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+
+    write_private(&files.key, leaf_key.serialize_pem().as_bytes())?;
+    write_file(&files.cert, leaf.pem().as_bytes())?;
+    write_file(&dir.join("ca.pem"), ca_cert.pem().as_bytes())?;
+    Ok(files)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    std::fs::write(path, bytes).map_err(|source| TlsError::Write { path: path.into(), source })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| TlsError::Write { path: path.into(), source })?;
+    f.write_all(bytes)
+        .map_err(|source| TlsError::Write { path: path.into(), source })
+}
+
+/// The rustls server configuration: TLS 1.3 only, the given ALPN protocols.
+pub fn server_config(files: &CertFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.into(), source });
+    let cert_pem = read(&files.cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Pem { path: files.cert.clone(), what: "certificate" })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { path: files.cert.clone(), what: "certificate" });
+    }
+    let key_pem = read(&files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| TlsError::Pem { path: files.key.clone(), what: "private key" })?;
+    let mut cfg = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
