@@ -139,3 +139,8 @@ pub fn wait_for_signal(set: &libc::sigset_t) -> i32 {
         }
     }
 }
+
+/// Send SIGTERM to this process (wakes a thread blocked in `wait_for_signal`).
+pub fn terminate_self() {
+    kill(std::process::id() as i32, libc::SIGTERM);
+}
