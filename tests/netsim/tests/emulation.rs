@@ -1,0 +1,170 @@
+//! The emulation is accurate: RTT, rate and loss within ±10 %, blackhole stops traffic and a
+//! restore resumes it, drop-udp drops only UDP.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::{assert_near, ms, up, wait_until};
+use netsim::probe::{TcpSink, TcpSource, UdpEcho, UdpPinger, median, median_f64, tcp_goodput, udp_blast};
+use netsim::{DirSel, Impair, PathSel, SimOpts, addr};
+
+fn server_ip() -> IpAddr {
+    addr::SERVER_V4[0].into()
+}
+
+#[test]
+fn rtt_matches_configured_delay() {
+    let sim = up(
+        "nt-rtt",
+        SimOpts::symmetric(Impair::default().delay(ms(25))),
+    );
+    // UDP echo over IPv4 and IPv6, path 1.
+    for ip in [server_ip(), addr::SERVER_V6[0].into()] {
+        let echo = UdpEcho::start(&sim, ip, 0).unwrap();
+        let mut p = UdpPinger::new(&sim, echo.addr()).unwrap();
+        let rtts = p.pings(15, ms(10), ms(1000));
+        assert!(rtts.len() >= 13, "lost pings on a lossless link: {rtts:?}");
+        let m = median(&rtts).unwrap();
+        assert_near("UDP echo RTT (s)", m.as_secs_f64(), 0.050, 0.10);
+    }
+    // TCP connect time = one RTT.
+    let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let s = TcpSource::start(&sim, sink.addr(), Duration::from_secs(3), ms(1)).unwrap();
+        times.push(s.connect_time());
+    }
+    assert_near(
+        "TCP connect time (s)",
+        median(&times).unwrap().as_secs_f64(),
+        0.050,
+        0.10,
+    );
+    // Asymmetric and live: 40 ms up + 10 ms down on path 2, plus ±5 ms jitter.
+    sim.set(PathSel::P2, DirSel::Up, |i| {
+        i.delay = ms(40);
+        i.jitter = ms(5);
+    });
+    sim.set(PathSel::P2, DirSel::Down, |i| i.delay = ms(10));
+    let echo = UdpEcho::start(&sim, addr::SERVER_V4[1].into(), 0).unwrap();
+    let mut p = UdpPinger::new(&sim, echo.addr()).unwrap();
+    let rtts = p.pings(21, ms(10), ms(1000));
+    assert!(rtts.len() >= 19);
+    assert_near(
+        "path 2 RTT with jitter (s)",
+        median(&rtts).unwrap().as_secs_f64(),
+        0.050,
+        0.10,
+    );
+    let min = rtts.iter().min().unwrap().as_secs_f64();
+    assert!(min >= 0.044, "jitter is bounded by ±5 ms, min RTT {min}");
+}
+
+#[test]
+fn rate_limit_matches_configured_rate() {
+    let rate = 40_000_000u64;
+    let sim = up(
+        "nt-rate",
+        SimOpts::symmetric(Impair::default().delay(ms(5))),
+    );
+    sim.set(PathSel::P1, DirSel::Up, |i| i.rate_bps = rate);
+    let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
+    // The limiter counts IP bytes; TCP goodput is payload: MSS 1448 in 1500-byte packets.
+    let expect = rate as f64 * 1448.0 / 1500.0;
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.push(tcp_goodput(&sim, &sink, sink.addr(), ms(1000), ms(2000)).unwrap());
+    }
+    let m = median_f64(&samples).unwrap();
+    eprintln!("goodput samples {samples:?}, expect {expect}");
+    assert_near("TCP goodput at 40mbit (bit/s)", m, expect, 0.10);
+    // Change the rate live: 10 Mbit/s.
+    sim.apply("path=1 dir=up rate=10mbit queue=50ms").unwrap();
+    let m = tcp_goodput(&sim, &sink, sink.addr(), ms(1500), ms(2500)).unwrap();
+    assert_near("TCP goodput at 10mbit (bit/s)", m, 10e6 * 1448.0 / 1500.0, 0.10);
+
+    // A short queue overflows: the sender sees real congestion (tail drops).
+    sim.apply("path=1 dir=up queue=8p").unwrap();
+    let before = sim.stats(PathSel::P1, DirSel::Up).drop_queue;
+    let m = tcp_goodput(&sim, &sink, sink.addr(), ms(500), ms(1500)).unwrap();
+    let st = sim.stats(PathSel::P1, DirSel::Up);
+    assert!(st.drop_queue > before, "a saturating sender must see tail drops: {st:?}");
+    assert!(m < 10e6, "the rate limit still holds with a short queue: {m}");
+}
+
+#[test]
+fn loss_matches_configured_loss() {
+    let sim = up("nt-loss", SimOpts::default().path2(Impair::default()));
+    sim.apply("path=1 dir=up loss=10%").unwrap();
+    let to = SocketAddr::new(server_ip(), 7000);
+    // 20 000 datagrams paced in bursts of 50 per ms: nothing but the emulator drops them.
+    let b = udp_blast(&sim, to, 20_000, 100, 50, ms(1), Duration::from_secs(30), ms(300)).unwrap();
+    assert_eq!(b.sent, 20_000);
+    let loss = 1.0 - b.received as f64 / b.sent as f64;
+    let st = sim.stats(PathSel::P1, DirSel::Up);
+    eprintln!("blast {b:?} loss {loss} stats {st:?}");
+    assert_near("UDP loss fraction", loss, 0.10, 0.10);
+    assert_eq!(st.drop_pool + st.drop_queue, 0);
+
+    // Burst loss on path 2: Gilbert-Elliott 2 % enter, 25 % exit -> 7.4 % mean.
+    sim.apply("path=2 dir=up burst-loss=2%:25%").unwrap();
+    let to = SocketAddr::new(addr::SERVER_V4[1].into(), 7001);
+    let b = udp_blast(&sim, to, 40_000, 100, 50, ms(1), Duration::from_secs(30), ms(300)).unwrap();
+    let loss = 1.0 - b.received as f64 / b.sent as f64;
+    assert_near("burst loss fraction", loss, 0.02 / 0.27, 0.25);
+}
+
+#[test]
+fn blackhole_stops_traffic_and_restore_resumes() {
+    let sim = up("nt-bh", SimOpts::symmetric(Impair::default().delay(ms(10))));
+    let echo = UdpEcho::start(&sim, server_ip(), 0).unwrap();
+    let mut p = UdpPinger::new(&sim, echo.addr()).unwrap();
+    assert!(p.pings(10, ms(10), ms(500)).len() >= 9);
+
+    // A bulk TCP flow is running when the link goes black.
+    let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
+    let src = TcpSource::start(&sim, sink.addr(), Duration::from_secs(3), Duration::from_secs(60))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || sink.total() > 1_000_000));
+
+    sim.blackhole(PathSel::P1, true);
+    std::thread::sleep(ms(300)); // packets already in flight drain
+    assert_eq!(p.pings(10, ms(10), ms(100)).len(), 0, "pings crossed a blackhole");
+    let before = sink.total();
+    std::thread::sleep(ms(1500));
+    assert_eq!(sink.total(), before, "TCP bytes crossed a blackhole");
+    assert!(sim.stats(PathSel::P1, DirSel::Both).drop_blackhole > 0);
+
+    sim.blackhole(PathSel::P1, false);
+    let rtt = p.ping(ms(500));
+    assert!(rtt.is_some(), "the first ping after restore must pass");
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.total() > before + 1_000_000),
+        "TCP flow did not resume after the blackhole"
+    );
+    drop(src);
+}
+
+#[test]
+fn drop_udp_blocks_udp_only() {
+    let sim = up("nt-udp", SimOpts::default());
+    let echo = UdpEcho::start(&sim, server_ip(), 0).unwrap();
+    let echo6 = UdpEcho::start(&sim, addr::SERVER_V6[0].into(), 0).unwrap();
+    let mut p = UdpPinger::new(&sim, echo.addr()).unwrap();
+    let mut p6 = UdpPinger::new(&sim, echo6.addr()).unwrap();
+    assert!(p.ping(ms(500)).is_some());
+    assert!(p6.ping(ms(500)).is_some());
+    sim.apply("drop-udp=on").unwrap();
+    assert!(p.ping(ms(300)).is_none());
+    assert!(p6.ping(ms(300)).is_none());
+    let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
+    let src = TcpSource::start(&sim, sink.addr(), Duration::from_secs(3), Duration::from_secs(5))
+        .expect("TCP must still work with drop-udp");
+    assert!(wait_until(Duration::from_secs(5), || sink.total() > 100_000));
+    drop(src);
+    assert!(sim.stats(PathSel::All, DirSel::Up).drop_udp >= 2);
+    sim.apply("drop-udp=off").unwrap();
+    assert!(p.ping(ms(500)).is_some());
+}
