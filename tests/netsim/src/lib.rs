@@ -29,7 +29,7 @@ pub use config::{BurstLoss, Change, DirSel, Impair, PathSel, Queue};
 pub use fwd::DirStats;
 pub use sim::{
     RUN_DIR, ShutdownHook, Sim, SimOpts, check_name, cleanup, client_ns, control, ctl_path,
-    log_path, pid_path, run_in_ns, server_ns, spawn_in_ns,
+    log_path, pid_path, run_in_ns, server_ns, spawn_in_ns, tmp_ifnames,
 };
 pub use sys::{block_term_signals, process_alive, terminate_self, wait_for_signal};
 

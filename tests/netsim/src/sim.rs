@@ -128,6 +128,18 @@ fn tmp_ifname(name: &str, side: char, path: usize) -> String {
     format!("ns{h:08x}{side}{}", path + 1)
 }
 
+/// The four root-namespace names a sim's TUN devices have before they move into the
+/// namespaces (they only exist for a moment during `up`).
+pub fn tmp_ifnames(name: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for side in ['c', 's'] {
+        for p in 0..2 {
+            v.push(tmp_ifname(name, side, p));
+        }
+    }
+    v
+}
+
 /// Run `ip ARGS`, turning a failure into an error that carries ip's stderr.
 pub(crate) fn ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip")
@@ -255,12 +267,9 @@ pub fn cleanup(name: &str) -> Result<()> {
             }
         }
     }
-    for side in ['c', 's'] {
-        for p in 0..2 {
-            let ifn = tmp_ifname(name, side, p);
-            if Path::new("/sys/class/net").join(&ifn).exists() {
-                let _ = ip(&["link", "del", "dev", &ifn]);
-            }
+    for ifn in tmp_ifnames(name) {
+        if Path::new("/sys/class/net").join(&ifn).exists() {
+            let _ = ip(&["link", "del", "dev", &ifn]);
         }
     }
     for f in [ctl_path(name), pid_path(name)] {
