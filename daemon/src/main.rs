@@ -1,1 +1,147 @@
-fn main() {}
+//! `uplinkd`: takes files over a local gRPC socket and delivers them to the server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use uplink_proto::grpc::uplink_server::UplinkServer;
+use uplinkd::config::{Config, Overrides};
+use uplinkd::jobs::JobDb;
+use uplinkd::manager::Manager;
+use uplinkd::server_api::ServerClient;
+use uplinkd::transport::{self, h2::H2Pool};
+use uplinkd::{grpc, ipc};
+
+/// uplink's background upload daemon.
+#[derive(Parser, Debug)]
+#[command(name = "uplinkd", version)]
+struct Args {
+    /// TOML config file (keys: endpoint, token_file, ca_file, state_dir, socket, streams,
+    /// connections, chunk_size); default ~/.config/uplink/uplinkd.toml if present.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Ingest server, https://HOST:PORT.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for the server (default: the system's roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Where jobs and checkpoints live.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The gRPC Unix socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Chunks in flight (default 12).
+    #[arg(long)]
+    streams: Option<u32>,
+    /// TCP connections the streams spread over (default 4).
+    #[arg(long)]
+    connections: Option<u32>,
+    /// Chunk size in bytes (default 4 MiB).
+    #[arg(long)]
+    chunk_size: Option<u64>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UPLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let overrides = Overrides {
+        config: a.config,
+        endpoint: a.endpoint,
+        token_file: a.token_file,
+        ca_file: a.ca_file,
+        state_dir: a.state_dir,
+        socket: a.socket,
+        streams: a.streams,
+        connections: a.connections,
+        chunk_size: a.chunk_size,
+    };
+    let result = Config::resolve(overrides).and_then(|cfg| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        rt.block_on(run(cfg))
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uplinkd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let endpoint = transport::Endpoint::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
+    let tls = transport::tls::client_config(cfg.ca_file.as_deref(), &[uplink_proto::wire::ALPN_H2])?;
+    let pool = H2Pool::new(endpoint, tls, cfg.connections as usize);
+    let client = Arc::new(ServerClient::new(pool, cfg.token.clone()));
+    let db = Arc::new(JobDb::open(&cfg.state_dir)?);
+    let stop = CancellationToken::new();
+    let socket = cfg.socket.clone();
+    let listener = ipc::listen(&socket)?;
+    let mgr = Arc::new(Manager::new(cfg, db, client, stop.clone()));
+    let queue = tokio::spawn(Arc::clone(&mgr).run_queue());
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<UplinkServer<grpc::Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(uplink_proto::grpc::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let api = UplinkServer::new(grpc::Api { mgr: Arc::clone(&mgr) });
+
+    tracing::info!(socket = %socket.display(), endpoint = %mgr.cfg.endpoint, "uplinkd serving");
+    println!("uplinkd ready socket={}", socket.display());
+    ipc::notify_ready();
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: checkpointing the running job");
+            stop.cancel();
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(ipc::check_peer))
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(ipc::incoming(listener), shutdown)
+        .await;
+    stop.cancel();
+    // The running job checkpoints on the stop signal; give it a bounded moment.
+    if tokio::time::timeout(Duration::from_secs(10), queue).await.is_err() {
+        tracing::warn!("the running job did not stop within 10 s");
+    }
+    if let Err(e) = mgr.db.flush().await {
+        tracing::error!(error = %e, "final flush of the job store failed");
+    }
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|e| format!("gRPC server: {e}"))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

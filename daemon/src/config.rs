@@ -1,0 +1,150 @@
+//! The daemon's configuration: a TOML file, overridden by command-line flags, with
+//! defaults from the platform's standard directories.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable naming the daemon's socket (read by the CLI too).
+pub const SOCKET_ENV: &str = "UPLINK_SOCKET";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub endpoint: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub streams: Option<u32>,
+    pub connections: Option<u32>,
+    pub chunk_size: Option<u64>,
+    pub keep_warm_seconds: Option<u32>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://host:port` of the ingest server.
+    pub endpoint: String,
+    pub token: String,
+    /// PEM CA certificates to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Chunks in flight at once.
+    pub streams: u32,
+    /// TCP connections the streams are spread over.
+    pub connections: u32,
+    pub chunk_size: u64,
+    /// How long a prewarmed connection is kept warm without an Enqueue.
+    pub keep_warm_seconds: u32,
+}
+
+pub const DEFAULT_STREAMS: u32 = 12;
+pub const DEFAULT_CONNECTIONS: u32 = 4;
+pub const DEFAULT_KEEP_WARM_SECONDS: u32 = 300;
+
+/// The platform's per-user directories for uplink.
+pub fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("dev", "uplink", "uplink")
+}
+
+/// Default state dir: `~/.local/share/uplink` (Linux), `~/Library/Application Support/dev.uplink.uplink` (macOS).
+pub fn default_state_dir() -> PathBuf {
+    project_dirs()
+        .map(|d| d.data_local_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".uplink"))
+}
+
+/// Default socket: `$XDG_RUNTIME_DIR/uplink/uplinkd.sock` where the platform has a runtime
+/// dir, else `uplinkd.sock` in the state dir.
+pub fn default_socket(state_dir: &Path) -> PathBuf {
+    project_dirs()
+        .and_then(|d| d.runtime_dir().map(|r| r.join("uplinkd.sock")))
+        .unwrap_or_else(|| state_dir.join("uplinkd.sock"))
+}
+
+/// Default config file: `~/.config/uplink/uplinkd.toml` (or the platform's equivalent).
+pub fn default_config_file() -> Option<PathBuf> {
+    project_dirs().map(|d| d.config_dir().join("uplinkd.toml"))
+}
+
+/// Flags that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub endpoint: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub streams: Option<u32>,
+    pub connections: Option<u32>,
+    pub chunk_size: Option<u64>,
+}
+
+impl Config {
+    pub fn resolve(o: Overrides) -> Result<Config, String> {
+        let file = match &o.config {
+            Some(p) => load_file(p)?,
+            None => match default_config_file().filter(|p| p.exists()) {
+                Some(p) => load_file(&p)?,
+                None => FileConfig::default(),
+            },
+        };
+        let endpoint = o
+            .endpoint
+            .or(file.endpoint)
+            .ok_or("no endpoint: pass --endpoint https://HOST:PORT or set `endpoint` in the config file")?;
+        if !endpoint.starts_with("https://") {
+            return Err(format!("endpoint {endpoint:?} must start with https://"));
+        }
+        let token_file = o
+            .token_file
+            .or(file.token_file)
+            .ok_or("no token: pass --token-file FILE or set `token_file` in the config file")?;
+        let token = std::fs::read_to_string(&token_file)
+            .map_err(|e| format!("cannot read token file {}: {e}", token_file.display()))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(format!("token file {} is empty", token_file.display()));
+        }
+        let state_dir = o.state_dir.or(file.state_dir).unwrap_or_else(default_state_dir);
+        let socket = o
+            .socket
+            .or(file.socket)
+            .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| default_socket(&state_dir));
+        let streams = o.streams.or(file.streams).unwrap_or(DEFAULT_STREAMS).clamp(1, 64);
+        let connections = o.connections.or(file.connections).unwrap_or(DEFAULT_CONNECTIONS).clamp(1, streams);
+        let chunk_size = o
+            .chunk_size
+            .or(file.chunk_size)
+            .unwrap_or(uplink_proto::wire::DEFAULT_CHUNK_SIZE);
+        if !(uplink_proto::wire::MIN_CHUNK_SIZE..=uplink_proto::wire::MAX_CHUNK_SIZE).contains(&chunk_size) {
+            return Err(format!(
+                "chunk size {chunk_size} must lie in {}..={}",
+                uplink_proto::wire::MIN_CHUNK_SIZE,
+                uplink_proto::wire::MAX_CHUNK_SIZE
+            ));
+        }
+        Ok(Config {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token,
+            ca_file: o.ca_file.or(file.ca_file),
+            state_dir,
+            socket,
+            streams,
+            connections,
+            chunk_size,
+            keep_warm_seconds: file.keep_warm_seconds.unwrap_or(DEFAULT_KEEP_WARM_SECONDS),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+}

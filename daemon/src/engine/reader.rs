@@ -1,0 +1,180 @@
+//! Reading the source file: mmap each chunk, hash it in one pass, hand the mapped bytes
+//! to the sender without a copy.
+//!
+//! The file is the producer's; we cannot lock it (advisory locks stop nobody), so we
+//! detect change instead: device, inode, size and mtime are recorded at enqueue and
+//! checked before every chunk. A change fails the job with `file_changed`.
+//! (A truncation racing between that check and the read would still fault the mapping —
+//! a risk every mmap reader carries; the check makes the window tiny.)
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uplink_proto::integrity::{self, ChunkDigest};
+
+/// Files above this size have their pages dropped from the cache behind the reader.
+pub const DROP_CACHE_ABOVE: u64 = 256 * 1024 * 1024;
+
+/// What identifies the exact file content we promised to upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error("the file changed since it was enqueued ({0})")]
+    Changed(String),
+    #[error("cannot read the file: {0}")]
+    Io(String),
+}
+
+/// The source file, opened once per run.
+pub struct SourceFile {
+    file: Arc<File>,
+    identity: FileIdentity,
+    drop_cache: bool,
+}
+
+impl SourceFile {
+    pub fn open(path: &Path, expected: &FileIdentity) -> Result<SourceFile, ReadError> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ReadError::Changed("it no longer exists".into()),
+            _ => ReadError::Io(e.to_string()),
+        })?;
+        let src = SourceFile { file: Arc::new(file), identity: *expected, drop_cache: expected.size > DROP_CACHE_ABOVE };
+        src.check()?;
+        Ok(src)
+    }
+
+    /// Fails if the open file is no longer the one that was enqueued.
+    pub fn check(&self) -> Result<(), ReadError> {
+        let now = FileIdentity::of(&self.file.metadata().map_err(|e| ReadError::Io(e.to_string()))?);
+        if now.dev != self.identity.dev || now.ino != self.identity.ino {
+            return Err(ReadError::Changed("it was replaced by another file".into()));
+        }
+        if now.size != self.identity.size {
+            return Err(ReadError::Changed(format!("size {} became {}", self.identity.size, now.size)));
+        }
+        if now.mtime_ns != self.identity.mtime_ns {
+            return Err(ReadError::Changed("it was modified".into()));
+        }
+        Ok(())
+    }
+
+    /// Maps `[offset, offset + len)` and hashes it (SHA-256 + CRC32C, one pass).
+    /// Blocking: call from a blocking thread.
+    pub fn read_chunk(&self, offset: u64, len: u64) -> Result<(Bytes, ChunkDigest), ReadError> {
+        self.check()?;
+        let page = page_size();
+        let aligned = offset - offset % page;
+        let delta = (offset - aligned) as usize;
+        let map_len = delta + len as usize;
+        // SAFETY: mapping a file is unsafe because another process may change or truncate it
+        // while mapped. We map read-only, check the file's identity right before, and treat a
+        // content change as a job failure (the server refuses bytes that do not match their hash).
+        let mmap = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(aligned)
+                .len(map_len)
+                .map(&*self.file)
+        }
+        .map_err(|e| ReadError::Io(e.to_string()))?;
+        let _ = mmap.advise(memmap2::Advice::Sequential);
+        let _ = mmap.advise(memmap2::Advice::WillNeed);
+        let view = MappedChunk {
+            mmap,
+            start: delta,
+            len: len as usize,
+            file: Arc::clone(&self.file),
+            file_offset: offset,
+            drop_cache: self.drop_cache,
+        };
+        let digest = integrity::digest(view.as_ref());
+        Ok((Bytes::from_owner(view), digest))
+    }
+}
+
+fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// A chunk's bytes, backed by its mapping until the last reference (the request body) is gone.
+struct MappedChunk {
+    mmap: memmap2::Mmap,
+    start: usize,
+    len: usize,
+    file: Arc<File>,
+    file_offset: u64,
+    drop_cache: bool,
+}
+
+impl AsRef<[u8]> for MappedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.mmap[self.start..self.start + self.len]
+    }
+}
+
+impl Drop for MappedChunk {
+    fn drop(&mut self) {
+        if self.drop_cache {
+            // The mapping is released right after this; big captures should not evict
+            // everything else from the page cache. Advice only: errors do not matter.
+            let _ = rustix::fs::fadvise(
+                &*self.file,
+                self.file_offset,
+                std::num::NonZeroU64::new(self.len as u64),
+                rustix::fs::Advice::DontNeed,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn unaligned_chunks_read_the_right_bytes() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        let id = FileIdentity::of(&f.as_file().metadata().unwrap());
+        let src = SourceFile::open(f.path(), &id).unwrap();
+        let (bytes, digest) = src.read_chunk(5000, 70_000).unwrap();
+        assert_eq!(&bytes[..], &data[5000..75_000]);
+        assert_eq!(digest, integrity::digest(&data[5000..75_000]));
+    }
+
+    #[test]
+    fn a_changed_file_is_detected() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"hello world").unwrap();
+        f.flush().unwrap();
+        let id = FileIdentity::of(&f.as_file().metadata().unwrap());
+        let src = SourceFile::open(f.path(), &id).unwrap();
+        f.write_all(b"!").unwrap();
+        f.flush().unwrap();
+        assert!(matches!(src.read_chunk(0, 4), Err(ReadError::Changed(_))));
+    }
+}

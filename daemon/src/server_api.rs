@@ -1,0 +1,217 @@
+//! The wire protocol's calls, typed: what the engine asks the server.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use uplink_proto::integrity::{self, ChunkId};
+use uplink_proto::wire::{self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted, UploadCreated, UploadState};
+
+use crate::transport::h2::H2Pool;
+use crate::transport::{LinkInfo, TransportError, WireRequest, WireResponse};
+
+/// Timeout of small control requests (create, state, delete, ping).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Complete hashes the whole file on the server: allow for 100 GB at ~0.5 GB/s.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The seed's chunk timeout: max(10 s, size / 1 Mbit/s × 2).
+pub fn chunk_timeout(len: u64) -> Duration {
+    const MIN_EXPECTED_BYTES_PER_SEC: u64 = 125_000;
+    Duration::from_secs((len * 2 / MIN_EXPECTED_BYTES_PER_SEC).max(10))
+}
+
+/// How a failed call should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network trouble or a server busy/overloaded: try again later.
+    Transient,
+    /// The server no longer knows the upload: start a new session.
+    UnknownUpload,
+    /// Retrying cannot help (auth, conflict, bad request).
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("server answered {status} {code}: {message}")]
+    Server { status: u16, code: String, message: String },
+    #[error("server answer unreadable: {0}")]
+    Decode(String),
+}
+
+impl CallError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CallError::Transport(TransportError::Endpoint(_)) => ErrorClass::Permanent,
+            CallError::Transport(_) => ErrorClass::Transient,
+            CallError::Decode(_) => ErrorClass::Transient,
+            CallError::Server { status, code, .. } => match (*status, code.as_str()) {
+                (404, wire::code::UNKNOWN_UPLOAD) | (410, _) => ErrorClass::UnknownUpload,
+                (409, wire::code::CHUNK_IN_PROGRESS) => ErrorClass::Transient,
+                // A checksum mismatch means the bytes changed between hashing and sending.
+                (422, wire::code::CRC32C_MISMATCH | wire::code::SHA256_MISMATCH) => ErrorClass::Transient,
+                (408 | 425 | 429, _) => ErrorClass::Transient,
+                (s, _) if s >= 500 => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+        }
+    }
+
+    /// A stable code for the job record.
+    pub fn code(&self) -> String {
+        match self {
+            CallError::Transport(TransportError::Tls { .. }) => "tls_failed".into(),
+            CallError::Transport(TransportError::Timeout(_)) => "timeout".into(),
+            CallError::Transport(TransportError::Endpoint(_)) => "bad_endpoint".into(),
+            CallError::Transport(_) => "network".into(),
+            CallError::Server { code, .. } => format!("server_{code}"),
+            CallError::Decode(_) => "bad_answer".into(),
+        }
+    }
+}
+
+/// The session keys a chunk tag needs.
+#[derive(Clone)]
+pub struct SessionKeys {
+    pub upload_id: String,
+    pub nonce: Vec<u8>,
+    pub key: [u8; 32],
+}
+
+impl SessionKeys {
+    pub fn new(token: &str, upload_id: &str, nonce_hex: &str) -> Result<SessionKeys, CallError> {
+        let nonce = hex::decode(nonce_hex).map_err(|_| CallError::Decode("nonce is not hex".into()))?;
+        Ok(SessionKeys {
+            key: integrity::session_key(token.as_bytes(), &nonce, upload_id),
+            upload_id: upload_id.to_string(),
+            nonce,
+        })
+    }
+}
+
+/// A chunk ready to send: its place, digests and the raw bytes.
+#[derive(Clone)]
+pub struct ChunkPayload {
+    pub offset: u64,
+    pub sha256: [u8; 32],
+    pub crc32c: u32,
+    pub data: Bytes,
+}
+
+pub struct ServerClient {
+    pool: H2Pool,
+    token: String,
+}
+
+impl ServerClient {
+    pub fn new(pool: H2Pool, token: String) -> ServerClient {
+        ServerClient { pool, token }
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn link(&self) -> LinkInfo {
+        self.pool.info()
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.pool.lanes()
+    }
+
+    pub async fn warm(&self) -> Result<(), CallError> {
+        self.pool.warm().await?;
+        self.ping().await
+    }
+
+    fn request(&self, method: http::Method, path: String, body: Bytes, timeout: Duration) -> WireRequest {
+        WireRequest {
+            method,
+            path,
+            headers: vec![(wire::HDR_AUTHORIZATION, format!("Bearer {}", self.token))],
+            body,
+            lane: 0,
+            timeout,
+        }
+    }
+
+    async fn call(&self, req: WireRequest) -> Result<WireResponse, CallError> {
+        let resp = self.pool.request(req).await?;
+        if resp.status.is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status.as_u16();
+        Err(match serde_json::from_slice::<ErrorBody>(&resp.body) {
+            Ok(e) => CallError::Server { status, code: e.code, message: e.message },
+            Err(_) => CallError::Server {
+                status,
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&resp.body).chars().take(200).collect(),
+            },
+        })
+    }
+
+    async fn call_json<T: serde::de::DeserializeOwned>(&self, req: WireRequest) -> Result<T, CallError> {
+        let resp = self.call(req).await?;
+        serde_json::from_slice(&resp.body).map_err(|e| CallError::Decode(e.to_string()))
+    }
+
+    pub async fn ping(&self) -> Result<(), CallError> {
+        self.call(self.request(http::Method::HEAD, wire::PATH_PING.into(), Bytes::new(), CONTROL_TIMEOUT))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn create(&self, idempotency_key: &str, body: &CreateUpload) -> Result<UploadCreated, CallError> {
+        let json = serde_json::to_vec(body).map_err(|e| CallError::Decode(e.to_string()))?;
+        let mut req = self.request(http::Method::POST, wire::PATH_UPLOADS.into(), json.into(), CONTROL_TIMEOUT);
+        req.headers.push((wire::HDR_IDEMPOTENCY_KEY, idempotency_key.to_string()));
+        req.headers.push(("content-type", "application/json".into()));
+        self.call_json(req).await
+    }
+
+    pub async fn state(&self, upload_id: &str) -> Result<UploadState, CallError> {
+        self.call_json(self.request(http::Method::GET, wire::upload_path(upload_id), Bytes::new(), CONTROL_TIMEOUT))
+            .await
+    }
+
+    pub async fn delete(&self, upload_id: &str) -> Result<(), CallError> {
+        self.call(self.request(http::Method::DELETE, wire::upload_path(upload_id), Bytes::new(), CONTROL_TIMEOUT))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn complete(&self, upload_id: &str, merkle_root: &[u8; 32]) -> Result<UploadCompleted, CallError> {
+        let body = CompleteUpload { merkle_root: hex::encode(merkle_root) };
+        let json = serde_json::to_vec(&body).map_err(|e| CallError::Decode(e.to_string()))?;
+        let mut req = self.request(http::Method::POST, wire::complete_path(upload_id), json.into(), COMPLETE_TIMEOUT);
+        req.headers.push(("content-type", "application/json".into()));
+        self.call_json(req).await
+    }
+
+    /// PUT of one chunk with its digests and tag.
+    pub async fn put_chunk(&self, keys: &SessionKeys, chunk: &ChunkPayload, lane: usize) -> Result<ChunkStored, CallError> {
+        let length = chunk.data.len() as u64;
+        let tag = integrity::chunk_tag(
+            &keys.key,
+            &ChunkId { offset: chunk.offset, length, sha256: &chunk.sha256, upload_id: &keys.upload_id, nonce: &keys.nonce },
+        );
+        let mut req = self.request(
+            http::Method::PUT,
+            wire::chunk_path(&keys.upload_id, chunk.offset),
+            chunk.data.clone(),
+            chunk_timeout(length),
+        );
+        req.lane = lane;
+        req.headers.extend([
+            (wire::HDR_CHUNK_LENGTH, length.to_string()),
+            (wire::HDR_CHUNK_SHA256, hex::encode(chunk.sha256)),
+            (wire::HDR_CHUNK_CRC32C, format!("{:08x}", chunk.crc32c)),
+            (wire::HDR_CHUNK_HMAC, hex::encode(tag)),
+            ("content-type", "application/octet-stream".into()),
+        ]);
+        self.call_json(req).await
+    }
+}

@@ -1,0 +1,179 @@
+//! A small pool of HTTP/2 connections over TLS 1.3.
+//!
+//! Streams are spread over several TCP connections ("lanes"): one lost packet then stalls
+//! only the streams of its own connection, and each connection gets its own congestion
+//! window. A lane whose connection died reconnects on its next request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{Endpoint, LinkInfo, TransportError, WireRequest, WireResponse};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-stream receive window we advertise (answers are small; uploads use the server's).
+const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// Keepalive PING while connected (the seed's 15 s).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+pub struct H2Pool {
+    endpoint: Endpoint,
+    tls: TlsConnector,
+    lanes: Vec<tokio::sync::Mutex<Option<Sender>>>,
+    connected: Arc<AtomicU32>,
+    last_connect_ms: AtomicU64,
+}
+
+impl H2Pool {
+    pub fn new(endpoint: Endpoint, tls: Arc<rustls::ClientConfig>, lanes: usize) -> H2Pool {
+        H2Pool {
+            endpoint,
+            tls: TlsConnector::from(tls),
+            lanes: (0..lanes.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            connected: Arc::new(AtomicU32::new(0)),
+            last_connect_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub fn info(&self) -> LinkInfo {
+        LinkInfo {
+            protocol: "h2",
+            connected: self.connected.load(Ordering::Relaxed),
+            last_connect_ms: self.last_connect_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Connects every lane that is not connected yet.
+    pub async fn warm(&self) -> Result<(), TransportError> {
+        for lane in 0..self.lanes.len() {
+            self.sender(lane).await?;
+        }
+        Ok(())
+    }
+
+    async fn sender(&self, lane: usize) -> Result<Sender, TransportError> {
+        let mut slot = self.lanes[lane % self.lanes.len()].lock().await;
+        if let Some(s) = slot.as_ref() {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        *slot = None;
+        let s = self.connect().await?;
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn connect(&self) -> Result<Sender, TransportError> {
+        let started = Instant::now();
+        let ep = &self.endpoint;
+        let addrs: Vec<_> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
+            .await
+            .map_err(|_| TransportError::Resolve(ep.host.clone()))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(TransportError::Resolve(ep.host.clone()));
+        }
+        let mut last = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = Some(TransportError::Connect { addr: addr.to_string(), message: e.to_string() }),
+                Err(_) => last = Some(TransportError::Connect { addr: addr.to_string(), message: "timed out".into() }),
+            }
+        }
+        let tcp = match tcp {
+            Some(t) => t,
+            None => return Err(last.unwrap_or_else(|| TransportError::Resolve(ep.host.clone()))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(ep.host.clone())
+            .map_err(|_| TransportError::Endpoint(format!("{} is not a valid server name", ep.host)))?;
+        let tls_err = |message: String| TransportError::Tls { host: ep.host.clone(), message };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| tls_err("timed out".into()))?
+            .map_err(|e| tls_err(e.to_string()))?;
+        if tls.get_ref().1.alpn_protocol() != Some(uplink_proto::wire::ALPN_H2) {
+            return Err(tls_err("server did not agree to HTTP/2 (ALPN h2)".into()));
+        }
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buf_size(4 * 1024 * 1024)
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| TransportError::Http(e.to_string()))?;
+        let connected = Arc::clone(&self.connected);
+        connected.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP/2 connection ended");
+            }
+            connected.fetch_sub(1, Ordering::Relaxed);
+        });
+        self.last_connect_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(send)
+    }
+
+    /// Sends one request and reads its answer, within the request's timeout.
+    pub async fn request(&self, req: WireRequest) -> Result<WireResponse, TransportError> {
+        let timeout = req.timeout;
+        match tokio::time::timeout(timeout, self.request_inner(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+
+    async fn request_inner(&self, req: WireRequest) -> Result<WireResponse, TransportError> {
+        let mut sender = self.sender(req.lane).await?;
+        let mut builder = http::Request::builder()
+            .method(req.method)
+            .uri(format!("https://{}{}", self.endpoint.authority, req.path));
+        for (name, value) in &req.headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder
+            .body(Full::new(req.body))
+            .map_err(|e| TransportError::Http(format!("building the request: {e}")))?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| TransportError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| TransportError::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| TransportError::Http(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok(WireResponse { status, body })
+    }
+}
