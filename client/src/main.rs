@@ -1,1 +1,238 @@
-fn main() {}
+//! `uplink`: the command-line companion of `uplinkd`.
+
+mod demo;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uplink::follow::{follow, Render};
+use uplink::{connect, grpc, json, state_name, ClientError};
+
+#[derive(Parser, Debug)]
+#[command(name = "uplink", version, about = "Hand files to uplinkd and follow their upload")]
+struct Cli {
+    /// The daemon's socket (default: $UPLINK_SOCKET, else the platform default).
+    #[arg(long, global = true, env = "UPLINK_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Enqueue files for upload and print their job ids.
+    Send {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Follow the jobs until they end (progress bars, or JSON with --json).
+        #[arg(long)]
+        wait: bool,
+        /// One JSON object per line: the job ids, then events, then each final job record.
+        #[arg(long)]
+        json: bool,
+        /// Object name on the server (one file only; default: the file name).
+        #[arg(long)]
+        target: Option<String>,
+        /// Metadata KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+    },
+    /// Follow a job (or every unfinished job) until it ends.
+    Watch {
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job (and free its space on the server).
+    Cancel { job: String },
+    /// The daemon's state: endpoint, connections, queue.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Warm the connection to the server (call when a capture starts).
+    Prewarm,
+    /// Start a local server and daemon, upload a synthetic capture, verify it, report.
+    Demo(demo::DemoArgs),
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone().unwrap_or_else(uplink::default_socket);
+    match run(cli.cmd, socket).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("uplink: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn exit_for(jobs: &[grpc::Job]) -> ExitCode {
+    if jobs.iter().all(|j| state_name(j.state) == "completed") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
+    match cmd {
+        Cmd::Send { files, wait, json: as_json, target, meta } => {
+            if target.is_some() && files.len() > 1 {
+                eprintln!("uplink: --target names one object; give one file");
+                return Ok(ExitCode::from(2));
+            }
+            let mut client = connect(&socket).await?;
+            let metadata: HashMap<String, String> = meta.into_iter().collect();
+            let mut ids = Vec::new();
+            for f in &files {
+                // The daemon wants absolute paths; resolve relative ones against our cwd.
+                let path = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+                let req = grpc::EnqueueRequest {
+                    path: path.to_string_lossy().into_owned(),
+                    target: target.clone().unwrap_or_default(),
+                    metadata: metadata.clone(),
+                };
+                let resp = client.enqueue(req).await?.into_inner();
+                if as_json {
+                    println!("{}", serde_json::json!({"job_id": resp.job_id, "path": path}));
+                } else {
+                    println!("{}", resp.job_id);
+                }
+                ids.push(resp.job_id);
+            }
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let render = if as_json { Render::Json } else { Render::Bars };
+            let jobs = follow(&socket, &ids, render).await?;
+            if !as_json {
+                for j in &jobs {
+                    print_summary(j);
+                }
+            }
+            Ok(exit_for(&jobs))
+        }
+        Cmd::Watch { job, json: as_json } => {
+            let ids = match job {
+                Some(j) => vec![j],
+                None => {
+                    let mut c = connect(&socket).await?;
+                    let jobs = c.list_jobs(grpc::ListJobsRequest {}).await?.into_inner().jobs;
+                    jobs.into_iter().filter(|j| !uplink::is_terminal(j.state)).map(|j| j.job_id).collect()
+                }
+            };
+            if ids.is_empty() {
+                eprintln!("uplink: no unfinished jobs");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let jobs = follow(&socket, &ids, if as_json { Render::Json } else { Render::Bars }).await?;
+            if !as_json {
+                for j in &jobs {
+                    print_summary(j);
+                }
+            }
+            Ok(exit_for(&jobs))
+        }
+        Cmd::Ls { json: as_json } => {
+            let mut c = connect(&socket).await?;
+            let jobs = c.list_jobs(grpc::ListJobsRequest {}).await?.into_inner().jobs;
+            if as_json {
+                for j in &jobs {
+                    println!("{}", json::job(j));
+                }
+            } else {
+                println!("{:<24} {:<10} {:>12} {:>7}  PATH", "JOB", "STATE", "SIZE", "DONE");
+                for j in &jobs {
+                    let pct = if j.size > 0 { j.bytes_acked as f64 * 100.0 / j.size as f64 } else { 0.0 };
+                    println!("{:<24} {:<10} {:>12} {:>6.1}%  {}", j.job_id, state_name(j.state), j.size, pct, j.path);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cancel { job } => {
+            let mut c = connect(&socket).await?;
+            let j = c.cancel(grpc::CancelRequest { job_id: job }).await?.into_inner();
+            println!("{} {}", j.job_id, state_name(j.state));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json: as_json } => {
+            let mut c = connect(&socket).await?;
+            let s = c.status(grpc::StatusRequest {}).await?.into_inner();
+            if as_json {
+                let eps: Vec<_> = s
+                    .endpoints
+                    .iter()
+                    .map(|e| serde_json::json!({"url": e.url, "protocol": e.protocol, "connected": e.connected,
+                        "connections": e.connections, "last_connect_ms": e.last_connect_ms, "circuit": e.circuit}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,
+                        "jobs_running": s.jobs_running, "buffer_pool_capacity": s.buffer_pool_capacity,
+                        "buffer_pool_in_use": s.buffer_pool_in_use, "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds})
+                );
+            } else {
+                println!("uplinkd {} (up {} s), state in {}", s.version, s.uptime_seconds, s.state_dir);
+                for e in &s.endpoints {
+                    println!(
+                        "endpoint {} {} {} connection(s), last connect {} ms",
+                        e.url,
+                        if e.protocol.is_empty() { "-" } else { &e.protocol },
+                        e.connections,
+                        e.last_connect_ms
+                    );
+                }
+                println!(
+                    "jobs: {} queued, {} running; chunk buffers {}/{} in use",
+                    s.jobs_queued, s.jobs_running, s.buffer_pool_in_use, s.buffer_pool_capacity
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Prewarm => {
+            let mut c = connect(&socket).await?;
+            let p = c.prewarm(grpc::PrewarmRequest { keep_warm_seconds: 0 }).await?.into_inner();
+            println!(
+                "{} warm over {} in {} ms{}",
+                p.endpoint,
+                p.protocol,
+                p.connect_ms,
+                if p.already_warm { " (was already warm)" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn print_summary(j: &grpc::Job) {
+    match state_name(j.state) {
+        "completed" => println!(
+            "{}: completed {} bytes in {:.2} s ({:.1} MB/s) over {} ×{}; sha256 {}",
+            j.path,
+            j.size,
+            j.total_seconds,
+            j.size as f64 / 1e6 / j.total_seconds.max(1e-9),
+            j.protocol,
+            j.streams,
+            j.server_sha256
+        ),
+        state => println!("{}: {} {}: {}", j.path, state, j.error_code, j.error_message),
+    }
+}

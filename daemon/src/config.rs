@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Environment variable naming the daemon's socket (read by the CLI too).
-pub const SOCKET_ENV: &str = "UPLINK_SOCKET";
+pub use uplink_proto::paths::{SOCKET_ENV, default_state_dir};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,29 +44,9 @@ pub const DEFAULT_STREAMS: u32 = 12;
 pub const DEFAULT_CONNECTIONS: u32 = 4;
 pub const DEFAULT_KEEP_WARM_SECONDS: u32 = 300;
 
-/// The platform's per-user directories for uplink.
-pub fn project_dirs() -> Option<directories::ProjectDirs> {
-    directories::ProjectDirs::from("dev", "uplink", "uplink")
-}
-
-/// Default state dir: `~/.local/share/uplink` (Linux), `~/Library/Application Support/dev.uplink.uplink` (macOS).
-pub fn default_state_dir() -> PathBuf {
-    project_dirs()
-        .map(|d| d.data_local_dir().to_path_buf())
-        .unwrap_or_else(|| PathBuf::from(".uplink"))
-}
-
-/// Default socket: `$XDG_RUNTIME_DIR/uplink/uplinkd.sock` where the platform has a runtime
-/// dir, else `uplinkd.sock` in the state dir.
-pub fn default_socket(state_dir: &Path) -> PathBuf {
-    project_dirs()
-        .and_then(|d| d.runtime_dir().map(|r| r.join("uplinkd.sock")))
-        .unwrap_or_else(|| state_dir.join("uplinkd.sock"))
-}
-
 /// Default config file: `~/.config/uplink/uplinkd.toml` (or the platform's equivalent).
 pub fn default_config_file() -> Option<PathBuf> {
-    project_dirs().map(|d| d.config_dir().join("uplinkd.toml"))
+    uplink_proto::paths::project_dirs().map(|d| d.config_dir().join("uplinkd.toml"))
 }
 
 /// Flags that override the file.
@@ -116,7 +95,7 @@ impl Config {
             .socket
             .or(file.socket)
             .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
-            .unwrap_or_else(|| default_socket(&state_dir));
+            .unwrap_or_else(|| uplink_proto::paths::default_socket_in(&state_dir));
         let streams = o.streams.or(file.streams).unwrap_or(DEFAULT_STREAMS).clamp(1, 64);
         let connections = o.connections.or(file.connections).unwrap_or(DEFAULT_CONNECTIONS).clamp(1, streams);
         let chunk_size = o

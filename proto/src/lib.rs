@@ -8,6 +8,7 @@
 
 pub mod integrity;
 pub mod merkle;
+pub mod paths;
 pub mod wire;
 
 /// The generated gRPC types and service stubs (`uplink.v1`).
