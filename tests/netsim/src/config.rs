@@ -198,7 +198,7 @@ fn on_off(b: bool) -> &'static str {
 
 fn fmt_duration(d: Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{us}us")
@@ -350,9 +350,13 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 pub fn parse_fraction(s: &str) -> Result<f64> {
     let s = s.trim();
     let v = if let Some(p) = s.strip_suffix('%') {
-        p.trim().parse::<f64>().with_context(|| format!("bad percentage {s:?}"))? / 100.0
+        p.trim()
+            .parse::<f64>()
+            .with_context(|| format!("bad percentage {s:?}"))?
+            / 100.0
     } else {
-        s.parse::<f64>().with_context(|| format!("bad fraction {s:?}"))?
+        s.parse::<f64>()
+            .with_context(|| format!("bad fraction {s:?}"))?
     };
     if !(0.0..=1.0).contains(&v) {
         bail!("{s:?} is not between 0% and 100%");
@@ -493,9 +497,6 @@ mod tests {
         let i = Impair::default().rate_bps(8_000_000);
         // 100 ms at 1 MB/s.
         assert_eq!(i.queue_limit_bytes(1500), 100_000);
-        assert_eq!(
-            i.queue(Queue::Packets(10)).queue_limit_bytes(1500),
-            15_000
-        );
+        assert_eq!(i.queue(Queue::Packets(10)).queue_limit_bytes(1500), 15_000);
     }
 }

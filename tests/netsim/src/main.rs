@@ -11,11 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use netsim::probe::{TcpSink, median_f64, udp_blast, tcp_goodput};
+use netsim::probe::{TcpSink, median_f64, tcp_goodput, udp_blast};
 use netsim::{Change, DirSel, Impair, PathSel, Sim, SimOpts, addr};
 
 #[derive(Parser)]
-#[command(name = "netsim", about = "TUN-based network emulator: two namespaces, two impaired paths")]
+#[command(
+    name = "netsim",
+    about = "TUN-based network emulator: two namespaces, two impaired paths"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -157,8 +160,9 @@ fn main() -> ExitCode {
         Cmd::Up(a) if a.foreground => run_foreground(a),
         Cmd::Up(a) => up_daemon(a),
         Cmd::Set(a) => set(a),
-        Cmd::Status { name } => netsim::control(&name, "status", Duration::from_secs(10))
-            .map(|s| println!("{s}")),
+        Cmd::Status { name } => {
+            netsim::control(&name, "status", Duration::from_secs(10)).map(|s| println!("{s}"))
+        }
         Cmd::Down { name } => netsim::cleanup(&name).map(|()| {
             let _ = fs::remove_file(netsim::log_path(&name));
         }),

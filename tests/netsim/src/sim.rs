@@ -231,7 +231,7 @@ fn is_netsim_daemon(pid: i32, name: &str) -> bool {
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     args.first()
         .is_some_and(|a| a.ends_with(b"netsim") || a.windows(6).any(|w| w == b"netsim"))
-        && args.iter().any(|a| *a == name.as_bytes())
+        && args.contains(&name.as_bytes())
 }
 
 /// Remove everything a sim called `name` may have left behind: its daemon process (if any),
@@ -448,10 +448,7 @@ impl Sim {
         let (stop_r, stop_w) = sys::stop_pipe()?;
         let mk_path = |imp: Impair| PathShared {
             link_up: Arc::new(AtomicBool::new(true)),
-            dirs: [
-                Arc::new(DirShared::new(imp)),
-                Arc::new(DirShared::new(imp)),
-            ],
+            dirs: [Arc::new(DirShared::new(imp)), Arc::new(DirShared::new(imp))],
         };
         let inner = Arc::new(Inner {
             name: name.to_string(),
@@ -546,7 +543,11 @@ impl Sim {
                     seed: seed.wrapping_add((p * 2 + d) as u64 * 0x1234_5678_9abc),
                 };
                 let h = std::thread::Builder::new()
-                    .name(format!("netsim-p{}{}", p + 1, if d == 0 { "up" } else { "dn" }))
+                    .name(format!(
+                        "netsim-p{}{}",
+                        p + 1,
+                        if d == 0 { "up" } else { "dn" }
+                    ))
                     .spawn(move || fwd::run(task))
                     .context("spawn forwarder thread")?;
                 self.threads.push(h);
@@ -785,9 +786,13 @@ fn handle_conn(inner: &Inner, conn: UnixStream, hook: Option<&(dyn Fn() + Send +
                 h();
                 Ok(String::new())
             }
-            None => Err(anyhow!("this sim is owned by a library user; it ends with its guard")),
+            None => Err(anyhow!(
+                "this sim is owned by a library user; it ends with its guard"
+            )),
         },
-        _ => Err(anyhow!("unknown command {cmd:?} (ping, status, set SPEC, shutdown)")),
+        _ => Err(anyhow!(
+            "unknown command {cmd:?} (ping, status, set SPEC, shutdown)"
+        )),
     };
     let mut conn = conn;
     let text = match reply {

@@ -85,16 +85,27 @@ fn forwarding_path_does_not_allocate() {
         slot.store(*t, Ordering::Relaxed);
     }
     let sink = TcpSink::start(&sim, addr::SERVER_V4[0].into(), 0).unwrap();
-    let src = TcpSource::start(&sim, sink.addr(), Duration::from_secs(3), Duration::from_secs(30))
-        .unwrap();
+    let src = TcpSource::start(
+        &sim,
+        sink.addr(),
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(5), || sink.total() > 2_000_000));
-    sim.apply("path=1 dir=up burst-loss=1%:30% queue=20p").unwrap();
+    sim.apply("path=1 dir=up burst-loss=1%:30% queue=20p")
+        .unwrap();
     sim.blackhole(PathSel::P1, true);
     std::thread::sleep(ms(200));
     sim.blackhole(PathSel::P1, false);
     let s2 = TcpSink::start(&sim, addr::SERVER_V4[1].into(), 0).unwrap();
-    let src2 = TcpSource::start(&sim, s2.addr(), Duration::from_secs(3), Duration::from_secs(30))
-        .unwrap();
+    let src2 = TcpSource::start(
+        &sim,
+        s2.addr(),
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(5), || s2.total() > 1_000_000));
     let b = udp_blast(
         &sim,
@@ -114,5 +125,9 @@ fn forwarding_path_does_not_allocate() {
         slot.store(0, Ordering::Relaxed);
     }
     assert!(fwd > 2000, "traffic flowed: {fwd}");
-    assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "allocations on the forwarding threads");
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed),
+        0,
+        "allocations on the forwarding threads"
+    );
 }

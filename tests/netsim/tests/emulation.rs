@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::{assert_near, ms, up, wait_until};
-use netsim::probe::{TcpSink, TcpSource, UdpEcho, UdpPinger, median, median_f64, tcp_goodput, udp_blast};
+use netsim::probe::{
+    TcpSink, TcpSource, UdpEcho, UdpPinger, median, median_f64, tcp_goodput, udp_blast,
+};
 use netsim::{DirSel, Impair, PathSel, SimOpts, addr};
 
 fn server_ip() -> IpAddr {
@@ -83,15 +85,26 @@ fn rate_limit_matches_configured_rate() {
     // Change the rate live: 10 Mbit/s.
     sim.apply("path=1 dir=up rate=10mbit queue=50ms").unwrap();
     let m = tcp_goodput(&sim, &sink, sink.addr(), ms(1500), ms(2500)).unwrap();
-    assert_near("TCP goodput at 10mbit (bit/s)", m, 10e6 * 1448.0 / 1500.0, 0.10);
+    assert_near(
+        "TCP goodput at 10mbit (bit/s)",
+        m,
+        10e6 * 1448.0 / 1500.0,
+        0.10,
+    );
 
     // A short queue overflows: the sender sees real congestion (tail drops).
     sim.apply("path=1 dir=up queue=8p").unwrap();
     let before = sim.stats(PathSel::P1, DirSel::Up).drop_queue;
     let m = tcp_goodput(&sim, &sink, sink.addr(), ms(500), ms(1500)).unwrap();
     let st = sim.stats(PathSel::P1, DirSel::Up);
-    assert!(st.drop_queue > before, "a saturating sender must see tail drops: {st:?}");
-    assert!(m < 10e6, "the rate limit still holds with a short queue: {m}");
+    assert!(
+        st.drop_queue > before,
+        "a saturating sender must see tail drops: {st:?}"
+    );
+    assert!(
+        m < 10e6,
+        "the rate limit still holds with a short queue: {m}"
+    );
 }
 
 #[test]
@@ -100,7 +113,17 @@ fn loss_matches_configured_loss() {
     sim.apply("path=1 dir=up loss=10%").unwrap();
     let to = SocketAddr::new(server_ip(), 7000);
     // 20 000 datagrams paced in bursts of 50 per ms: nothing but the emulator drops them.
-    let b = udp_blast(&sim, to, 20_000, 100, 50, ms(1), Duration::from_secs(30), ms(300)).unwrap();
+    let b = udp_blast(
+        &sim,
+        to,
+        20_000,
+        100,
+        50,
+        ms(1),
+        Duration::from_secs(30),
+        ms(300),
+    )
+    .unwrap();
     assert_eq!(b.sent, 20_000);
     let loss = 1.0 - b.received as f64 / b.sent as f64;
     let st = sim.stats(PathSel::P1, DirSel::Up);
@@ -111,7 +134,17 @@ fn loss_matches_configured_loss() {
     // Burst loss on path 2: Gilbert-Elliott 2 % enter, 25 % exit -> 7.4 % mean.
     sim.apply("path=2 dir=up burst-loss=2%:25%").unwrap();
     let to = SocketAddr::new(addr::SERVER_V4[1].into(), 7001);
-    let b = udp_blast(&sim, to, 40_000, 100, 50, ms(1), Duration::from_secs(30), ms(300)).unwrap();
+    let b = udp_blast(
+        &sim,
+        to,
+        40_000,
+        100,
+        50,
+        ms(1),
+        Duration::from_secs(30),
+        ms(300),
+    )
+    .unwrap();
     let loss = 1.0 - b.received as f64 / b.sent as f64;
     assert_near("burst loss fraction", loss, 0.02 / 0.27, 0.25);
 }
@@ -125,13 +158,22 @@ fn blackhole_stops_traffic_and_restore_resumes() {
 
     // A bulk TCP flow is running when the link goes black.
     let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
-    let src = TcpSource::start(&sim, sink.addr(), Duration::from_secs(3), Duration::from_secs(60))
-        .unwrap();
+    let src = TcpSource::start(
+        &sim,
+        sink.addr(),
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(5), || sink.total() > 1_000_000));
 
     sim.blackhole(PathSel::P1, true);
     std::thread::sleep(ms(300)); // packets already in flight drain
-    assert_eq!(p.pings(10, ms(10), ms(100)).len(), 0, "pings crossed a blackhole");
+    assert_eq!(
+        p.pings(10, ms(10), ms(100)).len(),
+        0,
+        "pings crossed a blackhole"
+    );
     let before = sink.total();
     std::thread::sleep(ms(1500));
     assert_eq!(sink.total(), before, "TCP bytes crossed a blackhole");
@@ -141,7 +183,8 @@ fn blackhole_stops_traffic_and_restore_resumes() {
     let rtt = p.ping(ms(500));
     assert!(rtt.is_some(), "the first ping after restore must pass");
     assert!(
-        wait_until(Duration::from_secs(10), || sink.total() > before + 1_000_000),
+        wait_until(Duration::from_secs(10), || sink.total()
+            > before + 1_000_000),
         "TCP flow did not resume after the blackhole"
     );
     drop(src);
@@ -160,8 +203,13 @@ fn drop_udp_blocks_udp_only() {
     assert!(p.ping(ms(300)).is_none());
     assert!(p6.ping(ms(300)).is_none());
     let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
-    let src = TcpSource::start(&sim, sink.addr(), Duration::from_secs(3), Duration::from_secs(5))
-        .expect("TCP must still work with drop-udp");
+    let src = TcpSource::start(
+        &sim,
+        sink.addr(),
+        Duration::from_secs(3),
+        Duration::from_secs(5),
+    )
+    .expect("TCP must still work with drop-udp");
     assert!(wait_until(Duration::from_secs(5), || sink.total() > 100_000));
     drop(src);
     assert!(sim.stats(PathSel::All, DirSel::Up).drop_udp >= 2);

@@ -58,7 +58,16 @@ fn pid_of_ready(line: &str) -> i32 {
 #[test]
 fn cli_up_set_down_leaves_nothing() {
     let name = "nt-cli";
-    let (ok, out) = netsim(&["up", name, "--delay", "5ms", "--loss", "0%", "--path2", "delay=20ms"]);
+    let (ok, out) = netsim(&[
+        "up",
+        name,
+        "--delay",
+        "5ms",
+        "--loss",
+        "0%",
+        "--path2",
+        "delay=20ms",
+    ]);
     assert!(ok, "netsim up failed (needs root and /dev/net/tun): {out}");
     assert!(out.starts_with("READY"), "{out}");
     let daemon = pid_of_ready(&out);
@@ -77,7 +86,18 @@ fn cli_up_set_down_leaves_nothing() {
     assert!(String::from_utf8_lossy(&ping.stdout).contains("connect-attempted"));
 
     // Live changes over the control socket.
-    let (ok, out) = netsim(&["set", name, "--path", "1", "--dir", "up", "--loss", "5%", "--burst-loss", "1%,30%"]);
+    let (ok, out) = netsim(&[
+        "set",
+        name,
+        "--path",
+        "1",
+        "--dir",
+        "up",
+        "--loss",
+        "5%",
+        "--burst-loss",
+        "1%,30%",
+    ]);
     assert!(ok, "{out}");
     let (ok, out) = netsim(&["set", name, "--path", "2", "--link", "down"]);
     assert!(ok, "{out}");
@@ -88,7 +108,10 @@ fn cli_up_set_down_leaves_nothing() {
     assert!(status.contains("path 2 link down"), "{status}");
     assert!(status.contains("delay=20ms"), "{status}");
     let (ok, out) = netsim(&["set", name, "--rate", "10mbps"]);
-    assert!(!ok && out.contains("unit"), "bad units must be refused: {out}");
+    assert!(
+        !ok && out.contains("unit"),
+        "bad units must be refused: {out}"
+    );
 
     // A long-running process in the server namespace is stopped by `down` too.
     let mut sleeper = Command::new("ip")
@@ -110,21 +133,25 @@ fn cli_up_set_down_leaves_nothing() {
 #[test]
 fn panicking_test_tears_down() {
     let name = "nt-panic";
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot2 = slot.clone();
     let r = std::thread::spawn(move || {
         let sim = up(name, SimOpts::default());
-        let _child = sim
+        let child = sim
             .client_cmd("sleep")
             .arg("120")
             .spawn()
             .expect("spawn in client ns");
+        *slot2.lock().unwrap() = Some(child);
         std::thread::sleep(ms(200));
         panic!("test failure while the sim is up");
     })
     .join();
     assert!(r.is_err());
     assert_nothing_left(name, &[]);
-    let left = Command::new("ip").args(["netns", "pids", "nt-panic-c"]).output();
-    assert!(left.map(|o| !o.status.success()).unwrap_or(true));
+    let mut child = slot.lock().unwrap().take().expect("child was spawned");
+    let status = child.wait().expect("wait sleeper");
+    assert!(!status.success(), "the process in the namespace was killed");
 }
 
 #[test]
@@ -134,8 +161,16 @@ fn killed_forwarder_and_leftovers_are_cleaned() {
     assert!(ok, "{out}");
     let daemon = pid_of_ready(&out);
     // SIGKILL: no teardown runs. The TUN devices die with the process' fds...
-    assert!(Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap().success());
-    assert!(wait_until(Duration::from_secs(3), || !netsim::process_alive(daemon)));
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &daemon.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_until(Duration::from_secs(3), || {
+        !netsim::process_alive(daemon)
+    }));
     let links = Command::new("ip")
         .args(["-n", "nt-kill-c", "-o", "link"])
         .output()
@@ -150,7 +185,9 @@ fn killed_forwarder_and_leftovers_are_cleaned() {
     let (ok, out) = netsim(&["up", name]);
     assert!(ok, "up over a running sim: {out}");
     let daemon3 = pid_of_ready(&out);
-    assert!(wait_until(Duration::from_secs(3), || !netsim::process_alive(daemon2)));
+    assert!(wait_until(Duration::from_secs(3), || {
+        !netsim::process_alive(daemon2)
+    }));
     let (ok, out) = netsim(&["down", name]);
     assert!(ok, "{out}");
     assert_nothing_left(name, &[daemon, daemon2, daemon3]);
@@ -158,14 +195,22 @@ fn killed_forwarder_and_leftovers_are_cleaned() {
     // Library: leftover namespaces from a crashed run are removed by Sim::up.
     let lname = "nt-left";
     for ns in ["nt-left-c", "nt-left-s"] {
-        assert!(Command::new("ip").args(["netns", "add", ns]).status().unwrap().success());
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     let sim = up(lname, SimOpts::default());
     let echo = UdpEcho::start(&sim, addr::SERVER_V4[0].into(), 0).unwrap();
     let mut p = UdpPinger::new(&sim, echo.addr()).unwrap();
     assert!(p.ping(ms(500)).is_some());
     // A second library sim of the same live name is refused, not clobbered.
-    let err = netsim::Sim::up(lname, SimOpts::default()).err().expect("must refuse");
+    let err = netsim::Sim::up(lname, SimOpts::default())
+        .err()
+        .expect("must refuse");
     assert!(format!("{err:#}").contains("still running"), "{err:#}");
     drop(echo);
     sim.down().unwrap();
