@@ -1,0 +1,273 @@
+//! Test harness: starts the real `uplink-server`, `uplinkd` and `uplink` binaries (built by
+//! `cargo build --workspace` into the same target dir) on loopback, in a temp dir per test.
+//! Every process is killed when its guard drops, also when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, next to the test executable's `deps/` dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests", p.display());
+    p
+}
+
+/// A temp dir that other uids can traverse (tests drop privileges in places).
+pub fn workdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix("uplink-e2e-").tempdir().expect("tempdir");
+    chmod(d.path(), 0o755);
+    d
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A process killed (SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub ready: String,
+}
+
+impl Proc {
+    /// Starts `cmd` and waits for its `ready` line on stdout.
+    pub fn start(mut cmd: Command, log: &Path) -> Proc {
+        let log_file = std::fs::File::create(log).expect("log file");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                if line.contains(" ready ") {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(ready) => Proc { child, ready },
+            Err(_) => {
+                let _ = child.kill();
+                let mut s = String::new();
+                let _ = std::fs::File::open(log).and_then(|mut f| f.read_to_string(&mut s));
+                panic!("process did not become ready; log:\n{s}");
+            }
+        }
+    }
+
+    pub fn field(&self, key: &str) -> String {
+        self.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key}= in {:?}", self.ready))
+            .to_string()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn term(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `uplink-server`.
+pub struct Server {
+    pub proc: Proc,
+    pub addr: String,
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+    pub token_file: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub const TOKEN: &str = "e2e-token-0123456789abcdef";
+
+impl Server {
+    pub fn start(dir: &Path) -> Server {
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, TOKEN).expect("token");
+        chmod(&token_file, 0o644);
+        Self::start_at(dir, "127.0.0.1:0", &token_file)
+    }
+
+    fn start_at(dir: &Path, listen: &str, token_file: &Path) -> Server {
+        let data_dir = dir.join("server-data");
+        let mut cmd = Command::new(bin("uplink-server"));
+        cmd.arg("--listen").arg(listen).arg("--data-dir").arg(&data_dir).arg("--token-file").arg(token_file);
+        let proc = Proc::start(cmd, &dir.join("server.log"));
+        let addr = proc.field("addr");
+        let ca = PathBuf::from(proc.field("ca"));
+        Server { proc, addr, ca, data_dir, token_file: token_file.to_path_buf(), dir: dir.to_path_buf() }
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and data dir.
+    pub fn restart_after(&mut self, down: Duration) {
+        self.proc.kill9();
+        std::thread::sleep(down);
+        let again = Self::start_at(&self.dir, &self.addr, &self.token_file);
+        *self = again;
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn object(&self, name: &str) -> PathBuf {
+        self.data_dir.join("objects").join(name)
+    }
+}
+
+/// A running `uplinkd`.
+pub struct Daemon {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn command(dir: &Path, server: &Server) -> Command {
+        let mut cmd = Command::new(bin("uplinkd"));
+        cmd.arg("--endpoint")
+            .arg(server.url())
+            .arg("--token-file")
+            .arg(&server.token_file)
+            .arg("--ca-file")
+            .arg(&server.ca)
+            .arg("--state-dir")
+            .arg(dir.join("daemon-state"))
+            .arg("--socket")
+            .arg(dir.join("uplinkd.sock"));
+        cmd
+    }
+
+    pub fn start(dir: &Path, server: &Server) -> Daemon {
+        Self::start_cmd(dir, Self::command(dir, server))
+    }
+
+    pub fn start_cmd(dir: &Path, cmd: Command) -> Daemon {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let proc = Proc::start(cmd, &dir.join(format!("uplinkd-{n}.log")));
+        Daemon { proc, socket: dir.join("uplinkd.sock"), state_dir: dir.join("daemon-state") }
+    }
+}
+
+/// Runs the `uplink` CLI against `socket`.
+pub fn uplink(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("uplink")).arg("--socket").arg(socket).args(args).output().expect("run uplink")
+}
+
+/// Runs the `uplink` CLI as another uid.
+pub fn uplink_as(uid: u32, socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("uplink"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .env("HOME", "/")
+        .output()
+        .expect("run uplink")
+}
+
+/// Writes `size` pseudo-random (incompressible) bytes.
+pub fn random_file(path: &Path, size: u64) {
+    let mut w = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).expect("create"));
+    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ size;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..n]).expect("write");
+        left -= n as u64;
+    }
+    w.flush().expect("flush");
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Parses the JSON lines a `--json` command printed.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Polls `f` every 20 ms until it returns Some, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A wire-protocol client for `server` (the daemon's own, used here to poke the server
+/// directly: bad chunks, replays, state).
+pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = uplinkd::transport::tls::client_config(Some(&server.ca), &[uplink_proto::wire::ALPN_H2]).expect("tls");
+    let ep = uplinkd::transport::Endpoint::parse(&server.url()).expect("endpoint");
+    let pool = uplinkd::transport::h2::H2Pool::new(ep, tls, 1);
+    uplinkd::server_api::ServerClient::new(pool, TOKEN.to_string())
+}
+
+/// The job record of `job_id` as `uplink ls --json` reports it.
+pub fn job_record(socket: &Path, job_id: &str) -> Option<serde_json::Value> {
+    let out = uplink(socket, &["ls", "--json"]);
+    json_lines(&out).into_iter().find(|j| j["job_id"] == job_id)
+}

@@ -1,0 +1,132 @@
+//! The vertical slice, end to end: real server, real daemon, real CLI, on loopback.
+
+use std::time::Duration;
+
+use uplink_e2e::*;
+
+const GIB: u64 = 1 << 30;
+const CHUNK: u64 = 4 << 20;
+const STREAMS: u64 = 12;
+
+fn enqueue(socket: &std::path::Path, file: &std::path::Path) -> String {
+    let out = uplink(socket, &["send", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+    json_lines(&out)[0]["job_id"].as_str().expect("job id").to_string()
+}
+
+/// Waits until the daemon has checkpointed at least `bytes` of the job.
+fn wait_acked(socket: &std::path::Path, job: &str, bytes: u64) {
+    wait_for(Duration::from_secs(120), || {
+        job_record(socket, job).filter(|j| j["bytes_acked"].as_u64().unwrap_or(0) >= bytes)
+    })
+    .unwrap_or_else(|| panic!("job {job} never reached {bytes} acknowledged bytes"));
+}
+
+fn wait_done(socket: &std::path::Path, job: &str) -> serde_json::Value {
+    let out = uplink(socket, &["watch", job, "--json"]);
+    let lines = json_lines(&out);
+    let last = lines.last().cloned().expect("watch printed nothing");
+    assert_eq!(last["job_id"], job);
+    last
+}
+
+#[test]
+fn a_1_gib_file_arrives_intact_with_send_wait() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("capture.bin");
+    random_file(&file, GIB);
+    let local_sha = sha256_file(&file);
+
+    let out = uplink(&daemon.socket, &["send", file.to_str().unwrap(), "--wait", "--json"]);
+    assert!(out.status.success(), "send --wait failed: {}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    let job_id = lines[0]["job_id"].as_str().expect("first line names the job").to_string();
+    assert!(lines.iter().any(|l| l["event"] == "progress"), "no progress events");
+    let record = lines.last().expect("final record");
+    assert_eq!(record["job_id"], job_id.as_str());
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["size"], GIB);
+    assert_eq!(record["bytes_acked"], GIB);
+    assert_eq!(record["server_sha256"], local_sha.as_str());
+    assert_eq!(record["protocol"], "h2");
+    assert_eq!(record["streams"], STREAMS);
+    assert_eq!(record["chunks_total"], GIB / CHUNK);
+    assert_eq!(record["merkle_root"].as_str().map(str::len), Some(64));
+    assert!(record["time_to_first_ack_ms"].as_u64().unwrap() > 0);
+    assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
+}
+
+#[test]
+fn kill_9_of_the_daemon_mid_upload_resends_at_most_the_chunks_in_flight() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("capture.bin");
+    random_file(&file, GIB);
+    let local_sha = sha256_file(&file);
+
+    let job = enqueue(&daemon.socket, &file);
+    wait_acked(&daemon.socket, &job, GIB / 3);
+    daemon.proc.kill9();
+    let before = std::fs::read_dir(&server.data_dir.join("objects")).unwrap().count();
+    assert_eq!(before, 0, "the upload must not have finished before the kill");
+
+    let daemon = Daemon::start(dir.path(), &server);
+    let record = wait_done(&daemon.socket, &job);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], local_sha.as_str());
+    assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
+    let resent = record["chunks_resent"].as_u64().unwrap();
+    assert!(resent <= 10 + STREAMS, "daemon re-sent {resent} chunks");
+
+    // The server's own count of chunk PUTs bounds the re-sends independently of the daemon.
+    let upload_id = record["upload_id"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = rt.block_on(async { server_client(&server).state(&upload_id).await }).expect("state");
+    let chunks = GIB / CHUNK;
+    assert!(
+        state.chunk_puts <= chunks + 10 + STREAMS,
+        "server saw {} chunk PUTs for {chunks} chunks",
+        state.chunk_puts
+    );
+}
+
+#[test]
+fn a_server_restart_mid_upload_still_completes_intact() {
+    let dir = workdir();
+    let mut server = Server::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("capture.bin");
+    let size = GIB / 2;
+    random_file(&file, size);
+    let local_sha = sha256_file(&file);
+
+    let job = enqueue(&daemon.socket, &file);
+    wait_acked(&daemon.socket, &job, size / 4);
+    server.restart_after(Duration::from_millis(1500));
+    let record = wait_done(&daemon.socket, &job);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], local_sha.as_str());
+    assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
+}
+
+#[test]
+fn sigterm_pauses_the_job_and_a_restart_finishes_it() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("capture.bin");
+    let size = GIB / 4;
+    random_file(&file, size);
+    let job = enqueue(&daemon.socket, &file);
+    wait_acked(&daemon.socket, &job, size / 4);
+    daemon.proc.term();
+    assert!(daemon.proc.child.try_wait().unwrap().is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    assert!(!daemon.socket.exists(), "the socket is removed on shutdown");
+    let daemon = Daemon::start(dir.path(), &server);
+    let record = wait_done(&daemon.socket, &job);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(sha256_file(&server.object("capture.bin")), sha256_file(&file));
+}
