@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use uplink::follow::{follow, Render};
-use uplink::{connect, grpc, state_name, ClientError};
+use uplink::follow::{Render, follow};
+use uplink::{ClientError, connect, grpc, state_name};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -50,10 +50,16 @@ impl Procs {
     /// SIGTERM each child, then wait (bounded); SIGKILL whatever is left.
     async fn stop(&mut self) {
         for c in self.children.iter_mut().rev() {
-            if let Some(pid) = c.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            if let Some(pid) = c
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
-            if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+            {
                 let _ = c.kill().await;
             }
         }
@@ -67,13 +73,23 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
     if p.exists() {
         Ok(p)
     } else {
-        Err(format!("{} not found next to {}; build the workspace first (cargo build --release)", name, exe.display()))
+        Err(format!(
+            "{} not found next to {}; build the workspace first (cargo build --release)",
+            name,
+            exe.display()
+        ))
     }
 }
 
 /// Starts a program and waits for its `ready` line on stdout; returns the line.
-async fn start(procs: &mut Procs, cmd: &mut Command, log: &Path, what: &str) -> Result<String, String> {
-    let log_file = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+async fn start(
+    procs: &mut Procs,
+    cmd: &mut Command,
+    log: &Path,
+    what: &str,
+) -> Result<String, String> {
+    let log_file =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -99,7 +115,8 @@ async fn start(procs: &mut Procs, cmd: &mut Command, log: &Path, what: &str) -> 
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode, ClientError> {
@@ -115,7 +132,9 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, ClientError> {
 async fn run_inner(args: DemoArgs) -> Result<ExitCode, String> {
     let tmp = std::env::temp_dir().join(format!("uplink-demo-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let mut procs = Procs { children: Vec::new() };
+    let mut procs = Procs {
+        children: Vec::new(),
+    };
     let result = demo(&args, &tmp, &mut procs).await;
     procs.stop().await;
     if args.keep {
@@ -145,8 +164,12 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
         "uplink-server",
     )
     .await?;
-    let addr = field(&ready, "addr").ok_or("server printed no address")?.to_string();
-    let ca = field(&ready, "ca").ok_or("server printed no CA")?.to_string();
+    let addr = field(&ready, "addr")
+        .ok_or("server printed no address")?
+        .to_string();
+    let ca = field(&ready, "ca")
+        .ok_or("server printed no CA")?
+        .to_string();
     let socket = tmp.join("uplinkd.sock");
     start(
         procs,
@@ -169,7 +192,10 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
 
     let capture = tmp.join("demo-capture.ply");
     let size = args.size;
-    eprintln!("writing a synthetic {:.0} MiB capture…", size as f64 / 1048576.0);
+    eprintln!(
+        "writing a synthetic {:.0} MiB capture…",
+        size as f64 / 1048576.0
+    );
     let cap2 = capture.clone();
     tokio::task::spawn_blocking(move || write_capture(&cap2, size))
         .await
@@ -185,16 +211,30 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
     eprintln!("prewarmed {} in {} ms", warm.protocol, warm.connect_ms);
     let started = Instant::now();
     let job = client
-        .enqueue(grpc::EnqueueRequest { path: capture.to_string_lossy().into_owned(), ..Default::default() })
+        .enqueue(grpc::EnqueueRequest {
+            path: capture.to_string_lossy().into_owned(),
+            ..Default::default()
+        })
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
-    let render = if args.json { Render::Json } else { Render::Bars };
-    let jobs = follow(&socket, std::slice::from_ref(&job.job_id), render).await.map_err(|e| e.to_string())?;
+    let render = if args.json {
+        Render::Json
+    } else {
+        Render::Bars
+    };
+    let jobs = follow(&socket, std::slice::from_ref(&job.job_id), render)
+        .await
+        .map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
     let j = jobs.first().ok_or("no job record")?;
     if state_name(j.state) != "completed" {
-        return Err(format!("upload {}: {}: {}", state_name(j.state), j.error_code, j.error_message));
+        return Err(format!(
+            "upload {}: {}: {}",
+            state_name(j.state),
+            j.error_code,
+            j.error_message
+        ));
     }
     let stored = server_dir.join("objects").join(&j.target);
     let (a, b) = (capture.clone(), stored.clone());
@@ -203,16 +243,32 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot compare with {}: {e}", stored.display()))?;
     if !same {
-        return Err(format!("the server's copy {} differs from the capture", stored.display()));
+        return Err(format!(
+            "the server's copy {} differs from the capture",
+            stored.display()
+        ));
     }
     let secs = elapsed.as_secs_f64();
     println!("verified: the server's copy is identical, byte for byte");
-    println!("size            {} bytes ({:.0} MiB)", j.size, j.size as f64 / 1048576.0);
+    println!(
+        "size            {} bytes ({:.0} MiB)",
+        j.size,
+        j.size as f64 / 1048576.0
+    );
     println!("time            {secs:.2} s (enqueue to completed)");
-    println!("throughput      {:.1} MB/s", j.size as f64 / 1e6 / secs.max(1e-9));
+    println!(
+        "throughput      {:.1} MB/s",
+        j.size as f64 / 1e6 / secs.max(1e-9)
+    );
     println!("protocol        {} with {} streams", j.protocol, j.streams);
-    println!("first chunk ack {} ms after enqueue", j.time_to_first_ack_ms);
-    println!("chunks          {} sent, {} re-sent", j.chunks_sent, j.chunks_resent);
+    println!(
+        "first chunk ack {} ms after enqueue",
+        j.time_to_first_ack_ms
+    );
+    println!(
+        "chunks          {} sent, {} re-sent",
+        j.chunks_sent, j.chunks_resent
+    );
     println!("sha256          {}", j.server_sha256);
     println!("merkle root     {}", j.merkle_root);
     Ok(ExitCode::SUCCESS)

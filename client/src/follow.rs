@@ -10,7 +10,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use uplink_proto::grpc::{self, job_event::Kind};
 
-use crate::{connect, is_terminal, json, ClientError};
+use crate::{ClientError, connect, is_terminal, json};
 
 /// How to show what happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,11 @@ const RECONNECT_TRIES: u32 = 120;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 /// Follows `ids` until every one has ended; returns their final records in `ids` order.
-pub async fn follow(socket: &Path, ids: &[String], render: Render) -> Result<Vec<grpc::Job>, ClientError> {
+pub async fn follow(
+    socket: &Path,
+    ids: &[String],
+    render: Render,
+) -> Result<Vec<grpc::Job>, ClientError> {
     let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let mut ended: HashSet<String> = HashSet::new();
     let bars = Bars::new(render == Render::Bars);
@@ -42,7 +46,12 @@ pub async fn follow(socket: &Path, ids: &[String], render: Render) -> Result<Vec
             }
             Err(e) => return Err(e),
         };
-        let mut stream = match client.watch(grpc::WatchRequest { job_id: String::new() }).await {
+        let mut stream = match client
+            .watch(grpc::WatchRequest {
+                job_id: String::new(),
+            })
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(e) if tries < RECONNECT_TRIES => {
                 tries += 1;
@@ -76,7 +85,10 @@ pub async fn follow(socket: &Path, ids: &[String], render: Render) -> Result<Vec
     let mut client = connect(socket).await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let job = client.get_job(grpc::GetJobRequest { job_id: id.clone() }).await?.into_inner();
+        let job = client
+            .get_job(grpc::GetJobRequest { job_id: id.clone() })
+            .await?
+            .into_inner();
         if render == Render::Json {
             println!("{}", json::job(&job));
         }
@@ -104,7 +116,10 @@ struct Bars {
 
 impl Bars {
     fn new(enabled: bool) -> Bars {
-        Bars { multi: enabled.then(MultiProgress::new), bars: Default::default() }
+        Bars {
+            multi: enabled.then(MultiProgress::new),
+            bars: Default::default(),
+        }
     }
 
     fn bar(&self, job_id: &str, total: u64, name: &str) -> Option<ProgressBar> {
@@ -153,18 +168,27 @@ impl Bars {
             }
             Some(Kind::Retrying(r)) => {
                 if let Some(b) = self.bar(&ev.job_id, 0, "") {
-                    b.set_message(format!("retry {} in {:.1}s: {}", r.attempt, r.delay_seconds, r.why));
+                    b.set_message(format!(
+                        "retry {} in {:.1}s: {}",
+                        r.attempt, r.delay_seconds, r.why
+                    ));
                 }
             }
             Some(Kind::Completed(c)) => {
                 if let (Some(b), Some(j)) = (self.bar(&ev.job_id, 0, ""), &c.job) {
                     b.set_position(j.size);
-                    b.finish_with_message(format!("done sha256 {}…", j.server_sha256.get(..12).unwrap_or("")));
+                    b.finish_with_message(format!(
+                        "done sha256 {}…",
+                        j.server_sha256.get(..12).unwrap_or("")
+                    ));
                 }
             }
             Some(Kind::Failed(f)) => {
                 if let (Some(b), Some(j)) = (self.bar(&ev.job_id, 0, ""), &f.job) {
-                    b.abandon_with_message(format!("failed: {}: {}", j.error_code, j.error_message));
+                    b.abandon_with_message(format!(
+                        "failed: {}: {}",
+                        j.error_code, j.error_message
+                    ));
                 }
             }
             Some(Kind::Cancelled(_)) => {

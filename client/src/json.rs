@@ -1,6 +1,6 @@
 //! JSON renderings of jobs and events for `--json` output (one object per line).
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uplink_proto::grpc::{self, job_event::Kind};
 
 use crate::state_name;

@@ -21,7 +21,9 @@ pub use uplink_proto::grpc::uplink_client::UplinkClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach uplinkd at {path}: {message} (is the daemon running? socket from --socket or UPLINK_SOCKET)")]
+    #[error(
+        "cannot reach uplinkd at {path}: {message} (is the daemon running? socket from --socket or UPLINK_SOCKET)"
+    )]
     Connect { path: PathBuf, message: String },
     #[error("{}", .0.message())]
     Rpc(#[from] tonic::Status),
@@ -35,13 +37,18 @@ pub fn default_socket() -> PathBuf {
 /// Connects to the daemon over its Unix socket.
 pub async fn connect(socket: &Path) -> Result<UplinkClient<Channel>, ClientError> {
     let path = socket.to_path_buf();
-    let err = |message: String| ClientError::Connect { path: socket.to_path_buf(), message };
+    let err = |message: String| ClientError::Connect {
+        path: socket.to_path_buf(),
+        message,
+    };
     // The URI is required by the API but unused: the connector dials the socket.
     let channel = Endpoint::try_from("http://uplinkd.local")
         .map_err(|e| err(e.to_string()))?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .map_err(|e| err(source_chain(&e)))?;

@@ -7,11 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use uplink::follow::{follow, Render};
-use uplink::{connect, grpc, json, state_name, ClientError};
+use uplink::follow::{Render, follow};
+use uplink::{ClientError, connect, grpc, json, state_name};
 
 #[derive(Parser, Debug)]
-#[command(name = "uplink", version, about = "Hand files to uplinkd and follow their upload")]
+#[command(
+    name = "uplink",
+    version,
+    about = "Hand files to uplinkd and follow their upload"
+)]
 struct Cli {
     /// The daemon's socket (default: $UPLINK_SOCKET, else the platform default).
     #[arg(long, global = true, env = "UPLINK_SOCKET")]
@@ -92,7 +96,13 @@ fn exit_for(jobs: &[grpc::Job]) -> ExitCode {
 
 async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
     match cmd {
-        Cmd::Send { files, wait, json: as_json, target, meta } => {
+        Cmd::Send {
+            files,
+            wait,
+            json: as_json,
+            target,
+            meta,
+        } => {
             if target.is_some() && files.len() > 1 {
                 eprintln!("uplink: --target names one object; give one file");
                 return Ok(ExitCode::from(2));
@@ -110,7 +120,10 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                 };
                 let resp = client.enqueue(req).await?.into_inner();
                 if as_json {
-                    println!("{}", serde_json::json!({"job_id": resp.job_id, "path": path}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"job_id": resp.job_id, "path": path})
+                    );
                 } else {
                     println!("{}", resp.job_id);
                 }
@@ -133,15 +146,27 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                 Some(j) => vec![j],
                 None => {
                     let mut c = connect(&socket).await?;
-                    let jobs = c.list_jobs(grpc::ListJobsRequest {}).await?.into_inner().jobs;
-                    jobs.into_iter().filter(|j| !uplink::is_terminal(j.state)).map(|j| j.job_id).collect()
+                    let jobs = c
+                        .list_jobs(grpc::ListJobsRequest {})
+                        .await?
+                        .into_inner()
+                        .jobs;
+                    jobs.into_iter()
+                        .filter(|j| !uplink::is_terminal(j.state))
+                        .map(|j| j.job_id)
+                        .collect()
                 }
             };
             if ids.is_empty() {
                 eprintln!("uplink: no unfinished jobs");
                 return Ok(ExitCode::SUCCESS);
             }
-            let jobs = follow(&socket, &ids, if as_json { Render::Json } else { Render::Bars }).await?;
+            let jobs = follow(
+                &socket,
+                &ids,
+                if as_json { Render::Json } else { Render::Bars },
+            )
+            .await?;
             if !as_json {
                 for j in &jobs {
                     print_summary(j);
@@ -151,23 +176,44 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
         }
         Cmd::Ls { json: as_json } => {
             let mut c = connect(&socket).await?;
-            let jobs = c.list_jobs(grpc::ListJobsRequest {}).await?.into_inner().jobs;
+            let jobs = c
+                .list_jobs(grpc::ListJobsRequest {})
+                .await?
+                .into_inner()
+                .jobs;
             if as_json {
                 for j in &jobs {
                     println!("{}", json::job(j));
                 }
             } else {
-                println!("{:<24} {:<10} {:>12} {:>7}  PATH", "JOB", "STATE", "SIZE", "DONE");
+                println!(
+                    "{:<24} {:<10} {:>12} {:>7}  PATH",
+                    "JOB", "STATE", "SIZE", "DONE"
+                );
                 for j in &jobs {
-                    let pct = if j.size > 0 { j.bytes_acked as f64 * 100.0 / j.size as f64 } else { 0.0 };
-                    println!("{:<24} {:<10} {:>12} {:>6.1}%  {}", j.job_id, state_name(j.state), j.size, pct, j.path);
+                    let pct = if j.size > 0 {
+                        j.bytes_acked as f64 * 100.0 / j.size as f64
+                    } else {
+                        0.0
+                    };
+                    println!(
+                        "{:<24} {:<10} {:>12} {:>6.1}%  {}",
+                        j.job_id,
+                        state_name(j.state),
+                        j.size,
+                        pct,
+                        j.path
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cancel { job } => {
             let mut c = connect(&socket).await?;
-            let j = c.cancel(grpc::CancelRequest { job_id: job }).await?.into_inner();
+            let j = c
+                .cancel(grpc::CancelRequest { job_id: job })
+                .await?
+                .into_inner();
             println!("{} {}", j.job_id, state_name(j.state));
             Ok(ExitCode::SUCCESS)
         }
@@ -188,12 +234,19 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                         "buffer_pool_in_use": s.buffer_pool_in_use, "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds})
                 );
             } else {
-                println!("uplinkd {} (up {} s), state in {}", s.version, s.uptime_seconds, s.state_dir);
+                println!(
+                    "uplinkd {} (up {} s), state in {}",
+                    s.version, s.uptime_seconds, s.state_dir
+                );
                 for e in &s.endpoints {
                     println!(
                         "endpoint {} {} {} connection(s), last connect {} ms",
                         e.url,
-                        if e.protocol.is_empty() { "-" } else { &e.protocol },
+                        if e.protocol.is_empty() {
+                            "-"
+                        } else {
+                            &e.protocol
+                        },
                         e.connections,
                         e.last_connect_ms
                     );
@@ -207,13 +260,22 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
         }
         Cmd::Prewarm => {
             let mut c = connect(&socket).await?;
-            let p = c.prewarm(grpc::PrewarmRequest { keep_warm_seconds: 0 }).await?.into_inner();
+            let p = c
+                .prewarm(grpc::PrewarmRequest {
+                    keep_warm_seconds: 0,
+                })
+                .await?
+                .into_inner();
             println!(
                 "{} warm over {} in {} ms{}",
                 p.endpoint,
                 p.protocol,
                 p.connect_ms,
-                if p.already_warm { " (was already warm)" } else { "" }
+                if p.already_warm {
+                    " (was already warm)"
+                } else {
+                    ""
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -233,6 +295,9 @@ fn print_summary(j: &grpc::Job) {
             j.streams,
             j.server_sha256
         ),
-        state => println!("{}: {} {}: {}", j.path, state, j.error_code, j.error_message),
+        state => println!(
+            "{}: {} {}: {}",
+            j.path, state, j.error_code, j.error_message
+        ),
     }
 }

@@ -72,10 +72,9 @@ impl Config {
                 None => FileConfig::default(),
             },
         };
-        let endpoint = o
-            .endpoint
-            .or(file.endpoint)
-            .ok_or("no endpoint: pass --endpoint https://HOST:PORT or set `endpoint` in the config file")?;
+        let endpoint = o.endpoint.or(file.endpoint).ok_or(
+            "no endpoint: pass --endpoint https://HOST:PORT or set `endpoint` in the config file",
+        )?;
         if !endpoint.starts_with("https://") {
             return Err(format!("endpoint {endpoint:?} must start with https://"));
         }
@@ -90,19 +89,32 @@ impl Config {
         if token.is_empty() {
             return Err(format!("token file {} is empty", token_file.display()));
         }
-        let state_dir = o.state_dir.or(file.state_dir).unwrap_or_else(default_state_dir);
+        let state_dir = o
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(default_state_dir);
         let socket = o
             .socket
             .or(file.socket)
             .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| uplink_proto::paths::default_socket_in(&state_dir));
-        let streams = o.streams.or(file.streams).unwrap_or(DEFAULT_STREAMS).clamp(1, 64);
-        let connections = o.connections.or(file.connections).unwrap_or(DEFAULT_CONNECTIONS).clamp(1, streams);
+        let streams = o
+            .streams
+            .or(file.streams)
+            .unwrap_or(DEFAULT_STREAMS)
+            .clamp(1, 64);
+        let connections = o
+            .connections
+            .or(file.connections)
+            .unwrap_or(DEFAULT_CONNECTIONS)
+            .clamp(1, streams);
         let chunk_size = o
             .chunk_size
             .or(file.chunk_size)
             .unwrap_or(uplink_proto::wire::DEFAULT_CHUNK_SIZE);
-        if !(uplink_proto::wire::MIN_CHUNK_SIZE..=uplink_proto::wire::MAX_CHUNK_SIZE).contains(&chunk_size) {
+        if !(uplink_proto::wire::MIN_CHUNK_SIZE..=uplink_proto::wire::MAX_CHUNK_SIZE)
+            .contains(&chunk_size)
+        {
             return Err(format!(
                 "chunk size {chunk_size} must lie in {}..={}",
                 uplink_proto::wire::MIN_CHUNK_SIZE,
@@ -124,6 +136,7 @@ impl Config {
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
 }

@@ -3,7 +3,7 @@
 use tokio::sync::broadcast;
 use uplink_proto::grpc::{self, job_event::Kind};
 
-use crate::jobs::{now_ms, JobRecord};
+use crate::jobs::{JobRecord, now_ms};
 
 /// Events buffered per subscriber; a slow watcher skips ahead rather than slowing uploads.
 const CAPACITY: usize = 4096;
@@ -15,7 +15,9 @@ pub struct Events {
 
 impl Default for Events {
     fn default() -> Self {
-        Events { tx: broadcast::channel(CAPACITY).0 }
+        Events {
+            tx: broadcast::channel(CAPACITY).0,
+        }
     }
 }
 
@@ -26,10 +28,18 @@ impl Events {
 
     pub fn emit(&self, job_id: &str, kind: Kind) {
         // No watcher is not an error.
-        let _ = self.tx.send(grpc::JobEvent { job_id: job_id.to_string(), at_ms: now_ms(), kind: Some(kind) });
+        let _ = self.tx.send(grpc::JobEvent {
+            job_id: job_id.to_string(),
+            at_ms: now_ms(),
+            kind: Some(kind),
+        });
     }
 
     pub fn snapshot(job: &JobRecord) -> grpc::JobEvent {
-        grpc::JobEvent { job_id: job.job_id.clone(), at_ms: now_ms(), kind: Some(Kind::Snapshot(job.to_proto())) }
+        grpc::JobEvent {
+            job_id: job.job_id.clone(),
+            at_ms: now_ms(),
+            kind: Some(Kind::Snapshot(job.to_proto())),
+        }
     }
 }

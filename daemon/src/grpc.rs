@@ -36,7 +36,9 @@ impl From<ManagerError> for Status {
                 };
                 status(code, i.code, &i.message)
             }
-            ManagerError::NotFound(id) => status(Code::NotFound, "job_not_found", &format!("no job {id}")),
+            ManagerError::NotFound(id) => {
+                status(Code::NotFound, "job_not_found", &format!("no job {id}"))
+            }
             ManagerError::Store(e) => status(Code::Unavailable, "state_store", &e.to_string()),
         }
     }
@@ -48,7 +50,10 @@ pub struct Api {
 
 #[tonic::async_trait]
 impl Uplink for Api {
-    async fn prewarm(&self, _req: Request<grpc::PrewarmRequest>) -> Result<Response<grpc::PrewarmResponse>, Status> {
+    async fn prewarm(
+        &self,
+        _req: Request<grpc::PrewarmRequest>,
+    ) -> Result<Response<grpc::PrewarmResponse>, Status> {
         let before = self.mgr.client.link();
         let started = std::time::Instant::now();
         self.mgr
@@ -65,15 +70,24 @@ impl Uplink for Api {
         }))
     }
 
-    async fn enqueue(&self, req: Request<grpc::EnqueueRequest>) -> Result<Response<grpc::EnqueueResponse>, Status> {
+    async fn enqueue(
+        &self,
+        req: Request<grpc::EnqueueRequest>,
+    ) -> Result<Response<grpc::EnqueueResponse>, Status> {
         let r = req.into_inner();
         let job = self.mgr.enqueue(r.path, r.target, r.metadata).await?;
-        Ok(Response::new(grpc::EnqueueResponse { job_id: job.job_id.clone(), job: Some(job.to_proto()) }))
+        Ok(Response::new(grpc::EnqueueResponse {
+            job_id: job.job_id.clone(),
+            job: Some(job.to_proto()),
+        }))
     }
 
     type WatchStream = ReceiverStream<Result<grpc::JobEvent, Status>>;
 
-    async fn watch(&self, req: Request<grpc::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<grpc::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let filter = req.into_inner().job_id;
         // Subscribe before reading the snapshots, so no event falls between the two.
         let mut live = self.mgr.events.subscribe();
@@ -100,7 +114,9 @@ impl Uplink for Api {
                     Ok(_) => {}
                     // Too slow to keep up: skip to fresh snapshots so no end is missed.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let Ok(again) = snapshots(&mgr, &filter) else { return };
+                        let Ok(again) = snapshots(&mgr, &filter) else {
+                            return;
+                        };
                         for s in again {
                             if tx.send(Ok(s)).await.is_err() {
                                 return;
@@ -114,20 +130,38 @@ impl Uplink for Api {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn get_job(&self, req: Request<grpc::GetJobRequest>) -> Result<Response<grpc::Job>, Status> {
-        Ok(Response::new(self.mgr.get(&req.into_inner().job_id)?.to_proto()))
+    async fn get_job(
+        &self,
+        req: Request<grpc::GetJobRequest>,
+    ) -> Result<Response<grpc::Job>, Status> {
+        Ok(Response::new(
+            self.mgr.get(&req.into_inner().job_id)?.to_proto(),
+        ))
     }
 
-    async fn list_jobs(&self, _req: Request<grpc::ListJobsRequest>) -> Result<Response<grpc::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        _req: Request<grpc::ListJobsRequest>,
+    ) -> Result<Response<grpc::ListJobsResponse>, Status> {
         let jobs = self.mgr.db.list().map_err(ManagerError::from)?;
-        Ok(Response::new(grpc::ListJobsResponse { jobs: jobs.iter().map(|j| j.to_proto()).collect() }))
+        Ok(Response::new(grpc::ListJobsResponse {
+            jobs: jobs.iter().map(|j| j.to_proto()).collect(),
+        }))
     }
 
-    async fn cancel(&self, req: Request<grpc::CancelRequest>) -> Result<Response<grpc::Job>, Status> {
-        Ok(Response::new(self.mgr.cancel(&req.into_inner().job_id).await?.to_proto()))
+    async fn cancel(
+        &self,
+        req: Request<grpc::CancelRequest>,
+    ) -> Result<Response<grpc::Job>, Status> {
+        Ok(Response::new(
+            self.mgr.cancel(&req.into_inner().job_id).await?.to_proto(),
+        ))
     }
 
-    async fn status(&self, _req: Request<grpc::StatusRequest>) -> Result<Response<grpc::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<grpc::StatusRequest>,
+    ) -> Result<Response<grpc::StatusResponse>, Status> {
         let jobs = self.mgr.db.list().map_err(ManagerError::from)?;
         let count = |s: JobState| jobs.iter().filter(|j| j.state == s).count() as u32;
         let link = self.mgr.client.link();
@@ -146,7 +180,10 @@ impl Uplink for Api {
             jobs_queued: count(JobState::Queued),
             jobs_running: count(JobState::Running),
             buffer_pool_capacity: cfg.streams + crate::engine::upload::PREFETCH as u32,
-            buffer_pool_in_use: self.mgr.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            buffer_pool_in_use: self
+                .mgr
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
             state_dir: cfg.state_dir.display().to_string(),
             uptime_seconds: self.mgr.started.elapsed().as_secs(),
         }))

@@ -42,21 +42,27 @@ pub fn listen(path: &Path) -> Result<UnixListener, String> {
     if let Some(l) = inherited()? {
         return Ok(l);
     }
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     if path.exists() {
         // A live daemon answers; a stale file from a crash does not.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another uplinkd is already serving {}", path.display()));
+            return Err(format!(
+                "another uplinkd is already serving {}",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
     // Bind with a tight umask-equivalent: create, then restrict before serving anyone.
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
     Ok(listener)
@@ -72,7 +78,10 @@ fn inherited() -> Result<Option<UnixListener>, String> {
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
         .is_some_and(|p| p == std::process::id());
-    let fds = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
     if !pid_ok || fds < 1 {
         return Ok(None);
     }
@@ -82,13 +91,19 @@ fn inherited() -> Result<Option<UnixListener>, String> {
     std_listener
         .set_nonblocking(true)
         .map_err(|e| format!("inherited socket: {e}"))?;
-    UnixListener::from_std(std_listener).map(Some).map_err(|e| format!("inherited socket: {e}"))
+    UnixListener::from_std(std_listener)
+        .map(Some)
+        .map_err(|e| format!("inherited socket: {e}"))
 }
 
 /// Tells systemd (Type=notify) that the daemon is ready; a no-op elsewhere.
 pub fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = path.as_encoded_bytes();
     #[cfg(target_os = "linux")]
     if let Some(name) = bytes.strip_prefix(b"@") {

@@ -27,7 +27,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
     }
 
     pub fn to_proto(self) -> grpc::JobState {
@@ -134,19 +137,26 @@ pub struct JobDb {
 
 impl JobDb {
     pub fn open(state_dir: &Path) -> Result<JobDb, String> {
-        std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
         let db = sled::open(state_dir.join("jobs.sled"))
             .map_err(|e| format!("cannot open job store in {}: {e}", state_dir.display()))?;
         let jobs = db.open_tree("jobs").map_err(|e| e.to_string())?;
         let checkpoints = db.open_tree("checkpoints").map_err(|e| e.to_string())?;
         let sealer = Sealer::load_or_create(&state_dir.join("checkpoint.key"))
             .map_err(|e| format!("checkpoint key: {e}"))?;
-        Ok(JobDb { db, jobs, checkpoints, sealer })
+        Ok(JobDb {
+            db,
+            jobs,
+            checkpoints,
+            sealer,
+        })
     }
 
     /// Writes a record and makes it durable.
     pub async fn put(&self, job: &JobRecord) -> Result<(), DbError> {
-        self.jobs.insert(job.job_id.as_bytes(), serde_json::to_vec(job)?)?;
+        self.jobs
+            .insert(job.job_id.as_bytes(), serde_json::to_vec(job)?)?;
         self.db.flush_async().await?;
         Ok(())
     }
@@ -173,7 +183,9 @@ impl JobDb {
 
     /// Stores a checkpoint together with the job record, atomically and durably.
     pub async fn checkpoint(&self, job: &JobRecord, cp: &Checkpoint) -> Result<(), DbError> {
-        let sealed = self.sealer.seal(&serde_json::to_vec(cp)?, job.job_id.as_bytes());
+        let sealed = self
+            .sealer
+            .seal(&serde_json::to_vec(cp)?, job.job_id.as_bytes());
         let record = serde_json::to_vec(job)?;
         (&self.jobs, &self.checkpoints)
             .transaction(|(jobs, cps)| {
@@ -183,9 +195,9 @@ impl JobDb {
             })
             .map_err(|e| match e {
                 sled::transaction::TransactionError::Storage(e) => DbError::Sled(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    DbError::Sled(sled::Error::Unsupported("checkpoint transaction aborted".into()))
-                }
+                sled::transaction::TransactionError::Abort(()) => DbError::Sled(
+                    sled::Error::Unsupported("checkpoint transaction aborted".into()),
+                ),
             })?;
         self.db.flush_async().await?;
         Ok(())
@@ -194,9 +206,14 @@ impl JobDb {
     /// The job's checkpoint; `None` if missing or not openable (then the server's state
     /// plus local re-hashing rebuild it).
     pub fn load_checkpoint(&self, job_id: &str) -> Result<Option<Checkpoint>, DbError> {
-        let Some(sealed) = self.checkpoints.get(job_id.as_bytes())? else { return Ok(None) };
+        let Some(sealed) = self.checkpoints.get(job_id.as_bytes())? else {
+            return Ok(None);
+        };
         let Some(plain) = self.sealer.open(&sealed, job_id.as_bytes()) else {
-            tracing::warn!(job_id, "checkpoint does not open with this state dir's key; ignoring it");
+            tracing::warn!(
+                job_id,
+                "checkpoint does not open with this state dir's key; ignoring it"
+            );
             return Ok(None);
         };
         match serde_json::from_slice(&plain) {

@@ -87,7 +87,8 @@ fn main() -> std::process::ExitCode {
 async fn run(cfg: Config) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = transport::Endpoint::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
-    let tls = transport::tls::client_config(cfg.ca_file.as_deref(), &[uplink_proto::wire::ALPN_H2])?;
+    let tls =
+        transport::tls::client_config(cfg.ca_file.as_deref(), &[uplink_proto::wire::ALPN_H2])?;
     let pool = H2Pool::new(endpoint, tls, cfg.connections as usize);
     let client = Arc::new(ServerClient::new(pool, cfg.token.clone()));
     let db = Arc::new(JobDb::open(&cfg.state_dir)?);
@@ -103,7 +104,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         .register_encoded_file_descriptor_set(uplink_proto::grpc::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection: {e}"))?;
-    let api = UplinkServer::new(grpc::Api { mgr: Arc::clone(&mgr) });
+    let api = UplinkServer::new(grpc::Api {
+        mgr: Arc::clone(&mgr),
+    });
 
     tracing::info!(socket = %socket.display(), endpoint = %mgr.cfg.endpoint, "uplinkd serving");
     println!("uplinkd ready socket={}", socket.display());
@@ -125,7 +128,10 @@ async fn run(cfg: Config) -> Result<(), String> {
         .await;
     stop.cancel();
     // The running job checkpoints on the stop signal; give it a bounded moment.
-    if tokio::time::timeout(Duration::from_secs(10), queue).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), queue)
+        .await
+        .is_err()
+    {
         tracing::warn!("the running job did not stop within 10 s");
     }
     if let Err(e) = mgr.db.flush().await {
@@ -136,8 +142,11 @@ async fn run(cfg: Config) -> Result<(), String> {
 }
 
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

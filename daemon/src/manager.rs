@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::retry::Backoff;
 use crate::engine::upload::{self, Ctx, Outcome, RunError};
 use crate::events::Events;
-use crate::jobs::{now_ms, DbError, JobDb, JobRecord, JobState};
+use crate::jobs::{DbError, JobDb, JobRecord, JobState, now_ms};
 use crate::server_api::ServerClient;
 use crate::validate::{self, Invalid};
 
@@ -60,7 +60,12 @@ fn new_job_id() -> String {
 }
 
 impl Manager {
-    pub fn new(cfg: Config, db: Arc<JobDb>, client: Arc<ServerClient>, stop: CancellationToken) -> Manager {
+    pub fn new(
+        cfg: Config,
+        db: Arc<JobDb>,
+        client: Arc<ServerClient>,
+        stop: CancellationToken,
+    ) -> Manager {
         Manager {
             cfg,
             db,
@@ -84,7 +89,12 @@ impl Manager {
         let (p, t, m) = (path.clone(), target.clone(), metadata.clone());
         let accepted = tokio::task::spawn_blocking(move || validate::check(&p, &t, &m))
             .await
-            .map_err(|e| ManagerError::Invalid(Invalid { code: "internal", message: e.to_string() }))?
+            .map_err(|e| {
+                ManagerError::Invalid(Invalid {
+                    code: "internal",
+                    message: e.to_string(),
+                })
+            })?
             .map_err(ManagerError::Invalid)?;
         let job = JobRecord {
             job_id: new_job_id(),
@@ -124,7 +134,9 @@ impl Manager {
     }
 
     pub fn get(&self, job_id: &str) -> Result<JobRecord, ManagerError> {
-        self.db.get(job_id)?.ok_or_else(|| ManagerError::NotFound(job_id.to_string()))
+        self.db
+            .get(job_id)?
+            .ok_or_else(|| ManagerError::NotFound(job_id.to_string()))
     }
 
     /// Cancels a job: a queued one at once, a running one as soon as its run stops.
@@ -137,7 +149,10 @@ impl Manager {
         }
         let running_token = {
             let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            running.as_ref().filter(|(id, _)| id == job_id).map(|(_, t)| t.clone())
+            running
+                .as_ref()
+                .filter(|(id, _)| id == job_id)
+                .map(|(_, t)| t.clone())
         };
         if let Some(token) = running_token {
             token.cancel();
@@ -162,7 +177,12 @@ impl Manager {
         self.db.put(job).await?;
         self.db.drop_checkpoint(&job.job_id)?;
         tracing::info!(job_id = %job.job_id, "job cancelled");
-        self.events.emit(&job.job_id, Kind::Cancelled(grpc::Cancelled { job: Some(job.to_proto()) }));
+        self.events.emit(
+            &job.job_id,
+            Kind::Cancelled(grpc::Cancelled {
+                job: Some(job.to_proto()),
+            }),
+        );
         if let Some(id) = job.upload_id.clone() {
             let client = Arc::clone(&self.client);
             tokio::spawn(async move {
@@ -183,7 +203,9 @@ impl Manager {
             let next = {
                 let _g = self.pick.lock().await;
                 match self.db.list() {
-                    Ok(jobs) => jobs.into_iter().find(|j| matches!(j.state, JobState::Queued | JobState::Running)),
+                    Ok(jobs) => jobs
+                        .into_iter()
+                        .find(|j| matches!(j.state, JobState::Queued | JobState::Running)),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot list jobs");
                         None
@@ -191,7 +213,8 @@ impl Manager {
                 }
                 .map(|j| {
                     let token = self.stop.child_token();
-                    *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((j.job_id.clone(), token.clone()));
+                    *self.running.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((j.job_id.clone(), token.clone()));
                     (j, token)
                 })
             };
@@ -256,7 +279,11 @@ impl Manager {
                     let _ = self.db.drop_checkpoint(&job.job_id);
                     continue;
                 }
-                Err(RunError::UnknownUpload) => self.fail(&mut job, "session_lost", "the server keeps forgetting the upload session"),
+                Err(RunError::UnknownUpload) => self.fail(
+                    &mut job,
+                    "session_lost",
+                    "the server keeps forgetting the upload session",
+                ),
                 Err(RunError::Permanent { code, message }) => self.fail(&mut job, &code, &message),
                 Err(RunError::Transient { code, message }) => {
                     let delay = backoff.next_delay(&mut rand::rng());
@@ -273,10 +300,10 @@ impl Manager {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
                         _ = token.cancelled() => {
-                            if !self.stop.is_cancelled() {
-                                if let Err(e) = self.finish_cancelled(&mut job).await {
-                                    tracing::error!(error = %e, "cannot record the cancellation");
-                                }
+                            if !self.stop.is_cancelled()
+                                && let Err(e) = self.finish_cancelled(&mut job).await
+                            {
+                                tracing::error!(error = %e, "cannot record the cancellation");
                             }
                             return;
                         }
@@ -290,8 +317,13 @@ impl Manager {
                 }
                 let record = Some(job.to_proto());
                 match job.state {
-                    JobState::Completed => self.events.emit(&job.job_id, Kind::Completed(grpc::Completed { job: record })),
-                    JobState::Failed => self.events.emit(&job.job_id, Kind::Failed(grpc::Failed { job: record })),
+                    JobState::Completed => self.events.emit(
+                        &job.job_id,
+                        Kind::Completed(grpc::Completed { job: record }),
+                    ),
+                    JobState::Failed => self
+                        .events
+                        .emit(&job.job_id, Kind::Failed(grpc::Failed { job: record })),
                     _ => {}
                 }
                 return;

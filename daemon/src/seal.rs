@@ -23,7 +23,11 @@ impl Sealer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut k = Zeroizing::new(vec![0u8; 32]);
                 rand::rng().fill_bytes(&mut k);
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)?;
                 f.write_all(&k)?;
                 f.sync_all()?;
                 k
@@ -31,18 +35,29 @@ impl Sealer {
             Err(e) => return Err(e),
         };
         let key = Key::<Aes256Gcm>::try_from(&key[..]).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a 32-byte key", path.display()))
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a 32-byte key", path.display()),
+            )
         })?;
-        Ok(Sealer { cipher: Aes256Gcm::new(&key) })
+        Ok(Sealer {
+            cipher: Aes256Gcm::new(&key),
+        })
     }
 
     /// nonce || ciphertext+tag, with `aad` bound in.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let payload = aes_gcm::aead::Payload { msg: plaintext, aad };
+        let payload = aes_gcm::aead::Payload {
+            msg: plaintext,
+            aad,
+        };
         // Encryption only fails for messages beyond GCM's 64 GiB limit.
-        let ct = self.cipher.encrypt(&Nonce::from(nonce), payload).unwrap_or_default();
+        let ct = self
+            .cipher
+            .encrypt(&Nonce::from(nonce), payload)
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use uplink_proto::integrity::{self, ChunkId};
-use uplink_proto::wire::{self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted, UploadCreated, UploadState};
+use uplink_proto::wire::{
+    self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted, UploadCreated,
+    UploadState,
+};
 
 use crate::transport::h2::H2Pool;
 use crate::transport::{LinkInfo, TransportError, WireRequest, WireResponse};
@@ -35,7 +38,11 @@ pub enum CallError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("server answered {status} {code}: {message}")]
-    Server { status: u16, code: String, message: String },
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("server answer unreadable: {0}")]
     Decode(String),
 }
@@ -50,7 +57,9 @@ impl CallError {
                 (404, wire::code::UNKNOWN_UPLOAD) | (410, _) => ErrorClass::UnknownUpload,
                 (409, wire::code::CHUNK_IN_PROGRESS) => ErrorClass::Transient,
                 // A checksum mismatch means the bytes changed between hashing and sending.
-                (422, wire::code::CRC32C_MISMATCH | wire::code::SHA256_MISMATCH) => ErrorClass::Transient,
+                (422, wire::code::CRC32C_MISMATCH | wire::code::SHA256_MISMATCH) => {
+                    ErrorClass::Transient
+                }
                 (408 | 425 | 429, _) => ErrorClass::Transient,
                 (s, _) if s >= 500 => ErrorClass::Transient,
                 _ => ErrorClass::Permanent,
@@ -81,7 +90,8 @@ pub struct SessionKeys {
 
 impl SessionKeys {
     pub fn new(token: &str, upload_id: &str, nonce_hex: &str) -> Result<SessionKeys, CallError> {
-        let nonce = hex::decode(nonce_hex).map_err(|_| CallError::Decode("nonce is not hex".into()))?;
+        let nonce =
+            hex::decode(nonce_hex).map_err(|_| CallError::Decode("nonce is not hex".into()))?;
         Ok(SessionKeys {
             key: integrity::session_key(token.as_bytes(), &nonce, upload_id),
             upload_id: upload_id.to_string(),
@@ -126,7 +136,13 @@ impl ServerClient {
         self.ping().await
     }
 
-    fn request(&self, method: http::Method, path: String, body: Bytes, timeout: Duration) -> WireRequest {
+    fn request(
+        &self,
+        method: http::Method,
+        path: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> WireRequest {
         WireRequest {
             method,
             path,
@@ -144,59 +160,118 @@ impl ServerClient {
         }
         let status = resp.status.as_u16();
         Err(match serde_json::from_slice::<ErrorBody>(&resp.body) {
-            Ok(e) => CallError::Server { status, code: e.code, message: e.message },
+            Ok(e) => CallError::Server {
+                status,
+                code: e.code,
+                message: e.message,
+            },
             Err(_) => CallError::Server {
                 status,
                 code: "http_error".into(),
-                message: String::from_utf8_lossy(&resp.body).chars().take(200).collect(),
+                message: String::from_utf8_lossy(&resp.body)
+                    .chars()
+                    .take(200)
+                    .collect(),
             },
         })
     }
 
-    async fn call_json<T: serde::de::DeserializeOwned>(&self, req: WireRequest) -> Result<T, CallError> {
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: WireRequest,
+    ) -> Result<T, CallError> {
         let resp = self.call(req).await?;
         serde_json::from_slice(&resp.body).map_err(|e| CallError::Decode(e.to_string()))
     }
 
     pub async fn ping(&self) -> Result<(), CallError> {
-        self.call(self.request(http::Method::HEAD, wire::PATH_PING.into(), Bytes::new(), CONTROL_TIMEOUT))
-            .await
-            .map(|_| ())
+        self.call(self.request(
+            http::Method::HEAD,
+            wire::PATH_PING.into(),
+            Bytes::new(),
+            CONTROL_TIMEOUT,
+        ))
+        .await
+        .map(|_| ())
     }
 
-    pub async fn create(&self, idempotency_key: &str, body: &CreateUpload) -> Result<UploadCreated, CallError> {
+    pub async fn create(
+        &self,
+        idempotency_key: &str,
+        body: &CreateUpload,
+    ) -> Result<UploadCreated, CallError> {
         let json = serde_json::to_vec(body).map_err(|e| CallError::Decode(e.to_string()))?;
-        let mut req = self.request(http::Method::POST, wire::PATH_UPLOADS.into(), json.into(), CONTROL_TIMEOUT);
-        req.headers.push((wire::HDR_IDEMPOTENCY_KEY, idempotency_key.to_string()));
-        req.headers.push(("content-type", "application/json".into()));
+        let mut req = self.request(
+            http::Method::POST,
+            wire::PATH_UPLOADS.into(),
+            json.into(),
+            CONTROL_TIMEOUT,
+        );
+        req.headers
+            .push((wire::HDR_IDEMPOTENCY_KEY, idempotency_key.to_string()));
+        req.headers
+            .push(("content-type", "application/json".into()));
         self.call_json(req).await
     }
 
     pub async fn state(&self, upload_id: &str) -> Result<UploadState, CallError> {
-        self.call_json(self.request(http::Method::GET, wire::upload_path(upload_id), Bytes::new(), CONTROL_TIMEOUT))
-            .await
+        self.call_json(self.request(
+            http::Method::GET,
+            wire::upload_path(upload_id),
+            Bytes::new(),
+            CONTROL_TIMEOUT,
+        ))
+        .await
     }
 
     pub async fn delete(&self, upload_id: &str) -> Result<(), CallError> {
-        self.call(self.request(http::Method::DELETE, wire::upload_path(upload_id), Bytes::new(), CONTROL_TIMEOUT))
-            .await
-            .map(|_| ())
+        self.call(self.request(
+            http::Method::DELETE,
+            wire::upload_path(upload_id),
+            Bytes::new(),
+            CONTROL_TIMEOUT,
+        ))
+        .await
+        .map(|_| ())
     }
 
-    pub async fn complete(&self, upload_id: &str, merkle_root: &[u8; 32]) -> Result<UploadCompleted, CallError> {
-        let body = CompleteUpload { merkle_root: hex::encode(merkle_root) };
+    pub async fn complete(
+        &self,
+        upload_id: &str,
+        merkle_root: &[u8; 32],
+    ) -> Result<UploadCompleted, CallError> {
+        let body = CompleteUpload {
+            merkle_root: hex::encode(merkle_root),
+        };
         let json = serde_json::to_vec(&body).map_err(|e| CallError::Decode(e.to_string()))?;
-        let mut req = self.request(http::Method::POST, wire::complete_path(upload_id), json.into(), COMPLETE_TIMEOUT);
-        req.headers.push(("content-type", "application/json".into()));
+        let mut req = self.request(
+            http::Method::POST,
+            wire::complete_path(upload_id),
+            json.into(),
+            COMPLETE_TIMEOUT,
+        );
+        req.headers
+            .push(("content-type", "application/json".into()));
         self.call_json(req).await
     }
 
     /// PUT of one chunk with its digests and tag.
-    pub async fn put_chunk(&self, keys: &SessionKeys, chunk: &ChunkPayload, lane: usize) -> Result<ChunkStored, CallError> {
+    pub async fn put_chunk(
+        &self,
+        keys: &SessionKeys,
+        chunk: &ChunkPayload,
+        lane: usize,
+    ) -> Result<ChunkStored, CallError> {
         let length = chunk.data.len() as u64;
         let tag = integrity::chunk_tag(
             &keys.key,
-            &ChunkId { offset: chunk.offset, length, sha256: &chunk.sha256, upload_id: &keys.upload_id, nonce: &keys.nonce },
+            &ChunkId {
+                offset: chunk.offset,
+                length,
+                sha256: &chunk.sha256,
+                upload_id: &keys.upload_id,
+                nonce: &keys.nonce,
+            },
         );
         let mut req = self.request(
             http::Method::PUT,

@@ -16,7 +16,10 @@ pub struct Invalid {
 }
 
 fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
-    Invalid { code, message: message.into() }
+    Invalid {
+        code,
+        message: message.into(),
+    }
 }
 
 /// The accepted file: its identity (for change detection) and object name.
@@ -31,22 +34,34 @@ const MAX_METADATA_KEY: usize = 128;
 const MAX_METADATA_VALUE: usize = 1024;
 
 /// Blocking (stat + open): call off the reactor.
-pub fn check(path: &str, target: &str, metadata: &HashMap<String, String>) -> Result<Accepted, Invalid> {
+pub fn check(
+    path: &str,
+    target: &str,
+    metadata: &HashMap<String, String>,
+) -> Result<Accepted, Invalid> {
     if path.is_empty() {
         return Err(invalid("path_required", "no file path given"));
     }
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(invalid("path_not_absolute", format!("{path}: the path must be absolute")));
+        return Err(invalid(
+            "path_not_absolute",
+            format!("{path}: the path must be absolute"),
+        ));
     }
     let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => invalid("file_not_found", format!("{path}: no such file")),
-        std::io::ErrorKind::PermissionDenied => invalid("permission_denied", format!("{path}: permission denied")),
+        std::io::ErrorKind::PermissionDenied => {
+            invalid("permission_denied", format!("{path}: permission denied"))
+        }
         _ => invalid("unreadable", format!("{path}: {e}")),
     })?;
     let ft = meta.file_type();
     if ft.is_dir() {
-        return Err(invalid("is_a_directory", format!("{path} is a directory, not a file")));
+        return Err(invalid(
+            "is_a_directory",
+            format!("{path} is a directory, not a file"),
+        ));
     }
     if !ft.is_file() {
         let kind = if ft.is_fifo() {
@@ -58,11 +73,16 @@ pub fn check(path: &str, target: &str, metadata: &HashMap<String, String>) -> Re
         } else {
             "not a regular file"
         };
-        return Err(invalid("not_a_regular_file", format!("{path} is {kind}; only regular files can be uploaded")));
+        return Err(invalid(
+            "not_a_regular_file",
+            format!("{path} is {kind}; only regular files can be uploaded"),
+        ));
     }
     // Opening proves readability (a regular file: open does not block).
     std::fs::File::open(p).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => invalid("permission_denied", format!("{path}: permission denied")),
+        std::io::ErrorKind::PermissionDenied => {
+            invalid("permission_denied", format!("{path}: permission denied"))
+        }
         _ => invalid("unreadable", format!("{path}: {e}")),
     })?;
     if meta.len() == 0 {
@@ -71,28 +91,45 @@ pub fn check(path: &str, target: &str, metadata: &HashMap<String, String>) -> Re
     if meta.len() > wire::MAX_FILE_SIZE {
         return Err(invalid(
             "file_too_large",
-            format!("{path} has {} bytes; the limit is {} bytes (100 GB)", meta.len(), wire::MAX_FILE_SIZE),
+            format!(
+                "{path} has {} bytes; the limit is {} bytes (100 GB)",
+                meta.len(),
+                wire::MAX_FILE_SIZE
+            ),
         ));
     }
     let target = if target.is_empty() {
-        wire::sanitize_object_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        wire::sanitize_object_name(
+            &p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
     } else if wire::is_valid_object_name(target) {
         target.to_string()
     } else {
         return Err(invalid(
             "bad_target",
-            format!("target {target:?} must be 1-255 characters of A-Z a-z 0-9 . _ - and not start with a dot"),
+            format!(
+                "target {target:?} must be 1-255 characters of A-Z a-z 0-9 . _ - and not start with a dot"
+            ),
         ));
     };
     if metadata.len() > MAX_METADATA_ENTRIES
-        || metadata.iter().any(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
+        || metadata.iter().any(|(k, v)| {
+            k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE
+        })
     {
         return Err(invalid(
             "bad_metadata",
-            format!("metadata: at most {MAX_METADATA_ENTRIES} entries, keys 1-{MAX_METADATA_KEY} bytes, values up to {MAX_METADATA_VALUE} bytes"),
+            format!(
+                "metadata: at most {MAX_METADATA_ENTRIES} entries, keys 1-{MAX_METADATA_KEY} bytes, values up to {MAX_METADATA_VALUE} bytes"
+            ),
         ));
     }
-    Ok(Accepted { identity: FileIdentity::of(&meta), target })
+    Ok(Accepted {
+        identity: FileIdentity::of(&meta),
+        target,
+    })
 }
 
 #[cfg(test)]
@@ -121,6 +158,11 @@ mod tests {
         let ok = check(d.join("ok.bin").to_str().unwrap(), "", &HashMap::new()).unwrap();
         assert_eq!(ok.target, "ok.bin");
         assert_eq!(ok.identity.size, 4);
-        assert_eq!(check(d.join("ok.bin").to_str().unwrap(), "../x", &HashMap::new()).unwrap_err().code, "bad_target");
+        assert_eq!(
+            check(d.join("ok.bin").to_str().unwrap(), "../x", &HashMap::new())
+                .unwrap_err()
+                .code,
+            "bad_target"
+        );
     }
 }

@@ -134,7 +134,9 @@ mod tests {
 
     #[test]
     fn split_feeding_gives_the_same_digest() {
-        let data: Vec<u8> = (0..(3 * HASH_BLOCK + 17)).map(|i| (i * 7 % 251) as u8).collect();
+        let data: Vec<u8> = (0..(3 * HASH_BLOCK + 17))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let whole = digest(&data);
         let mut h = ChunkHasher::new();
         for part in data.chunks(1000) {
@@ -154,19 +156,37 @@ mod tests {
     fn tag_binds_every_field() {
         let key = session_key(b"secret", b"nonce-1", "up-1");
         let sha = sha256(b"chunk");
-        let id = ChunkId { offset: 0, length: 5, sha256: &sha, upload_id: "up-1", nonce: b"nonce-1" };
+        let id = ChunkId {
+            offset: 0,
+            length: 5,
+            sha256: &sha,
+            upload_id: "up-1",
+            nonce: b"nonce-1",
+        };
         let tag = chunk_tag(&key, &id);
         assert!(verify_chunk_tag(&key, &id, &tag));
         let other_sha = sha256(b"chunK");
         let variants = [
             ChunkId { offset: 1, ..id },
             ChunkId { length: 6, ..id },
-            ChunkId { sha256: &other_sha, ..id },
-            ChunkId { upload_id: "up-2", ..id },
-            ChunkId { nonce: b"nonce-2", ..id },
+            ChunkId {
+                sha256: &other_sha,
+                ..id
+            },
+            ChunkId {
+                upload_id: "up-2",
+                ..id
+            },
+            ChunkId {
+                nonce: b"nonce-2",
+                ..id
+            },
         ];
         for v in variants {
-            assert!(!verify_chunk_tag(&key, &v, &tag), "tag must not verify for {v:?}");
+            assert!(
+                !verify_chunk_tag(&key, &v, &tag),
+                "tag must not verify for {v:?}"
+            );
         }
         let other_key = session_key(b"secret", b"nonce-2", "up-1");
         assert!(!verify_chunk_tag(&other_key, &id, &tag));

@@ -73,7 +73,10 @@ impl MerkleBuilder {
     /// Adds the chunk that starts where the previous one ended.
     pub fn push(&mut self, offset: u64, length: u64, sha256: &[u8; 32]) -> Result<(), OutOfOrder> {
         if offset != self.next_offset {
-            return Err(OutOfOrder { expected_offset: self.next_offset, got_offset: offset });
+            return Err(OutOfOrder {
+                expected_offset: self.next_offset,
+                got_offset: offset,
+            });
         }
         let mut node = (0u8, leaf_hash(offset, length, sha256));
         while let Some(&(height, left)) = self.stack.last() {
@@ -139,8 +142,10 @@ mod tests {
             let chunks: Vec<(u64, u64, [u8; 32])> = (0..n)
                 .map(|i| (i * 10, 10, Sha256::digest(i.to_le_bytes()).into()))
                 .collect();
-            let leaves: Vec<[u8; 32]> =
-                chunks.iter().map(|(o, l, s)| leaf_hash(*o, *l, s)).collect();
+            let leaves: Vec<[u8; 32]> = chunks
+                .iter()
+                .map(|(o, l, s)| leaf_hash(*o, *l, s))
+                .collect();
             let root = root_of(chunks.iter().map(|(o, l, s)| (*o, *l, s))).unwrap();
             assert_eq!(root, reference_root(&leaves), "n = {n}");
         }
@@ -162,7 +167,10 @@ mod tests {
         b.push(0, 4, &[1; 32]).unwrap();
         assert_eq!(
             b.push(8, 4, &[2; 32]),
-            Err(OutOfOrder { expected_offset: 4, got_offset: 8 })
+            Err(OutOfOrder {
+                expected_offset: 4,
+                got_offset: 8
+            })
         );
     }
 

@@ -108,14 +108,21 @@ pub fn is_valid_object_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && !s.starts_with('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Turns any file name into a valid object name (unsafe bytes become `_`).
 pub fn sanitize_object_name(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(255)
         .collect();
     while out.starts_with('.') {
@@ -243,11 +250,17 @@ mod tests {
     fn routes_round_trip_through_the_path_builders() {
         assert_eq!(parse_route(&upload_path(ID)), Some(Route::Upload(ID)));
         assert_eq!(parse_route(&chunk_path(ID, 0)), Some(Route::Chunk(ID, 0)));
-        assert_eq!(parse_route(&chunk_path(ID, 4194304)), Some(Route::Chunk(ID, 4194304)));
+        assert_eq!(
+            parse_route(&chunk_path(ID, 4194304)),
+            Some(Route::Chunk(ID, 4194304))
+        );
         assert_eq!(parse_route(&complete_path(ID)), Some(Route::Complete(ID)));
         assert_eq!(parse_route(PATH_UPLOADS), Some(Route::Uploads));
         assert_eq!(parse_route(PATH_PING), Some(Route::Ping));
-        assert_eq!(parse_route(&object_path("a.ply")), Some(Route::Object("a.ply")));
+        assert_eq!(
+            parse_route(&object_path("a.ply")),
+            Some(Route::Object("a.ply"))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
-use uplink_proto::wire::{self, code, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, Route};
+use uplink_proto::wire::{self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, Route, code};
 
 use crate::error::ApiError;
 use crate::objects;
@@ -42,25 +42,33 @@ where
             error_response(&e)
         }
     };
-    if let Some(alt) = &app.alt_svc {
-        if let Ok(v) = http::HeaderValue::from_str(alt) {
-            resp.headers_mut().insert(wire::HDR_ALT_SVC, v);
-        }
+    if let Some(alt) = &app.alt_svc
+        && let Ok(v) = http::HeaderValue::from_str(alt)
+    {
+        resp.headers_mut().insert(wire::HDR_ALT_SVC, v);
     }
     resp
 }
 
 pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
-    let body = ErrorBody { code: e.code.to_string(), message: e.message.clone() };
-    json(StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+    let body = ErrorBody {
+        code: e.code.to_string(),
+        message: e.message.clone(),
+    };
+    json(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -106,13 +114,19 @@ where
             let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
             let complete: CompleteUpload = parse_json(&body)?;
             let app2 = Arc::clone(app);
-            let done = blocking(move || session.complete(app2.store.objects_dir(), &complete.merkle_root)).await?;
+            let done =
+                blocking(move || session.complete(app2.store.objects_dir(), &complete.merkle_root))
+                    .await?;
             Ok(json(StatusCode::OK, &done))
         }
         (Route::Chunk(id, offset), Method::PUT) => put_chunk(app, id, offset, req).await,
         (Route::Object(name), Method::PUT) => {
             if !wire::is_valid_object_name(name) {
-                return Err(ApiError::new(400, code::BAD_NAME, format!("invalid object name {name:?}")));
+                return Err(ApiError::new(
+                    400,
+                    code::BAD_NAME,
+                    format!("invalid object name {name:?}"),
+                ));
             }
             let expect = match header_str(req.headers(), wire::HDR_CONTENT_SHA256)? {
                 Some(h) => Some(uplink_proto::parse_hex32(h).ok_or_else(|| {
@@ -120,24 +134,34 @@ where
                 })?),
                 None => None,
             };
-            let done = objects::put_object(app.store.objects_dir(), name, expect, req.into_body()).await?;
+            let done =
+                objects::put_object(app.store.objects_dir(), name, expect, req.into_body()).await?;
             Ok(json(StatusCode::CREATED, &done))
         }
         (_, method) => Err(not_allowed(&method, &path)),
     }
 }
 
-async fn put_chunk<B>(app: &Arc<App>, id: &str, offset: u64, req: Request<B>) -> Result<Response<ResponseBody>, ApiError>
+async fn put_chunk<B>(
+    app: &Arc<App>,
+    id: &str,
+    offset: u64,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
     let session = app.store.get(id)?;
     let h = req.headers();
-    if let Some(enc) = header_str(h, wire::HDR_CONTENT_ENCODING)? {
-        if enc != "identity" {
-            return Err(ApiError::new(415, code::BAD_HEADER, format!("unsupported Content-Encoding {enc}")));
-        }
+    if let Some(enc) = header_str(h, wire::HDR_CONTENT_ENCODING)?
+        && enc != "identity"
+    {
+        return Err(ApiError::new(
+            415,
+            code::BAD_HEADER,
+            format!("unsupported Content-Encoding {enc}"),
+        ));
     }
     let length: u64 = required(h, wire::HDR_CHUNK_LENGTH)?
         .parse()
@@ -151,25 +175,51 @@ where
         .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
     let tag = hex::decode(required(h, wire::HDR_CHUNK_HMAC)?)
         .map_err(|_| ApiError::bad_header("X-Chunk-HMAC must be hex"))?;
-    let chunk = ChunkId { offset, length, sha256: &sha256, upload_id: &session.id, nonce: session.nonce() };
+    let chunk = ChunkId {
+        offset,
+        length,
+        sha256: &sha256,
+        upload_id: &session.id,
+        nonce: session.nonce(),
+    };
     if !integrity::verify_chunk_tag(session.key(), &chunk, &tag) {
-        return Err(ApiError::new(401, code::BAD_HMAC, "X-Chunk-HMAC does not authenticate this chunk"));
+        return Err(ApiError::new(
+            401,
+            code::BAD_HMAC,
+            "X-Chunk-HMAC does not authenticate this chunk",
+        ));
     }
     let reservation = match session.begin_chunk(offset, length, &sha256)? {
         BeginChunk::Duplicate => {
-            return Ok(json(StatusCode::OK, &ChunkStored { offset, length, duplicate: true }));
+            return Ok(json(
+                StatusCode::OK,
+                &ChunkStored {
+                    offset,
+                    length,
+                    duplicate: true,
+                },
+            ));
         }
         BeginChunk::Reserved(r) => r,
     };
     let body = read_body(req.into_body(), length).await?;
     let expect = ChunkDigest { sha256, crc32c };
     blocking(move || session.store_chunk(reservation, &body, &expect)).await?;
-    Ok(json(StatusCode::CREATED, &ChunkStored { offset, length, duplicate: false }))
+    Ok(json(
+        StatusCode::CREATED,
+        &ChunkStored {
+            offset,
+            length,
+            duplicate: false,
+        },
+    ))
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = || ApiError::new(401, code::UNAUTHORIZED, "missing or wrong bearer token");
-    let value = headers.get(wire::HDR_AUTHORIZATION).ok_or_else(unauthorized)?;
+    let value = headers
+        .get(wire::HDR_AUTHORIZATION)
+        .ok_or_else(unauthorized)?;
     let token = value
         .to_str()
         .ok()
@@ -183,12 +233,19 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn not_allowed(method: &Method, path: &str) -> ApiError {
-    ApiError::new(405, code::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+    ApiError::new(
+        405,
+        code::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {path}"),
+    )
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     h.get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_header(format!("{name} is not ASCII"))))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_header(format!("{name} is not ASCII")))
+        })
         .transpose()
 }
 
@@ -197,7 +254,8 @@ fn required<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(400, code::BAD_REQUEST, format!("bad JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, code::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
 /// Reads a whole body of at most `limit` bytes.
@@ -208,7 +266,13 @@ where
 {
     let mut buf = BytesMut::with_capacity(limit.min(wire::MAX_CHUNK_SIZE) as usize);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::new(400, code::BAD_REQUEST, format!("request body interrupted: {e}")))?;
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                400,
+                code::BAD_REQUEST,
+                format!("request body interrupted: {e}"),
+            )
+        })?;
         if let Ok(data) = frame.into_data() {
             if (buf.len() + data.len()) as u64 > limit {
                 return Err(ApiError::new(

@@ -13,7 +13,11 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         // write_all retries partial writes.
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -28,10 +32,10 @@ pub fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(d) = to.parent() {
         sync_dir(d)?;
     }
-    if let Some(d) = from.parent() {
-        if Some(d) != to.parent() {
-            sync_dir(d)?;
-        }
+    if let Some(d) = from.parent()
+        && Some(d) != to.parent()
+    {
+        sync_dir(d)?;
     }
     Ok(())
 }

@@ -70,9 +70,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", args.data_dir.display()))?;
     let files = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => tls::CertFiles { cert: cert.clone(), key: key.clone(), ca: None },
+        (Some(cert), Some(key)) => tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        },
         _ => {
-            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+            let mut names = vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+            ];
             if !args.listen.ip().is_unspecified() {
                 names.push(args.listen.ip().to_string());
             }
@@ -85,9 +93,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let store = store::Store::open(&args.data_dir, token.clone())
         .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
     let sessions = store.session_count();
-    let app = Arc::new(api::App { store, token, alt_svc: None });
+    let app = Arc::new(api::App {
+        store,
+        token,
+        alt_svc: None,
+    });
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let socket = if args.listen.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -95,7 +109,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tokio::net::TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
-        socket.bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        socket
+            .bind(args.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let listener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         let ca = files.ca.as_ref().unwrap_or(&files.cert);
@@ -109,8 +125,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use uplink_proto::wire::{self, code, UploadCompleted};
+use uplink_proto::wire::{self, UploadCompleted, code};
 
 use crate::error::ApiError;
 use crate::fsutil;
@@ -45,7 +45,11 @@ where
                 Err(_) => continue,
             },
             Err(e) => {
-                failure = Some(ApiError::new(400, code::BAD_REQUEST, format!("request body interrupted: {e}")));
+                failure = Some(ApiError::new(
+                    400,
+                    code::BAD_REQUEST,
+                    format!("request body interrupted: {e}"),
+                ));
                 break;
             }
         };
@@ -54,7 +58,10 @@ where
             failure = Some(ApiError::new(
                 413,
                 code::CHUNK_TOO_LARGE,
-                format!("objects are limited to {} bytes; use an upload session", wire::MAX_OBJECT_SIZE),
+                format!(
+                    "objects are limited to {} bytes; use an upload session",
+                    wire::MAX_OBJECT_SIZE
+                ),
             ));
             break;
         }
@@ -71,7 +78,11 @@ where
         (Some(e), _) | (None, Err(e)) => Err(e),
         (None, Ok((sha, n))) => {
             if expect.is_some_and(|want| want != sha) {
-                Err(ApiError::new(422, code::SHA256_MISMATCH, "body does not match X-Content-SHA256"))
+                Err(ApiError::new(
+                    422,
+                    code::SHA256_MISMATCH,
+                    "body does not match X-Content-SHA256",
+                ))
             } else {
                 let dest = objects_dir.join(name);
                 let (tmp2, dest2) = (tmp.clone(), dest.clone());
@@ -79,7 +90,11 @@ where
                     .await
                     .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?
                     .map_err(|e| ApiError::io("moving the object into place", &e))?;
-                Ok(UploadCompleted { sha256: hex::encode(sha), size: n, location: wire::object_path(name) })
+                Ok(UploadCompleted {
+                    sha256: hex::encode(sha),
+                    size: n,
+                    location: wire::object_path(name),
+                })
             }
         }
     };
@@ -89,8 +104,14 @@ where
     result
 }
 
-fn write_and_hash(path: &PathBuf, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> std::io::Result<([u8; 32], u64)> {
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+fn write_and_hash(
+    path: &PathBuf,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<([u8; 32], u64)> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
     let mut h = Sha256::new();
     let mut n = 0u64;
     while let Some(data) = rx.blocking_recv() {

@@ -22,7 +22,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uplink_proto::integrity::{self, ChunkDigest};
-use uplink_proto::wire::{self, code, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated, UploadState};
+use uplink_proto::wire::{
+    self, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated, UploadState, code,
+};
 
 use crate::error::ApiError;
 use crate::fsutil;
@@ -32,7 +34,10 @@ const PART: &str = "data.part";
 const LOG: &str = "chunks.log";
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,6 +61,9 @@ struct SessionMeta {
     #[serde(default)]
     merkle_root: Option<String>,
 }
+
+/// offset -> (length, sha256) of verified chunks.
+type ChunkMap = BTreeMap<u64, (u64, [u8; 32])>;
 
 #[derive(Serialize, Deserialize)]
 struct LogLine {
@@ -151,7 +159,12 @@ impl Store {
         let objects_dir = data_dir.join("objects");
         std::fs::create_dir_all(&sessions_dir)?;
         std::fs::create_dir_all(&objects_dir)?;
-        let store = Store { sessions_dir, objects_dir, secret, index: Mutex::new(Index::default()) };
+        let store = Store {
+            sessions_dir,
+            objects_dir,
+            secret,
+            index: Mutex::new(Index::default()),
+        };
         let now = now_secs();
         for entry in std::fs::read_dir(&store.sessions_dir)? {
             let dir = entry?.path();
@@ -164,7 +177,9 @@ impl Store {
                     idx.by_id.insert(s.id.clone(), s);
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping unreadable session"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "skipping unreadable session")
+                }
             }
         }
         Ok(store)
@@ -208,7 +223,10 @@ impl Store {
             state.received = done.size;
         } else {
             let (chunks, good_len) = read_log(&dir.join(LOG))?;
-            let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG))?;
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(LOG))?;
             if log.metadata()?.len() != good_len {
                 tracing::warn!(upload_id = %meta.upload_id, "cutting a torn line off the chunk log");
                 log.set_len(good_len)?;
@@ -217,7 +235,12 @@ impl Store {
             state.received = chunks.values().map(|(l, _)| *l).sum();
             state.chunks = chunks;
             state.log = Some(log);
-            part = Some(OpenOptions::new().read(true).write(true).open(dir.join(PART))?);
+            part = Some(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(dir.join(PART))?,
+            );
         }
         Ok(Some(Arc::new(Session {
             id: meta.upload_id.clone(),
@@ -238,14 +261,25 @@ impl Store {
             return Err(ApiError::new(
                 400,
                 code::BAD_REQUEST,
-                format!("size must be 1..={} bytes, got {}", wire::MAX_FILE_SIZE, req.size),
+                format!(
+                    "size must be 1..={} bytes, got {}",
+                    wire::MAX_FILE_SIZE,
+                    req.size
+                ),
             ));
         }
         if !wire::is_valid_object_name(&req.name) {
-            return Err(ApiError::new(400, code::BAD_NAME, format!("invalid object name {:?}", req.name)));
+            return Err(ApiError::new(
+                400,
+                code::BAD_NAME,
+                format!("invalid object name {:?}", req.name),
+            ));
         }
         let mut idx = lock(&self.index);
-        if let Some(existing) = key.and_then(|k| idx.by_key.get(k)).and_then(|id| idx.by_id.get(id)) {
+        if let Some(existing) = key
+            .and_then(|k| idx.by_key.get(k))
+            .and_then(|id| idx.by_id.get(id))
+        {
             let meta = lock(&existing.meta);
             if meta.size != req.size || meta.name != req.name {
                 return Err(ApiError::new(
@@ -277,15 +311,24 @@ impl Store {
         let dir = self.sessions_dir.join(&id);
         let make = || -> std::io::Result<(File, File)> {
             std::fs::create_dir(&dir)?;
-            let part = OpenOptions::new().read(true).write(true).create_new(true).open(dir.join(PART))?;
+            let part = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dir.join(PART))?;
             // Reserve the space now so a full disk is reported at create, not mid-upload.
-            if let Err(e) = rustix::fs::fallocate(&part, rustix::fs::FallocateFlags::empty(), 0, req.size) {
+            if let Err(e) =
+                rustix::fs::fallocate(&part, rustix::fs::FallocateFlags::empty(), 0, req.size)
+            {
                 if e == rustix::io::Errno::NOSPC {
                     return Err(e.into());
                 }
                 part.set_len(req.size)?;
             }
-            let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG))?;
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(LOG))?;
             let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
             fsutil::write_atomic(&dir, META, &json)?;
             fsutil::sync_dir(&self.sessions_dir)?;
@@ -306,7 +349,10 @@ impl Store {
             key: integrity::session_key(&self.secret, &nonce, &id),
             nonce: nonce.to_vec(),
             part: Some(part),
-            state: Mutex::new(SessionState { log: Some(log), ..Default::default() }),
+            state: Mutex::new(SessionState {
+                log: Some(log),
+                ..Default::default()
+            }),
             meta: Mutex::new(meta.clone()),
         });
         if let Some(k) = key {
@@ -318,9 +364,17 @@ impl Store {
 
     /// The live session `id`.
     pub fn get(&self, id: &str) -> Result<Arc<Session>, ApiError> {
-        let s = lock(&self.index).by_id.get(id).cloned().ok_or_else(|| ApiError::unknown_upload(id))?;
+        let s = lock(&self.index)
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::unknown_upload(id))?;
         if lock(&s.meta).expires_at <= now_secs() {
-            return Err(ApiError::new(410, code::EXPIRED, format!("upload {id} expired")));
+            return Err(ApiError::new(
+                410,
+                code::EXPIRED,
+                format!("upload {id} expired"),
+            ));
         }
         Ok(s)
     }
@@ -329,7 +383,10 @@ impl Store {
     /// object stays.
     pub fn delete(&self, id: &str) -> Result<(), ApiError> {
         let mut idx = lock(&self.index);
-        let s = idx.by_id.remove(id).ok_or_else(|| ApiError::unknown_upload(id))?;
+        let s = idx
+            .by_id
+            .remove(id)
+            .ok_or_else(|| ApiError::unknown_upload(id))?;
         if let Some(k) = &lock(&s.meta).idempotency_key {
             idx.by_key.remove(k);
         }
@@ -340,11 +397,15 @@ impl Store {
 }
 
 fn created(meta: &SessionMeta) -> UploadCreated {
-    UploadCreated { upload_id: meta.upload_id.clone(), nonce: meta.nonce.clone(), expires_at: meta.expires_at }
+    UploadCreated {
+        upload_id: meta.upload_id.clone(),
+        nonce: meta.nonce.clone(),
+        expires_at: meta.expires_at,
+    }
 }
 
 /// Reads the chunk log; returns the chunks and the length of its intact prefix.
-fn read_log(path: &Path) -> std::io::Result<(BTreeMap<u64, (u64, [u8; 32])>, u64)> {
+fn read_log(path: &Path) -> std::io::Result<(ChunkMap, u64)> {
     let mut chunks = BTreeMap::new();
     let f = match File::open(path) {
         Ok(f) => f,
@@ -360,8 +421,12 @@ fn read_log(path: &Path) -> std::io::Result<(BTreeMap<u64, (u64, [u8; 32])>, u64
         if n == 0 || !line.ends_with('\n') {
             break;
         }
-        let Ok(rec) = serde_json::from_str::<LogLine>(line.trim_end()) else { break };
-        let Some(sha) = uplink_proto::parse_hex32(&rec.s) else { break };
+        let Ok(rec) = serde_json::from_str::<LogLine>(line.trim_end()) else {
+            break;
+        };
+        let Some(sha) = uplink_proto::parse_hex32(&rec.s) else {
+            break;
+        };
         chunks.insert(rec.o, (rec.l, sha));
         good += n as u64;
     }
@@ -390,7 +455,11 @@ impl Session {
             chunks: st
                 .chunks
                 .iter()
-                .map(|(o, (l, s))| ChunkRecord { offset: *o, length: *l, sha256: hex::encode(s) })
+                .map(|(o, (l, s))| ChunkRecord {
+                    offset: *o,
+                    length: *l,
+                    sha256: hex::encode(s),
+                })
                 .collect(),
             received_bytes: st.received,
             completed: meta.completed,
@@ -400,7 +469,12 @@ impl Session {
     }
 
     /// Checks a chunk's place before its body is read, and reserves its range.
-    pub fn begin_chunk(self: &Arc<Self>, offset: u64, length: u64, sha256: &[u8; 32]) -> Result<BeginChunk, ApiError> {
+    pub fn begin_chunk(
+        self: &Arc<Self>,
+        offset: u64,
+        length: u64,
+        sha256: &[u8; 32],
+    ) -> Result<BeginChunk, ApiError> {
         if length == 0 {
             return Err(ApiError::bad_header("X-Chunk-Length must be at least 1"));
         }
@@ -408,18 +482,28 @@ impl Session {
             return Err(ApiError::new(
                 413,
                 code::CHUNK_TOO_LARGE,
-                format!("chunk of {length} bytes exceeds the limit of {} bytes", wire::MAX_CHUNK_SIZE),
+                format!(
+                    "chunk of {length} bytes exceeds the limit of {} bytes",
+                    wire::MAX_CHUNK_SIZE
+                ),
             ));
         }
         if offset.checked_add(length).is_none_or(|end| end > self.size) {
             return Err(ApiError::new(
                 416,
                 code::OUT_OF_RANGE,
-                format!("chunk {offset}+{length} lies beyond the upload's {} bytes", self.size),
+                format!(
+                    "chunk {offset}+{length} lies beyond the upload's {} bytes",
+                    self.size
+                ),
             ));
         }
         if lock(&self.meta).completed.is_some() {
-            return Err(ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed"));
+            return Err(ApiError::new(
+                409,
+                code::ALREADY_COMPLETED,
+                "upload already completed",
+            ));
         }
         let mut st = lock(&self.state);
         st.chunk_puts += 1;
@@ -442,39 +526,64 @@ impl Session {
             ));
         }
         st.reserved.insert(offset, length);
-        Ok(BeginChunk::Reserved(Reservation { session: Arc::clone(self), offset, length }))
+        Ok(BeginChunk::Reserved(Reservation {
+            session: Arc::clone(self),
+            offset,
+            length,
+        }))
     }
 
     /// Verifies a received chunk and makes it durable (blocking: run off the reactor).
     /// Nothing is written unless length, CRC32C and SHA-256 all match.
-    pub fn store_chunk(&self, res: Reservation, body: &[u8], expect: &ChunkDigest) -> Result<(), ApiError> {
+    pub fn store_chunk(
+        &self,
+        res: Reservation,
+        body: &[u8],
+        expect: &ChunkDigest,
+    ) -> Result<(), ApiError> {
         if body.len() as u64 != res.length {
             return Err(ApiError::new(
                 400,
                 code::LENGTH_MISMATCH,
-                format!("body has {} bytes, X-Chunk-Length says {}", body.len(), res.length),
+                format!(
+                    "body has {} bytes, X-Chunk-Length says {}",
+                    body.len(),
+                    res.length
+                ),
             ));
         }
         let got = integrity::digest(body);
         if got.crc32c != expect.crc32c {
-            return Err(ApiError::new(422, code::CRC32C_MISMATCH, "body does not match X-Chunk-CRC32C"));
+            return Err(ApiError::new(
+                422,
+                code::CRC32C_MISMATCH,
+                "body does not match X-Chunk-CRC32C",
+            ));
         }
         if got.sha256 != expect.sha256 {
-            return Err(ApiError::new(422, code::SHA256_MISMATCH, "body does not match X-Chunk-SHA256"));
+            return Err(ApiError::new(
+                422,
+                code::SHA256_MISMATCH,
+                "body does not match X-Chunk-SHA256",
+            ));
         }
-        let part = self
-            .part
-            .as_ref()
-            .ok_or_else(|| ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed"))?;
-        part.write_all_at(body, res.offset).map_err(|e| ApiError::io("writing the chunk", &e))?;
-        part.sync_data().map_err(|e| ApiError::io("syncing the chunk", &e))?;
-        let line = serde_json::to_string(&LogLine { o: res.offset, l: res.length, s: hex::encode(got.sha256) })
-            .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        let part = self.part.as_ref().ok_or_else(|| {
+            ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed")
+        })?;
+        part.write_all_at(body, res.offset)
+            .map_err(|e| ApiError::io("writing the chunk", &e))?;
+        part.sync_data()
+            .map_err(|e| ApiError::io("syncing the chunk", &e))?;
+        let line = serde_json::to_string(&LogLine {
+            o: res.offset,
+            l: res.length,
+            s: hex::encode(got.sha256),
+        })
+        .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
         let mut st = lock(&self.state);
-        let log = st
-            .log
-            .as_mut()
-            .ok_or_else(|| ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed"))?;
+        let log = st.log.as_mut().ok_or_else(|| {
+            ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed")
+        })?;
         log.write_all(format!("{line}\n").as_bytes())
             .and_then(|()| log.sync_data())
             .map_err(|e| ApiError::io("recording the chunk", &e))?;
@@ -485,9 +594,14 @@ impl Session {
 
     /// `POST /v1/uploads/{id}/complete` (blocking): checks contiguity and the Merkle root,
     /// then assembles the object. Idempotent: a repeat answers the same result.
-    pub fn complete(&self, objects_dir: &Path, merkle_root: &str) -> Result<UploadCompleted, ApiError> {
-        let claimed = uplink_proto::parse_hex32(merkle_root)
-            .ok_or_else(|| ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits"))?;
+    pub fn complete(
+        &self,
+        objects_dir: &Path,
+        merkle_root: &str,
+    ) -> Result<UploadCompleted, ApiError> {
+        let claimed = uplink_proto::parse_hex32(merkle_root).ok_or_else(|| {
+            ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits")
+        })?;
         let mut st = lock(&self.state);
         {
             let meta = lock(&self.meta);
@@ -495,7 +609,11 @@ impl Session {
                 if meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
                     return Ok(done.clone());
                 }
-                return Err(ApiError::new(422, code::MERKLE_MISMATCH, "upload completed with another Merkle root"));
+                return Err(ApiError::new(
+                    422,
+                    code::MERKLE_MISMATCH,
+                    "upload completed with another Merkle root",
+                ));
             }
         }
         let mut next = 0u64;
@@ -518,11 +636,15 @@ impl Session {
             return Err(ApiError::new(
                 422,
                 code::MERKLE_MISMATCH,
-                format!("Merkle root of the received chunks is {}", hex::encode(root)),
+                format!(
+                    "Merkle root of the received chunks is {}",
+                    hex::encode(root)
+                ),
             ));
         }
         let part_path = self.dir.join(PART);
-        let sha = sha256_file(&part_path).map_err(|e| ApiError::io("hashing the assembled file", &e))?;
+        let sha =
+            sha256_file(&part_path).map_err(|e| ApiError::io("hashing the assembled file", &e))?;
         let done = UploadCompleted {
             sha256: hex::encode(sha),
             size: self.size,
@@ -533,8 +655,10 @@ impl Session {
         let mut next_meta = meta.clone();
         next_meta.completed = Some(done.clone());
         next_meta.merkle_root = Some(hex::encode(claimed));
-        let json = serde_json::to_vec_pretty(&next_meta).map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
-        fsutil::write_atomic(&self.dir, META, &json).map_err(|e| ApiError::io("recording completion", &e))?;
+        let json = serde_json::to_vec_pretty(&next_meta)
+            .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        fsutil::write_atomic(&self.dir, META, &json)
+            .map_err(|e| ApiError::io("recording completion", &e))?;
         *meta = next_meta;
         fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
             .map_err(|e| ApiError::io("moving the object into place", &e))?;
@@ -578,7 +702,14 @@ mod tests {
 
     fn create(st: &Store, size: u64) -> Arc<Session> {
         let c = st
-            .create(Some("k"), &CreateUpload { size, name: "f.bin".into(), metadata: Default::default() })
+            .create(
+                Some("k"),
+                &CreateUpload {
+                    size,
+                    name: "f.bin".into(),
+                    metadata: Default::default(),
+                },
+            )
             .unwrap();
         st.get(&c.upload_id).unwrap()
     }
@@ -603,9 +734,15 @@ mod tests {
         .unwrap();
         let done = s.complete(st.objects_dir(), &hex::encode(root)).unwrap();
         assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
-        assert_eq!(std::fs::read(st.objects_dir().join("f.bin")).unwrap(), b"0123456789");
+        assert_eq!(
+            std::fs::read(st.objects_dir().join("f.bin")).unwrap(),
+            b"0123456789"
+        );
         // Idempotent.
-        assert_eq!(s.complete(st.objects_dir(), &hex::encode(root)).unwrap(), done);
+        assert_eq!(
+            s.complete(st.objects_dir(), &hex::encode(root)).unwrap(),
+            done
+        );
     }
 
     #[test]
@@ -630,7 +767,9 @@ mod tests {
         let st = store(tmp);
         let s = create(&st, 4);
         let good = integrity::digest(b"abcd");
-        let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256).unwrap() else { panic!() };
+        let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256).unwrap() else {
+            panic!()
+        };
         let err = s.store_chunk(r, b"abce", &good).unwrap_err();
         assert_eq!(err.code, code::CRC32C_MISMATCH);
         assert!(s.state().chunks.is_empty());
@@ -648,7 +787,12 @@ mod tests {
         let id = s.id.clone();
         drop((s, st));
         let log = tmp.join("sessions").join(&id).join(LOG);
-        OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"o\":4,\"l\"").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"{\"o\":4,\"l\"")
+            .unwrap();
         let st = store(tmp);
         let s = st.get(&id).unwrap();
         assert_eq!(s.state().chunks.len(), 1);
@@ -663,11 +807,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let tmp = tmp.path();
         let st = store(tmp);
-        let req = CreateUpload { size: 5, name: "a".into(), metadata: Default::default() };
+        let req = CreateUpload {
+            size: 5,
+            name: "a".into(),
+            metadata: Default::default(),
+        };
         let a = st.create(Some("job-1"), &req).unwrap();
         assert_eq!(st.create(Some("job-1"), &req).unwrap(), a);
-        let other = CreateUpload { size: 6, ..req.clone() };
-        assert_eq!(st.create(Some("job-1"), &other).unwrap_err().code, code::IDEMPOTENCY_MISMATCH);
+        let other = CreateUpload {
+            size: 6,
+            ..req.clone()
+        };
+        assert_eq!(
+            st.create(Some("job-1"), &other).unwrap_err().code,
+            code::IDEMPOTENCY_MISMATCH
+        );
         assert_ne!(st.create(None, &req).unwrap().upload_id, a.upload_id);
     }
 }

@@ -13,9 +13,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no usable PEM {what}")]
     Pem { path: PathBuf, what: &'static str },
     #[error("certificate generation failed: {0}")]
@@ -43,7 +49,10 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles, Tls
     if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.into(),
+        source,
+    })?;
 
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -74,7 +83,10 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles, Tls
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    std::fs::write(path, bytes).map_err(|source| TlsError::Write { path: path.into(), source })
+    std::fs::write(path, bytes).map_err(|source| TlsError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
@@ -86,24 +98,42 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| TlsError::Write { path: path.into(), source })?;
-    f.write_all(bytes)
-        .map_err(|source| TlsError::Write { path: path.into(), source })
+        .map_err(|source| TlsError::Write {
+            path: path.into(),
+            source,
+        })?;
+    f.write_all(bytes).map_err(|source| TlsError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The rustls server configuration: TLS 1.3 only, the given ALPN protocols.
 pub fn server_config(files: &CertFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.into(), source });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.into(),
+            source,
+        })
+    };
     let cert_pem = read(&files.cert)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|_| TlsError::Pem { path: files.cert.clone(), what: "certificate" })?;
+        .map_err(|_| TlsError::Pem {
+            path: files.cert.clone(),
+            what: "certificate",
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: files.cert.clone(), what: "certificate" });
+        return Err(TlsError::Pem {
+            path: files.cert.clone(),
+            what: "certificate",
+        });
     }
     let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| TlsError::Pem { path: files.key.clone(), what: "private key" })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
+        path: files.key.clone(),
+        what: "private key",
+    })?;
     let mut cfg = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_no_client_auth()
         .with_single_cert(certs, key)?;

@@ -12,7 +12,10 @@ pub struct RateMeter {
 
 impl RateMeter {
     pub fn new(window: Duration) -> RateMeter {
-        RateMeter { window, samples: VecDeque::new() }
+        RateMeter {
+            window,
+            samples: VecDeque::new(),
+        }
     }
 
     /// Records the running total of acknowledged bytes at `now`.
@@ -48,7 +51,11 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(interval: Duration, min_bytes: u64) -> Throttle {
-        Throttle { interval, min_bytes, last: None }
+        Throttle {
+            interval,
+            min_bytes,
+            last: None,
+        }
     }
 
     /// The seed's values: 33 ms and 16 KiB.

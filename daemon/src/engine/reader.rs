@@ -60,19 +60,31 @@ impl SourceFile {
             std::io::ErrorKind::NotFound => ReadError::Changed("it no longer exists".into()),
             _ => ReadError::Io(e.to_string()),
         })?;
-        let src = SourceFile { file: Arc::new(file), identity: *expected, drop_cache: expected.size > DROP_CACHE_ABOVE };
+        let src = SourceFile {
+            file: Arc::new(file),
+            identity: *expected,
+            drop_cache: expected.size > DROP_CACHE_ABOVE,
+        };
         src.check()?;
         Ok(src)
     }
 
     /// Fails if the open file is no longer the one that was enqueued.
     pub fn check(&self) -> Result<(), ReadError> {
-        let now = FileIdentity::of(&self.file.metadata().map_err(|e| ReadError::Io(e.to_string()))?);
+        let now = FileIdentity::of(
+            &self
+                .file
+                .metadata()
+                .map_err(|e| ReadError::Io(e.to_string()))?,
+        );
         if now.dev != self.identity.dev || now.ino != self.identity.ino {
             return Err(ReadError::Changed("it was replaced by another file".into()));
         }
         if now.size != self.identity.size {
-            return Err(ReadError::Changed(format!("size {} became {}", self.identity.size, now.size)));
+            return Err(ReadError::Changed(format!(
+                "size {} became {}",
+                self.identity.size, now.size
+            )));
         }
         if now.mtime_ns != self.identity.mtime_ns {
             return Err(ReadError::Changed("it was modified".into()));

@@ -33,7 +33,12 @@ pub struct ResumePlan {
     pub checkpoint_discarded: bool,
 }
 
-pub fn reconcile(size: u64, chunk_size: u64, checkpoint: Option<&Checkpoint>, server: &[ServerChunk]) -> ResumePlan {
+pub fn reconcile(
+    size: u64,
+    chunk_size: u64,
+    checkpoint: Option<&Checkpoint>,
+    server: &[ServerChunk],
+) -> ResumePlan {
     let on_server: BTreeMap<u64, &ServerChunk> = server.iter().map(|c| (c.offset, c)).collect();
     let mut discarded = false;
     let ledger = match checkpoint {
@@ -75,12 +80,16 @@ fn server_holds(ledger: &Ledger, on_server: &BTreeMap<u64, &ServerChunk>) -> boo
         return false;
     }
     // Acks beyond the prefix must match the server's chunks exactly.
-    ledger.covered().iter().skip(usize::from(ledger.prefix_end() > 0)).all(|&(off, len)| {
-        match (on_server.get(&off), ledger.pending_leaf(off)) {
-            (Some(c), Some((l, sha))) => c.length == len && *l == len && c.sha256 == *sha,
-            _ => false,
-        }
-    })
+    ledger
+        .covered()
+        .iter()
+        .skip(usize::from(ledger.prefix_end() > 0))
+        .all(
+            |&(off, len)| match (on_server.get(&off), ledger.pending_leaf(off)) {
+                (Some(c), Some((l, sha))) => c.length == len && *l == len && c.sha256 == *sha,
+                _ => false,
+            },
+        )
 }
 
 #[cfg(test)]
@@ -88,7 +97,11 @@ mod tests {
     use super::*;
 
     fn chunk(i: u64) -> ServerChunk {
-        ServerChunk { offset: i * 4, length: 4, sha256: [i as u8; 32] }
+        ServerChunk {
+            offset: i * 4,
+            length: 4,
+            sha256: [i as u8; 32],
+        }
     }
 
     fn checkpoint(acked: &[u64]) -> Checkpoint {
@@ -97,7 +110,12 @@ mod tests {
             let c = chunk(i);
             ledger.ack(c.offset, c.length, c.sha256);
         }
-        Checkpoint { upload_id: "u".into(), ledger, dispatched_until: 40, ..Default::default() }
+        Checkpoint {
+            upload_id: "u".into(),
+            ledger,
+            dispatched_until: 40,
+            ..Default::default()
+        }
     }
 
     #[test]

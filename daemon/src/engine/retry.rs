@@ -19,7 +19,12 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap, previous: base, attempts: 0 }
+        Backoff {
+            base,
+            cap,
+            previous: base,
+            attempts: 0,
+        }
     }
 
     /// The seed's chunk retry: base 0.5 s, cap 15 s.
@@ -67,7 +72,10 @@ mod tests {
             let mut prev = Duration::from_millis(500);
             for _ in 0..CHUNK_MAX_RETRIES {
                 let d = b.next_delay(&mut rng);
-                assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(15), "{d:?}");
+                assert!(
+                    d >= Duration::from_millis(500) && d <= Duration::from_secs(15),
+                    "{d:?}"
+                );
                 assert!(d <= prev * 3, "{d:?} after {prev:?}");
                 prev = d;
             }

@@ -27,7 +27,7 @@ use super::reader::{ReadError, SourceFile};
 use super::resume::{self, ServerChunk};
 use super::retry::{Backoff, CHUNK_MAX_RETRIES};
 use crate::events::Events;
-use crate::jobs::{now_ms, DbError, JobDb, JobRecord};
+use crate::jobs::{DbError, JobDb, JobRecord, now_ms};
 use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
 
 /// Chunks read and hashed ahead of the senders (the seed's prefetch depth).
@@ -65,23 +65,35 @@ pub enum RunError {
 
 impl RunError {
     fn permanent(code: &str, message: impl Into<String>) -> RunError {
-        RunError::Permanent { code: code.into(), message: message.into() }
+        RunError::Permanent {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl From<CallError> for RunError {
     fn from(e: CallError) -> RunError {
         match e.class() {
-            ErrorClass::Transient => RunError::Transient { code: e.code(), message: e.to_string() },
+            ErrorClass::Transient => RunError::Transient {
+                code: e.code(),
+                message: e.to_string(),
+            },
             ErrorClass::UnknownUpload => RunError::UnknownUpload,
-            ErrorClass::Permanent => RunError::Permanent { code: e.code(), message: e.to_string() },
+            ErrorClass::Permanent => RunError::Permanent {
+                code: e.code(),
+                message: e.to_string(),
+            },
         }
     }
 }
 
 impl From<DbError> for RunError {
     fn from(e: DbError) -> RunError {
-        RunError::Transient { code: "state_store".into(), message: e.to_string() }
+        RunError::Transient {
+            code: "state_store".into(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -121,7 +133,11 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
     let upload_id = match &job.upload_id {
         Some(id) => id.clone(),
         None => {
-            let req = CreateUpload { size: job.size, name: job.target.clone(), metadata: job.metadata.clone() };
+            let req = CreateUpload {
+                size: job.size,
+                name: job.target.clone(),
+                metadata: job.metadata.clone(),
+            };
             let created = ctx.client.create(&job.job_id, &req).await?;
             job.upload_id = Some(created.upload_id.clone());
             job.nonce = Some(created.nonce);
@@ -130,10 +146,16 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
         }
     };
     let state = ctx.client.state(&upload_id).await?;
-    let checkpoint = ctx.db.load_checkpoint(&job.job_id)?.filter(|c| c.upload_id == upload_id);
+    let checkpoint = ctx
+        .db
+        .load_checkpoint(&job.job_id)?
+        .filter(|c| c.upload_id == upload_id);
     if let Some(done) = state.completed {
         // Completed in an earlier run whose answer was lost (crash right after complete).
-        if let Some(root) = checkpoint.as_ref().and_then(|c| c.ledger.root_if_complete(job.size)) {
+        if let Some(root) = checkpoint
+            .as_ref()
+            .and_then(|c| c.ledger.root_if_complete(job.size))
+        {
             job.merkle_root = hex::encode(root);
         }
         job.server_sha256 = done.sha256;
@@ -147,10 +169,19 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
         .chunks
         .iter()
         .filter_map(|c| {
-            Some(ServerChunk { offset: c.offset, length: c.length, sha256: uplink_proto::parse_hex32(&c.sha256)? })
+            Some(ServerChunk {
+                offset: c.offset,
+                length: c.length,
+                sha256: uplink_proto::parse_hex32(&c.sha256)?,
+            })
         })
         .collect();
-    let plan = resume::reconcile(job.size, job.chunk_size, checkpoint.as_ref(), &server_chunks);
+    let plan = resume::reconcile(
+        job.size,
+        job.chunk_size,
+        checkpoint.as_ref(),
+        &server_chunks,
+    );
     if plan.checkpoint_discarded {
         tracing::warn!(job_id = %job.job_id, "checkpoint disagreed with the server; re-verifying");
     }
@@ -178,8 +209,16 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
     let mut tasks: Vec<ReadTask> = plan
         .verify
         .iter()
-        .map(|c| ReadTask { offset: c.offset, length: c.length, verify: Some(c.sha256) })
-        .chain(plan.send.iter().map(|&(offset, length)| ReadTask { offset, length, verify: None }))
+        .map(|c| ReadTask {
+            offset: c.offset,
+            length: c.length,
+            verify: Some(c.sha256),
+        })
+        .chain(plan.send.iter().map(|&(offset, length)| ReadTask {
+            offset,
+            length,
+            verify: None,
+        }))
         .collect();
     tasks.sort_unstable_by_key(|t| t.offset);
     let (tx, mut rx) = mpsc::channel::<ReadResult>(PREFETCH);
@@ -267,7 +306,8 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
             }
         }
     };
-    ctx.in_flight.fetch_sub(inflight.len() as u32, Ordering::Relaxed);
+    ctx.in_flight
+        .fetch_sub(inflight.len() as u32, Ordering::Relaxed);
     inflight.abort_all();
     drop(rx);
     let _ = reader.await;
@@ -285,10 +325,9 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
     if !finished {
         return Ok(Outcome::Stopped);
     }
-    let root = cp
-        .ledger
-        .root_if_complete(job.size)
-        .ok_or_else(|| RunError::permanent("internal", "all chunks done but the ledger is not complete"))?;
+    let root = cp.ledger.root_if_complete(job.size).ok_or_else(|| {
+        RunError::permanent("internal", "all chunks done but the ledger is not complete")
+    })?;
     source.check()?;
     let done = ctx.client.complete(&upload_id, &root).await?;
     job.merkle_root = hex::encode(root);
@@ -297,7 +336,13 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
     Ok(Outcome::Completed)
 }
 
-fn on_ack(ctx: &Ctx, job: &mut JobRecord, cp: &Checkpoint, meter: &mut RateMeter, throttle: &mut Throttle) {
+fn on_ack(
+    ctx: &Ctx,
+    job: &mut JobRecord,
+    cp: &Checkpoint,
+    meter: &mut RateMeter,
+    throttle: &mut Throttle,
+) {
     let now = Instant::now();
     job.bytes_acked = cp.ledger.acked_bytes();
     job.chunks_acked = cp.ledger.acked_chunks();
@@ -342,7 +387,9 @@ async fn put_with_retries(
     loop {
         attempts += 1;
         // A retry moves to another connection: the failed one may be the problem.
-        let result = client.put_chunk(&keys, &payload, lane + attempts as usize - 1).await;
+        let result = client
+            .put_chunk(&keys, &payload, lane + attempts as usize - 1)
+            .await;
         match result {
             Ok(_) => {
                 return PutDone {
@@ -353,7 +400,9 @@ async fn put_with_retries(
                     result: Ok(()),
                 };
             }
-            Err(e) if e.class() == ErrorClass::Transient && backoff.attempts() < CHUNK_MAX_RETRIES => {
+            Err(e)
+                if e.class() == ErrorClass::Transient && backoff.attempts() < CHUNK_MAX_RETRIES =>
+            {
                 let delay = backoff.next_delay(&mut rand::rng());
                 events.emit(
                     &job_id,

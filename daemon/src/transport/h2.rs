@@ -41,7 +41,9 @@ impl H2Pool {
         H2Pool {
             endpoint,
             tls: TlsConnector::from(tls),
-            lanes: (0..lanes.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            lanes: (0..lanes.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
             connected: Arc::new(AtomicU32::new(0)),
             last_connect_ms: AtomicU64::new(0),
         }
@@ -69,10 +71,10 @@ impl H2Pool {
 
     async fn sender(&self, lane: usize) -> Result<Sender, TransportError> {
         let mut slot = self.lanes[lane % self.lanes.len()].lock().await;
-        if let Some(s) = slot.as_ref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = slot.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
         }
         *slot = None;
         let s = self.connect().await?;
@@ -98,8 +100,18 @@ impl H2Pool {
                     tcp = Some(s);
                     break;
                 }
-                Ok(Err(e)) => last = Some(TransportError::Connect { addr: addr.to_string(), message: e.to_string() }),
-                Err(_) => last = Some(TransportError::Connect { addr: addr.to_string(), message: "timed out".into() }),
+                Ok(Err(e)) => {
+                    last = Some(TransportError::Connect {
+                        addr: addr.to_string(),
+                        message: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    last = Some(TransportError::Connect {
+                        addr: addr.to_string(),
+                        message: "timed out".into(),
+                    })
+                }
             }
         }
         let tcp = match tcp {
@@ -107,9 +119,13 @@ impl H2Pool {
             None => return Err(last.unwrap_or_else(|| TransportError::Resolve(ep.host.clone()))),
         };
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(ep.host.clone())
-            .map_err(|_| TransportError::Endpoint(format!("{} is not a valid server name", ep.host)))?;
-        let tls_err = |message: String| TransportError::Tls { host: ep.host.clone(), message };
+        let name = ServerName::try_from(ep.host.clone()).map_err(|_| {
+            TransportError::Endpoint(format!("{} is not a valid server name", ep.host))
+        })?;
+        let tls_err = |message: String| TransportError::Tls {
+            host: ep.host.clone(),
+            message,
+        };
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
             .await
             .map_err(|_| tls_err("timed out".into()))?
@@ -136,7 +152,8 @@ impl H2Pool {
             }
             connected.fetch_sub(1, Ordering::Relaxed);
         });
-        self.last_connect_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_connect_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         Ok(send)
     }
 

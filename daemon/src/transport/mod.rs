@@ -66,13 +66,28 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, TransportError> {
-        let uri: http::Uri = url.parse().map_err(|_| TransportError::Endpoint(url.into()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| TransportError::Endpoint(url.into()))?;
         if uri.scheme_str() != Some("https") {
-            return Err(TransportError::Endpoint(format!("{url}: scheme must be https")));
+            return Err(TransportError::Endpoint(format!(
+                "{url}: scheme must be https"
+            )));
         }
-        let auth = uri.authority().ok_or_else(|| TransportError::Endpoint(url.into()))?;
-        let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let auth = uri
+            .authority()
+            .ok_or_else(|| TransportError::Endpoint(url.into()))?;
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = auth.port_u16().unwrap_or(443);
-        Ok(Endpoint { url: url.to_string(), host, port, authority: auth.as_str().to_string() })
+        Ok(Endpoint {
+            url: url.to_string(),
+            host,
+            port,
+            authority: auth.as_str().to_string(),
+        })
     }
 }

@@ -11,7 +11,8 @@ pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<Arc<Clien
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
                 roots

@@ -13,13 +13,20 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        p.display()
+    );
     p
 }
 
 /// A temp dir that other uids can traverse (tests drop privileges in places).
 pub fn workdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("uplink-e2e-").tempdir().expect("tempdir");
+    let d = tempfile::Builder::new()
+        .prefix("uplink-e2e-")
+        .tempdir()
+        .expect("tempdir");
     chmod(d.path(), 0o755);
     d
 }
@@ -125,11 +132,23 @@ impl Server {
     fn start_at(dir: &Path, listen: &str, token_file: &Path) -> Server {
         let data_dir = dir.join("server-data");
         let mut cmd = Command::new(bin("uplink-server"));
-        cmd.arg("--listen").arg(listen).arg("--data-dir").arg(&data_dir).arg("--token-file").arg(token_file);
+        cmd.arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--token-file")
+            .arg(token_file);
         let proc = Proc::start(cmd, &dir.join("server.log"));
         let addr = proc.field("addr");
         let ca = PathBuf::from(proc.field("ca"));
-        Server { proc, addr, ca, data_dir, token_file: token_file.to_path_buf(), dir: dir.to_path_buf() }
+        Server {
+            proc,
+            addr,
+            ca,
+            data_dir,
+            token_file: token_file.to_path_buf(),
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port and data dir.
@@ -179,13 +198,22 @@ impl Daemon {
     pub fn start_cmd(dir: &Path, cmd: Command) -> Daemon {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let proc = Proc::start(cmd, &dir.join(format!("uplinkd-{n}.log")));
-        Daemon { proc, socket: dir.join("uplinkd.sock"), state_dir: dir.join("daemon-state") }
+        Daemon {
+            proc,
+            socket: dir.join("uplinkd.sock"),
+            state_dir: dir.join("daemon-state"),
+        }
     }
 }
 
 /// Runs the `uplink` CLI against `socket`.
 pub fn uplink(socket: &Path, args: &[&str]) -> Output {
-    Command::new(bin("uplink")).arg("--socket").arg(socket).args(args).output().expect("run uplink")
+    Command::new(bin("uplink"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run uplink")
 }
 
 /// Runs the `uplink` CLI as another uid.
@@ -203,7 +231,8 @@ pub fn uplink_as(uid: u32, socket: &Path, args: &[&str]) -> Output {
 
 /// Writes `size` pseudo-random (incompressible) bytes.
 pub fn random_file(path: &Path, size: u64) {
-    let mut w = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).expect("create"));
+    let mut w =
+        std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).expect("create"));
     let mut x = 0x2545_F491_4F6C_DD1Du64 ^ size;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
@@ -260,7 +289,9 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 /// directly: bad chunks, replays, state).
 pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = uplinkd::transport::tls::client_config(Some(&server.ca), &[uplink_proto::wire::ALPN_H2]).expect("tls");
+    let tls =
+        uplinkd::transport::tls::client_config(Some(&server.ca), &[uplink_proto::wire::ALPN_H2])
+            .expect("tls");
     let ep = uplinkd::transport::Endpoint::parse(&server.url()).expect("endpoint");
     let pool = uplinkd::transport::h2::H2Pool::new(ep, tls, 1);
     uplinkd::server_api::ServerClient::new(pool, TOKEN.to_string())

@@ -4,9 +4,19 @@ use uplink_e2e::bin;
 
 #[test]
 fn uplink_demo_uploads_and_verifies_a_synthetic_capture() {
-    let out = std::process::Command::new(bin("uplink")).args(["demo", "--size", "48M"]).output().expect("run demo");
+    let out = std::process::Command::new(bin("uplink"))
+        .args(["demo", "--size", "48M"])
+        .output()
+        .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("verified: the server's copy is identical"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("verified: the server's copy is identical"),
+        "{stdout}"
+    );
     assert!(stdout.contains("protocol        h2 with"), "{stdout}");
 }

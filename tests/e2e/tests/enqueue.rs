@@ -23,7 +23,10 @@ async fn each_bad_input_gets_its_error_code() {
         let mut c = client.clone();
         async move {
             let status = c
-                .enqueue(uplink::grpc::EnqueueRequest { path, ..Default::default() })
+                .enqueue(uplink::grpc::EnqueueRequest {
+                    path,
+                    ..Default::default()
+                })
                 .await
                 .expect_err("must be refused");
             uplink::error_code(&status).unwrap_or_default()
@@ -32,9 +35,15 @@ async fn each_bad_input_gets_its_error_code() {
     std::fs::write(d.join("empty"), b"").unwrap();
     let status = Command::new("mkfifo").arg(d.join("fifo")).status().unwrap();
     assert!(status.success());
-    std::fs::File::create(d.join("huge")).unwrap().set_len(100_000_000_001).unwrap();
+    std::fs::File::create(d.join("huge"))
+        .unwrap()
+        .set_len(100_000_000_001)
+        .unwrap();
     let p = |n: &str| d.join(n).to_string_lossy().into_owned();
-    assert_eq!(enqueue_code("relative/capture.ply".into()).await, "path_not_absolute");
+    assert_eq!(
+        enqueue_code("relative/capture.ply".into()).await,
+        "path_not_absolute"
+    );
     assert_eq!(enqueue_code(p("missing")).await, "file_not_found");
     assert_eq!(enqueue_code(p("")).await, "is_a_directory");
     assert_eq!(enqueue_code(p("fifo")).await, "not_a_regular_file");
@@ -42,8 +51,16 @@ async fn each_bad_input_gets_its_error_code() {
     assert_eq!(enqueue_code(p("empty")).await, "file_empty");
     assert_eq!(enqueue_code(p("huge")).await, "file_too_large");
     // The CLI shows the code and the sentence.
-    refused(&uplink(&daemon.socket, &["send", &p("missing")]), "file_not_found");
-    let jobs = client.list_jobs(uplink::grpc::ListJobsRequest {}).await.unwrap().into_inner().jobs;
+    refused(
+        &uplink(&daemon.socket, &["send", &p("missing")]),
+        "file_not_found",
+    );
+    let jobs = client
+        .list_jobs(uplink::grpc::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
     assert!(jobs.is_empty(), "no refused input became a job");
 }
 
@@ -68,7 +85,10 @@ fn an_unreadable_file_is_refused() {
     rustix::fs::chown(d, Some(rustix::process::Uid::from_raw(NOBODY)), None).unwrap();
     let socket = d.join("uplinkd.sock");
     let _daemon = Daemon::start_cmd(d, cmd);
-    refused(&uplink_as(NOBODY, &socket, &["send", secret.to_str().unwrap()]), "permission_denied");
+    refused(
+        &uplink_as(NOBODY, &socket, &["send", secret.to_str().unwrap()]),
+        "permission_denied",
+    );
 }
 
 #[test]
@@ -79,10 +99,16 @@ fn another_uid_cannot_use_the_socket() {
     // The file mode keeps others out...
     let out = uplink_as(NOBODY, &daemon.socket, &["status"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach uplinkd"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach uplinkd"),
+        "{out:?}"
+    );
     // ...and if the mode is loosened by mistake, the peer-uid check still refuses.
     chmod(&daemon.socket, 0o666);
-    refused(&uplink_as(NOBODY, &daemon.socket, &["status"]), "peer_not_owner");
+    refused(
+        &uplink_as(NOBODY, &daemon.socket, &["status"]),
+        "peer_not_owner",
+    );
     // The owner is served.
     let ok = uplink(&daemon.socket, &["status"]);
     assert!(ok.status.success(), "{ok:?}");

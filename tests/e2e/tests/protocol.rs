@@ -9,12 +9,19 @@ use uplinkd::server_api::{CallError, ChunkPayload, SessionKeys};
 
 fn payload(offset: u64, data: &[u8]) -> ChunkPayload {
     let d = integrity::digest(data);
-    ChunkPayload { offset, sha256: d.sha256, crc32c: d.crc32c, data: Bytes::copy_from_slice(data) }
+    ChunkPayload {
+        offset,
+        sha256: d.sha256,
+        crc32c: d.crc32c,
+        data: Bytes::copy_from_slice(data),
+    }
 }
 
 fn refused_with(r: Result<impl std::fmt::Debug, CallError>, status: u16, code: &str) {
     match r {
-        Err(CallError::Server { status: s, code: c, .. }) => assert_eq!((s, c.as_str()), (status, code)),
+        Err(CallError::Server {
+            status: s, code: c, ..
+        }) => assert_eq!((s, c.as_str()), (status, code)),
         other => panic!("expected {status} {code}, got {other:?}"),
     }
 }
@@ -25,7 +32,14 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
     let server = Server::start(dir.path());
     let c = server_client(&server);
     let created = c
-        .create("job-proto", &CreateUpload { size: 8, name: "p.bin".into(), metadata: Default::default() })
+        .create(
+            "job-proto",
+            &CreateUpload {
+                size: 8,
+                name: "p.bin".into(),
+                metadata: Default::default(),
+            },
+        )
         .await
         .expect("create");
     let keys = SessionKeys::new(TOKEN, &created.upload_id, &created.nonce).unwrap();
@@ -37,31 +51,64 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
     // Wrong CRC32C.
     let mut bad_crc = good.clone();
     bad_crc.crc32c ^= 1;
-    refused_with(c.put_chunk(&keys, &bad_crc, 0).await, 422, "crc32c_mismatch");
+    refused_with(
+        c.put_chunk(&keys, &bad_crc, 0).await,
+        422,
+        "crc32c_mismatch",
+    );
     // Wrong SHA-256 (the tag is valid for the claimed hash; the body does not match it).
     let mut bad_sha = good.clone();
     bad_sha.sha256[0] ^= 1;
-    refused_with(c.put_chunk(&keys, &bad_sha, 0).await, 422, "sha256_mismatch");
+    refused_with(
+        c.put_chunk(&keys, &bad_sha, 0).await,
+        422,
+        "sha256_mismatch",
+    );
 
     let state = c.state(&created.upload_id).await.unwrap();
     assert!(state.chunks.is_empty(), "{state:?}");
     assert_eq!(state.received_bytes, 0);
-    let part = server.data_dir.join("sessions").join(&created.upload_id).join("data.part");
-    assert_eq!(std::fs::read(&part).unwrap(), vec![0u8; 8], "no byte of a refused chunk reached the disk");
+    let part = server
+        .data_dir
+        .join("sessions")
+        .join(&created.upload_id)
+        .join("data.part");
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        vec![0u8; 8],
+        "no byte of a refused chunk reached the disk"
+    );
 
     // The right chunk goes through; a replay is a no-op success.
     assert!(!c.put_chunk(&keys, &good, 0).await.unwrap().duplicate);
     assert!(c.put_chunk(&keys, &good, 0).await.unwrap().duplicate);
     // The same offset with other bytes is a conflict.
-    refused_with(c.put_chunk(&keys, &payload(0, b"abcX"), 0).await, 409, "chunk_conflict");
+    refused_with(
+        c.put_chunk(&keys, &payload(0, b"abcX"), 0).await,
+        409,
+        "chunk_conflict",
+    );
     let state = c.state(&created.upload_id).await.unwrap();
     assert_eq!(state.chunks.len(), 1);
     assert_eq!(state.duplicate_puts, 1);
 
     // Complete refuses a gap, then a wrong Merkle root, then accepts the right one.
-    refused_with(c.complete(&created.upload_id, &[0; 32]).await, 409, "incomplete");
-    assert!(!c.put_chunk(&keys, &payload(4, b"efgh"), 0).await.unwrap().duplicate);
-    refused_with(c.complete(&created.upload_id, &[0; 32]).await, 422, "merkle_mismatch");
+    refused_with(
+        c.complete(&created.upload_id, &[0; 32]).await,
+        409,
+        "incomplete",
+    );
+    assert!(
+        !c.put_chunk(&keys, &payload(4, b"efgh"), 0)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    refused_with(
+        c.complete(&created.upload_id, &[0; 32]).await,
+        422,
+        "merkle_mismatch",
+    );
     let root = uplink_proto::merkle::root_of([
         (0, 4, &integrity::sha256(b"abcd")),
         (4, 4, &integrity::sha256(b"efgh")),
@@ -76,16 +123,26 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
 async fn sessions_survive_a_server_restart_and_create_is_idempotent() {
     let dir = workdir();
     let mut server = Server::start(dir.path());
-    let req = CreateUpload { size: 8, name: "r.bin".into(), metadata: Default::default() };
+    let req = CreateUpload {
+        size: 8,
+        name: "r.bin".into(),
+        metadata: Default::default(),
+    };
     let created = server_client(&server).create("job-r", &req).await.unwrap();
     let keys = SessionKeys::new(TOKEN, &created.upload_id, &created.nonce).unwrap();
-    server_client(&server).put_chunk(&keys, &payload(0, b"1234"), 0).await.unwrap();
+    server_client(&server)
+        .put_chunk(&keys, &payload(0, b"1234"), 0)
+        .await
+        .unwrap();
     server.restart_after(std::time::Duration::from_millis(100));
     let c = server_client(&server);
     assert_eq!(c.create("job-r", &req).await.unwrap(), created);
     let state = c.state(&created.upload_id).await.unwrap();
     assert_eq!(state.chunks.len(), 1);
-    assert_eq!(state.chunks[0].sha256, hex::encode(integrity::sha256(b"1234")));
+    assert_eq!(
+        state.chunks[0].sha256,
+        hex::encode(integrity::sha256(b"1234"))
+    );
 }
 
 #[test]
@@ -99,7 +156,12 @@ fn a_plain_curl_put_stores_an_object_and_a_wrong_sha_is_refused() {
         std::process::Command::new("curl")
             .args(["-sS", "--http2", "--cacert"])
             .arg(&server.ca)
-            .args(["-H", &format!("Authorization: Bearer {TOKEN}"), "-H", &format!("X-Content-SHA256: {sha_header}")])
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+                "-H",
+                &format!("X-Content-SHA256: {sha_header}"),
+            ])
             .arg("-T")
             .arg(&file)
             .arg(format!("{}/v1/objects/{name}", server.url()))
@@ -110,6 +172,12 @@ fn a_plain_curl_put_stores_an_object_and_a_wrong_sha_is_refused() {
     assert!(String::from_utf8_lossy(&ok.stdout).contains(&sha), "{ok:?}");
     assert_eq!(sha256_file(&server.object("small.bin")), sha);
     let bad = curl("other.bin", &"0".repeat(64));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("sha256_mismatch"), "{bad:?}");
-    assert!(!server.object("other.bin").exists(), "a refused object is not committed");
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("sha256_mismatch"),
+        "{bad:?}"
+    );
+    assert!(
+        !server.object("other.bin").exists(),
+        "a refused object is not committed"
+    );
 }

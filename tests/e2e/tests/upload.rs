@@ -10,8 +10,15 @@ const STREAMS: u64 = 12;
 
 fn enqueue(socket: &std::path::Path, file: &std::path::Path) -> String {
     let out = uplink(socket, &["send", file.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
-    json_lines(&out)[0]["job_id"].as_str().expect("job id").to_string()
+    assert!(
+        out.status.success(),
+        "send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)[0]["job_id"]
+        .as_str()
+        .expect("job id")
+        .to_string()
 }
 
 /// Waits until the daemon has checkpointed at least `bytes` of the job.
@@ -39,11 +46,24 @@ fn a_1_gib_file_arrives_intact_with_send_wait() {
     random_file(&file, GIB);
     let local_sha = sha256_file(&file);
 
-    let out = uplink(&daemon.socket, &["send", file.to_str().unwrap(), "--wait", "--json"]);
-    assert!(out.status.success(), "send --wait failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = uplink(
+        &daemon.socket,
+        &["send", file.to_str().unwrap(), "--wait", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "send --wait failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out);
-    let job_id = lines[0]["job_id"].as_str().expect("first line names the job").to_string();
-    assert!(lines.iter().any(|l| l["event"] == "progress"), "no progress events");
+    let job_id = lines[0]["job_id"]
+        .as_str()
+        .expect("first line names the job")
+        .to_string();
+    assert!(
+        lines.iter().any(|l| l["event"] == "progress"),
+        "no progress events"
+    );
     let record = lines.last().expect("final record");
     assert_eq!(record["job_id"], job_id.as_str());
     assert_eq!(record["state"], "completed", "{record}");
@@ -70,8 +90,13 @@ fn kill_9_of_the_daemon_mid_upload_resends_at_most_the_chunks_in_flight() {
     let job = enqueue(&daemon.socket, &file);
     wait_acked(&daemon.socket, &job, GIB / 3);
     daemon.proc.kill9();
-    let before = std::fs::read_dir(&server.data_dir.join("objects")).unwrap().count();
-    assert_eq!(before, 0, "the upload must not have finished before the kill");
+    let before = std::fs::read_dir(server.data_dir.join("objects"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        before, 0,
+        "the upload must not have finished before the kill"
+    );
 
     let daemon = Daemon::start(dir.path(), &server);
     let record = wait_done(&daemon.socket, &job);
@@ -84,7 +109,9 @@ fn kill_9_of_the_daemon_mid_upload_resends_at_most_the_chunks_in_flight() {
     // The server's own count of chunk PUTs bounds the re-sends independently of the daemon.
     let upload_id = record["upload_id"].as_str().unwrap().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let state = rt.block_on(async { server_client(&server).state(&upload_id).await }).expect("state");
+    let state = rt
+        .block_on(async { server_client(&server).state(&upload_id).await })
+        .expect("state");
     let chunks = GIB / CHUNK;
     assert!(
         state.chunk_puts <= chunks + 10 + STREAMS,
@@ -123,10 +150,21 @@ fn sigterm_pauses_the_job_and_a_restart_finishes_it() {
     let job = enqueue(&daemon.socket, &file);
     wait_acked(&daemon.socket, &job, size / 4);
     daemon.proc.term();
-    assert!(daemon.proc.child.try_wait().unwrap().is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    assert!(
+        daemon
+            .proc
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some_and(|s| s.success()),
+        "clean exit on SIGTERM"
+    );
     assert!(!daemon.socket.exists(), "the socket is removed on shutdown");
     let daemon = Daemon::start(dir.path(), &server);
     let record = wait_done(&daemon.socket, &job);
     assert_eq!(record["state"], "completed", "{record}");
-    assert_eq!(sha256_file(&server.object("capture.bin")), sha256_file(&file));
+    assert_eq!(
+        sha256_file(&server.object("capture.bin")),
+        sha256_file(&file)
+    );
 }
