@@ -1,0 +1,139 @@
+//! Unit tests of the session store (real files in a temp dir).
+use super::*;
+
+fn store(dir: &Path) -> Store {
+    Store::open(dir, b"token".to_vec()).unwrap()
+}
+
+fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {
+    let d = integrity::digest(data);
+    match s.begin_chunk(offset, data.len() as u64, &d.sha256)? {
+        BeginChunk::Duplicate => Ok(true),
+        BeginChunk::Reserved(r) => s.store_chunk(r, data, &d).map(|()| false),
+    }
+}
+
+fn create(st: &Store, size: u64) -> Arc<Session> {
+    let c = st
+        .create(
+            Some("k"),
+            &CreateUpload {
+                size,
+                name: "f.bin".into(),
+                metadata: Default::default(),
+            },
+        )
+        .unwrap();
+    st.get(&c.upload_id).unwrap()
+}
+
+#[test]
+fn chunks_survive_a_restart_and_assemble_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let st = store(tmp);
+    let s = create(&st, 10);
+    assert!(!put(&s, 4, b"456789").unwrap());
+    let id = s.id.clone();
+    drop((s, st));
+    let st = store(tmp);
+    let s = st.get(&id).unwrap();
+    assert_eq!(s.state().received_bytes, 6);
+    assert!(!put(&s, 0, b"0123").unwrap());
+    let root = uplink_proto::merkle::root_of([
+        (0, 4, &integrity::sha256(b"0123")),
+        (4, 6, &integrity::sha256(b"456789")),
+    ])
+    .unwrap();
+    let done = s.complete(st.objects_dir(), &hex::encode(root)).unwrap();
+    assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
+    assert_eq!(
+        std::fs::read(st.objects_dir().join("f.bin")).unwrap(),
+        b"0123456789"
+    );
+    // Idempotent.
+    assert_eq!(
+        s.complete(st.objects_dir(), &hex::encode(root)).unwrap(),
+        done
+    );
+}
+
+#[test]
+fn replay_is_a_no_op_and_a_different_chunk_is_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let st = store(tmp);
+    let s = create(&st, 8);
+    assert!(!put(&s, 0, b"abcd").unwrap());
+    assert!(put(&s, 0, b"abcd").unwrap());
+    assert_eq!(put(&s, 0, b"abcX").unwrap_err().code, code::CHUNK_CONFLICT);
+    assert_eq!(put(&s, 2, b"cd").unwrap_err().code, code::CHUNK_CONFLICT);
+    assert_eq!(put(&s, 6, b"abc").unwrap_err().code, code::OUT_OF_RANGE);
+    let state = s.state();
+    assert_eq!((state.chunk_puts, state.duplicate_puts), (4, 1));
+}
+
+#[test]
+fn a_bad_digest_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let st = store(tmp);
+    let s = create(&st, 4);
+    let good = integrity::digest(b"abcd");
+    let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256).unwrap() else {
+        panic!()
+    };
+    let err = s.store_chunk(r, b"abce", &good).unwrap_err();
+    assert_eq!(err.code, code::CRC32C_MISMATCH);
+    assert!(s.state().chunks.is_empty());
+    // The reservation was released: the right bytes go through.
+    assert!(!put(&s, 0, b"abcd").unwrap());
+}
+
+#[test]
+fn a_torn_log_line_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let st = store(tmp);
+    let s = create(&st, 8);
+    put(&s, 0, b"abcd").unwrap();
+    let id = s.id.clone();
+    drop((s, st));
+    let log = tmp.join("sessions").join(&id).join(LOG);
+    OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"{\"o\":4,\"l\"")
+        .unwrap();
+    let st = store(tmp);
+    let s = st.get(&id).unwrap();
+    assert_eq!(s.state().chunks.len(), 1);
+    put(&s, 4, b"efgh").unwrap();
+    drop((s, st));
+    let st = store(tmp);
+    assert_eq!(st.get(&id).unwrap().state().chunks.len(), 2);
+}
+
+#[test]
+fn idempotency_key_finds_the_same_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let st = store(tmp);
+    let req = CreateUpload {
+        size: 5,
+        name: "a".into(),
+        metadata: Default::default(),
+    };
+    let a = st.create(Some("job-1"), &req).unwrap();
+    assert_eq!(st.create(Some("job-1"), &req).unwrap(), a);
+    let other = CreateUpload {
+        size: 6,
+        ..req.clone()
+    };
+    assert_eq!(
+        st.create(Some("job-1"), &other).unwrap_err().code,
+        code::IDEMPOTENCY_MISMATCH
+    );
+    assert_ne!(st.create(None, &req).unwrap().upload_id, a.upload_id);
+}
