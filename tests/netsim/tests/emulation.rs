@@ -197,8 +197,8 @@ fn drop_udp_blocks_udp_only() {
     let echo6 = UdpEcho::start(&sim, addr::SERVER_V6[0].into(), 0).unwrap();
     let mut p = UdpPinger::new(&sim, echo.addr()).unwrap();
     let mut p6 = UdpPinger::new(&sim, echo6.addr()).unwrap();
-    assert!(p.ping(ms(500)).is_some());
-    assert!(p6.ping(ms(500)).is_some());
+    assert!(p.ping(ms(1000)).is_some(), "{}", sim.status());
+    assert!(p6.ping(ms(1000)).is_some(), "{}", sim.status());
     sim.apply("drop-udp=on").unwrap();
     assert!(p.ping(ms(300)).is_none());
     assert!(p6.ping(ms(300)).is_none());
