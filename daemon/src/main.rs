@@ -100,9 +100,14 @@ async fn run(cfg: Config) -> Result<(), String> {
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<UplinkServer<grpc::Api>>().await;
+    // Both reflection versions: older grpcurl/grpcui builds only speak v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(uplink_proto::grpc::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(uplink_proto::grpc::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
     let api = UplinkServer::new(grpc::Api {
         mgr: Arc::clone(&mgr),
@@ -123,6 +128,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .layer(tonic::service::InterceptorLayer::new(ipc::check_peer))
         .add_service(health_svc)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(api)
         .serve_with_incoming_shutdown(ipc::incoming(listener), shutdown)
         .await;
