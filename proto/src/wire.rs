@@ -12,8 +12,9 @@ pub const MIN_CHUNK_SIZE: u64 = 256 * 1024;
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 /// Largest file uplink accepts: 100 GB.
 pub const MAX_FILE_SIZE: u64 = 100_000_000_000;
-/// Largest single-request object (`PUT /v1/objects/{name}`).
-pub const MAX_OBJECT_SIZE: u64 = 1024 * 1024 * 1024;
+/// Largest single-request object (`PUT /v1/objects/{name}`): it streams to disk, so the
+/// file limit applies (a plain `curl -T` of a big file must work, if slowly).
+pub const MAX_OBJECT_SIZE: u64 = MAX_FILE_SIZE;
 /// Sessions expire after 7 days.
 pub const SESSION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 
