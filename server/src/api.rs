@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
@@ -202,9 +202,12 @@ where
         }
         BeginChunk::Reserved(r) => r,
     };
-    let body = read_body(req.into_body(), length).await?;
+    let parts = read_parts(req.into_body(), length).await?;
     let expect = ChunkDigest { sha256, crc32c };
-    blocking(move || session.store_chunk(reservation, &body, &expect)).await?;
+    let (s2, p2) = (Arc::clone(&session), parts.clone());
+    blocking(move || s2.store_chunk(reservation, &p2, &expect)).await?;
+    // The running file hash catches up off the request's path: the ack does not wait.
+    tokio::task::spawn_blocking(move || session.advance_hash(Some((offset, &parts))));
     Ok(json(
         StatusCode::CREATED,
         &ChunkStored {
@@ -258,13 +261,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::new(400, code::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
-/// Reads a whole body of at most `limit` bytes.
-async fn read_body<B>(mut body: B, limit: u64) -> Result<Bytes, ApiError>
+/// Reads a whole body of at most `limit` bytes, as the frames it arrived in (no copy).
+async fn read_parts<B>(mut body: B, limit: u64) -> Result<Vec<Bytes>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut buf = BytesMut::with_capacity(limit.min(wire::MAX_CHUNK_SIZE) as usize);
+    let mut parts = Vec::new();
+    let mut len = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::new(
@@ -274,17 +278,33 @@ where
             )
         })?;
         if let Ok(data) = frame.into_data() {
-            if (buf.len() + data.len()) as u64 > limit {
+            len += data.len() as u64;
+            if len > limit {
                 return Err(ApiError::new(
                     400,
                     code::LENGTH_MISMATCH,
                     format!("request body exceeds {limit} bytes"),
                 ));
             }
-            buf.extend_from_slice(&data);
+            if !data.is_empty() {
+                parts.push(data);
+            }
         }
     }
-    Ok(buf.freeze())
+    Ok(parts)
+}
+
+/// Reads a whole (small) body of at most `limit` bytes into one buffer.
+async fn read_body<B>(body: B, limit: u64) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let parts = read_parts(body, limit).await?;
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().unwrap_or_default());
+    }
+    Ok(parts.concat().into())
 }
 
 /// Runs file-system work off the reactor.

@@ -5,6 +5,7 @@ mod error;
 mod fsutil;
 mod http2;
 mod objects;
+mod part;
 mod store;
 mod tls;
 

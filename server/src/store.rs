@@ -13,11 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ use uplink_proto::wire::{
 
 use crate::error::ApiError;
 use crate::fsutil;
+use crate::part::PartFile;
 
 const META: &str = "meta.json";
 const PART: &str = "data.part";
@@ -94,7 +96,9 @@ pub struct Session {
     name: String,
     nonce: Vec<u8>,
     key: [u8; 32],
-    part: Option<File>,
+    part: Option<PartFile>,
+    /// Serialises `complete` calls.
+    completing: Mutex<()>,
     state: Mutex<SessionState>,
     meta: Mutex<SessionMeta>,
 }
@@ -106,7 +110,6 @@ struct SessionState {
     /// offset -> length of chunks being received right now.
     reserved: BTreeMap<u64, u64>,
     received: u64,
-    log: Option<File>,
     chunk_puts: u64,
     duplicate_puts: u64,
 }
@@ -234,13 +237,11 @@ impl Store {
             }
             state.received = chunks.values().map(|(l, _)| *l).sum();
             state.chunks = chunks;
-            state.log = Some(log);
-            part = Some(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(dir.join(PART))?,
-            );
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(PART))?;
+            part = Some(PartFile::new(file, log)?);
         }
         Ok(Some(Arc::new(Session {
             id: meta.upload_id.clone(),
@@ -250,6 +251,7 @@ impl Store {
             key: integrity::session_key(&self.secret, &nonce, &meta.upload_id),
             nonce,
             part,
+            completing: Mutex::new(()),
             state: Mutex::new(state),
             meta: Mutex::new(meta),
         })))
@@ -309,7 +311,7 @@ impl Store {
             merkle_root: None,
         };
         let dir = self.sessions_dir.join(&id);
-        let make = || -> std::io::Result<(File, File)> {
+        let make = || -> std::io::Result<PartFile> {
             std::fs::create_dir(&dir)?;
             let part = OpenOptions::new()
                 .read(true)
@@ -332,10 +334,10 @@ impl Store {
             let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
             fsutil::write_atomic(&dir, META, &json)?;
             fsutil::sync_dir(&self.sessions_dir)?;
-            Ok((part, log))
+            PartFile::new(part, log)
         };
-        let (part, log) = match make() {
-            Ok(files) => files,
+        let part = match make() {
+            Ok(p) => p,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(ApiError::io("creating the upload session", &e));
@@ -349,10 +351,8 @@ impl Store {
             key: integrity::session_key(&self.secret, &nonce, &id),
             nonce: nonce.to_vec(),
             part: Some(part),
-            state: Mutex::new(SessionState {
-                log: Some(log),
-                ..Default::default()
-            }),
+            completing: Mutex::new(()),
+            state: Mutex::new(SessionState::default()),
             meta: Mutex::new(meta.clone()),
         });
         if let Some(k) = key {
@@ -538,21 +538,23 @@ impl Session {
     pub fn store_chunk(
         &self,
         res: Reservation,
-        body: &[u8],
+        parts: &[Bytes],
         expect: &ChunkDigest,
     ) -> Result<(), ApiError> {
-        if body.len() as u64 != res.length {
+        let mut hasher = integrity::ChunkHasher::new();
+        parts.iter().for_each(|p| hasher.update(p));
+        if hasher.len() != res.length {
             return Err(ApiError::new(
                 400,
                 code::LENGTH_MISMATCH,
                 format!(
                     "body has {} bytes, X-Chunk-Length says {}",
-                    body.len(),
+                    hasher.len(),
                     res.length
                 ),
             ));
         }
-        let got = integrity::digest(body);
+        let got = hasher.finish();
         if got.crc32c != expect.crc32c {
             return Err(ApiError::new(
                 422,
@@ -570,26 +572,28 @@ impl Session {
         let part = self.part.as_ref().ok_or_else(|| {
             ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed")
         })?;
-        part.write_all_at(body, res.offset)
+        part.write_durable(res.offset, parts)
             .map_err(|e| ApiError::io("writing the chunk", &e))?;
-        part.sync_data()
-            .map_err(|e| ApiError::io("syncing the chunk", &e))?;
         let line = serde_json::to_string(&LogLine {
             o: res.offset,
             l: res.length,
             s: hex::encode(got.sha256),
         })
         .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
-        let mut st = lock(&self.state);
-        let log = st.log.as_mut().ok_or_else(|| {
-            ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed")
-        })?;
-        log.write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| log.sync_data())
+        part.log_durable(&line)
             .map_err(|e| ApiError::io("recording the chunk", &e))?;
+        let mut st = lock(&self.state);
         st.chunks.insert(res.offset, (res.length, got.sha256));
         st.received += res.length;
         Ok(())
+    }
+
+    /// Lets the running file hash catch up (blocking; call after a chunk was stored, off
+    /// the request's path). `fresh` is that chunk's bytes, hashed without re-reading.
+    pub fn advance_hash(&self, fresh: Option<(u64, &[Bytes])>) {
+        if let Some(part) = &self.part {
+            part.advance_hash(|o| lock(&self.state).chunks.get(&o).map(|(l, _)| *l), fresh);
+        }
     }
 
     /// `POST /v1/uploads/{id}/complete` (blocking): checks contiguity and the Merkle root,
@@ -602,7 +606,7 @@ impl Session {
         let claimed = uplink_proto::parse_hex32(merkle_root).ok_or_else(|| {
             ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits")
         })?;
-        let mut st = lock(&self.state);
+        let _one = lock(&self.completing);
         {
             let meta = lock(&self.meta);
             if let Some(done) = &meta.completed {
@@ -616,6 +620,9 @@ impl Session {
                 ));
             }
         }
+        // Checked under the state lock, which is released before the (long) hashing: once
+        // every byte is stored, later PUTs can only be replays or conflicts.
+        let st = lock(&self.state);
         let mut next = 0u64;
         for (o, (l, _)) in &st.chunks {
             if *o != next {
@@ -642,9 +649,15 @@ impl Session {
                 ),
             ));
         }
+        drop(st);
         let part_path = self.dir.join(PART);
-        let sha =
-            sha256_file(&part_path).map_err(|e| ApiError::io("hashing the assembled file", &e))?;
+        let part = self
+            .part
+            .as_ref()
+            .ok_or_else(|| ApiError::new(500, code::INTERNAL, "upload has no part file"))?;
+        let sha = part
+            .finish_hash(self.size)
+            .map_err(|e| ApiError::io("hashing the assembled file", &e))?;
         let done = UploadCompleted {
             sha256: hex::encode(sha),
             size: self.size,
@@ -662,26 +675,9 @@ impl Session {
         *meta = next_meta;
         fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
             .map_err(|e| ApiError::io("moving the object into place", &e))?;
-        st.log = None;
         let _ = std::fs::remove_file(self.dir.join(LOG));
         Ok(done)
     }
-}
-
-/// SHA-256 of a whole file, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
 }
 
 #[cfg(test)]

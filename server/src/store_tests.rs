@@ -1,5 +1,6 @@
 //! Unit tests of the session store (real files in a temp dir).
 use super::*;
+use std::io::Write;
 
 fn store(dir: &Path) -> Store {
     Store::open(dir, b"token".to_vec()).unwrap()
@@ -9,7 +10,9 @@ fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {
     let d = integrity::digest(data);
     match s.begin_chunk(offset, data.len() as u64, &d.sha256)? {
         BeginChunk::Duplicate => Ok(true),
-        BeginChunk::Reserved(r) => s.store_chunk(r, data, &d).map(|()| false),
+        BeginChunk::Reserved(r) => s
+            .store_chunk(r, &[bytes::Bytes::copy_from_slice(data)], &d)
+            .map(|()| false),
     }
 }
 
@@ -83,7 +86,9 @@ fn a_bad_digest_stores_nothing() {
     let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256).unwrap() else {
         panic!()
     };
-    let err = s.store_chunk(r, b"abce", &good).unwrap_err();
+    let err = s
+        .store_chunk(r, &[bytes::Bytes::from_static(b"abce")], &good)
+        .unwrap_err();
     assert_eq!(err.code, code::CRC32C_MISMATCH);
     assert!(s.state().chunks.is_empty());
     // The reservation was released: the right bytes go through.

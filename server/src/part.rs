@@ -1,0 +1,229 @@
+//! The file an upload is assembled in, and what makes writing to it fast and durable.
+//!
+//! - **Group commit.** Every acknowledged chunk must be on disk, but one `fdatasync` per
+//!   chunk, with a dozen chunks arriving at once, makes the disk the bottleneck and
+//!   stalls writers behind each other. [`GroupSync`] lets one sync cover every write that
+//!   finished before it started: writers that arrive while a sync runs usually find their
+//!   write already covered when it ends.
+//! - **Running file hash.** `complete` answers the whole file's SHA-256. Hashing 100 GB
+//!   at the end would be a long serial tail, so a running hash follows the contiguous
+//!   prefix of stored chunks as they arrive (from the request's bytes while they are in
+//!   memory, else from the page cache); `complete` only hashes what is left.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Many writers, few syncs.
+#[derive(Default)]
+pub struct GroupSync {
+    /// Writes completed so far.
+    written: AtomicU64,
+    /// Writes known durable; the mutex also serialises the syncs themselves.
+    synced: Mutex<u64>,
+}
+
+impl GroupSync {
+    /// Call after a write to `file` completed; returns once that write is durable.
+    pub fn sync(&self, file: &File) -> std::io::Result<()> {
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = lock(&self.synced);
+        if *synced >= mine {
+            return Ok(());
+        }
+        // Every write counted up to here finished before this sync starts.
+        let covered = self.written.load(Ordering::SeqCst);
+        file.sync_data()?;
+        *synced = covered;
+        Ok(())
+    }
+}
+
+struct RunningHash {
+    sha: Sha256,
+    /// Bytes [0, frontier) are hashed.
+    frontier: u64,
+    /// A read failed mid-way; `finish` starts over from the file.
+    broken: bool,
+}
+
+/// The part file of one upload, with its chunk log.
+pub struct PartFile {
+    file: File,
+    data_sync: GroupSync,
+    log: Mutex<File>,
+    /// A second handle on the log, so syncing never waits for the append lock.
+    log_for_sync: File,
+    log_sync: GroupSync,
+    hash: Mutex<RunningHash>,
+}
+
+impl PartFile {
+    pub fn new(file: File, log: File) -> std::io::Result<PartFile> {
+        Ok(PartFile {
+            file,
+            data_sync: GroupSync::default(),
+            log_for_sync: log.try_clone()?,
+            log: Mutex::new(log),
+            log_sync: GroupSync::default(),
+            hash: Mutex::new(RunningHash {
+                sha: Sha256::new(),
+                frontier: 0,
+                broken: false,
+            }),
+        })
+    }
+
+    /// Writes a chunk's bytes at `offset` and makes them durable.
+    pub fn write_durable(&self, offset: u64, parts: &[Bytes]) -> std::io::Result<()> {
+        let mut at = offset;
+        for p in parts {
+            self.file.write_all_at(p, at)?;
+            at += p.len() as u64;
+        }
+        self.data_sync.sync(&self.file)
+    }
+
+    /// Appends a line to the chunk log and makes it durable.
+    pub fn log_durable(&self, line: &str) -> std::io::Result<()> {
+        lock(&self.log).write_all(format!("{line}\n").as_bytes())?;
+        self.log_sync.sync(&self.log_for_sync)
+    }
+
+    /// Advances the running hash over stored chunks. `stored(offset)` is the length of the
+    /// stored chunk starting at `offset`, if any; `fresh` is a just-stored chunk's bytes.
+    /// Never blocks on another advancer: if one is running, it will pick up our chunk.
+    pub fn advance_hash(
+        &self,
+        stored: impl Fn(u64) -> Option<u64>,
+        fresh: Option<(u64, &[Bytes])>,
+    ) {
+        loop {
+            let Ok(mut h) = self.hash.try_lock() else {
+                return;
+            };
+            while !h.broken {
+                let Some(len) = stored(h.frontier) else { break };
+                match fresh {
+                    Some((off, parts)) if off == h.frontier => {
+                        parts.iter().for_each(|p| h.sha.update(p))
+                    }
+                    _ => {
+                        let from = h.frontier;
+                        if self.hash_range(&mut h.sha, from, len).is_err() {
+                            h.broken = true;
+                            break;
+                        }
+                    }
+                }
+                h.frontier += len;
+            }
+            let (frontier, broken) = (h.frontier, h.broken);
+            drop(h);
+            // A chunk stored while we held the lock found it taken and left it to us.
+            if broken || stored(frontier).is_none() {
+                return;
+            }
+        }
+    }
+
+    /// SHA-256 of the whole file of `size` bytes, using the running hash.
+    pub fn finish_hash(&self, size: u64) -> std::io::Result<[u8; 32]> {
+        let mut h = lock(&self.hash);
+        if h.broken || h.frontier > size {
+            h.sha = Sha256::new();
+            h.frontier = 0;
+            h.broken = false;
+        }
+        let (from, mut sha) = (h.frontier, h.sha.clone());
+        self.hash_range(&mut sha, from, size - from)?;
+        Ok(sha.finalize().into())
+    }
+
+    fn hash_range(&self, sha: &mut Sha256, from: u64, len: u64) -> std::io::Result<()> {
+        let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+        let mut at = from;
+        let end = from + len;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            sha.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(dir: &std::path::Path, size: u64) -> PartFile {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(dir.join("p"))
+            .unwrap();
+        f.set_len(size).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("l"))
+            .unwrap();
+        PartFile::new(f, log).unwrap()
+    }
+
+    #[test]
+    fn running_hash_equals_the_file_hash_for_any_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let p = part(dir.path(), data.len() as u64);
+        let stored = Mutex::new(std::collections::BTreeMap::new());
+        for i in [2u64, 0, 3, 1, 4] {
+            let off = i * 8000;
+            let bytes = vec![Bytes::copy_from_slice(
+                &data[off as usize..off as usize + 8000],
+            )];
+            p.write_durable(off, &bytes).unwrap();
+            lock(&stored).insert(off, 8000u64);
+            p.advance_hash(|o| lock(&stored).get(&o).copied(), Some((off, &bytes)));
+        }
+        assert_eq!(
+            lock(&p.hash).frontier,
+            40_000,
+            "the hash caught up with the prefix"
+        );
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        assert_eq!(p.finish_hash(40_000).unwrap(), want);
+    }
+
+    #[test]
+    fn group_sync_covers_concurrent_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = part(dir.path(), 1 << 20);
+        std::thread::scope(|s| {
+            for i in 0..8u64 {
+                let p = &p;
+                s.spawn(move || {
+                    p.write_durable(i * 4096, &[Bytes::from(vec![i as u8; 4096])])
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(
+            *lock(&p.data_sync.synced),
+            8,
+            "every write is covered by some sync"
+        );
+    }
+}
