@@ -36,6 +36,8 @@ pub const PATH_OBJECTS: &str = "/v1/objects/";
 
 /// ALPN of the HTTP/2 transport.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of the HTTP/3 transport (QUIC, UDP on the same port number as HTTP/2).
+pub const ALPN_H3: &[u8] = b"h3";
 
 /// `/v1/uploads/{id}`
 pub fn upload_path(upload_id: &str) -> String {
@@ -237,6 +239,9 @@ pub mod code {
     pub const MERKLE_MISMATCH: &str = "merkle_mismatch";
     pub const BAD_NAME: &str = "bad_name";
     pub const EXPIRED: &str = "expired";
+    /// 425: a request that must not be replayed (complete, delete, ...) arrived in TLS early
+    /// data (0-RTT) before the handshake finished; retry it once the connection is up.
+    pub const TOO_EARLY: &str = "too_early";
     pub const DISK_FULL: &str = "disk_full";
     pub const INTERNAL: &str = "internal";
 }

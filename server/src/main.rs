@@ -1,9 +1,13 @@
 //! `uplink-server`: the reference ingest server for uplink.
 
 mod api;
+mod early_data;
 mod error;
 mod fsutil;
 mod http2;
+mod http3;
+mod http3_body;
+mod listen;
 mod objects;
 mod part;
 mod store;
@@ -12,16 +16,22 @@ mod tls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 
-/// Reference ingest server: verifies every chunk and assembles uploads (HTTP/2, TLS 1.3).
+/// Reference ingest server: verifies every chunk and assembles uploads (HTTP/3 and HTTP/2,
+/// TLS 1.3).
 #[derive(Parser, Debug)]
 #[command(name = "uplink-server", version)]
 struct Args {
-    /// Address to listen on (TCP); port 0 picks a free port.
+    /// Address to listen on: TCP for HTTP/2 and UDP for HTTP/3 on the same port number;
+    /// port 0 picks a port free on both.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
+    /// Serve HTTP/2 only: no UDP socket, no Alt-Svc advertisement.
+    #[arg(long)]
+    no_h3: bool,
     /// Where sessions, objects and the generated certificate live.
     #[arg(long, default_value = "uplink-data")]
     data_dir: PathBuf,
@@ -91,35 +101,51 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let tls_config = tls::server_config(&files, &[uplink_proto::wire::ALPN_H2])?;
+    let quic_tls = if args.no_h3 {
+        None
+    } else {
+        Some(tls::quic_server_config(&files)?)
+    };
     let store = store::Store::open(&args.data_dir, token.clone())
         .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
     let sessions = store.session_count();
-    let app = Arc::new(api::App {
-        store,
-        token,
-        alt_svc: None,
-    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let socket = if args.listen.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
+        let listeners = listen::bind(args.listen, quic_tls.is_some())?;
+        let addr = listeners.tcp.local_addr()?;
+        let endpoint = match (listeners.udp, quic_tls) {
+            (Some(udp), Some(quic_tls)) => Some(http3::endpoint(udp, quic_tls)?),
+            _ => None,
         };
-        socket.set_reuseaddr(true)?;
-        socket
-            .bind(args.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        let listener = socket.listen(1024)?;
-        let addr = listener.local_addr()?;
+        let app = Arc::new(api::App {
+            store,
+            token,
+            // Clients that start on HTTP/2 learn here that HTTP/3 is on the same port.
+            alt_svc: endpoint
+                .as_ref()
+                .map(|_| format!("h3=\":{}\"; ma=86400", addr.port())),
+        });
+        if let Some(endpoint) = &endpoint {
+            tokio::spawn(http3::serve(endpoint.clone(), Arc::clone(&app)));
+        }
         let ca = files.ca.as_ref().unwrap_or(&files.cert);
-        tracing::info!(%addr, sessions, "serving HTTP/2");
+        let h3 = u8::from(endpoint.is_some());
+        tracing::info!(%addr, sessions, http3 = h3 == 1, "serving");
         // One line on stdout that scripts and tests wait for.
-        println!("uplink-server ready addr={addr} ca={}", ca.display());
-        http2::serve(listener, tls_config, app, shutdown_signal()).await;
+        println!(
+            "uplink-server ready addr={addr} ca={} h3={h3}",
+            ca.display()
+        );
+        http2::serve(listeners.tcp, tls_config, app, shutdown_signal()).await;
+        if let Some(endpoint) = endpoint {
+            // Tell HTTP/3 clients we are going (H3_NO_ERROR), then give the close a moment
+            // to reach them.
+            endpoint.close(quinn::VarInt::from_u32(0x100), b"server shutting down");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
         tracing::info!("stopped");
         Ok::<_, Box<dyn std::error::Error>>(())
     })

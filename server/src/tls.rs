@@ -1,4 +1,4 @@
-//! TLS for the ingest server: TLS 1.3 only, ALPN `h2`.
+//! TLS for the ingest server: TLS 1.3 only, ALPN `h2` over TCP and `h3` over QUIC.
 //!
 //! With no `--cert/--key`, the server makes a private CA and a certificate signed by it
 //! in `DATA_DIR/tls/` on first start and reuses them afterwards; clients trust `ca.pem`.
@@ -108,8 +108,31 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     })
 }
 
-/// The rustls server configuration: TLS 1.3 only, the given ALPN protocols.
+/// The rustls server configuration for HTTP/2 over TCP: TLS 1.3 only, the given ALPN
+/// protocols.
 pub fn server_config(files: &CertFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(Arc::new(build(files, alpn)?))
+}
+
+/// Resumption tickets the server remembers. Each is single-use (see `quic_server_config`).
+const SESSION_CACHE: usize = 4096;
+
+/// The rustls server configuration for HTTP/3 over QUIC: TLS 1.3, ALPN `h3`, and 0-RTT on.
+///
+/// QUIC allows only 0 or `u32::MAX` as the early-data limit. Tickets are stateful (the
+/// default: no `ticketer`), so rustls *takes* a session out of the cache when a client
+/// resumes with it: one ticket admits early data at most once on this process, which bounds
+/// replays of a captured ClientHello. Requests that must not run twice are still refused in
+/// early data (`early_data.rs`): that bound is a property of this cache, and would be lost
+/// with stateless tickets or a ticket store shared by a fleet of servers.
+pub fn quic_server_config(files: &CertFiles) -> Result<ServerConfig, TlsError> {
+    let mut cfg = build(files, &[uplink_proto::wire::ALPN_H3])?;
+    cfg.max_early_data_size = u32::MAX;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    Ok(cfg)
+}
+
+fn build(files: &CertFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.into(),
@@ -138,5 +161,5 @@ pub fn server_config(files: &CertFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConf
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(cfg))
+    Ok(cfg)
 }
