@@ -225,7 +225,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     .endpoints
                     .iter()
                     .map(|e| serde_json::json!({"url": e.url, "protocol": e.protocol, "connected": e.connected,
-                        "connections": e.connections, "last_connect_ms": e.last_connect_ms, "circuit": e.circuit}))
+                        "connections": e.connections, "last_connect_ms": e.last_connect_ms, "circuit": e.circuit,
+                        "rtt_ms": e.rtt_ms, "handshake": e.handshake, "warm": e.warm}))
                     .collect();
                 println!(
                     "{}",

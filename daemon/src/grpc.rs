@@ -52,13 +52,16 @@ pub struct Api {
 impl Uplink for Api {
     async fn prewarm(
         &self,
-        _req: Request<grpc::PrewarmRequest>,
+        req: Request<grpc::PrewarmRequest>,
     ) -> Result<Response<grpc::PrewarmResponse>, Status> {
+        let secs = match req.into_inner().keep_warm_seconds {
+            0 => self.mgr.cfg.keep_warm_seconds,
+            s => s,
+        };
         let before = self.mgr.client.link();
         let started = std::time::Instant::now();
         self.mgr
-            .client
-            .warm()
+            .prewarm(std::time::Duration::from_secs(secs.into()))
             .await
             .map_err(|e| status(Code::Unavailable, &e.code(), &e.to_string()))?;
         let link = self.mgr.client.link();
@@ -176,6 +179,9 @@ impl Uplink for Api {
                 last_connect_ms: link.last_connect_ms,
                 // No circuit breaker yet: report that plainly rather than a state.
                 circuit: "none".into(),
+                rtt_ms: link.rtt_ms.unwrap_or(0.0),
+                handshake: link.handshake.unwrap_or("").to_string(),
+                warm: link.connected > 0,
             }],
             jobs_queued: count(JobState::Queued),
             jobs_running: count(JobState::Running),

@@ -11,7 +11,7 @@ use uplinkd::config::{Config, Overrides};
 use uplinkd::jobs::JobDb;
 use uplinkd::manager::Manager;
 use uplinkd::server_api::ServerClient;
-use uplinkd::transport::{self, h2::H2Pool};
+use uplinkd::transport::{self, alt_svc::AltSvcCache, h2::H2Pool, h3::H3Client};
 use uplinkd::{grpc, ipc};
 
 /// uplink's background upload daemon.
@@ -89,8 +89,17 @@ async fn run(cfg: Config) -> Result<(), String> {
     let endpoint = transport::Endpoint::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
     let tls =
         transport::tls::client_config(cfg.ca_file.as_deref(), &[uplink_proto::wire::ALPN_H2])?;
+    let h3 = match H3Client::new(endpoint.clone(), &tls) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "HTTP/3 unavailable; using HTTP/2 only");
+            None
+        }
+    };
+    let alt = AltSvcCache::load(Some(cfg.state_dir.join("altsvc.json")), &endpoint.authority);
     let pool = H2Pool::new(endpoint, tls, cfg.connections as usize);
-    let client = Arc::new(ServerClient::new(pool, cfg.token.clone()));
+    let transport = transport::Transport::new(pool, h3, alt);
+    let client = Arc::new(ServerClient::new(transport, cfg.token.clone()));
     let db = Arc::new(JobDb::open(&cfg.state_dir)?);
     let stop = CancellationToken::new();
     let socket = cfg.socket.clone();

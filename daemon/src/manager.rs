@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -37,6 +37,8 @@ pub struct Manager {
     pub started: Instant,
     /// Chunks held by senders right now.
     pub in_flight: Arc<AtomicU32>,
+    /// Bumped by every Prewarm; a keep-warm timer only acts if it is still the latest.
+    warm_generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,7 @@ impl Manager {
             running: std::sync::Mutex::new(None),
             started: Instant::now(),
             in_flight: Arc::new(AtomicU32::new(0)),
+            warm_generation: AtomicU64::new(0),
         }
     }
 
@@ -131,6 +134,45 @@ impl Manager {
         self.events.emit(&job.job_id, Kind::Queued(grpc::Queued {}));
         self.wake.notify_one();
         Ok(job)
+    }
+
+    /// Prewarm: connect now, and keep the connections warm for `keep_warm` unless a job
+    /// comes. If none has by then, close them (the TLS ticket stays, so the next
+    /// connection is 0-RTT).
+    pub async fn prewarm(
+        self: &Arc<Self>,
+        keep_warm: Duration,
+    ) -> Result<(), crate::server_api::CallError> {
+        let generation = self.warm_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.client.warm().await?;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(keep_warm) => {}
+                _ = me.stop.cancelled() => return,
+            }
+            if me.warm_generation.load(Ordering::SeqCst) == generation && !me.busy() {
+                tracing::info!(
+                    ?keep_warm,
+                    "no job came within the keep-warm window; closing connections"
+                );
+                me.client.close().await;
+            }
+        });
+        Ok(())
+    }
+
+    /// A job is queued or running.
+    pub fn busy(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || self
+                .db
+                .list()
+                .map(|jobs| jobs.iter().any(|j| !j.state.is_terminal()))
+                .unwrap_or(true)
     }
 
     pub fn get(&self, job_id: &str) -> Result<JobRecord, ManagerError> {

@@ -9,8 +9,7 @@ use uplink_proto::wire::{
     UploadState,
 };
 
-use crate::transport::h2::H2Pool;
-use crate::transport::{LinkInfo, TransportError, WireRequest, WireResponse};
+use crate::transport::{LinkInfo, Transport, TransportError, WireRequest, WireResponse};
 
 /// Timeout of small control requests (create, state, delete, ping).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -110,13 +109,13 @@ pub struct ChunkPayload {
 }
 
 pub struct ServerClient {
-    pool: H2Pool,
+    transport: std::sync::Arc<Transport>,
     token: String,
 }
 
 impl ServerClient {
-    pub fn new(pool: H2Pool, token: String) -> ServerClient {
-        ServerClient { pool, token }
+    pub fn new(transport: std::sync::Arc<Transport>, token: String) -> ServerClient {
+        ServerClient { transport, token }
     }
 
     pub fn token(&self) -> &str {
@@ -124,16 +123,30 @@ impl ServerClient {
     }
 
     pub fn link(&self) -> LinkInfo {
-        self.pool.info()
+        self.transport.info()
+    }
+
+    /// Whether requests now go over an HTTP/3 connection made with 0-RTT.
+    pub fn zero_rtt(&self) -> bool {
+        self.transport.zero_rtt()
     }
 
     pub fn lanes(&self) -> usize {
-        self.pool.lanes()
+        self.transport.lanes()
     }
 
+    /// Closes idle connections (see [`Transport::close`]).
+    pub async fn close(&self) {
+        self.transport.close().await;
+    }
+
+    /// Connects ahead of need (HTTP/2 and, if offered, HTTP/3) and checks with a ping.
     pub async fn warm(&self) -> Result<(), CallError> {
-        self.pool.warm().await?;
-        self.ping().await
+        self.transport.warm().await?;
+        // The answer may carry the first Alt-Svc: then bring HTTP/3 up before returning.
+        self.ping().await?;
+        self.transport.warm_h3().await;
+        Ok(())
     }
 
     fn request(
@@ -154,7 +167,7 @@ impl ServerClient {
     }
 
     async fn call(&self, req: WireRequest) -> Result<WireResponse, CallError> {
-        let resp = self.pool.request(req).await?;
+        let resp = self.transport.request(req).await?;
         if resp.status.is_success() {
             return Ok(resp);
         }

@@ -348,7 +348,10 @@ fn on_ack(
     job.chunks_acked = cp.ledger.acked_chunks();
     if job.time_to_first_ack_ms.is_none() {
         job.time_to_first_ack_ms = Some(now_ms().saturating_sub(job.created_at_ms));
+        job.used_0rtt = ctx.client.zero_rtt();
     }
+    // The carrier can change mid-upload (HTTP/3 coming up, or falling back to HTTP/2).
+    job.protocol = ctx.client.link().protocol.to_string();
     meter.record(now, job.bytes_acked);
     if throttle.allow(now, job.bytes_acked) || job.bytes_acked == job.size {
         let rate = meter.rate();

@@ -58,6 +58,15 @@ impl H2Pool {
             protocol: "h2",
             connected: self.connected.load(Ordering::Relaxed),
             last_connect_ms: self.last_connect_ms.load(Ordering::Relaxed),
+            rtt_ms: None,
+            handshake: None,
+        }
+    }
+
+    /// Drops every connection (they close once in-flight requests finish).
+    pub async fn close(&self) {
+        for lane in &self.lanes {
+            *lane.lock().await = None;
         }
     }
 
@@ -186,11 +195,21 @@ impl H2Pool {
             .await
             .map_err(|e| TransportError::Http(e.to_string()))?;
         let status = resp.status();
+        let alt_svc = resp
+            .headers()
+            .get(uplink_proto::wire::HDR_ALT_SVC)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| TransportError::Http(format!("reading the answer: {e}")))?
             .to_bytes();
-        Ok(WireResponse { status, body })
+        Ok(WireResponse {
+            status,
+            body,
+            alt_svc,
+            protocol: "h2",
+        })
     }
 }

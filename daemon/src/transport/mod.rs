@@ -3,8 +3,14 @@
 //! [`h2::H2Pool`] keeps a few HTTP/2 connections over TLS 1.3 and spreads streams over
 //! them; the upload engine only sees [`Transport::request`], so HTTP/3 can slot in beside it.
 
+pub mod alt_svc;
 pub mod h2;
+pub mod h3;
 pub mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use std::time::Duration;
 
@@ -27,6 +33,10 @@ pub struct WireRequest {
 pub struct WireResponse {
     pub status: http::StatusCode,
     pub body: Bytes,
+    /// The `Alt-Svc` header, if the server sent one.
+    pub alt_svc: Option<String>,
+    /// `h2` or `h3`: what carried this exchange.
+    pub protocol: &'static str,
 }
 
 /// Why a request did not get an answer.
@@ -52,6 +62,10 @@ pub struct LinkInfo {
     pub protocol: &'static str,
     pub connected: u32,
     pub last_connect_ms: u64,
+    /// Smoothed RTT (HTTP/3 only; TCP's is not visible to us).
+    pub rtt_ms: Option<f64>,
+    /// How the last HTTP/3 connection was made: `full` or `0-rtt`.
+    pub handshake: Option<&'static str>,
 }
 
 /// Where the server is: parsed from `https://host:port`.
@@ -89,5 +103,180 @@ impl Endpoint {
             port,
             authority: auth.as_str().to_string(),
         })
+    }
+}
+
+/// After an HTTP/3 failure, stay on HTTP/2 this long before trying QUIC again.
+const H3_PENALTY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// HTTP/3 when the server offers it and it works, HTTP/2 always as the floor.
+///
+/// Happy-Eyeballs style: a request never waits for QUIC to come up. While HTTP/3 is not
+/// connected, requests go over HTTP/2 and a QUIC connection is attempted in the
+/// background; once it is up, new requests use it. A QUIC failure sends requests back to
+/// HTTP/2 at once and benches HTTP/3 for a minute. (With a ticket from an earlier
+/// connection, a reconnect is 0-RTT and needs no wait, so it is used directly.)
+pub struct Transport {
+    h2: h2::H2Pool,
+    h3: Option<h3::H3Client>,
+    alt: alt_svc::AltSvcCache,
+    h3_connecting: AtomicBool,
+    h3_ready_once: AtomicBool,
+    h3_benched_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Transport {
+    pub fn new(
+        h2: h2::H2Pool,
+        h3: Option<h3::H3Client>,
+        alt: alt_svc::AltSvcCache,
+    ) -> Arc<Transport> {
+        if let (Some(h3), Some(port)) = (&h3, alt.port()) {
+            h3.set_port(port);
+        }
+        Arc::new(Transport {
+            h2,
+            h3,
+            alt,
+            h3_connecting: AtomicBool::new(false),
+            h3_ready_once: AtomicBool::new(false),
+            h3_benched_until: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn h3_benched(&self) -> bool {
+        let b = self
+            .h3_benched_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        b.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn bench_h3(&self, why: &TransportError) {
+        tracing::info!(error = %why, "HTTP/3 failed; using HTTP/2 for a while");
+        *self
+            .h3_benched_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + H3_PENALTY);
+    }
+
+    /// The HTTP/3 client, if the server offers it and it is not benched.
+    fn h3_offered(&self) -> Option<&h3::H3Client> {
+        self.h3
+            .as_ref()
+            .filter(|_| self.alt.port().is_some() && !self.h3_benched())
+    }
+
+    /// Starts a background QUIC connection unless one is under way.
+    fn connect_h3_soon(self: &Arc<Self>) {
+        if self.h3_offered().is_none() || self.h3_connecting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Some(h3) = me.h3_offered() {
+                match h3.warm().await {
+                    Ok(()) => me.h3_ready_once.store(true, Ordering::SeqCst),
+                    Err(e) => me.bench_h3(&e),
+                }
+            }
+            me.h3_connecting.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Connects HTTP/2 and, if offered, HTTP/3 at the same time; waits for both (each is
+    /// bounded by its own connect timeout). HTTP/2 failing is an error; HTTP/3 failing
+    /// only benches it.
+    pub async fn warm(self: &Arc<Self>) -> Result<(), TransportError> {
+        let h3 = async {
+            if let Some(h3) = self.h3_offered() {
+                match h3.warm().await {
+                    Ok(()) => self.h3_ready_once.store(true, Ordering::SeqCst),
+                    Err(e) => self.bench_h3(&e),
+                }
+            }
+        };
+        let (h2, ()) = tokio::join!(self.h2.warm(), h3);
+        h2
+    }
+
+    /// Connects HTTP/3 if it is offered and not connected (bounded); a failure benches it.
+    pub async fn warm_h3(&self) {
+        if let Some(h3) = self.h3_offered()
+            && !h3.is_connected()
+        {
+            match h3.warm().await {
+                Ok(()) => self.h3_ready_once.store(true, Ordering::SeqCst),
+                Err(e) => self.bench_h3(&e),
+            }
+        }
+    }
+
+    pub async fn request(
+        self: &Arc<Self>,
+        req: WireRequest,
+    ) -> Result<WireResponse, TransportError> {
+        if let Some(h3) = self.h3_offered()
+            && (h3.is_connected() || self.h3_ready_once.load(Ordering::SeqCst))
+        {
+            match h3.request(&req).await {
+                Ok(r) => return Ok(r),
+                // A slow request is the network's fault, not QUIC's: let the caller retry.
+                Err(e @ TransportError::Timeout(_)) => return Err(e),
+                Err(e) => self.bench_h3(&e),
+            }
+        }
+        let resp = self.h2.request(req).await?;
+        if let Some(offer) = resp.alt_svc.as_deref().and_then(alt_svc::parse) {
+            if self.alt.learn(offer)
+                && let Some(h3) = &self.h3
+            {
+                h3.set_port(offer.port);
+            }
+            if self.h3.as_ref().is_some_and(|h| !h.is_connected()) {
+                self.connect_h3_soon();
+            }
+        }
+        Ok(resp)
+    }
+
+    /// The protocol new requests go over right now.
+    pub fn current_protocol(&self) -> &'static str {
+        match self.h3_offered() {
+            Some(h3) if h3.is_connected() => "h3",
+            _ => "h2",
+        }
+    }
+
+    /// Whether the HTTP/3 connection in use was made with 0-RTT.
+    pub fn zero_rtt(&self) -> bool {
+        self.current_protocol() == "h3"
+            && self.h3.as_ref().and_then(|h| h.last_handshake()) == Some(h3::Handshake::ZeroRtt)
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.h2.lanes()
+    }
+
+    /// Closes every connection (the keep-warm window ended with nothing to send).
+    pub async fn close(&self) {
+        self.h2.close().await;
+        if let Some(h3) = &self.h3 {
+            h3.close().await;
+        }
+    }
+
+    pub fn info(&self) -> LinkInfo {
+        let mut info = self.h2.info();
+        info.protocol = self.current_protocol();
+        if let Some(h3) = &self.h3 {
+            info.handshake = h3.last_handshake().map(h3::Handshake::name);
+            if info.protocol == "h3" {
+                info.rtt_ms = h3.rtt().map(|d| d.as_secs_f64() * 1000.0);
+                info.last_connect_ms = h3.last_connect_ms();
+                info.connected = info.connected.max(1);
+            }
+        }
+        info
     }
 }

@@ -293,8 +293,10 @@ pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
         uplinkd::transport::tls::client_config(Some(&server.ca), &[uplink_proto::wire::ALPN_H2])
             .expect("tls");
     let ep = uplinkd::transport::Endpoint::parse(&server.url()).expect("endpoint");
+    let alt = uplinkd::transport::alt_svc::AltSvcCache::load(None, &ep.authority);
     let pool = uplinkd::transport::h2::H2Pool::new(ep, tls, 1);
-    uplinkd::server_api::ServerClient::new(pool, TOKEN.to_string())
+    let transport = uplinkd::transport::Transport::new(pool, None, alt);
+    uplinkd::server_api::ServerClient::new(transport, TOKEN.to_string())
 }
 
 /// The job record of `job_id` as `uplink ls --json` reports it.

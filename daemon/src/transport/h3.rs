@@ -1,0 +1,276 @@
+//! HTTP/3 over QUIC: one connection, every chunk its own stream (no head-of-line blocking
+//! between chunks), 0-RTT on reconnects.
+//!
+//! TLS session tickets live in rustls' in-memory store, so a reconnect within the same
+//! process resumes with 0-RTT. They do not survive a daemon restart: rustls 0.23 offers no
+//! public way to serialise a client ticket (rustls issue #2287).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use quinn::crypto::rustls::QuicClientConfig;
+
+use super::{Endpoint, TransportError, WireRequest, WireResponse};
+
+pub const ALPN_H3: &[u8] = b"h3";
+/// QUIC handshake budget: past it the HTTP/2 path carries on alone.
+pub const QUIC_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// Socket buffers for high bandwidth-delay products (the kernel may grant less).
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// How the last QUIC connection was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Full,
+    ZeroRtt,
+}
+
+impl Handshake {
+    pub fn name(self) -> &'static str {
+        match self {
+            Handshake::Full => "full",
+            Handshake::ZeroRtt => "0-rtt",
+        }
+    }
+}
+
+struct Live {
+    conn: quinn::Connection,
+    send: Sender,
+}
+
+pub struct H3Client {
+    endpoint: Endpoint,
+    quic: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    /// UDP port to use (from Alt-Svc).
+    port: std::sync::atomic::AtomicU16,
+    live: tokio::sync::Mutex<Option<Live>>,
+    /// The live connection, readable without waiting for a connect in progress.
+    current: std::sync::Mutex<Option<quinn::Connection>>,
+    last_handshake: std::sync::Mutex<Option<Handshake>>,
+    used_0rtt: AtomicBool,
+    last_connect_ms: AtomicU64,
+}
+
+impl H3Client {
+    pub fn new(endpoint: Endpoint, tls: &rustls::ClientConfig) -> Result<H3Client, String> {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![ALPN_H3.to_vec()];
+        tls.enable_early_data = true;
+        let quic_tls =
+            QuicClientConfig::try_from(tls).map_err(|e| format!("QUIC TLS config: {e}"))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic_tls));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(KEEPALIVE))
+            .max_idle_timeout(Some(
+                Duration::from_secs(60)
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?,
+            ))
+            .stream_receive_window((16u32 << 20).into())
+            .receive_window((64u32 << 20).into())
+            .send_window(64 << 20);
+        config.transport_config(Arc::new(transport));
+        let quic = client_endpoint()?;
+        let port = endpoint.port;
+        Ok(H3Client {
+            endpoint,
+            quic,
+            config,
+            port: std::sync::atomic::AtomicU16::new(port),
+            live: tokio::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            last_handshake: std::sync::Mutex::new(None),
+            used_0rtt: AtomicBool::new(false),
+            last_connect_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn set_port(&self, port: u16) {
+        self.port.store(port, Ordering::Relaxed);
+    }
+
+    pub fn last_handshake(&self) -> Option<Handshake> {
+        *self
+            .last_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once any connection of this client used 0-RTT.
+    pub fn used_0rtt(&self) -> bool {
+        self.used_0rtt.load(Ordering::Relaxed)
+    }
+
+    pub fn last_connect_ms(&self) -> u64 {
+        self.last_connect_ms.load(Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Option<quinn::Connection> {
+        let c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        c.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    /// Smoothed RTT of the live connection.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.current().map(|c| c.rtt())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    async fn sender(&self) -> Result<Sender, TransportError> {
+        let mut live = self.live.lock().await;
+        if let Some(l) = live.as_ref()
+            && l.conn.close_reason().is_none()
+        {
+            return Ok(l.send.clone());
+        }
+        *live = None;
+        let fresh = self.connect().await?;
+        let send = fresh.send.clone();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.conn.clone());
+        *live = Some(fresh);
+        Ok(send)
+    }
+
+    /// Closes the connection; the TLS ticket stays, so the next connect is 0-RTT.
+    pub async fn close(&self) {
+        if let Some(live) = self.live.lock().await.take() {
+            live.conn.close(0u32.into(), b"idle");
+        }
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Connects (bounded by [`QUIC_CONNECT_TIMEOUT`]) without sending a request.
+    pub async fn warm(&self) -> Result<(), TransportError> {
+        self.sender().await.map(|_| ())
+    }
+
+    async fn connect(&self) -> Result<Live, TransportError> {
+        let started = Instant::now();
+        let port = self.port.load(Ordering::Relaxed);
+        let host = &self.endpoint.host;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|_| TransportError::Resolve(host.clone()))?
+            .collect();
+        let addr = addrs
+            .first()
+            .copied()
+            .ok_or_else(|| TransportError::Resolve(host.clone()))?;
+        let err = |message: String| TransportError::Connect {
+            addr: format!("udp {addr}"),
+            message,
+        };
+        let connecting = self
+            .quic
+            .connect_with(self.config.clone(), addr, host)
+            .map_err(|e| err(e.to_string()))?;
+        let (conn, kind) = match connecting.into_0rtt() {
+            Ok((conn, _accepted)) => (conn, Handshake::ZeroRtt),
+            Err(connecting) => {
+                let conn = tokio::time::timeout(QUIC_CONNECT_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| err("QUIC handshake timed out".into()))?
+                    .map_err(|e| err(e.to_string()))?;
+                (conn, Handshake::Full)
+            }
+        };
+        let (mut driver, send) = tokio::time::timeout(
+            QUIC_CONNECT_TIMEOUT,
+            h3::client::new(h3_quinn::Connection::new(conn.clone())),
+        )
+        .await
+        .map_err(|_| err("HTTP/3 setup timed out".into()))?
+        .map_err(|e| err(format!("HTTP/3 setup: {e}")))?;
+        tokio::spawn(async move {
+            let e = driver.wait_idle().await;
+            tracing::debug!(error = %e, "HTTP/3 connection ended");
+        });
+        if kind == Handshake::ZeroRtt {
+            self.used_0rtt.store(true, Ordering::Relaxed);
+        }
+        *self
+            .last_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(kind);
+        self.last_connect_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        tracing::debug!(%addr, handshake = kind.name(), "HTTP/3 connected");
+        Ok(Live { conn, send })
+    }
+
+    /// One request on its own QUIC stream.
+    pub async fn request(&self, req: &WireRequest) -> Result<WireResponse, TransportError> {
+        let timeout = req.timeout;
+        match tokio::time::timeout(timeout, self.request_inner(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+
+    async fn request_inner(&self, req: &WireRequest) -> Result<WireResponse, TransportError> {
+        let mut send = self.sender().await?;
+        let h3err = |e: &dyn std::fmt::Display| TransportError::Http(format!("HTTP/3: {e}"));
+        let mut builder = http::Request::builder()
+            .method(req.method.clone())
+            .uri(format!("https://{}{}", self.endpoint.authority, req.path));
+        for (name, value) in &req.headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder
+            .body(())
+            .map_err(|e| TransportError::Http(format!("building the request: {e}")))?;
+        let mut stream = send.send_request(request).await.map_err(|e| h3err(&e))?;
+        if !req.body.is_empty() {
+            stream
+                .send_data(req.body.clone())
+                .await
+                .map_err(|e| h3err(&e))?;
+        }
+        stream.finish().await.map_err(|e| h3err(&e))?;
+        let resp = stream.recv_response().await.map_err(|e| h3err(&e))?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| h3err(&e))? {
+            if body.len() + chunk.remaining() > MAX_ANSWER {
+                return Err(TransportError::Http("answer too large".into()));
+            }
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                body.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(WireResponse {
+            status: resp.status(),
+            body: Bytes::from(body),
+            alt_svc: None,
+            protocol: "h3",
+        })
+    }
+}
+
+/// A client UDP endpoint with large socket buffers.
+fn client_endpoint() -> Result<quinn::Endpoint, String> {
+    let sock = std::net::UdpSocket::bind("[::]:0")
+        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let s2 = socket2::SockRef::from(&sock);
+    let _ = s2.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s2.set_send_buffer_size(UDP_BUFFER);
+    let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, runtime)
+        .map_err(|e| format!("QUIC endpoint: {e}"))
+}
