@@ -240,16 +240,28 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     s.version, s.uptime_seconds, s.state_dir
                 );
                 for e in &s.endpoints {
+                    let rtt = if e.rtt_ms > 0.0 {
+                        format!("{:.1} ms", e.rtt_ms)
+                    } else {
+                        "-".into()
+                    };
                     println!(
-                        "endpoint {} {} {} connection(s), last connect {} ms",
+                        "endpoint {} {} {}, {} connection(s), last connect {} ms, rtt {}, last QUIC handshake {}",
                         e.url,
                         if e.protocol.is_empty() {
                             "-"
                         } else {
                             &e.protocol
                         },
+                        if e.warm { "warm" } else { "cold" },
                         e.connections,
-                        e.last_connect_ms
+                        e.last_connect_ms,
+                        rtt,
+                        if e.handshake.is_empty() {
+                            "-"
+                        } else {
+                            &e.handshake
+                        }
                     );
                 }
                 println!(
