@@ -62,7 +62,12 @@ enum Cmd {
         json: bool,
     },
     /// Warm the connection to the server (call when a capture starts).
-    Prewarm,
+    Prewarm {
+        /// Keep the connections warm this many seconds if no job comes (default: the
+        /// daemon's setting, 300 s).
+        #[arg(long, default_value_t = 0)]
+        keep_warm: u32,
+    },
     /// Start a local server and daemon, upload a synthetic capture, verify it, report.
     Demo(demo::DemoArgs),
 }
@@ -271,11 +276,11 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Prewarm => {
+        Cmd::Prewarm { keep_warm } => {
             let mut c = connect(&socket).await?;
             let p = c
                 .prewarm(grpc::PrewarmRequest {
-                    keep_warm_seconds: 0,
+                    keep_warm_seconds: keep_warm,
                 })
                 .await?
                 .into_inner();

@@ -172,6 +172,7 @@ mod tests {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(dir.join("p"))
             .unwrap();
         f.set_len(size).unwrap();

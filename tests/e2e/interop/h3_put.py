@@ -31,7 +31,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted
 
 # Long enough that the server has read and judged the early requests many times over.
-HOLD = 0.4
+HOLD = 1.0
 CHUNK_SIZE = 300_000
 
 

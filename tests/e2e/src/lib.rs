@@ -111,6 +111,8 @@ impl Drop for Proc {
 
 /// A running `uplink-server`.
 pub struct Server {
+    /// The network namespace it runs in (netsim's server side), if any.
+    pub netns: Option<String>,
     pub proc: Proc,
     pub addr: String,
     pub ca: PathBuf,
@@ -126,12 +128,20 @@ impl Server {
         let token_file = dir.join("token");
         std::fs::write(&token_file, TOKEN).expect("token");
         chmod(&token_file, 0o644);
-        Self::start_at(dir, "127.0.0.1:0", &token_file)
+        Self::start_at(dir, "127.0.0.1:0", &token_file, None)
     }
 
-    fn start_at(dir: &Path, listen: &str, token_file: &Path) -> Server {
+    /// Starts the server inside netsim's server namespace, on the service address.
+    pub fn start_in(dir: &Path, sim: &netsim::Sim) -> Server {
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, TOKEN).expect("token");
+        let listen = format!("{}:0", netsim::addr::SERVICE_V4);
+        Self::start_at(dir, &listen, &token_file, Some(sim.server_ns()))
+    }
+
+    fn start_at(dir: &Path, listen: &str, token_file: &Path, netns: Option<String>) -> Server {
         let data_dir = dir.join("server-data");
-        let mut cmd = Command::new(bin("uplink-server"));
+        let mut cmd = in_netns(netns.as_deref(), "uplink-server");
         cmd.arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -142,6 +152,7 @@ impl Server {
         let addr = proc.field("addr");
         let ca = PathBuf::from(proc.field("ca"));
         Server {
+            netns,
             proc,
             addr,
             ca,
@@ -155,7 +166,7 @@ impl Server {
     pub fn restart_after(&mut self, down: Duration) {
         self.proc.kill9();
         std::thread::sleep(down);
-        let again = Self::start_at(&self.dir, &self.addr, &self.token_file);
+        let again = Self::start_at(&self.dir, &self.addr, &self.token_file, self.netns.clone());
         *self = again;
     }
 
@@ -177,7 +188,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn command(dir: &Path, server: &Server) -> Command {
-        let mut cmd = Command::new(bin("uplinkd"));
+        Self::command_in(dir, server, None)
+    }
+
+    /// The daemon inside a network namespace (netsim's client side); its socket is a
+    /// file in `dir`, so the CLI reaches it from outside.
+    pub fn command_in(dir: &Path, server: &Server, netns: Option<&str>) -> Command {
+        let mut cmd = in_netns(netns, "uplinkd");
         cmd.arg("--endpoint")
             .arg(server.url())
             .arg("--token-file")
@@ -203,6 +220,18 @@ impl Daemon {
             socket: dir.join("uplinkd.sock"),
             state_dir: dir.join("daemon-state"),
         }
+    }
+}
+
+/// A command for a workspace binary, run inside `netns` if given.
+pub fn in_netns(netns: Option<&str>, name: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin(name));
+            c
+        }
+        None => Command::new(bin(name)),
     }
 }
 
