@@ -115,3 +115,37 @@ fn size_buffers(socket: &Socket) -> (usize, usize) {
         socket.send_buffer_size().unwrap_or(0),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn port_zero_gives_tcp_and_udp_the_same_port() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let tcp = l.tcp.local_addr().unwrap();
+        let udp = l.udp.unwrap().socket.local_addr().unwrap();
+        assert_ne!(tcp.port(), 0);
+        assert_eq!(tcp, udp);
+    }
+
+    #[tokio::test]
+    async fn a_taken_udp_port_is_an_error_when_the_port_was_chosen() {
+        let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = squatter.local_addr().unwrap();
+        // The TCP port of the same number is (almost always) free; the UDP one is not.
+        match bind(addr, true) {
+            Err(e) => assert!(e.contains("--no-h3"), "{e}"),
+            Ok(_) => panic!("bound UDP {addr} twice"),
+        }
+        assert!(bind(addr, false).is_ok(), "HTTP/2 alone needs only TCP");
+    }
+
+    #[test]
+    fn buffers_are_at_least_what_the_kernel_allows_by_default() {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        let before = s.recv_buffer_size().unwrap();
+        let (recv, send) = size_buffers(&s);
+        assert!(recv >= before && send > 0, "{before} -> {recv}/{send}");
+    }
+}
