@@ -113,7 +113,7 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<App>) {
     };
     let mut h3 = match h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
         .await
     {
         Ok(h3) => h3,
@@ -125,8 +125,8 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<App>) {
     loop {
         match h3.accept().await {
             Ok(Some(resolver)) => {
-                let (app, handshake) = (Arc::clone(&app), handshake.clone());
-                tokio::spawn(serve_request(resolver, app, handshake));
+                let (app, handshake, conn) = (Arc::clone(&app), handshake.clone(), conn.clone());
+                tokio::spawn(serve_request(resolver, app, handshake, conn));
             }
             Ok(None) => break,
             Err(e) => {
@@ -142,7 +142,12 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<App>) {
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
-async fn serve_request(resolver: Resolver, app: Arc<App>, handshake: Handshake) {
+async fn serve_request(
+    resolver: Resolver,
+    app: Arc<App>,
+    handshake: Handshake,
+    conn: quinn::Connection,
+) {
     let (req, stream) = match resolver.resolve_request().await {
         Ok(r) => r,
         Err(e) => {
@@ -151,7 +156,7 @@ async fn serve_request(resolver: Resolver, app: Arc<App>, handshake: Handshake) 
         }
     };
     let (mut send, recv) = stream.split();
-    let body = H3Body::new(recv);
+    let body = H3Body::new(recv, conn);
     let resp = if handshake.is_complete()
         || early_data::allowed_in_early_data(req.method(), req.uri().path(), req.headers())
     {
