@@ -184,6 +184,24 @@ pub struct UploadState {
     pub duplicate_puts: u64,
 }
 
+impl UploadState {
+    /// The state of a session that holds nothing yet.
+    pub fn empty(upload_id: &str, size: u64) -> UploadState {
+        UploadState {
+            upload_id: upload_id.to_string(),
+            size,
+            name: String::new(),
+            nonce: String::new(),
+            expires_at: 0,
+            chunks: Vec::new(),
+            received_bytes: 0,
+            completed: None,
+            chunk_puts: 0,
+            duplicate_puts: 0,
+        }
+    }
+}
+
 /// `POST /v1/uploads/{id}/complete`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CompleteUpload {

@@ -107,11 +107,21 @@ pub struct Session {
 struct SessionState {
     /// offset -> (length, sha256) of verified, durable chunks.
     chunks: BTreeMap<u64, (u64, [u8; 32])>,
-    /// offset -> length of chunks being received right now.
-    reserved: BTreeMap<u64, u64>,
+    /// offset -> chunks being received right now.
+    reserved: BTreeMap<u64, InFlight>,
     received: u64,
     chunk_puts: u64,
     duplicate_puts: u64,
+}
+
+/// A chunk some request is receiving.
+#[derive(Clone, Copy)]
+struct InFlight {
+    length: u64,
+    sha256: [u8; 32],
+    /// Requests receiving these same bytes: a client that retries after a timeout (or
+    /// restarts after a crash) must not wait until its abandoned first attempt times out.
+    holders: u32,
 }
 
 /// Outcome of [`Session::begin_chunk`].
@@ -131,7 +141,13 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        lock(&self.session.state).reserved.remove(&self.offset);
+        let mut st = lock(&self.session.state);
+        if let Some(r) = st.reserved.get_mut(&self.offset) {
+            r.holders -= 1;
+            if r.holders == 0 {
+                st.reserved.remove(&self.offset);
+            }
+        }
     }
 }
 
@@ -518,14 +534,34 @@ impl Session {
                 format!("the server holds a different chunk at {o}+{l}"),
             ));
         }
-        if let Some((o, l)) = overlapping(&st.reserved, offset, length, |v| *v) {
-            return Err(ApiError::new(
-                409,
-                code::CHUNK_IN_PROGRESS,
-                format!("chunk {o}+{l} is being received by another request"),
-            ));
+        match overlapping(&st.reserved, offset, length, |v| v.length) {
+            // The same bytes again: both requests may proceed; they write identical data.
+            Some((o, r)) if o == offset && r.length == length && r.sha256 == *sha256 => {
+                if let Some(r) = st.reserved.get_mut(&offset) {
+                    r.holders += 1;
+                }
+            }
+            Some((o, r)) => {
+                return Err(ApiError::new(
+                    409,
+                    code::CHUNK_IN_PROGRESS,
+                    format!(
+                        "chunk {o}+{} is being received by another request",
+                        r.length
+                    ),
+                ));
+            }
+            None => {
+                st.reserved.insert(
+                    offset,
+                    InFlight {
+                        length,
+                        sha256: *sha256,
+                        holders: 1,
+                    },
+                );
+            }
         }
-        st.reserved.insert(offset, length);
         Ok(BeginChunk::Reserved(Reservation {
             session: Arc::clone(self),
             offset,
@@ -583,8 +619,14 @@ impl Session {
         part.log_durable(&line)
             .map_err(|e| ApiError::io("recording the chunk", &e))?;
         let mut st = lock(&self.state);
-        st.chunks.insert(res.offset, (res.length, got.sha256));
-        st.received += res.length;
+        // A parallel request with the same bytes may have recorded it first.
+        if st
+            .chunks
+            .insert(res.offset, (res.length, got.sha256))
+            .is_none()
+        {
+            st.received += res.length;
+        }
         Ok(())
     }
 

@@ -142,3 +142,32 @@ fn idempotency_key_finds_the_same_session() {
     );
     assert_ne!(st.create(None, &req).unwrap().upload_id, a.upload_id);
 }
+
+#[test]
+fn the_same_chunk_may_be_received_twice_at_once_but_other_bytes_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 8);
+    let d = integrity::digest(b"abcd");
+    let BeginChunk::Reserved(first) = s.begin_chunk(0, 4, &d.sha256).unwrap() else {
+        panic!()
+    };
+    // A retry of the same bytes (the first attempt's client gave up on it) proceeds.
+    let BeginChunk::Reserved(retry) = s.begin_chunk(0, 4, &d.sha256).unwrap() else {
+        panic!()
+    };
+    // Other bytes for that range must wait.
+    let other = integrity::digest(b"abcX");
+    assert_eq!(
+        s.begin_chunk(0, 4, &other.sha256).err().unwrap().code,
+        code::CHUNK_IN_PROGRESS
+    );
+    s.store_chunk(retry, &[bytes::Bytes::from_static(b"abcd")], &d)
+        .unwrap();
+    s.store_chunk(first, &[bytes::Bytes::from_static(b"abcd")], &d)
+        .unwrap();
+    let state = s.state();
+    assert_eq!((state.chunks.len(), state.received_bytes), (1, 4));
+    // Both reservations are gone.
+    assert!(put(&s, 4, b"efgh").is_ok());
+}

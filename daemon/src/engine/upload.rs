@@ -130,9 +130,11 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
         .map_err(|e| RunError::permanent("internal", e.to_string()))??;
     let source = Arc::new(source);
 
+    let mut fresh_session = false;
     let upload_id = match &job.upload_id {
         Some(id) => id.clone(),
         None => {
+            fresh_session = true;
             let req = CreateUpload {
                 size: job.size,
                 name: job.target.clone(),
@@ -145,7 +147,13 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
             created.upload_id
         }
     };
-    let state = ctx.client.state(&upload_id).await?;
+    // A session created just now holds nothing (chunks are only sent once its id is
+    // recorded), so skip the round trip that would ask.
+    let state = if fresh_session {
+        uplink_proto::wire::UploadState::empty(&upload_id, job.size)
+    } else {
+        ctx.client.state(&upload_id).await?
+    };
     let checkpoint = ctx
         .db
         .load_checkpoint(&job.job_id)?

@@ -70,12 +70,13 @@ impl H2Pool {
         }
     }
 
-    /// Connects every lane that is not connected yet.
+    /// Connects every lane that is not connected yet, all at once (one handshake time,
+    /// not one per lane).
     pub async fn warm(&self) -> Result<(), TransportError> {
-        for lane in 0..self.lanes.len() {
-            self.sender(lane).await?;
-        }
-        Ok(())
+        let results =
+            futures_util::future::join_all((0..self.lanes.len()).map(|lane| self.sender(lane)))
+                .await;
+        results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
     async fn sender(&self, lane: usize) -> Result<Sender, TransportError> {

@@ -19,6 +19,8 @@ pub const ALPN_H3: &[u8] = b"h3";
 /// QUIC handshake budget: past it the HTTP/2 path carries on alone.
 pub const QUIC_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// 128 KiB, about 90 packets (quinn's default is 10 packets).
+const INITIAL_WINDOW: u64 = 128 * 1024;
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// Socket buffers for high bandwidth-delay products (the kernel may grant less).
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
@@ -79,6 +81,11 @@ impl H3Client {
             .stream_receive_window((16u32 << 20).into())
             .receive_window((64u32 << 20).into())
             .send_window(64 << 20);
+        // A larger initial congestion window (paced by quinn, so no line-rate burst): the
+        // first chunk after Enqueue should not spend five round trips in slow start.
+        let mut cc = quinn::congestion::CubicConfig::default();
+        cc.initial_window(INITIAL_WINDOW);
+        transport.congestion_controller_factory(Arc::new(cc));
         config.transport_config(Arc::new(transport));
         let quic = client_endpoint()?;
         let port = endpoint.port;
@@ -233,14 +240,26 @@ impl H3Client {
             .body(())
             .map_err(|e| TransportError::Http(format!("building the request: {e}")))?;
         let mut stream = send.send_request(request).await.map_err(|e| h3err(&e))?;
-        if !req.body.is_empty() {
-            stream
-                .send_data(req.body.clone())
-                .await
-                .map_err(|e| h3err(&e))?;
-        }
-        stream.finish().await.map_err(|e| h3err(&e))?;
-        let resp = stream.recv_response().await.map_err(|e| h3err(&e))?;
+        // The server may answer before reading the whole body (a replayed chunk, a refusal)
+        // and stop our sending: then the send fails but its answer is still there to read.
+        let sent = if req.body.is_empty() {
+            Ok(())
+        } else {
+            stream.send_data(req.body.clone()).await
+        };
+        let sent = match sent {
+            Ok(()) => stream.finish().await,
+            Err(e) => Err(e),
+        };
+        let resp = match stream.recv_response().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match sent {
+                    Err(send_err) => h3err(&send_err),
+                    Ok(()) => h3err(&e),
+                });
+            }
+        };
         let mut body = Vec::new();
         while let Some(mut chunk) = stream.recv_data().await.map_err(|e| h3err(&e))? {
             if body.len() + chunk.remaining() > MAX_ANSWER {

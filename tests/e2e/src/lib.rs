@@ -8,17 +8,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary, next to the test executable's `deps/` dir.
+/// Path of a workspace binary: next to the running executable (a bench binary) or one
+/// level up from it (a test executable in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace` before the tests",
-        p.display()
-    );
-    p
+    let exe = std::env::current_exe().expect("own executable path");
+    let here = exe.parent().expect("target dir");
+    let candidates = [Some(here.join(name)), here.parent().map(|p| p.join(name))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing near {}: run `cargo build --workspace` first",
+                exe.display()
+            )
+        })
 }
 
 /// A temp dir that other uids can traverse (tests drop privileges in places).

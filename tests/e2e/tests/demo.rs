@@ -18,5 +18,5 @@ fn uplink_demo_uploads_and_verifies_a_synthetic_capture() {
         stdout.contains("verified: the server's copy is identical"),
         "{stdout}"
     );
-    assert!(stdout.contains("protocol        h2 with"), "{stdout}");
+    assert!(stdout.contains("protocol        h3 with"), "{stdout}");
 }

@@ -70,7 +70,8 @@ fn a_1_gib_file_arrives_intact_with_send_wait() {
     assert_eq!(record["size"], GIB);
     assert_eq!(record["bytes_acked"], GIB);
     assert_eq!(record["server_sha256"], local_sha.as_str());
-    assert_eq!(record["protocol"], "h2");
+    // The server offers HTTP/3 (Alt-Svc on the first answers); the daemon moves to it.
+    assert_eq!(record["protocol"], "h3");
     assert_eq!(record["streams"], STREAMS);
     assert_eq!(record["chunks_total"], GIB / CHUNK);
     assert_eq!(record["merkle_root"].as_str().map(str::len), Some(64));

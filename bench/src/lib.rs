@@ -1,0 +1,75 @@
+//! Shared pieces of the benchmarks: run a job, take medians, print tables.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use uplink_e2e::{json_lines, uplink};
+
+/// `uplink send FILE --wait --json`, returning the final job record.
+pub fn send(socket: &Path, file: &Path, target: &str) -> serde_json::Value {
+    let out = uplink(
+        socket,
+        &[
+            "send",
+            file.to_str().unwrap_or_default(),
+            "--target",
+            target,
+            "--wait",
+            "--json",
+        ],
+    );
+    let record = json_lines(&out).pop().unwrap_or_default();
+    assert_eq!(
+        record["state"],
+        "completed",
+        "upload failed: {record} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    record
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Seconds a command takes; panics if it fails.
+pub fn time_cmd(cmd: &mut Command) -> f64 {
+    let t = Instant::now();
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed().as_secs_f64()
+}
+
+/// A `curl --http2 -T` PUT of `file` to the server's single-request endpoint; seconds.
+pub fn curl_put(netns: Option<&str>, ca: &Path, url: &str, token: &str, file: &Path) -> f64 {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    cmd.args(["-sS", "--fail", "--http2", "--cacert"])
+        .arg(ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-o",
+            "/dev/null",
+            "-T",
+        ])
+        .arg(file)
+        .arg(url);
+    time_cmd(&mut cmd)
+}
