@@ -124,29 +124,48 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub token_file: PathBuf,
     pub dir: PathBuf,
+    /// Extra flags it was started with (kept across restarts).
+    pub extra: Vec<String>,
 }
 
 pub const TOKEN: &str = "e2e-token-0123456789abcdef";
 
 impl Server {
     pub fn start(dir: &Path) -> Server {
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, TOKEN).expect("token");
-        chmod(&token_file, 0o644);
-        Self::start_at(dir, "127.0.0.1:0", &token_file, None)
+        Self::start_opts(dir, None, &[])
     }
 
     /// Starts the server inside netsim's server namespace, on the service address.
     pub fn start_in(dir: &Path, sim: &netsim::Sim) -> Server {
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, TOKEN).expect("token");
-        let listen = format!("{}:0", netsim::addr::SERVICE_V4);
-        Self::start_at(dir, &listen, &token_file, Some(sim.server_ns()))
+        Self::start_opts(dir, Some(sim), &[])
     }
 
-    fn start_at(dir: &Path, listen: &str, token_file: &Path, netns: Option<String>) -> Server {
+    /// On loopback, or in `sim`'s server namespace, with extra flags (e.g. `--no-h3`).
+    pub fn start_opts(dir: &Path, sim: Option<&netsim::Sim>, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, TOKEN).expect("token");
+        chmod(&token_file, 0o644);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        match sim {
+            Some(sim) => {
+                let listen = format!("{}:0", netsim::addr::SERVICE_V4);
+                Self::start_at(dir, &listen, &token_file, Some(sim.server_ns()), extra)
+            }
+            None => Self::start_at(dir, "127.0.0.1:0", &token_file, None, extra),
+        }
+    }
+
+    fn start_at(
+        dir: &Path,
+        listen: &str,
+        token_file: &Path,
+        netns: Option<String>,
+        extra: Vec<String>,
+    ) -> Server {
         let data_dir = dir.join("server-data");
         let mut cmd = in_netns(netns.as_deref(), "uplink-server");
+        cmd.args(&extra);
         cmd.arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -164,6 +183,7 @@ impl Server {
             data_dir,
             token_file: token_file.to_path_buf(),
             dir: dir.to_path_buf(),
+            extra,
         }
     }
 
@@ -171,7 +191,13 @@ impl Server {
     pub fn restart_after(&mut self, down: Duration) {
         self.proc.kill9();
         std::thread::sleep(down);
-        let again = Self::start_at(&self.dir, &self.addr, &self.token_file, self.netns.clone());
+        let again = Self::start_at(
+            &self.dir,
+            &self.addr,
+            &self.token_file,
+            self.netns.clone(),
+            self.extra.clone(),
+        );
         *self = again;
     }
 
