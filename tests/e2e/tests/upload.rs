@@ -114,7 +114,10 @@ fn kill_9_of_the_daemon_mid_upload_resends_at_most_the_chunks_in_flight() {
         .block_on(async { server_client(&server).state(&upload_id).await })
         .expect("state");
     let chunks = GIB / CHUNK;
-    eprintln!("daemon re-sent {resent} chunks; server saw {} PUTs for {chunks} chunks", state.chunk_puts);
+    eprintln!(
+        "daemon re-sent {resent} chunks; server saw {} PUTs for {chunks} chunks",
+        state.chunk_puts
+    );
     assert!(
         state.chunk_puts <= chunks + 10 + STREAMS,
         "server saw {} chunk PUTs for {chunks} chunks",
