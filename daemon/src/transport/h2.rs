@@ -13,7 +13,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{Endpoint, LinkInfo, TransportError, WireRequest, WireResponse};
@@ -102,32 +101,7 @@ impl H2Pool {
         if addrs.is_empty() {
             return Err(TransportError::Resolve(ep.host.clone()));
         }
-        let mut last = None;
-        let mut tcp = None;
-        for addr in addrs {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Ok(Err(e)) => {
-                    last = Some(TransportError::Connect {
-                        addr: addr.to_string(),
-                        message: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    last = Some(TransportError::Connect {
-                        addr: addr.to_string(),
-                        message: "timed out".into(),
-                    })
-                }
-            }
-        }
-        let tcp = match tcp {
-            Some(t) => t,
-            None => return Err(last.unwrap_or_else(|| TransportError::Resolve(ep.host.clone()))),
-        };
+        let tcp = super::happy::connect(&addrs, CONNECT_TIMEOUT).await?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(ep.host.clone()).map_err(|_| {
             TransportError::Endpoint(format!("{} is not a valid server name", ep.host))

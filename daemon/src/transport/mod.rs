@@ -6,6 +6,7 @@
 pub mod alt_svc;
 pub mod h2;
 pub mod h3;
+pub mod happy;
 pub mod tls;
 
 use std::sync::Arc;
