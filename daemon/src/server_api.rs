@@ -15,10 +15,15 @@ use crate::transport::{LinkInfo, Transport, TransportError, WireRequest, WireRes
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Complete hashes the whole file on the server: allow for 100 GB at ~0.5 GB/s.
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(600);
-/// The seed's chunk timeout: max(10 s, size / 1 Mbit/s × 2).
-pub fn chunk_timeout(len: u64) -> Duration {
+/// The seed's chunk timeout, max(10 s, size / 1 Mbit/s × 2), for a chunk that shares the
+/// link with `sharing - 1` others: 12 chunks of 4 MiB on a 2 Mbit/s link each move at
+/// 1/12 of it, and a per-chunk deadline that ignored this would expire them all together,
+/// again and again. Dead connections are caught sooner by keepalives (HTTP/2 PING, QUIC
+/// idle timeout); this deadline is the last resort.
+pub fn chunk_timeout(len: u64, sharing: usize) -> Duration {
     const MIN_EXPECTED_BYTES_PER_SEC: u64 = 125_000;
-    Duration::from_secs((len * 2 / MIN_EXPECTED_BYTES_PER_SEC).max(10))
+    let bytes = len.saturating_mul(sharing.max(1) as u64);
+    Duration::from_secs((bytes.saturating_mul(2) / MIN_EXPECTED_BYTES_PER_SEC).max(10))
 }
 
 /// How a failed call should be handled.
@@ -275,6 +280,17 @@ impl ServerClient {
         chunk: &ChunkPayload,
         lane: usize,
     ) -> Result<ChunkStored, CallError> {
+        self.put_chunk_shared(keys, chunk, lane, 1).await
+    }
+
+    /// [`Self::put_chunk`] while `sharing` chunks are in flight together.
+    pub async fn put_chunk_shared(
+        &self,
+        keys: &SessionKeys,
+        chunk: &ChunkPayload,
+        lane: usize,
+        sharing: usize,
+    ) -> Result<ChunkStored, CallError> {
         let length = chunk.data.len() as u64;
         let tag = integrity::chunk_tag(
             &keys.key,
@@ -290,7 +306,7 @@ impl ServerClient {
             http::Method::PUT,
             wire::chunk_path(&keys.upload_id, chunk.offset),
             chunk.data.clone(),
-            chunk_timeout(length),
+            chunk_timeout(length, sharing),
         );
         req.lane = lane;
         req.headers.extend([
@@ -301,5 +317,21 @@ impl ServerClient {
             ("content-type", "application/octet-stream".into()),
         ]);
         self.call_json(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn chunk_timeout_follows_the_seed_and_the_share_of_the_link() {
+        // The seed's examples: small chunks get the 10 s floor; 4 MiB alone ~67 s.
+        assert_eq!(chunk_timeout(256 * 1024, 1), Duration::from_secs(10));
+        assert_eq!(chunk_timeout(4 << 20, 1), Duration::from_secs(67));
+        // Twelve 4 MiB chunks sharing a 1 Mbit/s link each need 12x as long.
+        assert_eq!(chunk_timeout(4 << 20, 12), Duration::from_secs(805));
+        assert_eq!(chunk_timeout(4 << 20, 0), chunk_timeout(4 << 20, 1));
     }
 }

@@ -307,6 +307,7 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
                     Arc::clone(&keys),
                     payload,
                     lane,
+                    streams,
                     ctx.events.clone(),
                     job.job_id.clone(),
                 ));
@@ -390,6 +391,7 @@ async fn put_with_retries(
     keys: Arc<SessionKeys>,
     payload: ChunkPayload,
     lane: usize,
+    sharing: usize,
     events: Events,
     job_id: String,
 ) -> PutDone {
@@ -399,7 +401,7 @@ async fn put_with_retries(
         attempts += 1;
         // A retry moves to another connection: the failed one may be the problem.
         let result = client
-            .put_chunk(&keys, &payload, lane + attempts as usize - 1)
+            .put_chunk_shared(&keys, &payload, lane + attempts as usize - 1, sharing)
             .await;
         match result {
             Ok(_) => {
