@@ -91,6 +91,16 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Prints each job's outcome (unless JSON already did) and picks the exit code.
+fn finish(jobs: &[grpc::Job], as_json: bool) -> ExitCode {
+    if !as_json {
+        for j in jobs {
+            print_summary(j);
+        }
+    }
+    exit_for(jobs)
+}
+
 fn exit_for(jobs: &[grpc::Job]) -> ExitCode {
     if jobs.iter().all(|j| state_name(j.state) == "completed") {
         ExitCode::SUCCESS
@@ -139,12 +149,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             }
             let render = if as_json { Render::Json } else { Render::Bars };
             let jobs = follow(&socket, &ids, render).await?;
-            if !as_json {
-                for j in &jobs {
-                    print_summary(j);
-                }
-            }
-            Ok(exit_for(&jobs))
+            Ok(finish(&jobs, as_json))
         }
         Cmd::Watch { job, json: as_json } => {
             let ids = match job {
@@ -172,12 +177,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                 if as_json { Render::Json } else { Render::Bars },
             )
             .await?;
-            if !as_json {
-                for j in &jobs {
-                    print_summary(j);
-                }
-            }
-            Ok(exit_for(&jobs))
+            Ok(finish(&jobs, as_json))
         }
         Cmd::Ls { json: as_json } => {
             let mut c = connect(&socket).await?;

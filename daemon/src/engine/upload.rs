@@ -403,16 +403,15 @@ async fn put_with_retries(
         let result = client
             .put_chunk_shared(&keys, &payload, lane + attempts as usize - 1, sharing)
             .await;
+        let done = |result| PutDone {
+            offset: payload.offset,
+            length: payload.data.len() as u64,
+            sha256: payload.sha256,
+            attempts,
+            result,
+        };
         match result {
-            Ok(_) => {
-                return PutDone {
-                    offset: payload.offset,
-                    length: payload.data.len() as u64,
-                    sha256: payload.sha256,
-                    attempts,
-                    result: Ok(()),
-                };
-            }
+            Ok(_) => return done(Ok(())),
             Err(e)
                 if e.class() == ErrorClass::Transient && backoff.attempts() < CHUNK_MAX_RETRIES =>
             {
@@ -427,15 +426,7 @@ async fn put_with_retries(
                 );
                 tokio::time::sleep(delay).await;
             }
-            Err(e) => {
-                return PutDone {
-                    offset: payload.offset,
-                    length: payload.data.len() as u64,
-                    sha256: payload.sha256,
-                    attempts,
-                    result: Err(e),
-                };
-            }
+            Err(e) => return done(Err(e)),
         }
     }
 }
