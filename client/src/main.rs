@@ -91,6 +91,10 @@ async fn main() -> ExitCode {
     }
 }
 
+fn render_for(as_json: bool) -> Render {
+    if as_json { Render::Json } else { Render::Bars }
+}
+
 /// Prints each job's outcome (unless JSON already did) and picks the exit code.
 fn finish(jobs: &[grpc::Job], as_json: bool) -> ExitCode {
     if !as_json {
@@ -147,8 +151,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let render = if as_json { Render::Json } else { Render::Bars };
-            let jobs = follow(&socket, &ids, render).await?;
+            let jobs = follow(&socket, &ids, render_for(as_json)).await?;
             Ok(finish(&jobs, as_json))
         }
         Cmd::Watch { job, json: as_json } => {
@@ -171,12 +174,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                 eprintln!("uplink: no unfinished jobs");
                 return Ok(ExitCode::SUCCESS);
             }
-            let jobs = follow(
-                &socket,
-                &ids,
-                if as_json { Render::Json } else { Render::Bars },
-            )
-            .await?;
+            let jobs = follow(&socket, &ids, render_for(as_json)).await?;
             Ok(finish(&jobs, as_json))
         }
         Cmd::Ls { json: as_json } => {

@@ -7,9 +7,10 @@ use serde::Deserialize;
 
 pub use uplink_proto::paths::{SOCKET_ENV, default_state_dir};
 
+/// Every setting, each optional: what the TOML file says, or what the flags say.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub struct Settings {
     pub endpoint: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
@@ -19,6 +20,23 @@ pub struct FileConfig {
     pub connections: Option<u32>,
     pub chunk_size: Option<u64>,
     pub keep_warm_seconds: Option<u32>,
+}
+
+impl Settings {
+    /// These settings, with `other` filling the gaps.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            endpoint: self.endpoint.or(other.endpoint),
+            token_file: self.token_file.or(other.token_file),
+            ca_file: self.ca_file.or(other.ca_file),
+            state_dir: self.state_dir.or(other.state_dir),
+            socket: self.socket.or(other.socket),
+            streams: self.streams.or(other.streams),
+            connections: self.connections.or(other.connections),
+            chunk_size: self.chunk_size.or(other.chunk_size),
+            keep_warm_seconds: self.keep_warm_seconds.or(other.keep_warm_seconds),
+        }
+    }
 }
 
 /// The resolved configuration.
@@ -49,38 +67,26 @@ pub fn default_config_file() -> Option<PathBuf> {
     uplink_proto::paths::project_dirs().map(|d| d.config_dir().join("uplinkd.toml"))
 }
 
-/// Flags that override the file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub config: Option<PathBuf>,
-    pub endpoint: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
-    pub streams: Option<u32>,
-    pub connections: Option<u32>,
-    pub chunk_size: Option<u64>,
-}
-
 impl Config {
-    pub fn resolve(o: Overrides) -> Result<Config, String> {
-        let file = match &o.config {
+    /// Flags first, then the config file (`config`, else the default one if present),
+    /// then defaults.
+    pub fn resolve(config: Option<PathBuf>, flags: Settings) -> Result<Config, String> {
+        let file = match &config {
             Some(p) => load_file(p)?,
             None => match default_config_file().filter(|p| p.exists()) {
                 Some(p) => load_file(&p)?,
-                None => FileConfig::default(),
+                None => Settings::default(),
             },
         };
-        let endpoint = o.endpoint.or(file.endpoint).ok_or(
+        let s = flags.or(file);
+        let endpoint = s.endpoint.ok_or(
             "no endpoint: pass --endpoint https://HOST:PORT or set `endpoint` in the config file",
         )?;
         if !endpoint.starts_with("https://") {
             return Err(format!("endpoint {endpoint:?} must start with https://"));
         }
-        let token_file = o
+        let token_file = s
             .token_file
-            .or(file.token_file)
             .ok_or("no token: pass --token-file FILE or set `token_file` in the config file")?;
         let token = std::fs::read_to_string(&token_file)
             .map_err(|e| format!("cannot read token file {}: {e}", token_file.display()))?
@@ -89,28 +95,18 @@ impl Config {
         if token.is_empty() {
             return Err(format!("token file {} is empty", token_file.display()));
         }
-        let state_dir = o
-            .state_dir
-            .or(file.state_dir)
-            .unwrap_or_else(default_state_dir);
-        let socket = o
+        let state_dir = s.state_dir.unwrap_or_else(default_state_dir);
+        let socket = s
             .socket
-            .or(file.socket)
             .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| uplink_proto::paths::default_socket_in(&state_dir));
-        let streams = o
-            .streams
-            .or(file.streams)
-            .unwrap_or(DEFAULT_STREAMS)
-            .clamp(1, 64);
-        let connections = o
+        let streams = s.streams.unwrap_or(DEFAULT_STREAMS).clamp(1, 64);
+        let connections = s
             .connections
-            .or(file.connections)
             .unwrap_or(DEFAULT_CONNECTIONS)
             .clamp(1, streams);
-        let chunk_size = o
+        let chunk_size = s
             .chunk_size
-            .or(file.chunk_size)
             .unwrap_or(uplink_proto::wire::DEFAULT_CHUNK_SIZE);
         if !(uplink_proto::wire::MIN_CHUNK_SIZE..=uplink_proto::wire::MAX_CHUNK_SIZE)
             .contains(&chunk_size)
@@ -124,18 +120,18 @@ impl Config {
         Ok(Config {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token,
-            ca_file: o.ca_file.or(file.ca_file),
+            ca_file: s.ca_file,
             state_dir,
             socket,
             streams,
             connections,
             chunk_size,
-            keep_warm_seconds: file.keep_warm_seconds.unwrap_or(DEFAULT_KEEP_WARM_SECONDS),
+            keep_warm_seconds: s.keep_warm_seconds.unwrap_or(DEFAULT_KEEP_WARM_SECONDS),
         })
     }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, String> {
+fn load_file(path: &Path) -> Result<Settings, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use uplink_proto::grpc::uplink_server::UplinkServer;
-use uplinkd::config::{Config, Overrides};
+use uplinkd::config::{Config, Settings};
 use uplinkd::jobs::JobDb;
 use uplinkd::manager::Manager;
 use uplinkd::server_api::ServerClient;
@@ -57,8 +57,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
-    let overrides = Overrides {
-        config: a.config,
+    let flags = Settings {
         endpoint: a.endpoint,
         token_file: a.token_file,
         ca_file: a.ca_file,
@@ -67,8 +66,9 @@ fn main() -> std::process::ExitCode {
         streams: a.streams,
         connections: a.connections,
         chunk_size: a.chunk_size,
+        keep_warm_seconds: None,
     };
-    let result = Config::resolve(overrides).and_then(|cfg| {
+    let result = Config::resolve(a.config, flags).and_then(|cfg| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -1,6 +1,7 @@
 //! `uplink-server`: the reference ingest server for uplink.
 
 mod api;
+mod chunk_log;
 mod early_data;
 mod error;
 mod fsutil;

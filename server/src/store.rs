@@ -12,8 +12,7 @@
 //! is cut off on load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +26,7 @@ use uplink_proto::wire::{
     self, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated, UploadState, code,
 };
 
+use crate::chunk_log;
 use crate::error::ApiError;
 use crate::fsutil;
 use crate::part::PartFile;
@@ -62,16 +62,6 @@ struct SessionMeta {
     completed: Option<UploadCompleted>,
     #[serde(default)]
     merkle_root: Option<String>,
-}
-
-/// offset -> (length, sha256) of verified chunks.
-type ChunkMap = BTreeMap<u64, (u64, [u8; 32])>;
-
-#[derive(Serialize, Deserialize)]
-struct LogLine {
-    o: u64,
-    l: u64,
-    s: String,
 }
 
 /// All sessions of one data dir.
@@ -241,7 +231,7 @@ impl Store {
             }
             state.received = done.size;
         } else {
-            let (chunks, good_len) = read_log(&dir.join(LOG))?;
+            let (chunks, good_len) = chunk_log::read(&dir.join(LOG))?;
             let log = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -420,35 +410,6 @@ fn created(meta: &SessionMeta) -> UploadCreated {
     }
 }
 
-/// Reads the chunk log; returns the chunks and the length of its intact prefix.
-fn read_log(path: &Path) -> std::io::Result<(ChunkMap, u64)> {
-    let mut chunks = BTreeMap::new();
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((chunks, 0)),
-        Err(e) => return Err(e),
-    };
-    let mut good = 0u64;
-    let mut reader = BufReader::new(f);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        let Ok(rec) = serde_json::from_str::<LogLine>(line.trim_end()) else {
-            break;
-        };
-        let Some(sha) = uplink_proto::parse_hex32(&rec.s) else {
-            break;
-        };
-        chunks.insert(rec.o, (rec.l, sha));
-        good += n as u64;
-    }
-    Ok((chunks, good))
-}
-
 impl Session {
     pub fn key(&self) -> &[u8; 32] {
         &self.key
@@ -610,12 +571,7 @@ impl Session {
         })?;
         part.write_durable(res.offset, parts)
             .map_err(|e| ApiError::io("writing the chunk", &e))?;
-        let line = serde_json::to_string(&LogLine {
-            o: res.offset,
-            l: res.length,
-            s: hex::encode(got.sha256),
-        })
-        .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        let line = chunk_log::line(res.offset, res.length, &got.sha256);
         part.log_durable(&line)
             .map_err(|e| ApiError::io("recording the chunk", &e))?;
         let mut st = lock(&self.state);

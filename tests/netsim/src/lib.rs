@@ -21,16 +21,18 @@
 
 pub mod config;
 mod fwd;
+mod netns;
 pub mod probe;
 mod sim;
 mod sys;
 
 pub use config::{BurstLoss, Change, DirSel, Impair, PathSel, Queue};
 pub use fwd::DirStats;
-pub use sim::{
-    RUN_DIR, ShutdownHook, Sim, SimOpts, check_name, cleanup, client_ns, control, ctl_path,
-    log_path, pid_path, run_in_ns, server_ns, spawn_in_ns, tmp_ifnames,
+pub use netns::{
+    RUN_DIR, check_name, cleanup, client_ns, control, ctl_path, log_path, pid_path, run_in_ns,
+    server_ns, spawn_in_ns, tmp_ifnames,
 };
+pub use sim::{ShutdownHook, Sim, SimOpts};
 pub use sys::{block_term_signals, process_alive, terminate_self, wait_for_signal};
 
 /// Addresses inside the namespaces (they exist nowhere else).
