@@ -2,26 +2,45 @@
 //!
 //! The socket file is created 0600 inside a 0700 directory, and every call is checked
 //! against the peer's uid (SO_PEERCRED / getpeereid) — file modes alone can be loosened
-//! by mistake. With systemd socket activation the listening socket is inherited.
+//! by mistake. With systemd socket activation the listening socket is inherited. Each
+//! connection goes through the [`authority`] front, so stock gRPC clients are understood.
+
+mod authority;
 
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::UdsConnectInfo;
+use tonic::transport::server::Connected;
 use tonic::{Request, Status};
+
+pub use authority::Fronted;
+
+/// Who is on the other end of a local connection, read when it was accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// `None` when the OS would not say.
+    pub uid: Option<u32>,
+}
+
+impl Connected for Fronted<UnixStream> {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        Peer {
+            uid: self.get_ref().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
 
 /// Checks that the caller runs as the daemon's own user.
 #[allow(clippy::result_large_err)]
 pub fn check_peer(req: Request<()>) -> Result<Request<()>, Status> {
     let me = rustix::process::getuid().as_raw();
-    let peer = req
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .map(|cred| cred.uid());
+    let peer = req.extensions().get::<Peer>().and_then(|p| p.uid);
     match peer {
         Some(uid) if uid == me => Ok(req),
         Some(uid) => Err(crate::grpc::status(
@@ -68,8 +87,11 @@ pub fn listen(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-pub fn incoming(listener: UnixListener) -> UnixListenerStream {
-    UnixListenerStream::new(listener)
+/// Accepted connections, each behind the `:authority` front.
+pub fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Fronted<UnixStream>>> {
+    UnixListenerStream::new(listener).map(|conn| conn.map(Fronted::new))
 }
 
 /// systemd socket activation: fd 3 when LISTEN_PID is us and LISTEN_FDS >= 1.

@@ -1,16 +1,16 @@
 //! HTTP/3 on `uplink-server`, checked with clients that are not ours: aioquic (Python,
-//! installed by `.ci/run`) for HTTP/3 and 0-RTT, curl for the HTTP/2 side's `Alt-Svc`.
+//! installed by `scripts/test`) for HTTP/3 and 0-RTT, curl for the HTTP/2 side's `Alt-Svc`.
 
 use std::path::Path;
 use std::process::Command;
 
 use uplink_e2e::*;
 
-/// The aioquic version `.ci/run` installs.
+/// The aioquic version `scripts/test` installs (tests/e2e/interop/requirements.txt).
 const AIOQUIC: &str = "aioquic==1.7.2";
 
-fn python() -> String {
-    std::env::var("UPLINK_PYTHON").unwrap_or_else(|_| "python3".to_string())
+fn python() -> std::path::PathBuf {
+    interop_python()
 }
 
 /// Runs tests/e2e/interop/h3_put.py; fails the test (never skips) when aioquic is missing.
@@ -22,8 +22,8 @@ fn h3_client(server: &Server, mode: &str) -> serde_json::Value {
         Ok(o) if o.status.success() => {}
         other => panic!(
             "this test needs the aioquic HTTP/3 client: `{} -m pip install {AIOQUIC}` \
-             (.ci/run installs it; set UPLINK_PYTHON to use another interpreter): {other:?}",
-            python()
+             (scripts/test installs it; set UPLINK_PYTHON to use another interpreter): {other:?}",
+            python().display()
         ),
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/h3_put.py");
