@@ -51,7 +51,8 @@ pub fn time_cmd(cmd: &mut Command) -> f64 {
 }
 
 /// A `curl --http2 -T` PUT of `file` to the server's single-request endpoint; seconds.
-pub fn curl_put(netns: Option<&str>, ca: &Path, url: &str, token: &str, file: &Path) -> f64 {
+/// `bearer` is the derived credential (`uplink-server --print-bearer`), not the token file's secret.
+pub fn curl_put(netns: Option<&str>, ca: &Path, url: &str, bearer: &str, file: &Path) -> f64 {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -64,7 +65,7 @@ pub fn curl_put(netns: Option<&str>, ca: &Path, url: &str, token: &str, file: &P
         .arg(ca)
         .args([
             "-H",
-            &format!("Authorization: Bearer {token}"),
+            &format!("Authorization: Bearer {bearer}"),
             "-o",
             "/dev/null",
             "-T",

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use uplink_proto::integrity::Credentials;
 
 pub use uplink_proto::paths::{SOCKET_ENV, default_state_dir};
 
@@ -44,7 +45,9 @@ impl Settings {
 pub struct Config {
     /// `https://host:port` of the ingest server.
     pub endpoint: String,
-    pub token: String,
+    /// Derived from the token file: the bearer credential to send and the chunk secret
+    /// to sign with (the file's secret itself is not kept).
+    pub credentials: Credentials,
     /// PEM CA certificates to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
@@ -88,13 +91,7 @@ impl Config {
         let token_file = s
             .token_file
             .ok_or("no token: pass --token-file FILE or set `token_file` in the config file")?;
-        let token = std::fs::read_to_string(&token_file)
-            .map_err(|e| format!("cannot read token file {}: {e}", token_file.display()))?
-            .trim()
-            .to_string();
-        if token.is_empty() {
-            return Err(format!("token file {} is empty", token_file.display()));
-        }
+        let credentials = Credentials::from_token_file(&token_file)?;
         let state_dir = s.state_dir.unwrap_or_else(default_state_dir);
         let socket = s
             .socket
@@ -119,7 +116,7 @@ impl Config {
         }
         Ok(Config {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            token,
+            credentials,
             ca_file: s.ca_file,
             state_dir,
             socket,

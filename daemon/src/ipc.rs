@@ -126,9 +126,9 @@ pub fn notify_ready() {
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
         return;
     };
-    let bytes = path.as_encoded_bytes();
+    // Abstract socket names (`@name`) exist on Linux only.
     #[cfg(target_os = "linux")]
-    if let Some(name) = bytes.strip_prefix(b"@") {
+    if let Some(name) = path.as_encoded_bytes().strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
             let _ = sock.send_to_addr(b"READY=1", &addr);

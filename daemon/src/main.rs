@@ -25,7 +25,8 @@ struct Args {
     /// Ingest server, https://HOST:PORT.
     #[arg(long)]
     endpoint: Option<String>,
-    /// File holding the bearer token.
+    /// File holding the client secret (the server uses the same file); the bearer
+    /// credential and the chunk-signing key are derived from it, the secret is never sent.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// PEM CA certificate(s) to trust for the server (default: the system's roots).
@@ -99,7 +100,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let alt = AltSvcCache::load(Some(cfg.state_dir.join("altsvc.json")), &endpoint.authority);
     let pool = H2Pool::new(endpoint, tls, cfg.connections as usize);
     let transport = transport::Transport::new(pool, h3, alt);
-    let client = Arc::new(ServerClient::new(transport, cfg.token.clone()));
+    let client = Arc::new(ServerClient::new(transport, cfg.credentials.clone()));
     let db = Arc::new(JobDb::open(&cfg.state_dir)?);
     let stop = CancellationToken::new();
     let socket = cfg.socket.clone();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use uplink_proto::integrity::{self, ChunkId};
+use uplink_proto::integrity::{self, ChunkId, ChunkSecret, Credentials};
 use uplink_proto::wire::{
     self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted, UploadCreated,
     UploadState,
@@ -93,11 +93,15 @@ pub struct SessionKeys {
 }
 
 impl SessionKeys {
-    pub fn new(token: &str, upload_id: &str, nonce_hex: &str) -> Result<SessionKeys, CallError> {
+    pub fn new(
+        chunk_secret: &ChunkSecret,
+        upload_id: &str,
+        nonce_hex: &str,
+    ) -> Result<SessionKeys, CallError> {
         let nonce =
             hex::decode(nonce_hex).map_err(|_| CallError::Decode("nonce is not hex".into()))?;
         Ok(SessionKeys {
-            key: integrity::session_key(token.as_bytes(), &nonce, upload_id),
+            key: integrity::session_key(chunk_secret, &nonce, upload_id),
             upload_id: upload_id.to_string(),
             nonce,
         })
@@ -115,16 +119,21 @@ pub struct ChunkPayload {
 
 pub struct ServerClient {
     transport: std::sync::Arc<Transport>,
-    token: String,
+    credentials: Credentials,
 }
 
 impl ServerClient {
-    pub fn new(transport: std::sync::Arc<Transport>, token: String) -> ServerClient {
-        ServerClient { transport, token }
+    pub fn new(transport: std::sync::Arc<Transport>, credentials: Credentials) -> ServerClient {
+        ServerClient {
+            transport,
+            credentials,
+        }
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The keys that tag the chunks of one upload session (from the chunk secret, which
+    /// never leaves this client).
+    pub fn session_keys(&self, upload_id: &str, nonce_hex: &str) -> Result<SessionKeys, CallError> {
+        SessionKeys::new(self.credentials.chunk_secret(), upload_id, nonce_hex)
     }
 
     pub fn link(&self) -> LinkInfo {
@@ -164,7 +173,10 @@ impl ServerClient {
         WireRequest {
             method,
             path,
-            headers: vec![(wire::HDR_AUTHORIZATION, format!("Bearer {}", self.token))],
+            headers: vec![(
+                wire::HDR_AUTHORIZATION,
+                format!("Bearer {}", self.credentials.bearer()),
+            )],
             body,
             lane: 0,
             timeout,

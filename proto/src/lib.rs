@@ -3,7 +3,8 @@
 //! - [`grpc`]: the daemon's local gRPC API (generated from `proto/uplink.proto`).
 //! - [`wire`]: the HTTP wire protocol between daemon and server: paths, header names,
 //!   JSON bodies, error codes and limits.
-//! - [`integrity`]: chunk digests, the per-session HMAC key and tag.
+//! - [`integrity`]: the credentials derived from the token file (bearer credential, chunk
+//!   secret), chunk digests, the per-session HMAC key and tag.
 //! - [`merkle`]: the RFC 6962 Merkle tree over the chunks, built incrementally.
 
 pub mod integrity;

@@ -1,6 +1,12 @@
 //! The HTTP wire protocol between `uplinkd` and `uplink-server` (same over HTTP/2 and
 //! HTTP/3): paths, header names, JSON bodies, error codes and limits. Both sides build
 //! and parse requests only through these names, so they cannot drift apart.
+//!
+//! Every request carries `Authorization: Bearer <credential>`, where the credential is
+//! derived from the token file's secret ([`crate::integrity::bearer_credential`]); the
+//! secret itself and the chunk secret that keys `X-Chunk-HMAC` never travel (see
+//! [`crate::integrity`]), so what a request reveals cannot forge chunk tags. Plain clients
+//! get the credential from `uplink-server --token-file FILE --print-bearer`.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +24,7 @@ pub const MAX_OBJECT_SIZE: u64 = MAX_FILE_SIZE;
 /// Sessions expire after 7 days.
 pub const SESSION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 
+/// `Bearer <credential>`: the derived bearer credential, never the token file's secret.
 pub const HDR_AUTHORIZATION: &str = "authorization";
 pub const HDR_IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const HDR_CHUNK_LENGTH: &str = "x-chunk-length";

@@ -20,7 +20,8 @@ pub type ResponseBody = Full<Bytes>;
 /// Shared state of all connections.
 pub struct App {
     pub store: Store,
-    pub token: Vec<u8>,
+    /// The bearer credential to expect, and the chunk secret (the store holds a copy).
+    pub credentials: integrity::Credentials,
     /// `Alt-Svc` value advertised on responses (HTTP/3), if any.
     pub alt_svc: Option<String>,
 }
@@ -219,16 +220,24 @@ where
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let unauthorized = || ApiError::new(401, code::UNAUTHORIZED, "missing or wrong bearer token");
+    let unauthorized = || {
+        ApiError::new(
+            401,
+            code::UNAUTHORIZED,
+            "missing or wrong bearer credential (derived from the token file: \
+             uplink-server --token-file FILE --print-bearer)",
+        )
+    };
     let value = headers
         .get(wire::HDR_AUTHORIZATION)
         .ok_or_else(unauthorized)?;
-    let token = value
+    let presented = value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
-    if integrity::constant_time_eq(token.trim().as_bytes(), &app.token) {
+    let expected = app.credentials.bearer().as_bytes();
+    if integrity::constant_time_eq(presented.trim().as_bytes(), expected) {
         Ok(())
     } else {
         Err(unauthorized())

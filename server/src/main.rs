@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use uplink_proto::integrity::Credentials;
 
 /// Reference ingest server: verifies every chunk and assembles uploads (HTTP/3 and HTTP/2,
 /// TLS 1.3).
@@ -36,9 +37,16 @@ struct Args {
     /// Where sessions, objects and the generated certificate live.
     #[arg(long, default_value = "uplink-data")]
     data_dir: PathBuf,
-    /// File holding the bearer token clients must present (also the HMAC secret).
+    /// File holding the client secret (the daemon uses the same file). The bearer
+    /// credential clients present and the key that checks chunk tags are derived from it;
+    /// the secret itself is never sent.
     #[arg(long)]
     token_file: PathBuf,
+    /// Print the bearer credential derived from --token-file (for plain HTTP clients:
+    /// `curl -H "Authorization: Bearer $(uplink-server --token-file F --print-bearer)"`)
+    /// and exit.
+    #[arg(long)]
+    print_bearer: bool,
     /// PEM certificate chain; with no --cert/--key a private CA and certificate are made
     /// in DATA_DIR/tls.
     #[arg(long, requires = "key")]
@@ -70,15 +78,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("cannot read token file {}: {e}", args.token_file.display()))?
-        .trim()
-        .as_bytes()
-        .to_vec();
-    if token.is_empty() {
-        return Err(format!("token file {} is empty", args.token_file.display()).into());
+    let credentials = Credentials::from_token_file(&args.token_file)?;
+    if args.print_bearer {
+        println!("{}", credentials.bearer());
+        return Ok(());
     }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", args.data_dir.display()))?;
     let files = match (&args.cert, &args.key) {
@@ -107,7 +112,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Some(tls::quic_server_config(&files)?)
     };
-    let store = store::Store::open(&args.data_dir, token.clone())
+    let store = store::Store::open(&args.data_dir, credentials.chunk_secret().clone())
         .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
     let sessions = store.session_count();
 
@@ -123,7 +128,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         let app = Arc::new(api::App {
             store,
-            token,
+            credentials,
             // Clients that start on HTTP/2 learn here that HTTP/3 is on the same port.
             alt_svc: endpoint
                 .as_ref()

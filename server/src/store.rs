@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use uplink_proto::integrity::{self, ChunkDigest};
+use uplink_proto::integrity::{self, ChunkDigest, ChunkSecret};
 use uplink_proto::wire::{
     self, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated, UploadState, code,
 };
@@ -68,7 +68,7 @@ struct SessionMeta {
 pub struct Store {
     sessions_dir: PathBuf,
     objects_dir: PathBuf,
-    secret: Vec<u8>,
+    secret: ChunkSecret,
     index: Mutex<Index>,
 }
 
@@ -163,7 +163,7 @@ fn overlapping<V: Copy>(
 
 impl Store {
     /// Opens (or creates) the store and loads every live session.
-    pub fn open(data_dir: &Path, secret: Vec<u8>) -> std::io::Result<Store> {
+    pub fn open(data_dir: &Path, secret: ChunkSecret) -> std::io::Result<Store> {
         let sessions_dir = data_dir.join("sessions");
         let objects_dir = data_dir.join("objects");
         std::fs::create_dir_all(&sessions_dir)?;

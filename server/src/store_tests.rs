@@ -3,7 +3,7 @@ use super::*;
 use std::io::Write;
 
 fn store(dir: &Path) -> Store {
-    Store::open(dir, b"token".to_vec()).unwrap()
+    Store::open(dir, ChunkSecret::from_bytes([7; 32])).unwrap()
 }
 
 fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {

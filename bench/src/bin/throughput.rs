@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use netsim::{Impair, Sim, SimOpts};
 use uplink_bench::{curl_put, send, time_cmd};
-use uplink_e2e::{Daemon, Server, TOKEN, random_file, uplink, workdir};
+use uplink_e2e::{Daemon, Server, random_file, uplink, workdir};
 
 fn uplink_run(
     dir: &Path,
@@ -69,7 +69,7 @@ fn main() {
         None,
         &s3.ca,
         &format!("{}/v1/objects/curl.bin", s3.url()),
-        TOKEN,
+        &s3.bearer(),
         &file,
     );
     println!("loopback, {lo_mib} MiB                          seconds      MB/s   vs floor");
@@ -108,7 +108,7 @@ fn main() {
         Some(&ns),
         &s3.ca,
         &format!("{}/v1/objects/curl.bin", s3.url()),
-        TOKEN,
+        &s3.bearer(),
         &file,
     );
     let line = 200e6 / 8.0;

@@ -149,16 +149,52 @@ impl Drop for MappedChunk {
     fn drop(&mut self) {
         if self.drop_cache {
             // The mapping is released right after this; big captures should not evict
-            // everything else from the page cache. Advice only: errors do not matter.
-            let _ = rustix::fs::fadvise(
-                &*self.file,
-                self.file_offset,
-                std::num::NonZeroU64::new(self.len as u64),
-                rustix::fs::Advice::DontNeed,
-            );
+            // everything else from the page cache.
+            drop_behind(&self.file, self.file_offset, self.len as u64, &self.mmap);
         }
     }
 }
+
+/// Drops a sent chunk's pages from the page cache. Advice only: errors change nothing.
+/// Linux (and the other systems rustix offers it on): `posix_fadvise(DONTNEED)`.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn drop_behind(file: &File, offset: u64, len: u64, _mapping: &memmap2::Mmap) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
+/// Apple has no `posix_fadvise`. `F_NOCACHE` only governs `read`/`write` through the
+/// descriptor (we map the file) and purges nothing already cached; `F_RDADVISE` is
+/// read-ahead, which `madvise(WILLNEED)` on the mapping already asks for. What discards
+/// cached pages of a range is `msync(MS_INVALIDATE)` on a shared mapping of it (fio's
+/// DONTNEED on macOS does the same) — and the chunk's own mapping is one.
+#[cfg(target_vendor = "apple")]
+fn drop_behind(_file: &File, _offset: u64, _len: u64, mapping: &memmap2::Mmap) {
+    // SAFETY: the pointer and length are those of `mapping`, a live, page-aligned
+    // (offset aligned in `read_chunk`), read-only shared mapping we own; MS_INVALIDATE
+    // on it discards clean cached pages (the file's bytes are re-read on next use) and
+    // touches no memory Rust can observe: nothing reads the mapping after this.
+    let _ = unsafe {
+        libc::msync(
+            mapping.as_ptr() as *mut libc::c_void,
+            mapping.len(),
+            libc::MS_INVALIDATE,
+        )
+    };
+}
+
+/// Elsewhere: no page-cache advice.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_vendor = "apple"
+)))]
+fn drop_behind(_file: &File, _offset: u64, _len: u64, _mapping: &memmap2::Mmap) {}
 
 #[cfg(test)]
 mod tests {

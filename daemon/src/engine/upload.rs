@@ -172,7 +172,7 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
         return Ok(Outcome::Completed);
     }
     let nonce = job.nonce.clone().unwrap_or_default();
-    let keys = Arc::new(SessionKeys::new(ctx.client.token(), &upload_id, &nonce)?);
+    let keys = Arc::new(ctx.client.session_keys(&upload_id, &nonce)?);
     let server_chunks: Vec<ServerChunk> = state
         .chunks
         .iter()

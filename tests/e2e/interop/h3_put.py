@@ -3,11 +3,15 @@
 
 Used by tests/e2e/tests/http3.rs. Prints one JSON object on stdout; exits non-zero (with the
 reason on stderr) when anything is off. Everything it computes (SHA-256, CRC32C, HKDF,
-HMAC) is done here from the protocol description, not by calling uplink code.
+HMAC, the bearer credential and chunk secret derived from the token file's secret) is done
+here from the protocol description, not by calling uplink code.
 
-  h3_put.py put    --port P --ca CA.pem --token T
+--secret is the token file's secret; --bearer the credential `uplink-server --print-bearer`
+printed: the script derives its own and refuses to go on if the two differ.
+
+  h3_put.py put    --port P --ca CA.pem --secret S --bearer B
       create an upload, PUT its one chunk, GET the state: the chunk must be listed.
-  h3_put.py zero-rtt --port P --ca CA.pem --token T
+  h3_put.py zero-rtt --port P --ca CA.pem --secret S --bearer B
       connection 1 creates an upload, PUTs the chunk and keeps the session ticket;
       connection 2 resumes with it and sends, as 0-RTT, POST complete, DELETE and the same
       chunk PUT again, while holding back the server's handshake flight for HOLD seconds so
@@ -57,6 +61,7 @@ def crc32c(data: bytes) -> int:
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869; no salt (b"") is the same as HashLen zero bytes."""
     prk = hmac.new(salt, ikm, hashlib.sha256).digest()
     out, block, i = b"", b"", 1
     while len(out) < length:
@@ -66,10 +71,22 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes
     return out[:length]
 
 
-def chunk_headers(token: str, upload_id: str, nonce_hex: str, offset: int, data: bytes):
+class Keys:
+    """What the client derives from the token file's secret; the secret is never sent."""
+
+    def __init__(self, secret: str):
+        ikm = secret.strip().encode()
+        self.bearer = hkdf_sha256(ikm, b"", b"uplink bearer v1").hex()
+        self.chunk_secret = hkdf_sha256(ikm, b"", b"uplink chunk-secret v1")
+
+    def auth(self):
+        return [(b"authorization", f"Bearer {self.bearer}".encode())]
+
+
+def chunk_headers(keys: Keys, upload_id: str, nonce_hex: str, offset: int, data: bytes):
     sha = hashlib.sha256(data).digest()
     nonce = bytes.fromhex(nonce_hex)
-    key = hkdf_sha256(token.encode(), nonce, b"uplink chunk v1" + upload_id.encode())
+    key = hkdf_sha256(keys.chunk_secret, nonce, b"uplink chunk v1" + upload_id.encode())
     msg = (
         offset.to_bytes(8, "little")
         + len(data).to_bytes(8, "little")
@@ -192,8 +209,8 @@ def chunk_bytes():
     return out[:CHUNK_SIZE]
 
 
-async def create_and_put(proto, authority, token, key, data):
-    auth = [(b"authorization", f"Bearer {token}".encode())]
+async def create_and_put(proto, authority, keys, key, data):
+    auth = keys.auth()
     create = json.dumps({"size": len(data), "name": "interop.bin", "metadata": {}}).encode()
     created = expect(
         "create",
@@ -211,33 +228,34 @@ async def create_and_put(proto, authority, token, key, data):
         authority,
         "PUT",
         f"/v1/uploads/{uid}/chunks/0",
-        auth + chunk_headers(token, uid, nonce, 0, data),
+        auth + chunk_headers(keys, uid, nonce, 0, data),
         data,
     )
     stored = expect("chunk PUT", put, 200, 201)
     return uid, nonce, stored
 
 
-async def get_state(proto, authority, token, uid):
-    auth = [(b"authorization", f"Bearer {token}".encode())]
-    return expect("GET state", await proto.start(authority, "GET", f"/v1/uploads/{uid}", auth), 200)
+async def get_state(proto, authority, keys, uid):
+    return expect(
+        "GET state", await proto.start(authority, "GET", f"/v1/uploads/{uid}", keys.auth()), 200
+    )
 
 
-async def run_put(args):
+async def run_put(args, keys):
     authority = f"localhost:{args.port}"
     data = chunk_bytes()
     async with connect(
         "127.0.0.1", args.port, configuration=config(args.ca), create_protocol=H3Client
     ) as proto:
-        uid, _, stored = await create_and_put(proto, authority, args.token, "interop-put", data)
-        state = await get_state(proto, authority, args.token, uid)
+        uid, _, stored = await create_and_put(proto, authority, keys, "interop-put", data)
+        state = await get_state(proto, authority, keys, uid)
     listed = [c for c in state["chunks"] if c["offset"] == 0 and c["length"] == len(data)]
     if not listed or listed[0]["sha256"] != hashlib.sha256(data).hexdigest():
         fail(f"chunk not listed in state: {state}")
     print(json.dumps({"upload_id": uid, "stored": stored, "state": state}))
 
 
-async def run_zero_rtt(args):
+async def run_zero_rtt(args, keys):
     authority = f"localhost:{args.port}"
     data = chunk_bytes()
     tickets = []
@@ -248,7 +266,7 @@ async def run_zero_rtt(args):
         create_protocol=H3Client,
         session_ticket_handler=tickets.append,
     ) as proto:
-        uid, nonce, _ = await create_and_put(proto, authority, args.token, "interop-0rtt", data)
+        uid, nonce, _ = await create_and_put(proto, authority, keys, "interop-0rtt", data)
         for _ in range(100):
             if tickets:
                 break
@@ -256,7 +274,7 @@ async def run_zero_rtt(args):
     if not tickets:
         fail("the server sent no session ticket")
 
-    auth = [(b"authorization", f"Bearer {args.token}".encode())]
+    auth = keys.auth()
     out = {"upload_id": uid}
     async with connect(
         "127.0.0.1",
@@ -280,7 +298,7 @@ async def run_zero_rtt(args):
             authority,
             "PUT",
             f"/v1/uploads/{uid}/chunks/0",
-            auth + chunk_headers(args.token, uid, nonce, 0, data),
+            auth + chunk_headers(keys, uid, nonce, 0, data),
             data,
             transmit=False,
         )
@@ -303,7 +321,7 @@ async def run_zero_rtt(args):
             "status": status,
             "body": json.loads(body) if body else None,
         }
-        out["state_after"] = await get_state(proto, authority, args.token, uid)
+        out["state_after"] = await get_state(proto, authority, keys, uid)
     # A fresh connection without a ticket (full handshake): its very first request may delete.
     async with connect(
         "127.0.0.1", args.port, configuration=config(args.ca), create_protocol=H3Client
@@ -318,9 +336,13 @@ def main():
     p.add_argument("mode", choices=["put", "zero-rtt"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ca", required=True)
-    p.add_argument("--token", required=True)
+    p.add_argument("--secret", required=True, help="the token file's secret")
+    p.add_argument("--bearer", required=True, help="what uplink-server --print-bearer printed")
     args = p.parse_args()
-    asyncio.run(run_put(args) if args.mode == "put" else run_zero_rtt(args))
+    keys = Keys(args.secret)
+    if keys.bearer != args.bearer:
+        fail(f"derived bearer {keys.bearer} differs from the server's {args.bearer}")
+    asyncio.run(run_put(args, keys) if args.mode == "put" else run_zero_rtt(args, keys))
 
 
 if __name__ == "__main__":

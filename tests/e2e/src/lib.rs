@@ -128,7 +128,19 @@ pub struct Server {
     pub extra: Vec<String>,
 }
 
+/// The secret in the servers' (and daemons') token file; it never goes on the wire.
 pub const TOKEN: &str = "e2e-token-0123456789abcdef";
+
+/// What both sides derive from [`TOKEN`]: the bearer credential and the chunk secret.
+pub fn credentials() -> uplink_proto::integrity::Credentials {
+    let secret = uplink_proto::integrity::ClientSecret::from_token_text(TOKEN).expect("token");
+    uplink_proto::integrity::Credentials::derive(&secret)
+}
+
+/// The bearer credential for [`TOKEN`], as plain HTTP clients (curl, aioquic) send it.
+pub fn bearer() -> String {
+    credentials().bearer().to_string()
+}
 
 impl Server {
     pub fn start(dir: &Path) -> Server {
@@ -203,6 +215,22 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// The bearer credential as the README tells plain HTTP clients to get it:
+    /// `uplink-server --token-file FILE --print-bearer`.
+    pub fn bearer(&self) -> String {
+        let out = Command::new(bin("uplink-server"))
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--print-bearer")
+            .output()
+            .expect("run uplink-server --print-bearer");
+        assert!(out.status.success(), "--print-bearer failed: {out:?}");
+        String::from_utf8(out.stdout)
+            .expect("bearer is text")
+            .trim_end()
+            .to_string()
     }
 
     pub fn object(&self, name: &str) -> PathBuf {
@@ -356,7 +384,7 @@ pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
     let alt = uplinkd::transport::alt_svc::AltSvcCache::load(None, &ep.authority);
     let pool = uplinkd::transport::h2::H2Pool::new(ep, tls, 1);
     let transport = uplinkd::transport::Transport::new(pool, None, alt);
-    uplinkd::server_api::ServerClient::new(transport, TOKEN.to_string())
+    uplinkd::server_api::ServerClient::new(transport, credentials())
 }
 
 /// The job record of `job_id` as `uplink ls --json` reports it.

@@ -31,7 +31,15 @@ fn h3_client(server: &Server, mode: &str) -> serde_json::Value {
     let out = Command::new(python())
         .arg(&script)
         .arg(mode)
-        .args(["--port", &port, "--token", TOKEN, "--ca"])
+        .args([
+            "--port",
+            &port,
+            "--secret",
+            TOKEN,
+            "--bearer",
+            &server.bearer(),
+            "--ca",
+        ])
         .arg(&server.ca)
         .output()
         .expect("run h3_put.py");
@@ -49,12 +57,12 @@ fn h3_client(server: &Server, mode: &str) -> serde_json::Value {
     })
 }
 
-/// `curl --http2` with the server's CA and the bearer token.
+/// `curl --http2` with the server's CA and the bearer credential.
 fn curl(server: &Server, args: &[&str]) -> String {
     let out = Command::new("curl")
         .args(["--http2", "-sS", "--max-time", "10", "--cacert"])
         .arg(&server.ca)
-        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", &format!("Authorization: Bearer {}", server.bearer())])
         .args(args)
         .output()
         .expect("curl is needed (.ci/run installs it)");
@@ -173,7 +181,7 @@ fn zero_rtt_complete_and_delete_are_too_early() {
         .args(["--http2", "-sS", "-o", "/dev/null", "-w", "%{http_code}"])
         .arg("--cacert")
         .arg(&server.ca)
-        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", &format!("Authorization: Bearer {}", server.bearer())])
         .arg(format!(
             "{}/v1/uploads/{}",
             server.url(),
