@@ -1,0 +1,914 @@
+//! The engine: every upload decision, as a state machine the driver feeds.
+//!
+//! ```text
+//! driver: handle(now, event) / handle_timeout(now)  ->  engine  ->  poll_action() until None
+//!         sleep until poll_timeout()
+//! ```
+//! Jobs wait in a priority queue and are admitted up to a bound, so 10,000 queued photos
+//! cost nothing per decision. Admitted jobs share one stream budget (the speed tier's
+//! parallelism, capped by the buffer pool): higher priority first, equal priorities
+//! round-robin. Small files go in one request each; big ones in chunks whose size follows
+//! the bandwidth estimate, starting small so the first acknowledgement comes early.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use crate::estimator::Estimator;
+use crate::io::{Action, Event, Failure, JobId, JobSpec, ReqId};
+use crate::job::{Chunk, ChunkState, Job, Phase};
+use crate::rng::Rng;
+use crate::tier::Tier;
+use crate::{Time, pool};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// Knobs; the defaults are the seed's numbers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Connections (lanes) the driver spreads requests over.
+    pub lanes: usize,
+    /// Fixed parallelism instead of the speed tier's.
+    pub streams: Option<usize>,
+    /// Fixed chunk size instead of the speed tier's.
+    pub chunk_size: Option<u64>,
+    /// First chunk of a cold link; later ones double until the estimate is usable.
+    pub first_chunk: u64,
+    /// No chunk smaller than this except a file's tail.
+    pub min_chunk: u64,
+    /// Files up to this size go in one request.
+    pub single_request_max: u64,
+    /// Jobs admitted at once (the rest wait in the queue).
+    pub max_active_jobs: usize,
+    /// Session calls (create, state) out at once.
+    pub max_session_calls: usize,
+    /// Reads out at once.
+    pub max_reads: usize,
+    /// Acks between checkpoints.
+    pub checkpoint_every: u32,
+    pub progress_every: Duration,
+    pub progress_min_bytes: u64,
+    /// How often the tier may change.
+    pub retune_every: Duration,
+    /// New streams of a cold link start this far apart.
+    pub ramp_step: Duration,
+    /// Compress when the sample says it saves more than this fraction.
+    pub compress_threshold: f32,
+    /// A request never times out sooner than this.
+    pub request_timeout_floor: Duration,
+    /// Timeout while there is no usable estimate.
+    pub request_timeout_default: Duration,
+    /// Lowest per-stream rate assumed when sizing a timeout (bytes/s).
+    pub min_stream_rate: f64,
+    pub max_session_resets: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            lanes: 4,
+            streams: None,
+            chunk_size: None,
+            first_chunk: 256 * KIB,
+            min_chunk: 256 * KIB,
+            single_request_max: 4 * MIB,
+            max_active_jobs: 32,
+            max_session_calls: 8,
+            max_reads: 2,
+            checkpoint_every: 10,
+            progress_every: Duration::from_millis(33),
+            progress_min_bytes: 16 * KIB,
+            retune_every: Duration::from_millis(1500),
+            ramp_step: Duration::from_millis(10),
+            compress_threshold: 0.10,
+            request_timeout_floor: Duration::from_secs(10),
+            request_timeout_default: Duration::from_secs(30),
+            min_stream_rate: 8.0 * KIB as f64,
+            max_session_resets: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReqKind {
+    Session,
+    Chunk { offset: u64, len: u64 },
+    Whole,
+    Complete,
+}
+
+#[derive(Clone, Debug)]
+struct Req {
+    job: JobId,
+    kind: ReqKind,
+    started: Time,
+    deadline: Time,
+    /// Link-wide delivered bytes when it started (for the delivery-rate sample).
+    delivered_at_start: u64,
+}
+
+/// What the engine is doing, for Status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub tier: Option<Tier>,
+    /// Bytes per second, once usable.
+    pub estimate: Option<f64>,
+    pub stream_limit: usize,
+    pub streams_in_flight: usize,
+    pub buffers: usize,
+    pub buffers_in_use: usize,
+    pub jobs_active: usize,
+    pub jobs_queued: usize,
+}
+
+/// A job's standing, for its record and Status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub acked_bytes: u64,
+    pub in_flight: usize,
+    /// Past the quick retries: waiting on a transient error.
+    pub waiting: bool,
+    pub next_attempt: Option<Time>,
+    pub failures: u32,
+}
+
+pub struct Engine {
+    cfg: Config,
+    rng: Rng,
+    now: Time,
+    jobs: BTreeMap<JobId, Job>,
+    /// Not yet admitted, in the order they will be.
+    queue: BTreeSet<(Reverse<u8>, u64, JobId)>,
+    /// Admitted, in priority order.
+    active: BTreeSet<(Reverse<u8>, u64, JobId)>,
+    /// The job served last, so the next dispatch starts after it.
+    cursor: Option<(Reverse<u8>, u64, JobId)>,
+    reqs: BTreeMap<ReqId, Req>,
+    next_req: ReqId,
+    next_seq: u64,
+    estimator: Estimator,
+    tier: Option<Tier>,
+    last_retune: Option<Time>,
+    /// Chunks started since the estimate was last reset (sizes grow with it).
+    chunks_started: u32,
+    delivered: u64,
+    buffers: usize,
+    /// Buffers held: chunks reading, ready or in flight, and whole-file sends.
+    slots: usize,
+    reads: usize,
+    streams: usize,
+    session_calls: usize,
+    ramp_last: Option<Time>,
+    ramp_started: usize,
+    next_lane: usize,
+    actions: VecDeque<Action>,
+}
+
+impl Engine {
+    pub fn new(cfg: Config, seed: u64) -> Engine {
+        Engine {
+            cfg,
+            rng: Rng::new(seed),
+            now: Time::ZERO,
+            jobs: BTreeMap::new(),
+            queue: BTreeSet::new(),
+            active: BTreeSet::new(),
+            cursor: None,
+            reqs: BTreeMap::new(),
+            next_req: 1,
+            next_seq: 0,
+            estimator: Estimator::new(),
+            tier: None,
+            last_retune: None,
+            chunks_started: 0,
+            delivered: 0,
+            buffers: pool::buffers_for(u64::MAX),
+            slots: 0,
+            reads: 0,
+            streams: 0,
+            session_calls: 0,
+            ramp_last: None,
+            ramp_started: 0,
+            next_lane: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one event at `now`; then poll actions.
+    pub fn handle(&mut self, now: Time, event: Event) {
+        self.now = self.now.max(now);
+        match event {
+            Event::JobAdded { job, spec } => self.add_job(job, spec),
+            Event::JobCancelled { job } => self.drop_job(job),
+            Event::SessionReady { req, acked } => self.session_ready(req, acked),
+            Event::ReadDone {
+                job,
+                offset,
+                saving,
+            } => self.read_done(job, offset, saving),
+            Event::ReadFailed {
+                job,
+                offset,
+                code,
+                message,
+            } => {
+                let _ = offset;
+                self.fail_job(job, code, message);
+            }
+            Event::RequestProgress { .. } => {}
+            Event::RequestDone { req } => self.request_done(req),
+            Event::RequestFailed { req, failure } => {
+                if let Some(r) = self.reqs.remove(&req) {
+                    self.request_failed(r, failure);
+                }
+            }
+            Event::MemoryAvailable { bytes } => self.buffers = pool::buffers_for(bytes),
+        }
+        self.schedule();
+    }
+
+    /// Timers: call at (or after) [`Engine::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        let expired: Vec<ReqId> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.deadline <= self.now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.reqs.remove(&id) {
+                self.actions.push_back(Action::Abandon { req: id });
+                let secs = self.now.since(r.started).as_secs_f64();
+                self.request_failed(
+                    r,
+                    Failure::transient("timeout", format!("no answer after {secs:.1} s")),
+                );
+            }
+        }
+        self.schedule();
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the engine wants [`Engine::handle_timeout`] called (None: only on events).
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let deadlines = self.reqs.values().map(|r| r.deadline);
+        let retries = self
+            .active
+            .iter()
+            .filter_map(|(_, _, id)| self.jobs.get(id)?.next_attempt(self.now));
+        let ramp = self.ramp_blocked().then(|| self.ramp_next()).flatten();
+        deadlines.chain(retries).chain(ramp).min()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            tier: self.tier,
+            estimate: self.estimator.usable(),
+            stream_limit: self.stream_limit(),
+            streams_in_flight: self.streams,
+            buffers: self.buffers,
+            buffers_in_use: self.slots,
+            jobs_active: self.active.len(),
+            jobs_queued: self.queue.len(),
+        }
+    }
+
+    pub fn job(&self, job: JobId) -> Option<JobView> {
+        let j = self.jobs.get(&job)?;
+        Some(JobView {
+            acked_bytes: j.acked.len(),
+            in_flight: j.in_flight(),
+            waiting: j.backoff.waiting(),
+            next_attempt: j.next_attempt(self.now),
+            failures: j.backoff.failures(),
+        })
+    }
+
+    /// Byte ranges the server acknowledged for `job` (what a checkpoint records).
+    pub fn acked(&self, job: JobId) -> Option<&crate::RangeSet> {
+        self.jobs.get(&job).map(|j| &j.acked)
+    }
+
+    // ---- events ----
+
+    fn add_job(&mut self, id: JobId, spec: JobSpec) {
+        if self.jobs.contains_key(&id) {
+            return;
+        }
+        if spec.size == 0 {
+            self.actions.push_back(Action::JobFailed {
+                job: id,
+                code: "file_empty".into(),
+                message: "nothing to upload".into(),
+            });
+            return;
+        }
+        let whole = !spec.has_session && spec.size <= self.cfg.single_request_max;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.insert((Reverse(spec.priority), seq, id));
+        self.jobs.insert(id, Job::new(spec, seq, whole));
+    }
+
+    fn key(&self, id: JobId) -> Option<(Reverse<u8>, u64, JobId)> {
+        self.jobs
+            .get(&id)
+            .map(|j| (Reverse(j.spec.priority), j.seq, id))
+    }
+
+    /// Removes a job: its requests are abandoned and its buffers released.
+    fn drop_job(&mut self, id: JobId) {
+        let Some(key) = self.key(id) else { return };
+        let reqs: Vec<(ReqId, ReqKind)> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.job == id)
+            .map(|(rid, r)| (*rid, r.kind))
+            .collect();
+        for (rid, kind) in reqs {
+            self.reqs.remove(&rid);
+            self.actions.push_back(Action::Abandon { req: rid });
+            self.end_request_accounting(kind);
+        }
+        if let Some(mut job) = self.jobs.remove(&id) {
+            self.release_chunks(id, &mut job);
+        }
+        self.queue.remove(&key);
+        self.active.remove(&key);
+    }
+
+    /// Counters a request held, released when it ends in any way. (A chunk's buffer is
+    /// the chunk's, not its request's: it stays held for a retry.)
+    fn end_request_accounting(&mut self, kind: ReqKind) {
+        match kind {
+            ReqKind::Session => self.session_calls -= 1,
+            ReqKind::Chunk { .. } => self.streams -= 1,
+            ReqKind::Whole => {
+                self.streams -= 1;
+                self.slots -= 1;
+            }
+            ReqKind::Complete => {}
+        }
+    }
+
+    /// Drops every chunk a job holds, with its buffer.
+    fn release_chunks(&mut self, id: JobId, job: &mut Job) {
+        for (offset, c) in std::mem::take(&mut job.chunks) {
+            if c.state == ChunkState::Reading {
+                self.reads -= 1;
+            }
+            self.slots -= 1;
+            self.actions.push_back(Action::Release { job: id, offset });
+        }
+    }
+
+    fn fail_job(&mut self, id: JobId, code: String, message: String) {
+        if !self.jobs.contains_key(&id) {
+            return;
+        }
+        self.drop_job(id);
+        self.actions.push_back(Action::JobFailed {
+            job: id,
+            code,
+            message,
+        });
+    }
+
+    fn session_ready(&mut self, req: ReqId, acked: Vec<std::ops::Range<u64>>) {
+        let Some(r) = self.reqs.remove(&req) else {
+            return;
+        };
+        self.end_request_accounting(r.kind);
+        let Some(job) = self.jobs.get_mut(&r.job) else {
+            return;
+        };
+        let size = job.spec.size;
+        job.acked = crate::RangeSet::from_ranges(
+            acked
+                .into_iter()
+                .map(|a| a.start.min(size)..a.end.min(size)),
+        );
+        job.claimed = job.acked.clone();
+        job.has_session = true;
+        job.phase = Phase::Transfer;
+        job.backoff.succeed();
+        job.meter.record(self.now, job.acked.len());
+    }
+
+    fn read_done(&mut self, id: JobId, offset: u64, saving: Option<f32>) {
+        let threshold = self.cfg.compress_threshold;
+        let now = self.now;
+        let Some(c) = self
+            .jobs
+            .get_mut(&id)
+            .and_then(|j| j.chunks.get_mut(&offset))
+        else {
+            return;
+        };
+        if c.state != ChunkState::Reading {
+            return;
+        }
+        c.state = ChunkState::Ready { not_before: now };
+        c.compress = saving.is_some_and(|s| s > threshold);
+        self.reads -= 1;
+    }
+
+    fn request_done(&mut self, rid: ReqId) {
+        let Some(r) = self.reqs.remove(&rid) else {
+            return;
+        };
+        self.end_request_accounting(r.kind);
+        match r.kind {
+            ReqKind::Session => self.session_ready_inner(r),
+            ReqKind::Chunk { offset, len } => {
+                self.delivered += len;
+                self.sample(&r);
+                let every = self.cfg.checkpoint_every;
+                let Some(job) = self.jobs.get_mut(&r.job) else {
+                    return;
+                };
+                if job.chunks.remove(&offset).is_some() {
+                    self.slots -= 1;
+                }
+                job.acked.insert(offset..offset + len);
+                job.backoff.succeed();
+                job.acks_since_checkpoint += 1;
+                let acked_bytes = job.acked.len();
+                if job.acks_since_checkpoint >= every {
+                    job.acks_since_checkpoint = 0;
+                    self.actions.push_back(Action::Checkpoint {
+                        job: r.job,
+                        acked_bytes,
+                    });
+                }
+                self.progress(r.job, false);
+            }
+            ReqKind::Whole => {
+                let Some(job) = self.jobs.get_mut(&r.job) else {
+                    return;
+                };
+                let size = job.spec.size;
+                job.acked.insert(0..size);
+                self.delivered += size;
+                self.sample(&r);
+                self.progress(r.job, true);
+                self.finish(r.job);
+            }
+            ReqKind::Complete => {
+                self.progress(r.job, true);
+                self.finish(r.job);
+            }
+        }
+    }
+
+    /// A session call answered with RequestDone: a create, nothing acknowledged yet.
+    fn session_ready_inner(&mut self, r: Req) {
+        if let Some(job) = self.jobs.get_mut(&r.job) {
+            job.acked = crate::RangeSet::new();
+            job.claimed = crate::RangeSet::new();
+            job.has_session = true;
+            job.phase = Phase::Transfer;
+            job.backoff.succeed();
+        }
+    }
+
+    fn finish(&mut self, id: JobId) {
+        if let Some(key) = self.key(id) {
+            self.active.remove(&key);
+            self.queue.remove(&key);
+        }
+        self.jobs.remove(&id);
+        self.actions.push_back(Action::JobCompleted { job: id });
+    }
+
+    fn request_failed(&mut self, r: Req, failure: Failure) {
+        self.end_request_accounting(r.kind);
+        let id = r.job;
+        let (code, message, retry_after) = match failure {
+            Failure::Permanent { code, message } => {
+                self.fail_job(id, code, message);
+                return;
+            }
+            Failure::SessionLost if r.kind != ReqKind::Whole => {
+                self.reset_session(id);
+                return;
+            }
+            Failure::SessionLost => (
+                "session_lost".to_string(),
+                "the server lost the upload".to_string(),
+                None,
+            ),
+            Failure::Transient {
+                code,
+                message,
+                retry_after,
+            } => (code, message, retry_after),
+        };
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let delay = job.backoff.fail(&mut self.rng, retry_after);
+        let when = now + delay;
+        let why = match r.kind {
+            ReqKind::Chunk { offset, .. } => {
+                if let Some(c) = job.chunks.get_mut(&offset) {
+                    c.state = ChunkState::Ready { not_before: when };
+                }
+                format!("chunk at {offset}: {code}: {message}")
+            }
+            ReqKind::Session => {
+                job.phase = Phase::NeedSession;
+                job.not_before = when;
+                format!("session: {code}: {message}")
+            }
+            ReqKind::Whole => {
+                job.phase = Phase::Whole;
+                job.not_before = when;
+                format!("{code}: {message}")
+            }
+            ReqKind::Complete => {
+                job.phase = Phase::Transfer;
+                job.not_before = when;
+                format!("complete: {code}: {message}")
+            }
+        };
+        self.actions.push_back(Action::Retrying {
+            job: id,
+            why,
+            attempt: job.backoff.failures(),
+            delay,
+            waiting: job.backoff.waiting(),
+        });
+    }
+
+    /// The server forgot the session: start over with a new one (a bounded number of times).
+    fn reset_session(&mut self, id: JobId) {
+        let resets = match self.jobs.get_mut(&id) {
+            Some(job) => {
+                job.session_resets += 1;
+                job.session_resets
+            }
+            None => return,
+        };
+        if resets > self.cfg.max_session_resets {
+            self.fail_job(
+                id,
+                "session_lost".into(),
+                "the server keeps forgetting the upload session".into(),
+            );
+            return;
+        }
+        // Everything the job holds belongs to the lost session.
+        let others: Vec<(ReqId, ReqKind)> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.job == id)
+            .map(|(rid, r)| (*rid, r.kind))
+            .collect();
+        for (rid, kind) in others {
+            self.reqs.remove(&rid);
+            self.actions.push_back(Action::Abandon { req: rid });
+            self.end_request_accounting(kind);
+        }
+        let Some(mut job) = self.jobs.remove(&id) else {
+            return;
+        };
+        self.release_chunks(id, &mut job);
+        job.acked = crate::RangeSet::new();
+        job.claimed = crate::RangeSet::new();
+        job.has_session = false;
+        job.phase = Phase::NeedSession;
+        job.not_before = self.now;
+        self.jobs.insert(id, job);
+    }
+
+    fn sample(&mut self, r: &Req) {
+        let dt = self.now.since(r.started).as_secs_f64();
+        if dt > 0.0 {
+            let rate = (self.delivered - r.delivered_at_start) as f64 / dt;
+            self.estimator.sample(self.now, rate);
+        }
+        self.retune();
+    }
+
+    fn retune(&mut self) {
+        if self.cfg.streams.is_some() && self.cfg.chunk_size.is_some() {
+            return;
+        }
+        let Some(est) = self.estimator.usable() else {
+            return;
+        };
+        let due = match self.last_retune {
+            None => true,
+            Some(t) => self.now.since(t) >= self.cfg.retune_every,
+        };
+        if due {
+            self.tier = Some(Tier::for_rate(est));
+            self.last_retune = Some(self.now);
+        }
+    }
+
+    fn progress(&mut self, id: JobId, last: bool) {
+        let (every, min_bytes, now) = (
+            self.cfg.progress_every,
+            self.cfg.progress_min_bytes,
+            self.now,
+        );
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let acked = job.acked.len();
+        job.meter.record(now, acked);
+        let due = match job.last_progress {
+            None => true,
+            Some((t, b)) => now.since(t) >= every && acked.saturating_sub(b) >= min_bytes,
+        };
+        if due || last || acked == job.spec.size {
+            job.last_progress = Some((now, acked));
+            self.actions.push_back(Action::Progress {
+                job: id,
+                acked_bytes: acked,
+                total_bytes: job.spec.size,
+                rate_bps: job.meter.rate(),
+            });
+        }
+    }
+
+    // ---- decisions ----
+
+    fn stream_limit(&self) -> usize {
+        let by_tier = self
+            .cfg
+            .streams
+            .unwrap_or_else(|| self.tier.map_or(12, Tier::streams));
+        by_tier.min(pool::in_flight_for(self.buffers)).max(1)
+    }
+
+    fn ramp_next(&self) -> Option<Time> {
+        self.ramp_last.map(|t| t + self.cfg.ramp_step)
+    }
+
+    /// A cold link's streams start `ramp_step` apart until the limit is reached.
+    fn ramp_blocked(&self) -> bool {
+        self.streams > 0
+            && self.ramp_started < self.stream_limit()
+            && self.ramp_next().is_some_and(|t| t > self.now)
+    }
+
+    fn new_req(&mut self, job: JobId, kind: ReqKind, timeout: Duration) -> ReqId {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.reqs.insert(
+            id,
+            Req {
+                job,
+                kind,
+                started: self.now,
+                deadline: self.now + timeout,
+                delivered_at_start: self.delivered,
+            },
+        );
+        id
+    }
+
+    /// How long a request of `bytes` may take before it is given up.
+    fn timeout_for(&self, bytes: u64) -> Duration {
+        let Some(est) = self.estimator.usable() else {
+            // No estimate yet: assume at least 1 Mbit/s per stream.
+            return self
+                .cfg
+                .request_timeout_default
+                .max(Duration::from_secs_f64(2.0 * bytes as f64 / 125_000.0));
+        };
+        let share = (est / self.stream_limit() as f64).max(self.cfg.min_stream_rate);
+        self.cfg
+            .request_timeout_floor
+            .max(Duration::from_secs_f64(2.0 * bytes as f64 / share))
+    }
+
+    fn lane(&mut self, avoid: Option<usize>) -> usize {
+        let lanes = self.cfg.lanes.max(1);
+        let mut l = self.next_lane % lanes;
+        if lanes > 1 && Some(l) == avoid {
+            l = (l + 1) % lanes;
+        }
+        self.next_lane = l + 1;
+        l
+    }
+
+    fn admit(&mut self) {
+        while self.active.len() < self.cfg.max_active_jobs {
+            let Some(key) = self.queue.pop_first() else {
+                break;
+            };
+            self.active.insert(key);
+        }
+    }
+
+    /// Active jobs in service order: by priority, and within the first priority after
+    /// the cursor (round-robin).
+    fn service_order(&self) -> Vec<JobId> {
+        let keys: Vec<_> = self.active.iter().copied().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut i = 0;
+        while i < keys.len() {
+            let prio = keys[i].0;
+            let end = keys[i..]
+                .iter()
+                .position(|k| k.0 != prio)
+                .map_or(keys.len(), |p| i + p);
+            let class = &keys[i..end];
+            let start = self
+                .cursor
+                .filter(|c| c.0 == prio)
+                .map_or(0, |c| class.partition_point(|k| *k <= c));
+            out.extend(class[start..].iter().chain(&class[..start]).map(|k| k.2));
+            i = end;
+        }
+        out
+    }
+
+    fn schedule(&mut self) {
+        self.admit();
+        self.session_calls_and_completes();
+        self.dispatch();
+        self.read_ahead();
+    }
+
+    fn session_calls_and_completes(&mut self) {
+        let now = self.now;
+        for id in self.service_order() {
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            match job.phase {
+                Phase::NeedSession
+                    if job.not_before <= now
+                        && self.session_calls < self.cfg.max_session_calls =>
+                {
+                    let has = job.has_session;
+                    let timeout = self.timeout_for(0);
+                    let req = self.new_req(id, ReqKind::Session, timeout);
+                    self.session_calls += 1;
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.phase = Phase::SessionPending(req);
+                    }
+                    self.actions.push_back(if has {
+                        Action::FetchState { req, job: id }
+                    } else {
+                        Action::CreateSession { req, job: id }
+                    });
+                }
+                Phase::Transfer
+                    if job.fully_acked() && job.chunks.is_empty() && job.not_before <= now =>
+                {
+                    let timeout = self.timeout_for(0).max(self.cfg.request_timeout_default);
+                    let req = self.new_req(id, ReqKind::Complete, timeout);
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.phase = Phase::Completing(req);
+                    }
+                    self.actions.push_back(Action::Complete { req, job: id });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while self.streams < self.stream_limit() && !self.ramp_blocked() {
+            let now = self.now;
+            let pick = self.service_order().into_iter().find_map(|id| {
+                let job = self.jobs.get(&id)?;
+                match job.phase {
+                    Phase::Transfer => job.ready_chunk(now).map(|o| (id, Some(o))),
+                    Phase::Whole if job.not_before <= now && self.slots < self.buffers => {
+                        Some((id, None))
+                    }
+                    _ => None,
+                }
+            });
+            let Some((id, chunk)) = pick else { break };
+            if self.streams == 0 {
+                self.ramp_started = 0;
+            }
+            self.ramp_started += 1;
+            self.ramp_last = Some(now);
+            self.cursor = self.key(id);
+            match chunk {
+                Some(offset) => self.send_chunk(id, offset),
+                None => self.send_whole(id),
+            }
+        }
+    }
+
+    fn send_chunk(&mut self, id: JobId, offset: u64) {
+        let Some((len, avoid)) = self
+            .jobs
+            .get(&id)
+            .and_then(|j| j.chunks.get(&offset))
+            .map(|c| (c.len, c.last_lane.filter(|_| c.sends > 0)))
+        else {
+            return;
+        };
+        let lane = self.lane(avoid);
+        let timeout = self.timeout_for(len);
+        let req = self.new_req(id, ReqKind::Chunk { offset, len }, timeout);
+        self.streams += 1;
+        let Some(c) = self
+            .jobs
+            .get_mut(&id)
+            .and_then(|j| j.chunks.get_mut(&offset))
+        else {
+            return;
+        };
+        c.state = ChunkState::InFlight(req);
+        c.sends += 1;
+        c.last_lane = Some(lane);
+        let compress = c.compress;
+        self.actions.push_back(Action::PutChunk {
+            req,
+            job: id,
+            offset,
+            len,
+            lane,
+            compress,
+        });
+    }
+
+    fn send_whole(&mut self, id: JobId) {
+        let Some(size) = self.jobs.get(&id).map(|j| j.spec.size) else {
+            return;
+        };
+        let lane = self.lane(None);
+        let timeout = self.timeout_for(size);
+        let req = self.new_req(id, ReqKind::Whole, timeout);
+        self.streams += 1;
+        self.slots += 1;
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.phase = Phase::WholePending(req);
+        }
+        self.actions
+            .push_back(Action::PutWhole { req, job: id, lane });
+    }
+
+    /// The size of the next chunk of `job` starting at `start` with `gap` bytes free.
+    fn chunk_len(&self, job: &Job, gap: u64) -> u64 {
+        if let Some(fixed) = self.cfg.chunk_size {
+            return fixed.min(gap).max(1);
+        }
+        let target = match self.tier {
+            Some(t) if self.estimator.usable().is_some() => t.chunk_size(),
+            // A cold link: small first chunks, so the first acknowledgement is quick,
+            // doubling until the estimate takes over.
+            _ => (self.cfg.first_chunk << self.chunks_started.min(4)).min(4 * MIB),
+        };
+        // Spread a job's remaining bytes over the streams so the tail uses them all.
+        let spread = job
+            .unclaimed_bytes()
+            .div_ceil(self.stream_limit() as u64)
+            .max(self.cfg.min_chunk);
+        let len = target.min(spread).min(gap).max(1);
+        // Never leave a sliver behind.
+        if gap - len < self.cfg.min_chunk { gap } else { len }
+    }
+
+    fn read_ahead(&mut self) {
+        while self.reads < self.cfg.max_reads && self.slots < self.buffers {
+            let pick = self.service_order().into_iter().find_map(|id| {
+                let job = self.jobs.get(&id)?;
+                if job.phase != Phase::Transfer {
+                    return None;
+                }
+                let (start, end) = job.next_unclaimed()?;
+                Some((id, start, self.chunk_len(job, end - start)))
+            });
+            let Some((id, offset, len)) = pick else { break };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                break;
+            };
+            job.claimed.insert(offset..offset + len);
+            job.chunks.insert(
+                offset,
+                Chunk {
+                    len,
+                    state: ChunkState::Reading,
+                    compress: false,
+                    sends: 0,
+                    last_lane: None,
+                },
+            );
+            self.reads += 1;
+            self.slots += 1;
+            self.chunks_started = self.chunks_started.saturating_add(1);
+            self.actions
+                .push_back(Action::Read { job: id, offset, len });
+        }
+    }
+}

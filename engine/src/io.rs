@@ -1,0 +1,138 @@
+//! What goes into the engine ([`Event`]) and what comes out ([`Action`]).
+//!
+//! Every network operation is a request with an id: the driver performs it and answers
+//! with [`Event::RequestDone`] or [`Event::RequestFailed`] (or nothing, after an
+//! [`Action::Abandon`]). Every file read is an [`Action::Read`] answered by
+//! [`Event::ReadDone`] or [`Event::ReadFailed`].
+
+use std::ops::Range;
+use std::time::Duration;
+
+/// The driver's handle for a job (the daemon maps its job ids to these).
+pub type JobId = u64;
+/// One network request the engine asked for.
+pub type ReqId = u64;
+
+/// A job as the driver hands it over.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub size: u64,
+    /// Higher goes first; equal priorities share the streams round-robin.
+    pub priority: u8,
+    /// The driver holds a server session for this job from an earlier run: ask the server
+    /// what it has instead of creating one.
+    pub has_session: bool,
+}
+
+/// Why a request failed, as the driver classified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again (network trouble, 5xx, timeouts). `retry_after` is the server's.
+    Transient {
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The server no longer knows the session (404/410): start a new one.
+    SessionLost,
+    /// Retrying cannot help (auth, conflict, bad request): the job fails.
+    Permanent { code: String, message: String },
+}
+
+impl Failure {
+    pub fn transient(code: &str, message: impl Into<String>) -> Failure {
+        Failure::Transient {
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(code: &str, message: impl Into<String>) -> Failure {
+        Failure::Permanent {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    JobAdded { job: JobId, spec: JobSpec },
+    JobCancelled { job: JobId },
+    /// Answer to [`Action::CreateSession`] (nothing acknowledged yet) or
+    /// [`Action::FetchState`]: the byte ranges the server holds and the driver verified.
+    SessionReady { req: ReqId, acked: Vec<Range<u64>> },
+    /// A chunk was read and hashed and sits in its buffer; `saving` is the fraction
+    /// compression would save on the sampled bytes (none if not sampled).
+    ReadDone {
+        job: JobId,
+        offset: u64,
+        saving: Option<f32>,
+    },
+    /// Reading failed for good (file changed or unreadable): the job fails.
+    ReadFailed {
+        job: JobId,
+        offset: u64,
+        code: String,
+        message: String,
+    },
+    /// Bytes of a request's body the transport has handed on so far (for stall
+    /// detection; optional).
+    RequestProgress { req: ReqId, bytes: u64 },
+    RequestDone { req: ReqId },
+    RequestFailed { req: ReqId, failure: Failure },
+    /// Memory the system has left for us (MemAvailable or the cgroup's headroom).
+    MemoryAvailable { bytes: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create a server session for the job, then answer [`Event::SessionReady`].
+    CreateSession { req: ReqId, job: JobId },
+    /// Ask the server what it holds (and verify against the checkpoint), then answer
+    /// [`Event::SessionReady`].
+    FetchState { req: ReqId, job: JobId },
+    /// Read and hash `len` bytes at `offset` into a buffer.
+    Read { job: JobId, offset: u64, len: u64 },
+    /// Send a chunk already read; `compress` chooses LZ4 on the wire.
+    PutChunk {
+        req: ReqId,
+        job: JobId,
+        offset: u64,
+        len: u64,
+        lane: usize,
+        compress: bool,
+    },
+    /// Send a small file in one request (read, hash and send).
+    PutWhole { req: ReqId, job: JobId, lane: usize },
+    /// Ask the server to verify and assemble the file.
+    Complete { req: ReqId, job: JobId },
+    /// Stop a request; no answer for it is expected any more.
+    Abandon { req: ReqId },
+    /// Drop a chunk's buffer without sending it.
+    Release { job: JobId, offset: u64 },
+    /// Make the acknowledged state durable now.
+    Checkpoint { job: JobId, acked_bytes: u64 },
+    Progress {
+        job: JobId,
+        acked_bytes: u64,
+        total_bytes: u64,
+        rate_bps: f64,
+    },
+    /// A failure is being retried after `delay`; `waiting` once past the quick retries.
+    Retrying {
+        job: JobId,
+        why: String,
+        attempt: u32,
+        delay: Duration,
+        waiting: bool,
+    },
+    /// The server verified and assembled the file.
+    JobCompleted { job: JobId },
+    JobFailed {
+        job: JobId,
+        code: String,
+        message: String,
+    },
+}

@@ -1,0 +1,734 @@
+//! A simulated link and server, in virtual time, that drive the [`Engine`] the way the
+//! daemon does — so an upload's whole life (hours of a slow, lossy, changing link) runs in
+//! milliseconds, reproducibly from a seed.
+//!
+//! The link is a fluid model: request bodies in flight share the bandwidth equally; a
+//! request's answer arrives one round trip after its last byte left (the server stored the
+//! bytes half a round trip earlier). Loss shows as requests that fail part-way (a reset
+//! connection); a blackhole stops every byte and drops every answer. The server keeps what
+//! it stored per job, can forget a session, and refuses a `complete` that lacks bytes.
+//! The simulator checks the engine's promises as it runs: it never acknowledges a byte
+//! twice, never sends bytes it did not read, never completes early, never holds more
+//! buffers or streams than allowed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::rng::Rng;
+use crate::{Action, Config, Engine, Event, Failure, JobId, JobSpec, RangeSet, ReqId, Time};
+
+/// The link at one moment.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// Bytes per second.
+    pub rate: f64,
+    pub rtt: Duration,
+    /// Probability that a request fails, per MiB it carries (and per small request).
+    pub loss_per_mib: f64,
+    /// No byte passes, no answer arrives.
+    pub blackhole: bool,
+}
+
+impl Link {
+    pub fn new(mbit: f64, rtt_ms: u64) -> Link {
+        Link {
+            rate: mbit * 1e6 / 8.0,
+            rtt: Duration::from_millis(rtt_ms),
+            loss_per_mib: 0.0,
+            blackhole: false,
+        }
+    }
+}
+
+/// Something that happens at a given time in a scenario.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Link(Link),
+    Blackhole(bool),
+    MemoryAvailable(u64),
+    /// The server forgets this job's session.
+    ServerForgets(JobId),
+    AddJob {
+        job: JobId,
+        spec: JobSpec,
+        /// Bytes the server already holds (a resume): requires `spec.has_session`.
+        stored: Vec<std::ops::Range<u64>>,
+        /// Fraction LZ4 would save on this file's samples.
+        saving: f32,
+    },
+    Cancel(JobId),
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub link: Link,
+    pub config: Config,
+    pub changes: Vec<(Time, Change)>,
+    /// Disk read + hash speed, bytes per second (one reader at a time).
+    pub read_rate: f64,
+    /// Give up (and report unfinished jobs) at this virtual time.
+    pub time_limit: Time,
+    pub seed: u64,
+}
+
+/// What happened to one job.
+#[derive(Clone, Debug, Default)]
+pub struct JobReport {
+    pub size: u64,
+    pub added_at: Time,
+    pub first_ack_at: Option<Time>,
+    pub completed_at: Option<Time>,
+    pub failed: Option<(String, String)>,
+    pub cancelled: bool,
+    /// Body bytes put on the wire (after compression), all attempts.
+    pub wire_bytes: u64,
+    pub chunk_requests: u64,
+    pub retries: u64,
+    pub checkpoints: u64,
+    pub progress_events: u64,
+    pub max_chunk: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub jobs: BTreeMap<JobId, JobReport>,
+    pub end: Time,
+    pub steps: u64,
+    pub max_streams: usize,
+    pub max_buffers_held: usize,
+    /// Chunk PUTs of bytes the server already held (blind retries after lost answers).
+    pub server_duplicates: u64,
+    /// Bytes that crossed the link (all requests, all attempts).
+    pub link_bytes: f64,
+}
+
+impl Report {
+    pub fn all_completed(&self) -> bool {
+        self.jobs.values().all(|j| j.completed_at.is_some() || j.cancelled)
+    }
+}
+
+enum Flow {
+    /// Body bytes still to send; `fail_at`: fails when this many remain.
+    Sending {
+        job: JobId,
+        remaining: f64,
+        fail_at: Option<f64>,
+        what: Body,
+        session: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Body {
+    Chunk { offset: u64, len: u64 },
+    Whole,
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Engine(Event),
+    /// A request's body reached the server (sent in session generation `session`).
+    Arrived {
+        req: ReqId,
+        job: JobId,
+        body: Body,
+        session: u64,
+    },
+    ReadDone { job: JobId, offset: u64 },
+    Change(Change),
+}
+
+struct ServerJob {
+    size: u64,
+    stored: RangeSet,
+    forgotten: bool,
+    /// Bumped by every create: requests of an older session find it gone.
+    session: u64,
+}
+
+struct SimJob {
+    saving: f32,
+    /// Chunks read and not yet released/acked: offset -> len.
+    buffered: BTreeMap<u64, u64>,
+    /// Acknowledged by the engine (its view).
+    engine_acked: RangeSet,
+    /// Chunk acknowledgements delivered to the engine in the current session: each byte
+    /// at most once.
+    delivered: RangeSet,
+}
+
+/// A run of one scenario.
+pub struct Sim {
+    engine: Engine,
+    sc: Scenario,
+    now: Time,
+    link: Link,
+    rng: Rng,
+    flows: BTreeMap<ReqId, Flow>,
+    /// (time, sequence) -> what happens then.
+    pending: BTreeMap<(Time, u64), Pending>,
+    seq: u64,
+    /// Requests whose answers must not be delivered any more.
+    abandoned: BTreeSet<ReqId>,
+    /// Requests the engine has out: job, and the chunk for chunk PUTs.
+    open: BTreeMap<ReqId, (JobId, Option<(u64, u64)>)>,
+    reader_free_at: Time,
+    server: BTreeMap<JobId, ServerJob>,
+    jobs: BTreeMap<JobId, SimJob>,
+    report: Report,
+}
+
+/// Hard bound on simulation steps, so a broken engine cannot loop forever.
+const MAX_STEPS: u64 = 50_000_000;
+
+impl Sim {
+    pub fn new(sc: Scenario) -> Sim {
+        let mut sim = Sim {
+            engine: Engine::new(sc.config.clone(), sc.seed),
+            now: Time::ZERO,
+            link: sc.link.clone(),
+            rng: Rng::new(sc.seed ^ 0x5151),
+            flows: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            seq: 0,
+            abandoned: BTreeSet::new(),
+            open: BTreeMap::new(),
+            reader_free_at: Time::ZERO,
+            server: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            report: Report::default(),
+            sc,
+        };
+        for (t, c) in sim.sc.changes.clone() {
+            sim.at(t, Pending::Change(c));
+        }
+        sim
+    }
+
+    fn at(&mut self, t: Time, p: Pending) {
+        self.seq += 1;
+        self.pending.insert((t, self.seq), p);
+    }
+
+    /// Runs until every job ended or the time limit; panics when the engine breaks a
+    /// promise.
+    pub fn run(mut self) -> Report {
+        while self.report.steps < MAX_STEPS {
+            self.report.steps += 1;
+            let ended = !self.report.jobs.is_empty()
+                && self
+                    .report
+                    .jobs
+                    .values()
+                    .all(|j| j.completed_at.is_some() || j.failed.is_some() || j.cancelled);
+            let more_jobs = self
+                .pending
+                .values()
+                .any(|p| matches!(p, Pending::Change(Change::AddJob { .. })));
+            if ended && !more_jobs {
+                break;
+            }
+            let Some(next) = self.next_time() else { break };
+            if next > self.sc.time_limit {
+                self.advance(self.sc.time_limit);
+                break;
+            }
+            self.advance(next);
+            self.fire_due();
+        }
+        self.report.end = self.now;
+        self.report
+    }
+
+    fn next_time(&self) -> Option<Time> {
+        let pending = self.pending.keys().next().map(|(t, _)| *t);
+        let flow = self.next_flow_event();
+        let timer = self.engine.poll_timeout();
+        [pending, flow, timer].into_iter().flatten().min()
+    }
+
+    fn share(&self) -> f64 {
+        if self.link.blackhole || self.flows.is_empty() {
+            0.0
+        } else {
+            self.link.rate / self.flows.len() as f64
+        }
+    }
+
+    /// When the first flow finishes or fails at the current sharing.
+    fn next_flow_event(&self) -> Option<Time> {
+        let share = self.share();
+        if share <= 0.0 {
+            return None;
+        }
+        self.flows
+            .values()
+            .map(|Flow::Sending { remaining, fail_at, .. }| {
+                let to_go = (remaining - fail_at.unwrap_or(0.0)).max(0.0);
+                // Rounded up to the next microsecond, so the flow is done when we get there.
+                self.now + Duration::from_micros((to_go / share * 1e6).ceil() as u64)
+            })
+            .min()
+    }
+
+    fn advance(&mut self, to: Time) {
+        let dt = to.since(self.now).as_secs_f64();
+        let share = self.share();
+        if dt > 0.0 && share > 0.0 {
+            for Flow::Sending { remaining, .. } in self.flows.values_mut() {
+                let sent = (share * dt).min(*remaining);
+                *remaining -= sent;
+                self.report.link_bytes += sent;
+            }
+        }
+        self.now = self.now.max(to);
+    }
+
+    fn fire_due(&mut self) {
+        // Flows that finished or failed (within what the link carries in a microsecond).
+        let slack = 0.5 + self.share() * 1e-6;
+        let done: Vec<ReqId> = self
+            .flows
+            .iter()
+            .filter(|(_, Flow::Sending { remaining, fail_at, .. })| {
+                *remaining <= fail_at.unwrap_or(0.0) + slack
+            })
+            .map(|(r, _)| *r)
+            .collect();
+        for req in done {
+            let Some(Flow::Sending {
+                job,
+                fail_at,
+                what,
+                session,
+                ..
+            }) = self.flows.remove(&req)
+            else {
+                continue;
+            };
+            if fail_at.is_some() {
+                let ev = Event::RequestFailed {
+                    req,
+                    failure: Failure::transient("reset", "connection reset (simulated loss)"),
+                };
+                self.at(self.now + self.link.rtt / 2, Pending::Engine(ev));
+            } else {
+                self.at(
+                    self.now + self.link.rtt / 2,
+                    Pending::Arrived {
+                        req,
+                        job,
+                        body: what,
+                        session,
+                    },
+                );
+            }
+        }
+        // Scheduled things that are due.
+        while let Some((&(t, s), _)) = self.pending.iter().next() {
+            if t > self.now {
+                break;
+            }
+            let Some(p) = self.pending.remove(&(t, s)) else {
+                break;
+            };
+            match p {
+                Pending::Engine(ev) => self.deliver(ev),
+                Pending::Arrived {
+                    req,
+                    job,
+                    body,
+                    session,
+                } => self.arrived(req, job, body, session),
+                Pending::ReadDone { job, offset } => {
+                    let saving = self.jobs.get(&job).map(|j| j.saving);
+                    self.handle(Event::ReadDone {
+                        job,
+                        offset,
+                        saving,
+                    });
+                }
+                Pending::Change(c) => self.change(c),
+            }
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.engine.handle_timeout(self.now);
+            self.drain();
+        }
+    }
+
+    /// An answer from the network reaches the engine, unless lost or abandoned.
+    fn deliver(&mut self, ev: Event) {
+        let req = match &ev {
+            Event::RequestDone { req }
+            | Event::RequestFailed { req, .. }
+            | Event::SessionReady { req, .. } => Some(*req),
+            _ => None,
+        };
+        if let Some(req) = req {
+            if self.abandoned.contains(&req) || !self.open.contains_key(&req) {
+                return;
+            }
+            if self.link.blackhole {
+                // The answer is lost; the engine's timeout must notice.
+                return;
+            }
+            if let (Event::RequestDone { .. }, Some((job, Some((offset, len))))) =
+                (&ev, self.open.get(&req).copied())
+                && let Some(sj) = self.jobs.get_mut(&job)
+            {
+                assert!(
+                    !sj.delivered.overlaps(offset..offset + len),
+                    "job {job}: bytes {offset}+{len} acknowledged twice"
+                );
+                sj.delivered.insert(offset..offset + len);
+            }
+            self.open.remove(&req);
+        }
+        self.handle(ev);
+    }
+
+    fn arrived(&mut self, req: ReqId, job: JobId, body: Body, session: u64) {
+        if self.link.blackhole {
+            return;
+        }
+        let answer_at = self.now + self.link.rtt / 2;
+        let Some(server) = self.server.get_mut(&job) else {
+            return;
+        };
+        if server.forgotten || server.session != session {
+            let ev = Event::RequestFailed {
+                req,
+                failure: Failure::SessionLost,
+            };
+            self.at(answer_at, Pending::Engine(ev));
+            return;
+        }
+        let (offset, len) = match body {
+            Body::Chunk { offset, len } => (offset, len),
+            Body::Whole => (0, server.size),
+        };
+        assert!(offset + len <= server.size, "chunk beyond the file");
+        if server.stored.contains(offset..offset + len) {
+            self.report.server_duplicates += 1;
+        } else {
+            assert!(
+                !server.stored.overlaps(offset..offset + len),
+                "job {job}: chunk {offset}+{len} partly overlaps stored bytes (a conflict)"
+            );
+        }
+        server.stored.insert(offset..offset + len);
+        // The engine learns of it one half round trip later (if the answer gets through).
+        if let Body::Chunk { offset, len } = body
+            && let Some(sj) = self.jobs.get(&job)
+        {
+            assert!(
+                sj.buffered.get(&offset) == Some(&len),
+                "job {job}: sent {offset}+{len} that was not read into a buffer"
+            );
+        }
+        self.at(answer_at, Pending::Engine(Event::RequestDone { req }));
+    }
+
+    fn change(&mut self, c: Change) {
+        match c {
+            Change::Link(l) => {
+                let hole = self.link.blackhole;
+                self.link = l;
+                self.link.blackhole = hole;
+            }
+            Change::Blackhole(on) => self.link.blackhole = on,
+            Change::MemoryAvailable(bytes) => self.handle(Event::MemoryAvailable { bytes }),
+            Change::ServerForgets(job) => {
+                if let Some(s) = self.server.get_mut(&job) {
+                    s.forgotten = true;
+                }
+            }
+            Change::AddJob {
+                job,
+                spec,
+                stored,
+                saving,
+            } => {
+                self.server.insert(
+                    job,
+                    ServerJob {
+                        size: spec.size,
+                        stored: RangeSet::from_ranges(stored),
+                        forgotten: false,
+                        session: 0,
+                    },
+                );
+                self.jobs.insert(
+                    job,
+                    SimJob {
+                        saving,
+                        buffered: BTreeMap::new(),
+                        engine_acked: RangeSet::new(),
+                        delivered: RangeSet::new(),
+                    },
+                );
+                self.report.jobs.insert(
+                    job,
+                    JobReport {
+                        size: spec.size,
+                        added_at: self.now,
+                        ..JobReport::default()
+                    },
+                );
+                self.handle(Event::JobAdded { job, spec });
+            }
+            Change::Cancel(job) => {
+                if let Some(r) = self.report.jobs.get_mut(&job)
+                    && r.completed_at.is_none()
+                    && r.failed.is_none()
+                {
+                    r.cancelled = true;
+                    self.handle(Event::JobCancelled { job });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        self.engine.handle(self.now, ev);
+        self.drain();
+    }
+
+    fn roll_failure(&mut self, bytes: u64) -> Option<f64> {
+        let mib = (bytes as f64 / (1 << 20) as f64).max(0.05);
+        let p = 1.0 - (1.0 - self.link.loss_per_mib).powf(mib);
+        (self.rng.unit() < p).then(|| bytes as f64 * self.rng.unit())
+    }
+
+    /// Carries out what the engine asked for.
+    fn drain(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            let snap = self.engine.snapshot();
+            self.report.max_streams = self.report.max_streams.max(snap.streams_in_flight);
+            self.report.max_buffers_held = self.report.max_buffers_held.max(snap.buffers_in_use);
+            if matches!(a, Action::PutChunk { .. } | Action::PutWhole { .. }) {
+                assert!(
+                    snap.streams_in_flight <= snap.stream_limit,
+                    "a send beyond the stream limit: {snap:?}"
+                );
+            }
+            if matches!(a, Action::Read { .. } | Action::PutWhole { .. }) {
+                assert!(
+                    snap.buffers_in_use <= snap.buffers,
+                    "a buffer taken beyond the pool: {snap:?}"
+                );
+            }
+            self.act(a);
+        }
+    }
+
+    fn small_request(&mut self, req: ReqId, job: JobId, answer: Event) {
+        self.open.insert(req, (job, None));
+        if self.roll_failure(0).is_some() {
+            let ev = Event::RequestFailed {
+                req,
+                failure: Failure::transient("reset", "connection reset (simulated loss)"),
+            };
+            self.at(self.now + self.link.rtt, Pending::Engine(ev));
+            return;
+        }
+        if self.server.get(&job).is_some_and(|s| s.forgotten) {
+            let ev = Event::RequestFailed {
+                req,
+                failure: Failure::SessionLost,
+            };
+            self.at(self.now + self.link.rtt, Pending::Engine(ev));
+            return;
+        }
+        self.at(self.now + self.link.rtt, Pending::Engine(answer));
+    }
+
+    fn act(&mut self, a: Action) {
+        let now = self.now;
+        match a {
+            Action::CreateSession { req, job } => {
+                self.open.insert(req, (job, None));
+                if let Some(s) = self.server.get_mut(&job) {
+                    // A new session holds nothing.
+                    s.forgotten = false;
+                    s.stored = RangeSet::new();
+                    s.session += 1;
+                }
+                if let Some(sj) = self.jobs.get_mut(&job) {
+                    sj.engine_acked = RangeSet::new();
+                    sj.delivered = RangeSet::new();
+                }
+                if self.roll_failure(0).is_some() {
+                    let ev = Event::RequestFailed {
+                        req,
+                        failure: Failure::transient("reset", "connection reset (simulated loss)"),
+                    };
+                    self.at(now + self.link.rtt, Pending::Engine(ev));
+                } else {
+                    let ev = Event::SessionReady { req, acked: vec![] };
+                    self.at(now + self.link.rtt, Pending::Engine(ev));
+                }
+            }
+            Action::FetchState { req, job } => {
+                let acked: Vec<_> = self
+                    .server
+                    .get(&job)
+                    .map(|s| s.stored.iter().collect())
+                    .unwrap_or_default();
+                if let Some(sj) = self.jobs.get_mut(&job) {
+                    sj.engine_acked = RangeSet::from_ranges(acked.iter().cloned());
+                    sj.delivered = sj.engine_acked.clone();
+                }
+                self.small_request(req, job, Event::SessionReady { req, acked });
+            }
+            Action::Read { job, offset, len } => {
+                let sj = self.jobs.get_mut(&job).expect("read for a known job");
+                assert!(
+                    !sj.engine_acked.overlaps(offset..offset + len),
+                    "job {job}: read {offset}+{len} overlaps acknowledged bytes"
+                );
+                sj.buffered.insert(offset, len);
+                let start = self.reader_free_at.max(now);
+                let done = start + Duration::from_secs_f64(len as f64 / self.sc.read_rate);
+                self.reader_free_at = done;
+                self.at(done, Pending::ReadDone { job, offset });
+            }
+            Action::PutChunk {
+                req,
+                job,
+                offset,
+                len,
+                compress,
+                ..
+            } => {
+                self.open.insert(req, (job, Some((offset, len))));
+                let saving = self.jobs.get(&job).map_or(0.0, |j| j.saving);
+                let wire = if compress {
+                    (len as f64 * (1.0 - saving as f64)).max(1.0)
+                } else {
+                    len as f64
+                };
+                let r = self.report.jobs.entry(job).or_default();
+                r.wire_bytes += wire as u64;
+                r.chunk_requests += 1;
+                r.max_chunk = r.max_chunk.max(len);
+                let fail_at = self.roll_failure(len);
+                let session = self.server.get(&job).map_or(0, |s| s.session);
+                self.flows.insert(
+                    req,
+                    Flow::Sending {
+                        job,
+                        remaining: wire,
+                        fail_at,
+                        what: Body::Chunk { offset, len },
+                        session,
+                    },
+                );
+            }
+            Action::PutWhole { req, job, .. } => {
+                self.open.insert(req, (job, None));
+                let size = self.server.get(&job).map_or(0, |s| s.size);
+                let r = self.report.jobs.entry(job).or_default();
+                r.wire_bytes += size;
+                let fail_at = self.roll_failure(size);
+                let session = self.server.get(&job).map_or(0, |s| s.session);
+                self.flows.insert(
+                    req,
+                    Flow::Sending {
+                        job,
+                        remaining: size as f64,
+                        fail_at,
+                        what: Body::Whole,
+                        session,
+                    },
+                );
+            }
+            Action::Complete { req, job } => {
+                let s = self.server.get(&job).expect("complete for a known job");
+                let sj = self.jobs.get(&job).expect("known job");
+                assert_eq!(
+                    sj.engine_acked.len(),
+                    s.size,
+                    "job {job}: complete before every byte was acknowledged"
+                );
+                let answer = if s.stored.len() == s.size {
+                    Event::RequestDone { req }
+                } else {
+                    panic!("job {job}: complete while the server lacks bytes");
+                };
+                self.small_request(req, job, answer);
+            }
+            Action::Abandon { req } => {
+                self.abandoned.insert(req);
+                self.open.remove(&req);
+                self.flows.remove(&req);
+            }
+            Action::Release { job, offset } => {
+                if let Some(sj) = self.jobs.get_mut(&job) {
+                    sj.buffered.remove(&offset);
+                }
+            }
+            Action::Checkpoint { job, .. } => {
+                self.report.jobs.entry(job).or_default().checkpoints += 1;
+            }
+            Action::Progress {
+                job,
+                acked_bytes,
+                total_bytes,
+                ..
+            } => {
+                let r = self.report.jobs.entry(job).or_default();
+                r.progress_events += 1;
+                assert!(acked_bytes <= total_bytes);
+            }
+            Action::Retrying { job, .. } => {
+                self.report.jobs.entry(job).or_default().retries += 1;
+            }
+            Action::JobCompleted { job } => {
+                let r = self.report.jobs.entry(job).or_default();
+                assert!(r.completed_at.is_none(), "job {job} completed twice");
+                r.completed_at = Some(now);
+                if r.first_ack_at.is_none() {
+                    r.first_ack_at = Some(now);
+                }
+            }
+            Action::JobFailed { job, code, message } => {
+                self.report.jobs.entry(job).or_default().failed = Some((code, message));
+            }
+        }
+        self.track_acks();
+    }
+
+    /// Mirrors the engine's acknowledged ranges and checks they only grow by new bytes.
+    fn track_acks(&mut self) {
+        let now = self.now;
+        for (id, sj) in self.jobs.iter_mut() {
+            let Some(acked) = self.engine.acked(*id) else {
+                continue;
+            };
+            if acked.len() == sj.engine_acked.len() {
+                continue;
+            }
+            if acked.len() < sj.engine_acked.len() {
+                let lost = self.server.get(id).is_some_and(|s| s.forgotten);
+                assert!(
+                    lost,
+                    "job {id}: acknowledged bytes went backwards without a lost session"
+                );
+                sj.engine_acked = acked.clone();
+                continue;
+            }
+            for r in acked.iter() {
+                sj.engine_acked.insert(r);
+            }
+            // Buffers of acknowledged chunks are gone.
+            sj.buffered.retain(|o, l| !acked.contains(*o..*o + *l));
+            let rep = self.report.jobs.entry(*id).or_default();
+            if rep.first_ack_at.is_none() && !acked.is_empty() {
+                rep.first_ack_at = Some(now);
+            }
+        }
+    }
+}
