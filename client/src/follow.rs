@@ -1,9 +1,11 @@
 //! Following jobs until they end: live progress bars, or JSON lines.
 //!
 //! The follower survives a daemon restart: if the event stream breaks it reconnects
-//! (for up to a minute) and resynchronises from the snapshots a new Watch begins with.
+//! (for up to a minute) and resynchronises: a new Watch begins with snapshots of the
+//! active jobs, and each followed job not among them is read once (it may have ended
+//! while no stream was open).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,15 +28,23 @@ pub enum Render {
 const RECONNECT_TRIES: u32 = 120;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-/// Follows `ids` until every one has ended; returns their final records in `ids` order.
+/// Follows `ids` until every one has ended; returns their final records in `ids` order
+/// (as their ending event or read carried them: the daemon may trim finished jobs later).
 pub async fn follow(
     socket: &Path,
     ids: &[String],
     render: Render,
 ) -> Result<Vec<grpc::Job>, ClientError> {
     let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let mut ended: HashSet<String> = HashSet::new();
+    // Each ended job, with its final record when the ending event carried it.
+    let mut ended: HashMap<String, Option<grpc::Job>> = HashMap::new();
     let bars = Bars::new(render == Render::Bars);
+    let show = |ev: &grpc::JobEvent| {
+        if render == Render::Json {
+            println!("{}", json::event(ev));
+        }
+        bars.show(ev);
+    };
     let mut tries = 0u32;
     while ended.len() < want.len() {
         let mut client = match connect(socket).await {
@@ -60,35 +70,72 @@ pub async fn follow(
             }
             Err(e) => return Err(e.into()),
         };
+        // The stream is subscribed now, so a job that ends after this read still arrives
+        // as an event; one that ended before does not, so read it.
+        let mut lost = false;
+        for id in ids {
+            if ended.contains_key(id) {
+                continue;
+            }
+            let job = match client
+                .get_job(grpc::GetJobRequest { job_id: id.clone() })
+                .await
+            {
+                Ok(j) => j.into_inner(),
+                Err(e) if e.code() == tonic::Code::NotFound => return Err(e.into()),
+                Err(_) => {
+                    lost = true;
+                    break;
+                }
+            };
+            if is_terminal(job.state) {
+                let ev = grpc::JobEvent {
+                    job_id: id.clone(),
+                    at_ms: now_ms(),
+                    kind: Some(Kind::Snapshot(job.clone())),
+                };
+                show(&ev);
+                ended.insert(id.clone(), Some(job));
+            }
+        }
+        if lost {
+            if tries >= RECONNECT_TRIES {
+                return Err(ClientError::Connect {
+                    path: socket.to_path_buf(),
+                    message: "the daemon stopped answering".into(),
+                });
+            }
+            tries += 1;
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            continue;
+        }
         tries = 0;
-        loop {
+        while ended.len() < want.len() {
             let ev = match stream.message().await {
                 Ok(Some(ev)) => ev,
                 // The daemon went away (restart): reconnect and resync.
                 Ok(None) | Err(_) => break,
             };
-            if !want.contains(ev.job_id.as_str()) {
+            if !want.contains(ev.job_id.as_str()) || ended.contains_key(&ev.job_id) {
                 continue;
             }
-            if render == Render::Json {
-                println!("{}", json::event(&ev));
-            }
-            bars.show(&ev);
-            if event_ends(&ev) {
-                ended.insert(ev.job_id.clone());
-                if ended.len() == want.len() {
-                    break;
-                }
+            show(&ev);
+            if let Some(record) = final_record(&ev) {
+                ended.insert(ev.job_id.clone(), record.cloned());
             }
         }
     }
-    let mut client = connect(socket).await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let job = client
-            .get_job(grpc::GetJobRequest { job_id: id.clone() })
-            .await?
-            .into_inner();
+        let job = match ended.get(id).cloned().flatten() {
+            Some(j) => j,
+            // An ending event without its record (not what uplinkd sends): read it.
+            None => connect(socket)
+                .await?
+                .get_job(grpc::GetJobRequest { job_id: id.clone() })
+                .await?
+                .into_inner(),
+        };
         if render == Render::Json {
             println!("{}", json::job(&job));
         }
@@ -97,15 +144,25 @@ pub async fn follow(
     Ok(out)
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 async fn tracing_pause(_why: &dyn std::fmt::Display) {
     tokio::time::sleep(RECONNECT_PAUSE).await;
 }
 
-fn event_ends(ev: &grpc::JobEvent) -> bool {
+/// If this event ends its job: `Some`, with the final record when the event carries it.
+fn final_record(ev: &grpc::JobEvent) -> Option<Option<&grpc::Job>> {
     match &ev.kind {
-        Some(Kind::Completed(_) | Kind::Failed(_) | Kind::Cancelled(_)) => true,
-        Some(Kind::Snapshot(j)) => is_terminal(j.state),
-        _ => false,
+        Some(Kind::Completed(grpc::Completed { job }))
+        | Some(Kind::Failed(grpc::Failed { job }))
+        | Some(Kind::Cancelled(grpc::Cancelled { job })) => Some(job.as_ref()),
+        Some(Kind::Snapshot(j)) if is_terminal(j.state) => Some(Some(j)),
+        _ => None,
     }
 }
 

@@ -66,6 +66,37 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Walks ListJobs page by page (`req` sets the page size and state filter), handing each
+/// job to `each`, until the last page or `limit` jobs. Returns how many it handed over.
+pub async fn for_each_job(
+    client: &mut UplinkClient<Channel>,
+    mut req: grpc::ListJobsRequest,
+    limit: Option<usize>,
+    mut each: impl FnMut(grpc::Job),
+) -> Result<usize, ClientError> {
+    let mut seen = 0usize;
+    loop {
+        let page = client.list_jobs(req.clone()).await?.into_inner();
+        for job in page.jobs {
+            if limit.is_some_and(|l| seen >= l) {
+                return Ok(seen);
+            }
+            each(job);
+            seen += 1;
+        }
+        if page.next_page_token.is_empty() || limit.is_some_and(|l| seen >= l) {
+            return Ok(seen);
+        }
+        if page.next_page_token == req.page_token {
+            // A daemon that does not move on would keep us here forever.
+            return Err(ClientError::Rpc(tonic::Status::internal(
+                "bad_page_token: the daemon handed back the same page token",
+            )));
+        }
+        req.page_token = page.next_page_token;
+    }
+}
+
 /// The stable error code of a refused call (`uplink-error-code` metadata).
 pub fn error_code(status: &tonic::Status) -> Option<String> {
     status

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use uplink::follow::{Render, follow};
-use uplink::{ClientError, connect, grpc, json, state_name};
+use uplink::{ClientError, connect, for_each_job, grpc, json, state_name};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,10 +49,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List jobs.
+    /// List jobs (every one, oldest first, fetched a page at a time).
     Ls {
         #[arg(long)]
         json: bool,
+        /// Only jobs in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Stop after this many jobs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Jobs fetched per request (the daemon's default 100, at most 1000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        page_size: u32,
     },
     /// Cancel a job (and free its space on the server).
     Cancel { job: String },
@@ -70,6 +79,27 @@ enum Cmd {
     },
     /// Start a local server and daemon, upload a synthetic capture, verify it, report.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StateArg {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl StateArg {
+    fn to_proto(self) -> grpc::JobState {
+        match self {
+            StateArg::Queued => grpc::JobState::Queued,
+            StateArg::Running => grpc::JobState::Running,
+            StateArg::Completed => grpc::JobState::Completed,
+            StateArg::Failed => grpc::JobState::Failed,
+            StateArg::Cancelled => grpc::JobState::Cancelled,
+        }
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -158,16 +188,17 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             let ids = match job {
                 Some(j) => vec![j],
                 None => {
+                    // Running first, then queued: the order they run in.
                     let mut c = connect(&socket).await?;
-                    let jobs = c
-                        .list_jobs(grpc::ListJobsRequest {})
-                        .await?
-                        .into_inner()
-                        .jobs;
-                    jobs.into_iter()
-                        .filter(|j| !uplink::is_terminal(j.state))
-                        .map(|j| j.job_id)
-                        .collect()
+                    let mut ids = Vec::new();
+                    for state in [grpc::JobState::Running, grpc::JobState::Queued] {
+                        let req = grpc::ListJobsRequest {
+                            state: state as i32,
+                            ..Default::default()
+                        };
+                        for_each_job(&mut c, req, None, |j| ids.push(j.job_id)).await?;
+                    }
+                    ids
                 }
             };
             if ids.is_empty() {
@@ -177,38 +208,33 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             let jobs = follow(&socket, &ids, render_for(as_json)).await?;
             Ok(finish(&jobs, as_json))
         }
-        Cmd::Ls { json: as_json } => {
+        Cmd::Ls {
+            json: as_json,
+            state,
+            limit,
+            page_size,
+        } => {
             let mut c = connect(&socket).await?;
-            let jobs = c
-                .list_jobs(grpc::ListJobsRequest {})
-                .await?
-                .into_inner()
-                .jobs;
-            if as_json {
-                for j in &jobs {
-                    println!("{}", json::job(j));
-                }
-            } else {
+            let req = grpc::ListJobsRequest {
+                page_size,
+                page_token: String::new(),
+                state: state.map_or(grpc::JobState::Unspecified, StateArg::to_proto) as i32,
+            };
+            if !as_json {
                 println!(
                     "{:<24} {:<10} {:>12} {:>7}  PATH",
                     "JOB", "STATE", "SIZE", "DONE"
                 );
-                for j in &jobs {
-                    let pct = if j.size > 0 {
-                        j.bytes_acked as f64 * 100.0 / j.size as f64
-                    } else {
-                        0.0
-                    };
-                    println!(
-                        "{:<24} {:<10} {:>12} {:>6.1}%  {}",
-                        j.job_id,
-                        state_name(j.state),
-                        j.size,
-                        pct,
-                        j.path
-                    );
-                }
             }
+            // Printed as the pages arrive: a long history never sits in memory whole.
+            for_each_job(&mut c, req, limit, |j| {
+                if as_json {
+                    println!("{}", json::job(&j));
+                } else {
+                    print_row(&j);
+                }
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cancel { job } => {
@@ -234,8 +260,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                 println!(
                     "{}",
                     serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,
-                        "jobs_running": s.jobs_running, "buffer_pool_capacity": s.buffer_pool_capacity,
-                        "buffer_pool_in_use": s.buffer_pool_in_use, "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds})
+                        "jobs_running": s.jobs_running, "chunks_in_flight": s.chunks_in_flight,
+                        "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds})
                 );
             } else {
                 println!(
@@ -268,8 +294,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     );
                 }
                 println!(
-                    "jobs: {} queued, {} running; chunk buffers {}/{} in use",
-                    s.jobs_queued, s.jobs_running, s.buffer_pool_in_use, s.buffer_pool_capacity
+                    "jobs: {} queued, {} running; {} chunk(s) in flight",
+                    s.jobs_queued, s.jobs_running, s.chunks_in_flight
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -297,6 +323,22 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
         }
         Cmd::Demo(args) => demo::run(args).await,
     }
+}
+
+fn print_row(j: &grpc::Job) {
+    let pct = if j.size > 0 {
+        j.bytes_acked as f64 * 100.0 / j.size as f64
+    } else {
+        0.0
+    };
+    println!(
+        "{:<24} {:<10} {:>12} {:>6.1}%  {}",
+        j.job_id,
+        state_name(j.state),
+        j.size,
+        pct,
+        j.path
+    );
 }
 
 fn print_summary(j: &grpc::Job) {

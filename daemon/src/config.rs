@@ -2,11 +2,14 @@
 //! defaults from the platform's standard directories.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use uplink_proto::integrity::Credentials;
 
 pub use uplink_proto::paths::{SOCKET_ENV, default_state_dir};
+
+use crate::jobs::Retention;
 
 /// Every setting, each optional: what the TOML file says, or what the flags say.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -21,6 +24,8 @@ pub struct Settings {
     pub connections: Option<u32>,
     pub chunk_size: Option<u64>,
     pub keep_warm_seconds: Option<u32>,
+    pub keep_finished_jobs: Option<u64>,
+    pub keep_finished_days: Option<u32>,
 }
 
 impl Settings {
@@ -36,6 +41,8 @@ impl Settings {
             connections: self.connections.or(other.connections),
             chunk_size: self.chunk_size.or(other.chunk_size),
             keep_warm_seconds: self.keep_warm_seconds.or(other.keep_warm_seconds),
+            keep_finished_jobs: self.keep_finished_jobs.or(other.keep_finished_jobs),
+            keep_finished_days: self.keep_finished_days.or(other.keep_finished_days),
         }
     }
 }
@@ -59,11 +66,30 @@ pub struct Config {
     pub chunk_size: u64,
     /// How long a prewarmed connection is kept warm without an Enqueue.
     pub keep_warm_seconds: u32,
+    /// Finished jobs (completed, failed, cancelled) kept for `ls`/GetJob: at most this
+    /// many, and none finished longer ago than `keep_finished_days`.
+    pub keep_finished_jobs: u64,
+    pub keep_finished_days: u32,
+}
+
+impl Config {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            keep: self.keep_finished_jobs,
+            max_age: Duration::from_secs(u64::from(self.keep_finished_days) * 86_400),
+        }
+    }
 }
 
 pub const DEFAULT_STREAMS: u32 = 12;
 pub const DEFAULT_CONNECTIONS: u32 = 4;
 pub const DEFAULT_KEEP_WARM_SECONDS: u32 = 300;
+pub const DEFAULT_KEEP_FINISHED_JOBS: u64 = 1000;
+pub const DEFAULT_KEEP_FINISHED_DAYS: u32 = 7;
+/// Bounds of the retention settings: at least one finished job for a day, so a client
+/// that just saw its job end can still read it; at most what a listing can page through.
+const KEEP_FINISHED_JOBS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+const KEEP_FINISHED_DAYS_RANGE: std::ops::RangeInclusive<u32> = 1..=3650;
 
 /// Default config file: `~/.config/uplink/uplinkd.toml` (or the platform's equivalent).
 pub fn default_config_file() -> Option<PathBuf> {
@@ -114,6 +140,22 @@ impl Config {
                 uplink_proto::wire::MAX_CHUNK_SIZE
             ));
         }
+        let keep_finished_jobs = s.keep_finished_jobs.unwrap_or(DEFAULT_KEEP_FINISHED_JOBS);
+        if !KEEP_FINISHED_JOBS_RANGE.contains(&keep_finished_jobs) {
+            return Err(format!(
+                "keep_finished_jobs {keep_finished_jobs} must lie in {}..={}",
+                KEEP_FINISHED_JOBS_RANGE.start(),
+                KEEP_FINISHED_JOBS_RANGE.end()
+            ));
+        }
+        let keep_finished_days = s.keep_finished_days.unwrap_or(DEFAULT_KEEP_FINISHED_DAYS);
+        if !KEEP_FINISHED_DAYS_RANGE.contains(&keep_finished_days) {
+            return Err(format!(
+                "keep_finished_days {keep_finished_days} must lie in {}..={}",
+                KEEP_FINISHED_DAYS_RANGE.start(),
+                KEEP_FINISHED_DAYS_RANGE.end()
+            ));
+        }
         Ok(Config {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             credentials,
@@ -124,6 +166,8 @@ impl Config {
             connections,
             chunk_size,
             keep_warm_seconds: s.keep_warm_seconds.unwrap_or(DEFAULT_KEEP_WARM_SECONDS),
+            keep_finished_jobs,
+            keep_finished_days,
         })
     }
 }

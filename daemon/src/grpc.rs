@@ -8,8 +8,15 @@ use tonic::{Code, Request, Response, Status};
 use uplink_proto::grpc::{self, uplink_server::Uplink};
 
 use crate::events::Events;
-use crate::jobs::JobState;
+use crate::jobs::{JobState, Listing, now_ms};
 use crate::manager::{Manager, ManagerError};
+
+/// ListJobs page size when the request names none, and the most it gets.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// After a watcher fell behind, jobs that finished this long before its last delivered
+/// event are replayed too: a job's end is recorded (and flushed) before it is announced.
+const LAG_REPLAY_MARGIN_MS: u64 = 60_000;
 
 /// Metadata key carrying the stable error code of a refused call.
 pub const ERROR_CODE_KEY: &str = "uplink-error-code";
@@ -94,7 +101,8 @@ impl Uplink for Api {
         let filter = req.into_inner().job_id;
         // Subscribe before reading the snapshots, so no event falls between the two.
         let mut live = self.mgr.events.subscribe();
-        let first = snapshots(&self.mgr, &filter)?;
+        let mut delivered_at_ms = now_ms();
+        let first = snapshots(&self.mgr, &filter, None)?;
         let (tx, rx) = mpsc::channel(256);
         let mgr = Arc::clone(&self.mgr);
         tokio::spawn(async move {
@@ -110,14 +118,18 @@ impl Uplink for Api {
                 };
                 match ev {
                     Ok(ev) if filter.is_empty() || ev.job_id == filter => {
+                        let at_ms = ev.at_ms;
                         if tx.send(Ok(ev)).await.is_err() {
                             return;
                         }
+                        delivered_at_ms = at_ms;
                     }
                     Ok(_) => {}
                     // Too slow to keep up: skip to fresh snapshots so no end is missed.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let Ok(again) = snapshots(&mgr, &filter) else {
+                        let since = delivered_at_ms.saturating_sub(LAG_REPLAY_MARGIN_MS);
+                        delivered_at_ms = now_ms();
+                        let Ok(again) = snapshots(&mgr, &filter, Some(since)) else {
                             return;
                         };
                         for s in again {
@@ -144,11 +156,47 @@ impl Uplink for Api {
 
     async fn list_jobs(
         &self,
-        _req: Request<grpc::ListJobsRequest>,
+        req: Request<grpc::ListJobsRequest>,
     ) -> Result<Response<grpc::ListJobsResponse>, Status> {
-        let jobs = self.mgr.db.list().map_err(ManagerError::from)?;
+        let r = req.into_inner();
+        let size = match r.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let listing = match grpc::JobState::try_from(r.state) {
+            Ok(grpc::JobState::Unspecified) => Listing::All,
+            Ok(grpc::JobState::Queued) => Listing::State(JobState::Queued),
+            Ok(grpc::JobState::Running) => Listing::State(JobState::Running),
+            Ok(grpc::JobState::Completed) => Listing::State(JobState::Completed),
+            Ok(grpc::JobState::Failed) => Listing::State(JobState::Failed),
+            Ok(grpc::JobState::Cancelled) => Listing::State(JobState::Cancelled),
+            Err(_) => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    "bad_state",
+                    &format!("{} is not a job state", r.state),
+                ));
+            }
+        };
+        let after = match r.page_token.as_str() {
+            "" => None,
+            token => Some(hex::decode(token).map_err(|_| {
+                status(
+                    Code::InvalidArgument,
+                    "bad_page_token",
+                    "page_token is not one this daemon handed out",
+                )
+            })?),
+        };
+        let mgr = Arc::clone(&self.mgr);
+        let page =
+            tokio::task::spawn_blocking(move || mgr.db.page(listing, after.as_deref(), size))
+                .await
+                .map_err(|e| status(Code::Internal, "internal", &e.to_string()))?
+                .map_err(ManagerError::from)?;
         Ok(Response::new(grpc::ListJobsResponse {
-            jobs: jobs.iter().map(|j| j.to_proto()).collect(),
+            jobs: page.jobs.iter().map(|j| j.to_proto()).collect(),
+            next_page_token: page.next.map(hex::encode).unwrap_or_default(),
         }))
     }
 
@@ -165,8 +213,12 @@ impl Uplink for Api {
         &self,
         _req: Request<grpc::StatusRequest>,
     ) -> Result<Response<grpc::StatusResponse>, Status> {
-        let jobs = self.mgr.db.list().map_err(ManagerError::from)?;
-        let count = |s: JobState| jobs.iter().filter(|j| j.state == s).count() as u32;
+        let db = &self.mgr.db;
+        let count = |s: JobState| {
+            db.count(s)
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .map_err(ManagerError::from)
+        };
         let link = self.mgr.client.link();
         let cfg = &self.mgr.cfg;
         Ok(Response::new(grpc::StatusResponse {
@@ -183,10 +235,9 @@ impl Uplink for Api {
                 handshake: link.handshake.unwrap_or("").to_string(),
                 warm: link.connected > 0,
             }],
-            jobs_queued: count(JobState::Queued),
-            jobs_running: count(JobState::Running),
-            buffer_pool_capacity: cfg.streams + crate::engine::upload::PREFETCH as u32,
-            buffer_pool_in_use: self
+            jobs_queued: count(JobState::Queued)?,
+            jobs_running: count(JobState::Running)?,
+            chunks_in_flight: self
                 .mgr
                 .in_flight
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -196,11 +247,20 @@ impl Uplink for Api {
     }
 }
 
-fn snapshots(mgr: &Manager, filter: &str) -> Result<Vec<grpc::JobEvent>, Status> {
-    if filter.is_empty() {
-        let jobs = mgr.db.list().map_err(ManagerError::from)?;
-        Ok(jobs.iter().map(Events::snapshot).collect())
-    } else {
-        Ok(vec![Events::snapshot(&mgr.get(filter)?)])
+/// The snapshots a Watch starts with: the one job it names, or every active job (plus,
+/// with `finished_since`, the jobs that finished since then: after a watcher lagged).
+fn snapshots(
+    mgr: &Manager,
+    filter: &str,
+    finished_since: Option<u64>,
+) -> Result<Vec<grpc::JobEvent>, Status> {
+    if !filter.is_empty() {
+        return Ok(vec![Events::snapshot(&mgr.get(filter)?)]);
     }
+    let mut jobs = match finished_since {
+        Some(ms) => mgr.db.finished_since(ms).map_err(ManagerError::from)?,
+        None => Vec::new(),
+    };
+    jobs.extend(mgr.db.active_jobs().map_err(ManagerError::from)?);
+    Ok(jobs.iter().map(Events::snapshot).collect())
 }

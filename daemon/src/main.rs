@@ -19,7 +19,8 @@ use uplinkd::{grpc, ipc};
 #[command(name = "uplinkd", version)]
 struct Args {
     /// TOML config file (keys: endpoint, token_file, ca_file, state_dir, socket, streams,
-    /// connections, chunk_size); default ~/.config/uplink/uplinkd.toml if present.
+    /// connections, chunk_size, keep_warm_seconds, keep_finished_jobs, keep_finished_days);
+    /// default ~/.config/uplink/uplinkd.toml if present.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Ingest server, https://HOST:PORT.
@@ -47,6 +48,12 @@ struct Args {
     /// Chunk size in bytes (default 4 MiB).
     #[arg(long)]
     chunk_size: Option<u64>,
+    /// Finished jobs to keep listed, at most (default 1000; older ones are removed).
+    #[arg(long)]
+    keep_finished_jobs: Option<u64>,
+    /// Days a finished job stays listed, at most (default 7).
+    #[arg(long)]
+    keep_finished_days: Option<u32>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +75,8 @@ fn main() -> std::process::ExitCode {
         connections: a.connections,
         chunk_size: a.chunk_size,
         keep_warm_seconds: None,
+        keep_finished_jobs: a.keep_finished_jobs,
+        keep_finished_days: a.keep_finished_days,
     };
     let result = Config::resolve(a.config, flags).and_then(|cfg| {
         let rt = tokio::runtime::Builder::new_multi_thread()

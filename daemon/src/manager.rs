@@ -35,7 +35,8 @@ pub struct Manager {
     /// The running job and the token that cancels it.
     running: std::sync::Mutex<Option<(String, CancellationToken)>>,
     pub started: Instant,
-    /// Chunks held by senders right now.
+    /// Chunks handed to senders and not yet acknowledged or given up (sending, awaiting
+    /// the answer, or waiting to retry).
     pub in_flight: Arc<AtomicU32>,
     /// Bumped by every Prewarm; a keep-warm timer only acts if it is still the latest.
     warm_generation: AtomicU64,
@@ -104,7 +105,6 @@ impl Manager {
             state: JobState::Queued,
             path,
             size: accepted.identity.size,
-            sealed: true,
             target: accepted.target,
             metadata: metadata.into_iter().collect(),
             identity: accepted.identity,
@@ -162,17 +162,27 @@ impl Manager {
         Ok(())
     }
 
-    /// A job is queued or running.
+    /// A job is queued or running (one index key read).
     pub fn busy(&self) -> bool {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
-            || self
-                .db
-                .list()
-                .map(|jobs| jobs.iter().any(|j| !j.state.is_terminal()))
-                .unwrap_or(true)
+            || self.db.has_active().unwrap_or(true)
+    }
+
+    /// Removes finished jobs beyond the retention settings (at startup and whenever a
+    /// job ends). Touches only finished jobs' index entries, never the active ones.
+    async fn trim_history(&self) {
+        let db = Arc::clone(&self.db);
+        let retention = self.cfg.retention();
+        // Off the async workers: after an upgrade the first trim may remove many.
+        match tokio::task::spawn_blocking(move || db.prune(&retention, now_ms())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(removed = n, "old finished jobs removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove old finished jobs"),
+            Err(e) => tracing::warn!(error = %e, "removing old finished jobs stopped"),
+        }
     }
 
     pub fn get(&self, job_id: &str) -> Result<JobRecord, ManagerError> {
@@ -216,8 +226,8 @@ impl Manager {
     async fn finish_cancelled(&self, job: &mut JobRecord) -> Result<(), DbError> {
         job.state = JobState::Cancelled;
         job.finished_at_ms = Some(now_ms());
+        // A finished record drops its checkpoint in the same write.
         self.db.put(job).await?;
-        self.db.drop_checkpoint(&job.job_id)?;
         tracing::info!(job_id = %job.job_id, "job cancelled");
         self.events.emit(
             &job.job_id,
@@ -233,23 +243,24 @@ impl Manager {
                 }
             });
         }
+        self.trim_history().await;
         Ok(())
     }
 
     /// Runs queued jobs until shutdown. Jobs left running by a previous process resume.
     pub async fn run_queue(self: Arc<Self>) {
+        self.trim_history().await;
         loop {
             if self.stop.is_cancelled() {
                 return;
             }
             let next = {
                 let _g = self.pick.lock().await;
-                match self.db.list() {
-                    Ok(jobs) => jobs
-                        .into_iter()
-                        .find(|j| matches!(j.state, JobState::Queued | JobState::Running)),
+                // The first job in run order: one index key, one record.
+                match self.db.next_active() {
+                    Ok(job) => job,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot list jobs");
+                        tracing::error!(error = %e, "cannot read the job queue");
                         None
                     }
                 }
@@ -299,7 +310,6 @@ impl Manager {
                     job.bytes_acked = job.size;
                     job.chunks_acked = job.chunks_total;
                     job.finished_at_ms = Some(now_ms());
-                    let _ = self.db.drop_checkpoint(&job.job_id);
                     tracing::info!(job_id = %job.job_id, sha256 = %job.server_sha256, resent = job.chunks_resent, "job completed");
                     true
                 }
@@ -354,6 +364,7 @@ impl Manager {
             };
             if end {
                 // Durable first, then announced: a watcher that reacts sees the same record.
+                // A finished record drops its checkpoint in the same write.
                 if let Err(e) = self.db.put(&job).await {
                     tracing::error!(error = %e, "cannot record the job's end");
                 }
@@ -367,6 +378,9 @@ impl Manager {
                         .events
                         .emit(&job.job_id, Kind::Failed(grpc::Failed { job: record })),
                     _ => {}
+                }
+                if job.state.is_terminal() {
+                    self.trim_history().await;
                 }
                 return;
             }

@@ -43,7 +43,8 @@ pub struct Ctx {
     pub streams: usize,
     /// Daemon shutdown: checkpoint and return [`Outcome::Stopped`].
     pub stop: CancellationToken,
-    /// Chunks held in memory by senders right now (for Status).
+    /// Chunks handed to senders and not yet acknowledged or given up (Status's
+    /// `chunks_in_flight`).
     pub in_flight: Arc<AtomicU32>,
 }
 
@@ -267,6 +268,9 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
                 if let Err(e) = done.result {
                     break Err(e.into());
                 }
+                // The answer came over the connection requests use now: if that is HTTP/3
+                // whose early data the server accepted, this job used 0-RTT.
+                job.used_0rtt |= ctx.client.zero_rtt();
                 cp.ledger.ack(done.offset, done.length, done.sha256);
                 acks_since_checkpoint += 1;
                 on_ack(ctx, job, &cp, &mut meter, &mut throttle);
@@ -357,7 +361,6 @@ fn on_ack(
     job.chunks_acked = cp.ledger.acked_chunks();
     if job.time_to_first_ack_ms.is_none() {
         job.time_to_first_ack_ms = Some(now_ms().saturating_sub(job.created_at_ms));
-        job.used_0rtt = ctx.client.zero_rtt();
     }
     // The carrier can change mid-upload (HTTP/3 coming up, or falling back to HTTP/2).
     job.protocol = ctx.client.link().protocol.to_string();

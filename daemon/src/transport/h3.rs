@@ -7,10 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use quinn::crypto::rustls::QuicClientConfig;
 
 use super::{Endpoint, TransportError, WireRequest, WireResponse};
@@ -32,8 +33,21 @@ type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 /// How the last QUIC connection was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
+    /// No early data, or the server refused it (then nothing was sent before the
+    /// handshake as far as the server is concerned).
     Full,
+    /// Requests went out as 0-RTT early data and the server accepted them.
     ZeroRtt,
+}
+
+/// What is known about the last connection's handshake.
+enum HandshakeState {
+    Full,
+    /// Early data sent; quinn says whether the server accepted it once the handshake is
+    /// done (before any answer to the early data can be read).
+    EarlyData(quinn::ZeroRttAccepted),
+    EarlyDataAccepted,
+    EarlyDataRejected,
 }
 
 impl Handshake {
@@ -59,8 +73,7 @@ pub struct H3Client {
     live: tokio::sync::Mutex<Option<Live>>,
     /// The live connection, readable without waiting for a connect in progress.
     current: std::sync::Mutex<Option<quinn::Connection>>,
-    last_handshake: std::sync::Mutex<Option<Handshake>>,
-    used_0rtt: AtomicBool,
+    last_handshake: std::sync::Mutex<Option<HandshakeState>>,
     last_connect_ms: AtomicU64,
 }
 
@@ -107,7 +120,6 @@ impl H3Client {
             live: tokio::sync::Mutex::new(None),
             current: std::sync::Mutex::new(None),
             last_handshake: std::sync::Mutex::new(None),
-            used_0rtt: AtomicBool::new(false),
             last_connect_ms: AtomicU64::new(0),
         })
     }
@@ -116,16 +128,27 @@ impl H3Client {
         self.port.store(port, Ordering::Relaxed);
     }
 
+    /// How the last connection was made: `ZeroRtt` only once the server has accepted its
+    /// early data; `None` before any connection, and while the handshake of one that sent
+    /// early data is still under way.
     pub fn last_handshake(&self) -> Option<Handshake> {
-        *self
+        let mut last = self
             .last_handshake
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// True once any connection of this client used 0-RTT.
-    pub fn used_0rtt(&self) -> bool {
-        self.used_0rtt.load(Ordering::Relaxed)
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(HandshakeState::EarlyData(accepted)) = last.as_mut() {
+            // Resolves (true or false) when the handshake ends, also when it fails.
+            match accepted.now_or_never() {
+                Some(true) => *last = Some(HandshakeState::EarlyDataAccepted),
+                Some(false) => *last = Some(HandshakeState::EarlyDataRejected),
+                None => {}
+            }
+        }
+        match last.as_ref()? {
+            HandshakeState::Full | HandshakeState::EarlyDataRejected => Some(Handshake::Full),
+            HandshakeState::EarlyDataAccepted => Some(Handshake::ZeroRtt),
+            HandshakeState::EarlyData(_) => None,
+        }
     }
 
     pub fn last_connect_ms(&self) -> u64 {
@@ -194,16 +217,19 @@ impl H3Client {
             .quic
             .connect_with(self.config.clone(), addr, host)
             .map_err(|e| err(e.to_string()))?;
-        let (conn, kind) = match connecting.into_0rtt() {
-            Ok((conn, _accepted)) => (conn, Handshake::ZeroRtt),
+        // With a ticket, requests go out at once as early data; whether the server took
+        // them is only known when the handshake ends.
+        let (conn, handshake) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => (conn, HandshakeState::EarlyData(accepted)),
             Err(connecting) => {
                 let conn = tokio::time::timeout(QUIC_CONNECT_TIMEOUT, connecting)
                     .await
                     .map_err(|_| err("QUIC handshake timed out".into()))?
                     .map_err(|e| err(e.to_string()))?;
-                (conn, Handshake::Full)
+                (conn, HandshakeState::Full)
             }
         };
+        let early_data = matches!(handshake, HandshakeState::EarlyData(_));
         let (mut driver, send) = tokio::time::timeout(
             QUIC_CONNECT_TIMEOUT,
             h3::client::new(h3_quinn::Connection::new(conn.clone())),
@@ -215,16 +241,13 @@ impl H3Client {
             let e = driver.wait_idle().await;
             tracing::debug!(error = %e, "HTTP/3 connection ended");
         });
-        if kind == Handshake::ZeroRtt {
-            self.used_0rtt.store(true, Ordering::Relaxed);
-        }
         *self
             .last_handshake
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(kind);
+            .unwrap_or_else(|p| p.into_inner()) = Some(handshake);
         self.last_connect_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        tracing::debug!(%addr, handshake = kind.name(), "HTTP/3 connected");
+        tracing::debug!(%addr, early_data, "HTTP/3 connected");
         Ok(Live { conn, send })
     }
 

@@ -56,7 +56,7 @@ async fn each_bad_input_gets_its_error_code() {
         "file_not_found",
     );
     let jobs = client
-        .list_jobs(uplink::grpc::ListJobsRequest {})
+        .list_jobs(uplink::grpc::ListJobsRequest::default())
         .await
         .unwrap()
         .into_inner()
