@@ -337,8 +337,12 @@ impl Manager {
                     "the server keeps forgetting the upload session",
                 ),
                 Err(RunError::Permanent { code, message }) => self.fail(&mut job, &code, &message),
-                Err(RunError::Transient { code, message }) => {
-                    let delay = backoff.next_delay(&mut rand::rng());
+                Err(RunError::Transient {
+                    code,
+                    message,
+                    retry_after,
+                }) => {
+                    let delay = backoff.next_delay_hinted(&mut rand::rng(), retry_after);
                     tracing::warn!(job_id = %job.job_id, %code, %message, ?delay, "run interrupted; retrying");
                     self.events.emit(
                         &job.job_id,

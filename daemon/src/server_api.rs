@@ -46,6 +46,8 @@ pub enum CallError {
         status: u16,
         code: String,
         message: String,
+        /// The server's `Retry-After`: when it is worth asking again.
+        retry_after: Option<Duration>,
     },
     #[error("server answer unreadable: {0}")]
     Decode(String),
@@ -68,6 +70,14 @@ impl CallError {
                 (s, _) if s >= 500 => ErrorClass::Transient,
                 _ => ErrorClass::Permanent,
             },
+        }
+    }
+
+    /// How long the server asked us to wait before trying again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::Server { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -189,14 +199,17 @@ impl ServerClient {
             return Ok(resp);
         }
         let status = resp.status.as_u16();
+        let retry_after = resp.retry_after;
         Err(match serde_json::from_slice::<ErrorBody>(&resp.body) {
             Ok(e) => CallError::Server {
                 status,
                 code: e.code,
                 message: e.message,
+                retry_after,
             },
             Err(_) => CallError::Server {
                 status,
+                retry_after,
                 code: "http_error".into(),
                 message: String::from_utf8_lossy(&resp.body)
                     .chars()

@@ -268,8 +268,14 @@ pub mod code {
     /// data (0-RTT) before the handshake finished; retry it once the connection is up.
     pub const TOO_EARLY: &str = "too_early";
     pub const DISK_FULL: &str = "disk_full";
+    /// 503 with `Retry-After`: the server is short of a resource that frees up by itself
+    /// (open files); the same request will succeed later.
+    pub const UNAVAILABLE: &str = "unavailable";
     pub const INTERNAL: &str = "internal";
 }
+
+/// `Retry-After` (seconds) on 503 answers.
+pub const HDR_RETRY_AFTER: &str = "retry-after";
 
 #[cfg(test)]
 mod tests {

@@ -56,10 +56,15 @@ pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
         code: e.code.to_string(),
         message: e.message.clone(),
     };
-    json(
+    let mut resp = json(
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &body,
-    )
+    );
+    if let Some(secs) = e.retry_after {
+        resp.headers_mut()
+            .insert(wire::HDR_RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    resp
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {

@@ -7,6 +7,8 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Seconds a client should wait before trying again (sent as `Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -15,6 +17,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -26,10 +29,21 @@ impl ApiError {
         Self::new(404, code::UNKNOWN_UPLOAD, format!("no upload {id}"))
     }
 
-    /// An I/O failure while storing: 507 when the disk is full, else 500.
+    /// An I/O failure while storing: 507 when the disk is full, a retryable 503 when the
+    /// process or system ran out of file descriptors (they free up as sessions finish),
+    /// else 500.
     pub fn io(what: &str, e: &std::io::Error) -> Self {
         if crate::fsutil::is_disk_full(e) {
             Self::new(507, code::DISK_FULL, format!("{what}: disk full"))
+        } else if crate::fsutil::is_out_of_files(e) {
+            Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    503,
+                    code::UNAVAILABLE,
+                    format!("{what}: too many open files, try again shortly"),
+                )
+            }
         } else {
             Self::new(500, code::INTERNAL, format!("{what}: {e}"))
         }

@@ -45,3 +45,10 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()
         || code == rustix::io::Errno::DQUOT.raw_os_error())
 }
+
+/// True when an I/O error means no file descriptor was free (EMFILE/ENFILE): transient,
+/// mapped to 503 with `Retry-After`.
+pub fn is_out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+        || code == rustix::io::Errno::NFILE.raw_os_error())
+}

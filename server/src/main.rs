@@ -57,6 +57,10 @@ struct Args {
     /// Extra DNS names or IP addresses for the generated certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
+    /// Seconds a completed session is kept (so a client that lost the answer to
+    /// `complete` can ask again) before it is removed; the object itself stays.
+    #[arg(long, default_value_t = 86_400)]
+    completed_retention: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -137,6 +141,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(endpoint) = &endpoint {
             tokio::spawn(http3::serve(endpoint.clone(), Arc::clone(&app)));
         }
+        tokio::spawn(sweep_sessions(Arc::clone(&app), args.completed_retention));
         let ca = files.ca.as_ref().unwrap_or(&files.cert);
         let h3 = u8::from(endpoint.is_some());
         tracing::info!(%addr, sessions, http3 = h3 == 1, "serving");
@@ -155,6 +160,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("stopped");
         Ok::<_, Box<dyn std::error::Error>>(())
     })
+}
+
+/// Removes expired and old completed sessions and closes idle files, while serving.
+async fn sweep_sessions(app: Arc<api::App>, retention_secs: u64) {
+    // Often enough to close idle files soon after IDLE_CLOSE_SECS and to honour a short
+    // retention; a sweep is one pass over the in-memory index.
+    let every = Duration::from_secs((retention_secs / 2).clamp(1, store::IDLE_CLOSE_SECS / 2));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let app = Arc::clone(&app);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let _ = tokio::task::spawn_blocking(move || app.store.sweep(now, retention_secs)).await;
+    }
 }
 
 async fn shutdown_signal() {

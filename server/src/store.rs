@@ -10,10 +10,17 @@
 //! A chunk is acknowledged only after its bytes and its log line are both on disk, so a
 //! server restart (or power cut) never forgets an acknowledged chunk. A torn last log line
 //! is cut off on load.
+//!
+//! Open files are a budget (a systemd service gets 1024): a session holds its part file and
+//! log open only while requests use it. They open on first use, close when the session
+//! completes or is deleted, and [`Store::sweep`] closes them after [`IDLE_CLOSE_SECS`]
+//! without a request. The sweep also removes expired sessions and, after the retention
+//! time, completed ones, while the server runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +41,9 @@ use crate::part::PartFile;
 const META: &str = "meta.json";
 const PART: &str = "data.part";
 const LOG: &str = "chunks.log";
+
+/// A session's files close after this long without a request.
+pub const IDLE_CLOSE_SECS: u64 = 30;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -62,6 +72,9 @@ struct SessionMeta {
     completed: Option<UploadCompleted>,
     #[serde(default)]
     merkle_root: Option<String>,
+    /// When `complete` succeeded (retention counts from here).
+    #[serde(default)]
+    completed_at: Option<u64>,
 }
 
 /// All sessions of one data dir.
@@ -86,7 +99,11 @@ pub struct Session {
     name: String,
     nonce: Vec<u8>,
     key: [u8; 32],
-    part: Option<PartFile>,
+    /// The part file and log while open; `None` when closed (idle, completed, deleted).
+    /// Requests hold an `Arc`, so closing never pulls a file from under a write.
+    part: Mutex<Option<Arc<PartFile>>>,
+    /// Unix seconds of the last request that used the files.
+    last_used: AtomicU64,
     /// Serialises `complete` calls.
     completing: Mutex<()>,
     state: Mutex<SessionState>,
@@ -222,7 +239,6 @@ impl Store {
         let nonce = hex::decode(&meta.nonce)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let mut state = SessionState::default();
-        let mut part = None;
         if let Some(done) = &meta.completed {
             // Completed: finish a rename a crash may have interrupted.
             let object = self.objects_dir.join(&meta.name);
@@ -243,11 +259,7 @@ impl Store {
             }
             state.received = chunks.values().map(|(l, _)| *l).sum();
             state.chunks = chunks;
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(dir.join(PART))?;
-            part = Some(PartFile::new(file, log)?);
+            // The files open again when a request needs them.
         }
         Ok(Some(Arc::new(Session {
             id: meta.upload_id.clone(),
@@ -256,7 +268,8 @@ impl Store {
             name: meta.name.clone(),
             key: integrity::session_key(&self.secret, &nonce, &meta.upload_id),
             nonce,
-            part,
+            part: Mutex::new(None),
+            last_used: AtomicU64::new(now),
             completing: Mutex::new(()),
             state: Mutex::new(state),
             meta: Mutex::new(meta),
@@ -315,6 +328,7 @@ impl Store {
             expires_at: now + wire::SESSION_MAX_AGE_SECS,
             completed: None,
             merkle_root: None,
+            completed_at: None,
         };
         let dir = self.sessions_dir.join(&id);
         let make = || -> std::io::Result<PartFile> {
@@ -356,7 +370,8 @@ impl Store {
             name: req.name.clone(),
             key: integrity::session_key(&self.secret, &nonce, &id),
             nonce: nonce.to_vec(),
-            part: Some(part),
+            part: Mutex::new(Some(Arc::new(part))),
+            last_used: AtomicU64::new(now),
             completing: Mutex::new(()),
             state: Mutex::new(SessionState::default()),
             meta: Mutex::new(meta.clone()),
@@ -397,8 +412,63 @@ impl Store {
             idx.by_key.remove(k);
         }
         drop(idx);
+        s.close_files();
         std::fs::remove_dir_all(&s.dir).map_err(|e| ApiError::io("deleting the session", &e))?;
         fsutil::sync_dir(&self.sessions_dir).map_err(|e| ApiError::io("deleting the session", &e))
+    }
+
+    /// Housekeeping while the server runs (blocking): removes expired sessions and
+    /// completed ones older than `retention_secs`, and closes the files of sessions idle
+    /// for [`IDLE_CLOSE_SECS`]. Returns how many sessions were removed.
+    pub fn sweep(&self, now: u64, retention_secs: u64) -> usize {
+        let mut gone = Vec::new();
+        {
+            let mut idx = lock(&self.index);
+            let Index { by_id, by_key } = &mut *idx;
+            by_id.retain(|_, s| {
+                let meta = lock(&s.meta);
+                let done_at = meta
+                    .completed
+                    .as_ref()
+                    .map(|_| meta.completed_at.unwrap_or(meta.created_at));
+                let remove = meta.expires_at <= now
+                    || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now);
+                if remove {
+                    if let Some(k) = &meta.idempotency_key {
+                        by_key.remove(k);
+                    }
+                    drop(meta);
+                    gone.push(Arc::clone(s));
+                } else {
+                    drop(meta);
+                    s.close_if_idle(now);
+                }
+                !remove
+            });
+        }
+        for s in &gone {
+            s.close_files();
+            if let Err(e) = std::fs::remove_dir_all(&s.dir) {
+                tracing::warn!(upload_id = %s.id, error = %e, "cannot remove a finished session");
+            }
+        }
+        if !gone.is_empty() {
+            if let Err(e) = fsutil::sync_dir(&self.sessions_dir) {
+                tracing::warn!(error = %e, "cannot sync the sessions dir");
+            }
+            tracing::info!(removed = gone.len(), "swept expired and completed sessions");
+        }
+        gone.len()
+    }
+
+    /// Sessions whose part file and log are open right now.
+    #[cfg(test)]
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.index)
+            .by_id
+            .values()
+            .filter(|s| lock(&s.part).is_some())
+            .count()
     }
 }
 
@@ -411,6 +481,53 @@ fn created(meta: &SessionMeta) -> UploadCreated {
 }
 
 impl Session {
+    /// The open part file, opening it if the session is idle-closed. A completed session
+    /// has none.
+    fn part(&self) -> Result<Arc<PartFile>, ApiError> {
+        let mut slot = lock(&self.part);
+        self.last_used.store(now_secs(), Ordering::Relaxed);
+        if let Some(p) = &*slot {
+            return Ok(Arc::clone(p));
+        }
+        if lock(&self.meta).completed.is_some() {
+            return Err(ApiError::new(
+                409,
+                code::ALREADY_COMPLETED,
+                "upload already completed",
+            ));
+        }
+        let open = || -> std::io::Result<PartFile> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.dir.join(PART))?;
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(LOG))?;
+            PartFile::new(file, log)
+        };
+        let p = Arc::new(open().map_err(|e| ApiError::io("opening the upload's files", &e))?);
+        *slot = Some(Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// Drops the session's handle on its files; they close when the last request using
+    /// them ends.
+    fn close_files(&self) {
+        lock(&self.part).take();
+    }
+
+    /// Closes the files if no request has used them for [`IDLE_CLOSE_SECS`] and none
+    /// holds them now.
+    fn close_if_idle(&self, now: u64) {
+        let mut slot = lock(&self.part);
+        let idle = self.last_used.load(Ordering::Relaxed) + IDLE_CLOSE_SECS <= now;
+        if idle && slot.as_ref().is_some_and(|p| Arc::strong_count(p) == 1) {
+            *slot = None;
+        }
+    }
+
     pub fn key(&self) -> &[u8; 32] {
         &self.key
     }
@@ -566,9 +683,12 @@ impl Session {
                 "body does not match X-Chunk-SHA256",
             ));
         }
-        let part = self.part.as_ref().ok_or_else(|| {
-            ApiError::new(409, code::ALREADY_COMPLETED, "upload already completed")
-        })?;
+        // A parallel request with the same bytes may have stored them (and the upload may
+        // even have completed since): nothing left to write.
+        if lock(&self.state).chunks.get(&res.offset) == Some(&(res.length, got.sha256)) {
+            return Ok(());
+        }
+        let part = self.part()?;
         part.write_durable(res.offset, parts)
             .map_err(|e| ApiError::io("writing the chunk", &e))?;
         let line = chunk_log::line(res.offset, res.length, &got.sha256);
@@ -589,7 +709,8 @@ impl Session {
     /// Lets the running file hash catch up (blocking; call after a chunk was stored, off
     /// the request's path). `fresh` is that chunk's bytes, hashed without re-reading.
     pub fn advance_hash(&self, fresh: Option<(u64, &[Bytes])>) {
-        if let Some(part) = &self.part {
+        let part = lock(&self.part).clone();
+        if let Some(part) = part {
             part.advance_hash(|o| lock(&self.state).chunks.get(&o).map(|(l, _)| *l), fresh);
         }
     }
@@ -605,10 +726,16 @@ impl Session {
             ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits")
         })?;
         let _one = lock(&self.completing);
+        let part_path = self.dir.join(PART);
         {
             let meta = lock(&self.meta);
             if let Some(done) = &meta.completed {
                 if meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
+                    // An earlier complete may have stopped before the object was in place.
+                    if part_path.exists() {
+                        fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
+                            .map_err(|e| ApiError::io("moving the object into place", &e))?;
+                    }
                     return Ok(done.clone());
                 }
                 return Err(ApiError::new(
@@ -648,11 +775,7 @@ impl Session {
             ));
         }
         drop(st);
-        let part_path = self.dir.join(PART);
-        let part = self
-            .part
-            .as_ref()
-            .ok_or_else(|| ApiError::new(500, code::INTERNAL, "upload has no part file"))?;
+        let part = self.part()?;
         let sha = part
             .finish_hash(self.size)
             .map_err(|e| ApiError::io("hashing the assembled file", &e))?;
@@ -666,11 +789,16 @@ impl Session {
         let mut next_meta = meta.clone();
         next_meta.completed = Some(done.clone());
         next_meta.merkle_root = Some(hex::encode(claimed));
+        next_meta.completed_at = Some(now_secs());
         let json = serde_json::to_vec_pretty(&next_meta)
             .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
         fsutil::write_atomic(&self.dir, META, &json)
             .map_err(|e| ApiError::io("recording completion", &e))?;
         *meta = next_meta;
+        drop(meta);
+        drop(part);
+        // Requests still holding the files only find their chunk already stored.
+        self.close_files();
         fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
             .map_err(|e| ApiError::io("moving the object into place", &e))?;
         let _ = std::fs::remove_file(self.dir.join(LOG));

@@ -171,3 +171,97 @@ fn the_same_chunk_may_be_received_twice_at_once_but_other_bytes_wait() {
     // Both reservations are gone.
     assert!(put(&s, 4, b"efgh").is_ok());
 }
+
+fn root_of(chunks: &[(u64, &[u8])]) -> String {
+    let digests: Vec<_> = chunks
+        .iter()
+        .map(|(o, d)| (*o, d.len() as u64, integrity::sha256(d)))
+        .collect();
+    hex::encode(uplink_proto::merkle::root_of(digests.iter().map(|(o, l, s)| (*o, *l, s))).unwrap())
+}
+
+/// The open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_completed_session_holds_no_files_and_is_swept_after_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 10);
+    assert_eq!(st.open_sessions(), 1, "a fresh session has its files open");
+    put(&s, 0, b"0123456789").unwrap();
+    s.complete(st.objects_dir(), &root_of(&[(0, b"0123456789")]))
+        .unwrap();
+    assert_eq!(st.open_sessions(), 0, "complete closes the files");
+    let done_at = lock(&s.meta)
+        .completed_at
+        .expect("completion time recorded");
+    let id = s.id.clone();
+    drop(s);
+
+    // Within the retention a repeat of create (same key) finds the completed session.
+    assert_eq!(st.sweep(done_at + 59, 60), 0);
+    assert!(st.get(&id).is_ok());
+    assert_eq!(st.sweep(done_at + 60, 60), 1);
+    assert!(st.get(&id).is_err(), "swept sessions are gone");
+    assert!(!tmp.path().join("sessions").join(&id).exists());
+    assert_eq!(
+        std::fs::read(st.objects_dir().join("f.bin")).unwrap(),
+        b"0123456789",
+        "the object stays"
+    );
+}
+
+#[test]
+fn an_expired_session_is_swept_while_the_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 10);
+    put(&s, 0, b"01234").unwrap();
+    let expires = lock(&s.meta).expires_at;
+    let id = s.id.clone();
+    drop(s);
+    assert_eq!(st.sweep(expires - 1, 60), 0);
+    assert_eq!(st.sweep(expires, 60), 1);
+    assert_eq!(st.session_count(), 0);
+    assert_eq!(st.open_sessions(), 0);
+    assert!(!tmp.path().join("sessions").join(&id).exists());
+}
+
+#[test]
+fn idle_files_close_and_reopen_when_the_upload_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 10);
+    put(&s, 0, b"0123").unwrap();
+    let before = open_fds();
+    // A sweep soon after the last request leaves the files open.
+    st.sweep(now_secs(), 60);
+    assert_eq!(st.open_sessions(), 1);
+    st.sweep(now_secs() + IDLE_CLOSE_SECS + 1, 60);
+    assert_eq!(st.open_sessions(), 0, "idle files are closed");
+    assert!(open_fds() < before, "the descriptors were released");
+    // The upload goes on where it was; the running hash starts over from the file.
+    put(&s, 4, b"456789").unwrap();
+    assert_eq!(st.open_sessions(), 1);
+    let done = s
+        .complete(st.objects_dir(), &root_of(&[(0, b"0123"), (4, b"456789")]))
+        .unwrap();
+    assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_a_retryable_503() {
+    let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+    let e = ApiError::io("creating the upload session", &emfile);
+    assert_eq!((e.status, e.code), (503, code::UNAVAILABLE));
+    assert_eq!(e.retry_after, Some(1));
+    let resp = crate::api::error_response(&e);
+    assert_eq!(resp.headers()[uplink_proto::wire::HDR_RETRY_AFTER], "1");
+    let other = ApiError::io("x", &std::io::Error::other("boom"));
+    assert_eq!((other.status, other.retry_after), (500, None));
+}

@@ -52,6 +52,20 @@ impl Backoff {
         d
     }
 
+    /// The next delay when the server said when to come back (`Retry-After`): that time
+    /// plus up to 10 % jitter, so clients told the same time do not return at once. The
+    /// backoff does not grow: the server knows better than our guess.
+    pub fn next_delay_hinted(&mut self, rng: &mut impl Rng, hint: Option<Duration>) -> Duration {
+        match hint {
+            Some(h) => {
+                self.attempts += 1;
+                let spread = (h.as_millis() as u64 / 10).max(1);
+                h + Duration::from_millis(rng.random_range(0..=spread))
+            }
+            None => self.next_delay(rng),
+        }
+    }
+
     /// Back to fast retries after a success.
     pub fn reset(&mut self) {
         self.previous = self.base;
@@ -89,6 +103,22 @@ mod tests {
         for _ in 0..100 {
             assert!(Backoff::chunk().next_delay(&mut rng) <= Duration::from_millis(1500));
         }
+    }
+
+    #[test]
+    fn a_server_hint_sets_the_delay_without_growing_the_backoff() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut b = Backoff::run();
+        for n in 1..=20 {
+            let d = b.next_delay_hinted(&mut rng, Some(Duration::from_secs(1)));
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_millis(1100),
+                "{d:?}"
+            );
+            assert_eq!(b.attempts(), n);
+        }
+        // Without a hint it starts from the base again, not from 20 grown steps.
+        assert!(b.next_delay_hinted(&mut rng, None) <= Duration::from_secs(3));
     }
 
     #[test]

@@ -56,8 +56,13 @@ pub enum Outcome {
 
 #[derive(Debug, Clone)]
 pub enum RunError {
-    /// Worth another run after a pause (network gone, server restarting).
-    Transient { code: String, message: String },
+    /// Worth another run after a pause (network gone, server restarting); the server may
+    /// have said how long (`Retry-After`).
+    Transient {
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The server forgot the session: start a new one.
     UnknownUpload,
     /// Retrying cannot help.
@@ -79,6 +84,7 @@ impl From<CallError> for RunError {
             ErrorClass::Transient => RunError::Transient {
                 code: e.code(),
                 message: e.to_string(),
+                retry_after: e.retry_after(),
             },
             ErrorClass::UnknownUpload => RunError::UnknownUpload,
             ErrorClass::Permanent => RunError::Permanent {
@@ -94,6 +100,7 @@ impl From<DbError> for RunError {
         RunError::Transient {
             code: "state_store".into(),
             message: e.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -261,7 +268,7 @@ pub async fn run(ctx: &Ctx, job: &mut JobRecord) -> Result<Outcome, RunError> {
                 ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let done = match joined {
                     Ok(d) => d,
-                    Err(e) => break Err(RunError::Transient { code: "internal".into(), message: e.to_string() }),
+                    Err(e) => break Err(RunError::Transient { code: "internal".into(), message: e.to_string(), retry_after: None }),
                 };
                 job.chunks_sent += done.attempts;
                 job.chunks_resent += done.attempts.saturating_sub(1);
@@ -418,7 +425,7 @@ async fn put_with_retries(
             Err(e)
                 if e.class() == ErrorClass::Transient && backoff.attempts() < CHUNK_MAX_RETRIES =>
             {
-                let delay = backoff.next_delay(&mut rand::rng());
+                let delay = backoff.next_delay_hinted(&mut rand::rng(), e.retry_after());
                 events.emit(
                     &job_id,
                     Kind::Retrying(grpc::Retrying {

@@ -175,6 +175,7 @@ impl H2Pool {
             .get(uplink_proto::wire::HDR_ALT_SVC)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let retry_after = super::retry_after(resp.headers());
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
@@ -185,6 +186,7 @@ impl H2Pool {
             body,
             alt_svc,
             protocol: "h2",
+            retry_after,
         })
     }
 }

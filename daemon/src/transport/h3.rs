@@ -293,6 +293,7 @@ impl H3Client {
                 });
             }
         };
+        let retry_after = super::retry_after(resp.headers());
         let mut body = Vec::new();
         while let Some(mut chunk) = stream.recv_data().await.map_err(|e| h3err(&e))? {
             if body.len() + chunk.remaining() > MAX_ANSWER {
@@ -310,6 +311,7 @@ impl H3Client {
             body: Bytes::from(body),
             alt_svc: None,
             protocol: "h3",
+            retry_after,
         })
     }
 }

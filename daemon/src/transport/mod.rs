@@ -38,6 +38,24 @@ pub struct WireResponse {
     pub alt_svc: Option<String>,
     /// `h2` or `h3`: what carried this exchange.
     pub protocol: &'static str,
+    /// `Retry-After` in seconds, if the server sent one (on 503: it is short of something
+    /// that frees up by itself).
+    pub retry_after: Option<std::time::Duration>,
+}
+
+/// The longest `Retry-After` honoured; a larger value is taken as this.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `Retry-After` as delay-seconds (the HTTP-date form is not used by our server).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(uplink_proto::wire::HDR_RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Why a request did not get an answer.

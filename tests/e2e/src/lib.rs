@@ -126,6 +126,8 @@ pub struct Server {
     pub dir: PathBuf,
     /// Extra flags it was started with (kept across restarts).
     pub extra: Vec<String>,
+    /// Its open-files limit (`ulimit -n`), if the test set one.
+    pub nofile: Option<u64>,
 }
 
 /// The secret in the servers' (and daemons') token file; it never goes on the wire.
@@ -162,10 +164,34 @@ impl Server {
         match sim {
             Some(sim) => {
                 let listen = format!("{}:0", netsim::addr::SERVICE_V4);
-                Self::start_at(dir, &listen, &token_file, Some(sim.server_ns()), extra)
+                Self::start_at(
+                    dir,
+                    &listen,
+                    &token_file,
+                    Some(sim.server_ns()),
+                    extra,
+                    None,
+                )
             }
-            None => Self::start_at(dir, "127.0.0.1:0", &token_file, None, extra),
+            None => Self::start_at(dir, "127.0.0.1:0", &token_file, None, extra, None),
         }
+    }
+
+    /// On loopback under `ulimit -n nofile` (what a systemd service or a shell gives it),
+    /// with extra flags.
+    pub fn start_limited(dir: &Path, nofile: u64, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, TOKEN).expect("token");
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_at(dir, "127.0.0.1:0", &token_file, None, extra, Some(nofile))
+    }
+
+    /// The number of file descriptors the server process has open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.proc.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     fn start_at(
@@ -174,9 +200,20 @@ impl Server {
         token_file: &Path,
         netns: Option<String>,
         extra: Vec<String>,
+        nofile: Option<u64>,
     ) -> Server {
         let data_dir = dir.join("server-data");
-        let mut cmd = in_netns(netns.as_deref(), "uplink-server");
+        let mut cmd = match nofile {
+            // The shell sets the limit, then becomes the server (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin("uplink-server"));
+                c
+            }
+            None => in_netns(netns.as_deref(), "uplink-server"),
+        };
         cmd.args(&extra);
         cmd.arg("--listen")
             .arg(listen)
@@ -196,6 +233,7 @@ impl Server {
             token_file: token_file.to_path_buf(),
             dir: dir.to_path_buf(),
             extra,
+            nofile,
         }
     }
 
@@ -209,6 +247,7 @@ impl Server {
             &self.token_file,
             self.netns.clone(),
             self.extra.clone(),
+            self.nofile,
         );
         *self = again;
     }
