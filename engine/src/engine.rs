@@ -23,6 +23,8 @@ use crate::{Time, pool};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
+/// Bytes per second the server is assumed to hash at, at worst, when completing.
+const COMPLETE_HASH_RATE: u64 = 150_000_000;
 
 /// Knobs; the defaults are the seed's numbers.
 #[derive(Clone, Debug)]
@@ -150,8 +152,9 @@ pub struct Engine {
     estimator: Estimator,
     tier: Option<Tier>,
     last_retune: Option<Time>,
-    /// Chunks started since the estimate was last reset (sizes grow with it).
-    chunks_started: u32,
+    /// Chunks acknowledged on this link: a cold link's chunk size doubles with each, so a
+    /// slow link is not handed big chunks before its estimate exists.
+    cold_acks: u32,
     delivered: u64,
     buffers: usize,
     /// Buffers held: chunks reading, ready or in flight, and whole-file sends.
@@ -181,7 +184,7 @@ impl Engine {
             estimator: Estimator::new(),
             tier: None,
             last_retune: None,
-            chunks_started: 0,
+            cold_acks: 0,
             delivered: 0,
             buffers: pool::buffers_for(u64::MAX),
             slots: 0,
@@ -428,6 +431,7 @@ impl Engine {
             ReqKind::Session => self.session_ready_inner(r),
             ReqKind::Chunk { offset, len } => {
                 self.delivered += len;
+                self.cold_acks = self.cold_acks.saturating_add(1);
                 self.sample(&r);
                 let every = self.cfg.checkpoint_every;
                 let Some(job) = self.jobs.get_mut(&r.job) else {
@@ -750,8 +754,7 @@ impl Engine {
             };
             match job.phase {
                 Phase::NeedSession
-                    if job.not_before <= now
-                        && self.session_calls < self.cfg.max_session_calls =>
+                    if job.not_before <= now && self.session_calls < self.cfg.max_session_calls =>
                 {
                     let has = job.has_session;
                     let timeout = self.timeout_for(0);
@@ -769,7 +772,13 @@ impl Engine {
                 Phase::Transfer
                     if job.fully_acked() && job.chunks.is_empty() && job.not_before <= now =>
                 {
-                    let timeout = self.timeout_for(0).max(self.cfg.request_timeout_default);
+                    // The server may hash the whole file (after a restart it has no running
+                    // hash): allow for that at a modest disk speed.
+                    let hashing = Duration::from_secs(job.spec.size / COMPLETE_HASH_RATE);
+                    let timeout = self
+                        .timeout_for(0)
+                        .max(self.cfg.request_timeout_default)
+                        .max(hashing);
                     let req = self.new_req(id, ReqKind::Complete, timeout);
                     if let Some(job) = self.jobs.get_mut(&id) {
                         job.phase = Phase::Completing(req);
@@ -867,16 +876,22 @@ impl Engine {
             Some(t) if self.estimator.usable().is_some() => t.chunk_size(),
             // A cold link: small first chunks, so the first acknowledgement is quick,
             // doubling until the estimate takes over.
-            _ => (self.cfg.first_chunk << self.chunks_started.min(4)).min(4 * MIB),
+            _ => (self.cfg.first_chunk << self.cold_acks.min(4)).min(4 * MIB),
         };
         // Spread a job's remaining bytes over the streams so the tail uses them all.
         let spread = job
             .unclaimed_bytes()
             .div_ceil(self.stream_limit() as u64)
             .max(self.cfg.min_chunk);
-        let len = target.min(spread).min(gap).max(1);
-        // Never leave a sliver behind.
-        if gap - len < self.cfg.min_chunk { gap } else { len }
+        let len = target.min(spread).max(1);
+        if gap <= len {
+            gap
+        } else if gap - len < self.cfg.min_chunk {
+            // Never leave a sliver behind: the next chunk gets at least min_chunk.
+            gap - self.cfg.min_chunk
+        } else {
+            len
+        }
     }
 
     fn read_ahead(&mut self) {
@@ -906,9 +921,11 @@ impl Engine {
             );
             self.reads += 1;
             self.slots += 1;
-            self.chunks_started = self.chunks_started.saturating_add(1);
-            self.actions
-                .push_back(Action::Read { job: id, offset, len });
+            self.actions.push_back(Action::Read {
+                job: id,
+                offset,
+                len,
+            });
         }
     }
 }

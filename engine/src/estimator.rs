@@ -99,7 +99,10 @@ mod tests {
         assert_eq!(e.usable(), None, "not before 3 samples");
         feed(&mut e, 0.4, &trace[2..3]);
         let est = e.usable().expect("usable after 3");
-        assert!((est / 12.5e6 - 1.0).abs() < 0.15, "within 15 % after 3: {est}");
+        assert!(
+            (est / 12.5e6 - 1.0).abs() < 0.15,
+            "within 15 % after 3: {est}"
+        );
         feed(&mut e, 0.6, &trace[3..]);
         assert!((e.raw() / 12.5e6 - 1.0).abs() < 0.1);
     }

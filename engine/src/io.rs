@@ -58,11 +58,19 @@ impl Failure {
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    JobAdded { job: JobId, spec: JobSpec },
-    JobCancelled { job: JobId },
+    JobAdded {
+        job: JobId,
+        spec: JobSpec,
+    },
+    JobCancelled {
+        job: JobId,
+    },
     /// Answer to [`Action::CreateSession`] (nothing acknowledged yet) or
     /// [`Action::FetchState`]: the byte ranges the server holds and the driver verified.
-    SessionReady { req: ReqId, acked: Vec<Range<u64>> },
+    SessionReady {
+        req: ReqId,
+        acked: Vec<Range<u64>>,
+    },
     /// A chunk was read and hashed and sits in its buffer; `saving` is the fraction
     /// compression would save on the sampled bytes (none if not sampled).
     ReadDone {
@@ -79,11 +87,21 @@ pub enum Event {
     },
     /// Bytes of a request's body the transport has handed on so far (for stall
     /// detection; optional).
-    RequestProgress { req: ReqId, bytes: u64 },
-    RequestDone { req: ReqId },
-    RequestFailed { req: ReqId, failure: Failure },
+    RequestProgress {
+        req: ReqId,
+        bytes: u64,
+    },
+    RequestDone {
+        req: ReqId,
+    },
+    RequestFailed {
+        req: ReqId,
+        failure: Failure,
+    },
     /// Memory the system has left for us (MemAvailable or the cgroup's headroom).
-    MemoryAvailable { bytes: u64 },
+    MemoryAvailable {
+        bytes: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

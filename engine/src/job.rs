@@ -28,7 +28,9 @@ pub enum Phase {
 pub enum ChunkState {
     Reading,
     /// Read and hashed; may be sent once `not_before` has passed.
-    Ready { not_before: Time },
+    Ready {
+        not_before: Time,
+    },
     InFlight(ReqId),
 }
 
@@ -70,7 +72,11 @@ impl Job {
         Job {
             spec,
             seq,
-            phase: if whole { Phase::Whole } else { Phase::NeedSession },
+            phase: if whole {
+                Phase::Whole
+            } else {
+                Phase::NeedSession
+            },
             has_session,
             acked: RangeSet::new(),
             claimed: RangeSet::new(),
@@ -124,7 +130,9 @@ impl Job {
                 _ => None,
             })
             .min();
-        let session = matches!(self.phase, Phase::NeedSession | Phase::Whole)
+        // Session calls, whole-file sends and a retried complete wait for `not_before`.
+        let retry_complete = self.phase == Phase::Transfer && self.chunks.is_empty();
+        let session = (matches!(self.phase, Phase::NeedSession | Phase::Whole) || retry_complete)
             .then_some(self.not_before)
             .filter(|t| *t > now);
         chunk.into_iter().chain(session).min()

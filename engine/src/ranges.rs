@@ -59,11 +59,7 @@ impl RangeSet {
             .filter(|(_, e)| **e >= start)
             .map(|(s, _)| *s);
         let from = first.unwrap_or(start);
-        let touching: Vec<(u64, u64)> = self
-            .map
-            .range(from..=end)
-            .map(|(s, e)| (*s, *e))
-            .collect();
+        let touching: Vec<(u64, u64)> = self.map.range(from..=end).map(|(s, e)| (*s, *e)).collect();
         for (s, e) in touching {
             self.map.remove(&s);
             self.total -= e - s;
@@ -172,7 +168,7 @@ mod tests {
 
     #[test]
     fn removal_splits() {
-        let mut s = RangeSet::from_ranges([0..100]);
+        let mut s = RangeSet::from_ranges(std::iter::once(0..100));
         assert_eq!(s.remove(10..20), 10);
         assert_eq!(s.remove(50..150), 50);
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![0..10, 20..50]);
@@ -187,14 +183,17 @@ mod tests {
         assert_eq!(s.first_gap(25), (30, None));
         assert_eq!(s.first_gap(12), (12, Some(20)));
         assert_eq!(s.prefix_end(), 10);
-        assert_eq!(RangeSet::from_ranges([5..10]).prefix_end(), 0);
+        assert_eq!(
+            RangeSet::from_ranges(std::iter::once(5..10)).prefix_end(),
+            0
+        );
     }
 
     #[test]
     fn matches_a_bitmap_under_random_operations() {
         let mut rng = crate::rng::Rng::new(42);
         let mut s = RangeSet::new();
-        let mut bits = vec![false; 200];
+        let mut bits = [false; 200];
         for _ in 0..5_000 {
             let a = rng.between(0, 199);
             let b = rng.between(a, 200);

@@ -104,7 +104,9 @@ pub struct Report {
 
 impl Report {
     pub fn all_completed(&self) -> bool {
-        self.jobs.values().all(|j| j.completed_at.is_some() || j.cancelled)
+        self.jobs
+            .values()
+            .all(|j| j.completed_at.is_some() || j.cancelled)
     }
 }
 
@@ -135,7 +137,10 @@ enum Pending {
         body: Body,
         session: u64,
     },
-    ReadDone { job: JobId, offset: u64 },
+    ReadDone {
+        job: JobId,
+        offset: u64,
+    },
     Change(Change),
 }
 
@@ -264,11 +269,15 @@ impl Sim {
         }
         self.flows
             .values()
-            .map(|Flow::Sending { remaining, fail_at, .. }| {
-                let to_go = (remaining - fail_at.unwrap_or(0.0)).max(0.0);
-                // Rounded up to the next microsecond, so the flow is done when we get there.
-                self.now + Duration::from_micros((to_go / share * 1e6).ceil() as u64)
-            })
+            .map(
+                |Flow::Sending {
+                     remaining, fail_at, ..
+                 }| {
+                    let to_go = (remaining - fail_at.unwrap_or(0.0)).max(0.0);
+                    // Rounded up to the next microsecond, so the flow is done when we get there.
+                    self.now + Duration::from_micros((to_go / share * 1e6).ceil() as u64)
+                },
+            )
             .min()
     }
 
@@ -291,9 +300,14 @@ impl Sim {
         let done: Vec<ReqId> = self
             .flows
             .iter()
-            .filter(|(_, Flow::Sending { remaining, fail_at, .. })| {
-                *remaining <= fail_at.unwrap_or(0.0) + slack
-            })
+            .filter(
+                |(
+                    _,
+                    Flow::Sending {
+                        remaining, fail_at, ..
+                    },
+                )| { *remaining <= fail_at.unwrap_or(0.0) + slack },
+            )
             .map(|(r, _)| *r)
             .collect();
         for req in done {
@@ -373,6 +387,12 @@ impl Sim {
             if self.link.blackhole {
                 // The answer is lost; the engine's timeout must notice.
                 return;
+            }
+            if let (Event::SessionReady { acked, .. }, Some((job, _))) =
+                (&ev, self.open.get(&req).copied())
+                && let Some(sj) = self.jobs.get_mut(&job)
+            {
+                sj.delivered = RangeSet::from_ranges(acked.iter().cloned());
             }
             if let (Event::RequestDone { .. }, Some((job, Some((offset, len))))) =
                 (&ev, self.open.get(&req).copied())
@@ -577,10 +597,6 @@ impl Sim {
                     .get(&job)
                     .map(|s| s.stored.iter().collect())
                     .unwrap_or_default();
-                if let Some(sj) = self.jobs.get_mut(&job) {
-                    sj.engine_acked = RangeSet::from_ranges(acked.iter().cloned());
-                    sj.delivered = sj.engine_acked.clone();
-                }
                 self.small_request(req, job, Event::SessionReady { req, acked });
             }
             Action::Read { job, offset, len } => {

@@ -75,7 +75,8 @@ mod tests {
         assert_eq!(t(200.0), Tier::Fast);
         assert_eq!(t(200.1), Tier::Ultrafast);
         assert_eq!(
-            [Tier::Slow, Tier::Normal, Tier::Fast, Tier::Ultrafast].map(|t| (t.chunk_size() / MIB, t.streams())),
+            [Tier::Slow, Tier::Normal, Tier::Fast, Tier::Ultrafast]
+                .map(|t| (t.chunk_size() / MIB, t.streams())),
             [(1, 4), (4, 8), (16, 12), (32, 12)]
         );
     }

@@ -54,7 +54,12 @@ fn run(sc: Scenario) -> Report {
 fn utilisation(r: &Report, link: &Link) -> f64 {
     let bytes: u64 = r.jobs.values().map(|j| j.size).sum();
     let start = r.jobs.values().map(|j| j.added_at).min().unwrap();
-    let end = r.jobs.values().filter_map(|j| j.completed_at).max().unwrap();
+    let end = r
+        .jobs
+        .values()
+        .filter_map(|j| j.completed_at)
+        .max()
+        .unwrap();
     bytes as f64 / (end.since(start).as_secs_f64() * link.rate)
 }
 
@@ -65,7 +70,10 @@ fn the_first_acknowledgement_comes_within_three_round_trips() {
     let r = run(scenario(link, vec![(Time::ZERO, add(1, GIB))]));
     let j = &r.jobs[&1];
     let first = j.first_ack_at.unwrap().since(j.added_at);
-    println!("first ack after {first:?} = {:.2} RTT", first.as_secs_f64() / 0.05);
+    println!(
+        "first ack after {first:?} = {:.2} RTT",
+        first.as_secs_f64() / 0.05
+    );
     assert!(first <= Duration::from_millis(150), "{first:?}");
 }
 
@@ -82,8 +90,15 @@ fn a_big_file_fills_the_link_and_chunks_grow_with_the_tier() {
         j.max_chunk / MIB
     );
     assert!(u > 0.9, "utilisation {u}");
-    assert_eq!(j.max_chunk, 16 * MIB, "the fast tier's chunk (30–200 Mbit/s)");
-    assert!(j.checkpoints >= j.chunk_requests / 10 - 1, "a checkpoint every 10 acks");
+    assert_eq!(
+        j.max_chunk,
+        16 * MIB,
+        "the fast tier's chunk (30–200 Mbit/s)"
+    );
+    assert!(
+        j.checkpoints >= j.chunk_requests / 10 - 1,
+        "a checkpoint every 10 acks"
+    );
 }
 
 #[test]
@@ -100,7 +115,12 @@ fn many_small_files_go_in_parallel() {
 
 #[test]
 fn tiers_follow_the_link() {
-    for (mbit, chunk) in [(2.0, MIB), (10.0, 4 * MIB), (100.0, 16 * MIB), (800.0, 32 * MIB)] {
+    for (mbit, chunk) in [
+        (2.0, MIB),
+        (10.0, 4 * MIB),
+        (100.0, 16 * MIB),
+        (800.0, 32 * MIB),
+    ] {
         let link = Link::new(mbit, 40);
         let size = ((mbit * 1e6 / 8.0) * 60.0) as u64; // a minute's worth
         let r = run(scenario(link, vec![(Time::ZERO, add(1, size))]));
@@ -116,7 +136,10 @@ fn memory_pressure_shrinks_the_pool_but_never_stops_the_upload() {
         (Time::ZERO, add(1, 2 * GIB)),
     ];
     let r = run(scenario(link, changes));
-    println!("at 2 buffers: max streams {}, max buffers {}", r.max_streams, r.max_buffers_held);
+    println!(
+        "at 2 buffers: max streams {}, max buffers {}",
+        r.max_streams, r.max_buffers_held
+    );
     assert!(r.max_buffers_held <= 2);
     assert!(r.max_streams <= 2);
 }
@@ -136,7 +159,10 @@ fn a_blackhole_is_survived() {
 #[test]
 fn a_lost_session_is_recreated_and_the_upload_finishes() {
     let link = Link::new(50.0, 30);
-    let changes = vec![(Time::ZERO, add(1, GIB)), (secs(30.0), Change::ServerForgets(1))];
+    let changes = vec![
+        (Time::ZERO, add(1, GIB)),
+        (secs(30.0), Change::ServerForgets(1)),
+    ];
     let r = run(scenario(link, changes));
     assert!(r.jobs[&1].completed_at.is_some());
 }
@@ -160,7 +186,11 @@ fn compressible_files_put_fewer_bytes_on_the_wire() {
     ));
     let r = run(scenario(link, changes));
     let (raw, packed) = (&r.jobs[&1], &r.jobs[&2]);
-    println!("wire bytes: incompressible {} MiB, 60 % compressible {} MiB", raw.wire_bytes / MIB, packed.wire_bytes / MIB);
+    println!(
+        "wire bytes: incompressible {} MiB, 60 % compressible {} MiB",
+        raw.wire_bytes / MIB,
+        packed.wire_bytes / MIB
+    );
     assert!(raw.wire_bytes >= 512 * MIB);
     assert!(packed.wire_bytes < 300 * MIB);
 }
@@ -186,7 +216,11 @@ fn higher_priority_goes_first() {
     sc.config.max_active_jobs = 4;
     let r = run(sc);
     let urgent = r.jobs[&99].completed_at.unwrap();
-    let later = r.jobs.values().filter(|j| j.completed_at.unwrap() < urgent).count();
+    let later = r
+        .jobs
+        .values()
+        .filter(|j| j.completed_at.unwrap() < urgent)
+        .count();
     assert!(later <= 4, "{later} jobs finished before the urgent one");
 }
 
@@ -224,7 +258,10 @@ fn a_100_gb_upload_resumes_from_scattered_server_ranges() {
         j.chunk_requests,
         started.elapsed().as_secs_f64()
     );
-    assert!(j.wire_bytes <= size * 41 / 100, "only what the server lacked");
+    assert!(
+        j.wire_bytes <= size * 41 / 100,
+        "only what the server lacked"
+    );
 }
 
 #[test]
@@ -254,13 +291,4 @@ fn a_100_gb_upload_over_a_flaky_5_mbit_link() {
         started.elapsed().as_secs_f64(),
         r.steps
     );
-}
-
-#[test]
-fn debug_small() {
-    let link = Link::new(100.0, 50);
-    let mut sc = scenario(link, vec![(Time::ZERO, add(1, 64 * MIB))]);
-    sc.time_limit = secs(60.0);
-    let r = Sim::new(sc).run();
-    println!("{:?} steps {} end {:?}", r.jobs, r.steps, r.end);
 }

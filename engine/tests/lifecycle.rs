@@ -1,0 +1,114 @@
+//! One job driven by hand, action by action: how the core retries the calls that end an
+//! upload. (The simulator covers whole transfers; these pin single decisions.)
+
+use std::time::Duration;
+
+use uplink_engine::{Action, Config, Engine, Event, Failure, JobSpec, ReqId, Time};
+
+const MIB: u64 = 1 << 20;
+
+/// Answers every action the engine has out with success, until it asks for `Complete`;
+/// returns that request's id.
+fn drive_to_complete(e: &mut Engine, now: Time) -> ReqId {
+    for _ in 0..10_000 {
+        let Some(action) = e.poll_action() else {
+            panic!("the engine went quiet before asking to complete");
+        };
+        match action {
+            Action::CreateSession { req, .. } => e.handle(now, Event::RequestDone { req }),
+            Action::Read { job, offset, .. } => e.handle(
+                now,
+                Event::ReadDone {
+                    job,
+                    offset,
+                    saving: None,
+                },
+            ),
+            Action::PutChunk { req, .. } => e.handle(now, Event::RequestDone { req }),
+            Action::Complete { req, .. } => return req,
+            _ => {}
+        }
+    }
+    panic!("no Complete within 10,000 actions");
+}
+
+fn big_job(e: &mut Engine, size: u64) {
+    e.handle(
+        Time::ZERO,
+        Event::JobAdded {
+            job: 1,
+            spec: JobSpec {
+                size,
+                priority: 0,
+                has_session: false,
+            },
+        },
+    );
+}
+
+#[test]
+fn a_complete_that_failed_transiently_is_sent_again_after_its_backoff() {
+    let mut e = Engine::new(Config::default(), 3);
+    big_job(&mut e, 32 * MIB);
+    let req = drive_to_complete(&mut e, Time::ZERO);
+    e.handle(
+        Time::ZERO,
+        Event::RequestFailed {
+            req,
+            failure: Failure::transient("network", "connection reset"),
+        },
+    );
+    let retrying = std::iter::from_fn(|| e.poll_action())
+        .find(|a| matches!(a, Action::Retrying { .. }))
+        .expect("a Retrying report");
+    let Action::Retrying { delay, .. } = retrying else {
+        unreachable!()
+    };
+    let wake = e
+        .poll_timeout()
+        .expect("the engine asks to be woken for the retry");
+    assert_eq!(wake, Time::ZERO + delay, "woken when the backoff ends");
+    e.handle_timeout(wake);
+    assert!(
+        std::iter::from_fn(|| e.poll_action()).any(|a| matches!(a, Action::Complete { .. })),
+        "complete is sent again"
+    );
+}
+
+#[test]
+fn complete_allows_the_server_time_to_hash_a_big_file() {
+    // 30 GB: a server that lost its running hash reads it all back before answering.
+    let cfg = Config {
+        chunk_size: Some(32 * MIB),
+        ..Config::default()
+    };
+    let mut e = Engine::new(cfg, 3);
+    big_job(&mut e, 30_000_000_000);
+    drive_to_complete(&mut e, Time::ZERO);
+    let deadline = e.poll_timeout().expect("complete has a deadline");
+    assert!(
+        deadline.since(Time::ZERO) >= Duration::from_secs(180),
+        "complete of 30 GB may take minutes, deadline after {:?}",
+        deadline.since(Time::ZERO)
+    );
+}
+
+#[test]
+fn a_permanent_refusal_of_complete_fails_the_job_with_the_servers_code() {
+    let mut e = Engine::new(Config::default(), 3);
+    big_job(&mut e, 8 * MIB);
+    let req = drive_to_complete(&mut e, Time::ZERO);
+    e.handle(
+        Time::ZERO,
+        Event::RequestFailed {
+            req,
+            failure: Failure::permanent("server_merkle_mismatch", "root differs"),
+        },
+    );
+    let failed = std::iter::from_fn(|| e.poll_action()).find_map(|a| match a {
+        Action::JobFailed { job, code, .. } => Some((job, code)),
+        _ => None,
+    });
+    assert_eq!(failed, Some((1, "server_merkle_mismatch".to_string())));
+    assert_eq!(e.poll_timeout(), None, "nothing left to wake for");
+}
