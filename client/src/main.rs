@@ -257,11 +257,14 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                         "connections": e.connections, "last_connect_ms": e.last_connect_ms, "circuit": e.circuit,
                         "rtt_ms": e.rtt_ms, "handshake": e.handshake, "warm": e.warm}))
                     .collect();
+                let engine = s.engine.as_ref().map(|e| serde_json::json!({"tier": e.tier,
+                    "estimate_bps": e.estimate_bps, "stream_limit": e.stream_limit, "buffers": e.buffers,
+                    "buffers_in_use": e.buffers_in_use, "jobs_active": e.jobs_active, "jobs_pending": e.jobs_pending}));
                 println!(
                     "{}",
                     serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,
                         "jobs_running": s.jobs_running, "chunks_in_flight": s.chunks_in_flight,
-                        "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds})
+                        "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds, "engine": engine})
                 );
             } else {
                 println!(
@@ -297,6 +300,21 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     "jobs: {} queued, {} running; {} chunk(s) in flight",
                     s.jobs_queued, s.jobs_running, s.chunks_in_flight
                 );
+                if let Some(e) = &s.engine {
+                    let tier = if e.tier.is_empty() {
+                        "no estimate yet".to_string()
+                    } else {
+                        format!(
+                            "tier {} at {:.1} Mbit/s",
+                            e.tier,
+                            e.estimate_bps * 8.0 / 1e6
+                        )
+                    };
+                    println!(
+                        "engine: {tier}; {} stream(s) allowed; buffers {}/{}",
+                        e.stream_limit, e.buffers_in_use, e.buffers
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -59,11 +59,12 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    /// Chunks in flight at once.
-    pub streams: u32,
+    /// Requests in flight at once; `None`: the speed tier's (4/8/12/12).
+    pub streams: Option<u32>,
     /// TCP connections the streams are spread over.
     pub connections: u32,
-    pub chunk_size: u64,
+    /// Fixed chunk size; `None`: the speed tier's (1/4/16/32 MiB, small at first).
+    pub chunk_size: Option<u64>,
     /// How long a prewarmed connection is kept warm without an Enqueue.
     pub keep_warm_seconds: u32,
     /// Finished jobs (completed, failed, cancelled) kept for `ls`/GetJob: at most this
@@ -123,16 +124,15 @@ impl Config {
             .socket
             .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| uplink_proto::paths::default_socket_in(&state_dir));
-        let streams = s.streams.unwrap_or(DEFAULT_STREAMS).clamp(1, 64);
+        let streams = s.streams.map(|n| n.clamp(1, 64));
         let connections = s
             .connections
             .unwrap_or(DEFAULT_CONNECTIONS)
-            .clamp(1, streams);
-        let chunk_size = s
-            .chunk_size
-            .unwrap_or(uplink_proto::wire::DEFAULT_CHUNK_SIZE);
-        if !(uplink_proto::wire::MIN_CHUNK_SIZE..=uplink_proto::wire::MAX_CHUNK_SIZE)
-            .contains(&chunk_size)
+            .clamp(1, streams.unwrap_or(DEFAULT_STREAMS));
+        let chunk_size = s.chunk_size;
+        if let Some(chunk_size) = chunk_size
+            && !(uplink_proto::wire::MIN_CHUNK_SIZE..=uplink_proto::wire::MAX_CHUNK_SIZE)
+                .contains(&chunk_size)
         {
             return Err(format!(
                 "chunk size {chunk_size} must lie in {}..={}",

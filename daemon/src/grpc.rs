@@ -243,6 +243,21 @@ impl Uplink for Api {
                 .load(std::sync::atomic::Ordering::Relaxed),
             state_dir: cfg.state_dir.display().to_string(),
             uptime_seconds: self.mgr.started.elapsed().as_secs(),
+            engine: self
+                .mgr
+                .engine_status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|s| grpc::EngineStatus {
+                    tier: s.tier.map(|t| t.name().to_string()).unwrap_or_default(),
+                    estimate_bps: s.estimate.unwrap_or(0.0),
+                    stream_limit: s.stream_limit as u32,
+                    buffers: s.buffers as u32,
+                    buffers_in_use: s.buffers_in_use as u32,
+                    jobs_active: s.jobs_active as u32,
+                    jobs_pending: s.jobs_queued as u32,
+                }),
         }))
     }
 }

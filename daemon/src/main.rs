@@ -39,13 +39,14 @@ struct Args {
     /// The gRPC Unix socket.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Chunks in flight (default 12).
+    /// Requests in flight, fixed (default: the speed tier's, 4/8/12/12 from slow to fast).
     #[arg(long)]
     streams: Option<u32>,
     /// TCP connections the streams spread over (default 4).
     #[arg(long)]
     connections: Option<u32>,
-    /// Chunk size in bytes (default 4 MiB).
+    /// Chunk size in bytes, fixed (default: the speed tier's, 1/4/16/32 MiB, starting
+    /// at 256 KiB so the first acknowledgement comes quickly).
     #[arg(long)]
     chunk_size: Option<u64>,
     /// Finished jobs to keep listed, at most (default 1000; older ones are removed).
@@ -162,6 +163,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     if let Err(e) = mgr.db.flush().await {
         tracing::error!(error = %e, "final flush of the job store failed");
     }
+    // Close the connections properly: a QUIC peer would otherwise hold our unfinished
+    // requests (and the byte ranges they reserve) until its idle timeout, and the next
+    // start would wait on them.
+    let _ = tokio::time::timeout(Duration::from_secs(2), mgr.client.close()).await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| format!("gRPC server: {e}"))
 }

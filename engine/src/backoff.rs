@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::Time;
 use crate::rng::Rng;
 
 pub const BASE: Duration = Duration::from_millis(500);
@@ -23,6 +24,9 @@ pub const WAITING_CAP: Duration = Duration::from_secs(60);
 pub struct Backoff {
     previous: Duration,
     failures: u32,
+    /// When the last counted failure happened: requests that started before it and fail
+    /// now share its cause (a dozen chunks on one dropped connection are one failure).
+    last_failure: Option<Time>,
 }
 
 impl Backoff {
@@ -48,6 +52,27 @@ impl Backoff {
         d.max(at_least.unwrap_or(Duration::ZERO).min(WAITING_CAP))
     }
 
+    /// [`Backoff::fail`] for a request that started at `started`, failing at `now`: if
+    /// it started before the last counted failure it shares that failure's cause, so the
+    /// backoff does not grow again; it waits as long as the last delay.
+    pub fn fail_request(
+        &mut self,
+        rng: &mut Rng,
+        at_least: Option<Duration>,
+        started: Time,
+        now: Time,
+    ) -> Duration {
+        match self.last_failure {
+            Some(t) if started <= t && self.failures > 0 => self
+                .previous
+                .max(at_least.unwrap_or(Duration::ZERO).min(WAITING_CAP)),
+            _ => {
+                self.last_failure = Some(now);
+                self.fail(rng, at_least)
+            }
+        }
+    }
+
     /// A success: back to fast retries.
     pub fn succeed(&mut self) {
         *self = Backoff::default();
@@ -57,6 +82,22 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_failing_from_one_cause_count_once() {
+        let mut rng = Rng::new(3);
+        let mut b = Backoff::default();
+        let t = |s: u64| Time::from_micros(s * 1_000_000);
+        // Twelve requests started at 0 s all fail at 5 s (one dropped connection).
+        let first = b.fail_request(&mut rng, None, t(0), t(5));
+        for _ in 0..11 {
+            assert_eq!(b.fail_request(&mut rng, None, t(0), t(5)), first);
+        }
+        assert_eq!(b.failures(), 1, "one cause, one failure");
+        // A request started after that failure and failing again is a new failure.
+        b.fail_request(&mut rng, None, t(6), t(7));
+        assert_eq!(b.failures(), 2);
+    }
 
     #[test]
     fn delays_grow_within_bounds_then_wait_longer() {

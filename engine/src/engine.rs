@@ -328,17 +328,7 @@ impl Engine {
     /// Removes a job: its requests are abandoned and its buffers released.
     fn drop_job(&mut self, id: JobId) {
         let Some(key) = self.key(id) else { return };
-        let reqs: Vec<(ReqId, ReqKind)> = self
-            .reqs
-            .iter()
-            .filter(|(_, r)| r.job == id)
-            .map(|(rid, r)| (*rid, r.kind))
-            .collect();
-        for (rid, kind) in reqs {
-            self.reqs.remove(&rid);
-            self.actions.push_back(Action::Abandon { req: rid });
-            self.end_request_accounting(kind);
-        }
+        self.abandon_job_requests(id);
         if let Some(mut job) = self.jobs.remove(&id) {
             self.release_chunks(id, &mut job);
         }
@@ -503,6 +493,15 @@ impl Engine {
                 self.reset_session(id);
                 return;
             }
+            Failure::StateChanged if matches!(r.kind, ReqKind::Chunk { .. }) => {
+                self.resync(id);
+                return;
+            }
+            Failure::StateChanged => (
+                "state_changed".to_string(),
+                "the server's state changed under the request".to_string(),
+                None,
+            ),
             Failure::SessionLost => (
                 "session_lost".to_string(),
                 "the server lost the upload".to_string(),
@@ -518,7 +517,9 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let delay = job.backoff.fail(&mut self.rng, retry_after);
+        let delay = job
+            .backoff
+            .fail_request(&mut self.rng, retry_after, r.started, now);
         let when = now + delay;
         let why = match r.kind {
             ReqKind::Chunk { offset, .. } => {
@@ -552,6 +553,44 @@ impl Engine {
         });
     }
 
+    /// The server holds chunks the engine does not know: drop what the job holds and fetch
+    /// the state again, after the job's backoff (so a conflict that persists cannot spin).
+    fn resync(&mut self, id: JobId) {
+        self.abandon_job_requests(id);
+        let now = self.now;
+        let Some(mut job) = self.jobs.remove(&id) else {
+            return;
+        };
+        self.release_chunks(id, &mut job);
+        let delay = job.backoff.fail(&mut self.rng, None);
+        job.claimed = job.acked.clone();
+        job.phase = Phase::NeedSession;
+        job.not_before = now + delay;
+        self.actions.push_back(Action::Retrying {
+            job: id,
+            why: "the server holds chunks this run did not send; fetching its state again".into(),
+            attempt: job.backoff.failures(),
+            delay,
+            waiting: job.backoff.waiting(),
+        });
+        self.jobs.insert(id, job);
+    }
+
+    /// Abandons every request of a job.
+    fn abandon_job_requests(&mut self, id: JobId) {
+        let others: Vec<(ReqId, ReqKind)> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.job == id)
+            .map(|(rid, r)| (*rid, r.kind))
+            .collect();
+        for (rid, kind) in others {
+            self.reqs.remove(&rid);
+            self.actions.push_back(Action::Abandon { req: rid });
+            self.end_request_accounting(kind);
+        }
+    }
+
     /// The server forgot the session: start over with a new one (a bounded number of times).
     fn reset_session(&mut self, id: JobId) {
         let resets = match self.jobs.get_mut(&id) {
@@ -570,17 +609,7 @@ impl Engine {
             return;
         }
         // Everything the job holds belongs to the lost session.
-        let others: Vec<(ReqId, ReqKind)> = self
-            .reqs
-            .iter()
-            .filter(|(_, r)| r.job == id)
-            .map(|(rid, r)| (*rid, r.kind))
-            .collect();
-        for (rid, kind) in others {
-            self.reqs.remove(&rid);
-            self.actions.push_back(Action::Abandon { req: rid });
-            self.end_request_accounting(kind);
-        }
+        self.abandon_job_requests(id);
         let Some(mut job) = self.jobs.remove(&id) else {
             return;
         };

@@ -35,6 +35,11 @@ pub enum Failure {
     },
     /// The server no longer knows the session (404/410): start a new one.
     SessionLost,
+    /// The server holds other chunk boundaries than the engine assumed (409 conflict: a
+    /// request from before a restart landed after the state was fetched). Fetch the state
+    /// again and go on from there; bytes that really differ are caught when the driver
+    /// verifies what the server holds.
+    StateChanged,
     /// Retrying cannot help (auth, conflict, bad request): the job fails.
     Permanent { code: String, message: String },
 }

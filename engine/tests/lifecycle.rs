@@ -112,3 +112,115 @@ fn a_permanent_refusal_of_complete_fails_the_job_with_the_servers_code() {
     assert_eq!(failed, Some((1, "server_merkle_mismatch".to_string())));
     assert_eq!(e.poll_timeout(), None, "nothing left to wake for");
 }
+
+#[test]
+fn a_conflict_with_chunks_the_server_got_meanwhile_refetches_the_state_and_goes_on() {
+    let mut e = Engine::new(Config::default(), 5);
+    e.handle(
+        Time::ZERO,
+        Event::JobAdded {
+            job: 1,
+            spec: JobSpec {
+                size: 64 * MIB,
+                priority: 0,
+                has_session: true,
+            },
+        },
+    );
+    let fetch = match e.poll_action() {
+        Some(Action::FetchState { req, .. }) => req,
+        other => panic!("a resumed job fetches the server's state first, got {other:?}"),
+    };
+    e.handle(
+        Time::ZERO,
+        Event::SessionReady {
+            req: fetch,
+            acked: vec![],
+        },
+    );
+    // Read what it asks; the first chunk sent is refused as a conflict.
+    let mut conflict = None;
+    for _ in 0..1000 {
+        match e.poll_action() {
+            Some(Action::Read { job, offset, .. }) => e.handle(
+                Time::ZERO,
+                Event::ReadDone {
+                    job,
+                    offset,
+                    saving: None,
+                },
+            ),
+            Some(Action::PutChunk { req, .. }) => {
+                conflict = Some(req);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let req = conflict.expect("a chunk is sent");
+    e.handle(
+        Time::ZERO,
+        Event::RequestFailed {
+            req,
+            failure: Failure::StateChanged,
+        },
+    );
+    let after: Vec<Action> = std::iter::from_fn(|| e.poll_action()).collect();
+    assert!(
+        !after.iter().any(|a| matches!(a, Action::JobFailed { .. })),
+        "a conflict is not the end of the job: {after:?}"
+    );
+    assert!(
+        after.iter().any(|a| matches!(a, Action::Retrying { .. })),
+        "the pause is reported"
+    );
+    // When the pause ends, the state is fetched again (the same session).
+    let wake = e.poll_timeout().expect("woken to fetch again");
+    e.handle_timeout(wake);
+    let refetch = std::iter::from_fn(|| e.poll_action())
+        .find_map(|a| match a {
+            Action::FetchState { req, .. } => Some(req),
+            Action::CreateSession { .. } => panic!("the session is kept"),
+            _ => None,
+        })
+        .expect("the state is fetched again");
+    // The server now holds the first 8 MiB (landed from the run before): never sent again.
+    e.handle(
+        wake,
+        Event::SessionReady {
+            req: refetch,
+            acked: std::iter::once(0..8 * MIB).collect(),
+        },
+    );
+    for _ in 0..10_000 {
+        match e.poll_action() {
+            Some(Action::Read { job, offset, .. }) => e.handle(
+                wake,
+                Event::ReadDone {
+                    job,
+                    offset,
+                    saving: None,
+                },
+            ),
+            Some(Action::PutChunk { req, offset, .. }) => {
+                assert!(
+                    offset >= 8 * MIB,
+                    "re-sent bytes the server holds: {offset}"
+                );
+                e.handle(wake, Event::RequestDone { req });
+            }
+            Some(Action::Complete { req, .. }) => {
+                e.handle(wake, Event::RequestDone { req });
+            }
+            Some(Action::JobCompleted { job }) => {
+                assert_eq!(job, 1);
+                return;
+            }
+            Some(Action::JobFailed { code, message, .. }) => panic!("{code}: {message}"),
+            Some(_) => {}
+            None => panic!("the engine went quiet before completing"),
+        }
+    }
+    panic!("no completion within 10,000 actions");
+}

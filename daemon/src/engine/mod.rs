@@ -1,10 +1,9 @@
-//! The upload engine. Decisions are plain code (`plan`, `resume`, `ledger`, `retry`,
-//! `meter`), unit-tested without I/O; `upload` drives them with the file and the network.
+//! The upload engine's I/O side. Every decision lives in the deterministic core
+//! (`uplink-engine`, no I/O, tested in virtual time); [`drive`] runs it with the file and
+//! the network. Here too: the mmap [`reader`], the Merkle [`ledger`] with its checkpoint,
+//! and [`resume`], where a restarted job reconciles its checkpoint with the server.
 
+pub mod drive;
 pub mod ledger;
-pub mod meter;
-pub mod plan;
 pub mod reader;
 pub mod resume;
-pub mod retry;
-pub mod upload;

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use super::ledger::{Checkpoint, Ledger};
-use super::plan;
 
 /// A chunk as the server reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,22 +22,16 @@ pub struct ServerChunk {
 pub struct ResumePlan {
     /// Acks the daemon can trust without reading anything.
     pub ledger: Ledger,
-    /// Chunks the server holds that must be re-hashed locally before they count.
+    /// Chunks the server holds that must be re-hashed locally before they count. What
+    /// neither covers is sent (the engine cuts it into chunks).
     pub verify: Vec<ServerChunk>,
-    /// Ranges to read and send.
-    pub send: Vec<(u64, u64)>,
     /// Chunks below this end were handed to senders in an earlier run.
     pub dispatched_until: u64,
     /// The checkpoint disagreed with the server and was dropped.
     pub checkpoint_discarded: bool,
 }
 
-pub fn reconcile(
-    size: u64,
-    chunk_size: u64,
-    checkpoint: Option<&Checkpoint>,
-    server: &[ServerChunk],
-) -> ResumePlan {
+pub fn reconcile(size: u64, checkpoint: Option<&Checkpoint>, server: &[ServerChunk]) -> ResumePlan {
     let on_server: BTreeMap<u64, &ServerChunk> = server.iter().map(|c| (c.offset, c)).collect();
     let mut discarded = false;
     let ledger = match checkpoint {
@@ -54,11 +47,7 @@ pub fn reconcile(
         .filter(|c| !ledger.contains(c.offset) && c.offset.saturating_add(c.length) <= size)
         .copied()
         .collect();
-    let mut covered = ledger.covered();
-    covered.extend(verify.iter().map(|c| (c.offset, c.length)));
-    covered.sort_unstable();
     ResumePlan {
-        send: plan::gaps(size, chunk_size, &covered),
         ledger,
         verify,
         dispatched_until: checkpoint.map(|c| c.dispatched_until).unwrap_or(0),
@@ -119,10 +108,10 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_upload_sends_everything() {
-        let p = reconcile(10, 4, None, &[]);
-        assert_eq!(p.send, vec![(0, 4), (4, 4), (8, 2)]);
+    fn a_fresh_upload_has_nothing_to_verify() {
+        let p = reconcile(10, None, &[]);
         assert!(p.verify.is_empty());
+        assert_eq!(p.ledger, Ledger::new());
     }
 
     #[test]
@@ -130,9 +119,8 @@ mod tests {
         // Checkpoint knows 0..=2; the server also got 3 and 5; 4, 6, 7 were lost in flight.
         let cp = checkpoint(&[0, 1, 2]);
         let server: Vec<_> = [0, 1, 2, 3, 5].map(chunk).to_vec();
-        let p = reconcile(32, 4, Some(&cp), &server);
+        let p = reconcile(32, Some(&cp), &server);
         assert_eq!(p.verify, vec![chunk(3), chunk(5)]);
-        assert_eq!(p.send, vec![(16, 4), (24, 4), (28, 4)]);
         assert_eq!(p.ledger.acked_chunks(), 3);
         assert!(!p.checkpoint_discarded);
         assert_eq!(p.dispatched_until, 40);
@@ -143,11 +131,10 @@ mod tests {
         let cp = checkpoint(&[0, 1, 3]);
         // The server lost chunk 3 (say it was restored from an older backup).
         let server: Vec<_> = [0, 1].map(chunk).to_vec();
-        let p = reconcile(16, 4, Some(&cp), &server);
+        let p = reconcile(16, Some(&cp), &server);
         assert!(p.checkpoint_discarded);
         assert_eq!(p.ledger, Ledger::new());
         assert_eq!(p.verify, server);
-        assert_eq!(p.send, vec![(8, 4), (12, 4)]);
     }
 
     #[test]
@@ -155,7 +142,7 @@ mod tests {
         let cp = checkpoint(&[1]);
         let mut other = chunk(1);
         other.sha256 = [99; 32];
-        let p = reconcile(8, 4, Some(&cp), &[other]);
+        let p = reconcile(8, Some(&cp), &[other]);
         assert!(p.checkpoint_discarded);
         assert_eq!(p.verify, vec![other]);
     }

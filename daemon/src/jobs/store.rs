@@ -211,6 +211,19 @@ impl JobDb {
         }
     }
 
+    /// The ids of the first `limit` queued and running jobs, in run order (index keys
+    /// only: nothing is decoded).
+    pub fn active_ids(&self, limit: usize) -> Result<Vec<String>, DbError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for key in self.active.iter().keys().take(limit) {
+            let key = key?;
+            out.push(
+                String::from_utf8_lossy(index::job_id_in(JobState::Queued, &key)).into_owned(),
+            );
+        }
+        Ok(out)
+    }
+
     /// Every queued and running job, in run order.
     pub fn active_jobs(&self) -> Result<Vec<JobRecord>, DbError> {
         let keys: Vec<sled::IVec> = self

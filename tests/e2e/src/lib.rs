@@ -33,6 +33,12 @@ pub fn workdir() -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir");
     chmod(d.path(), 0o755);
+    let mut d = d;
+    if std::env::var_os("UPLINK_E2E_KEEP").is_some() {
+        // Debugging: keep the logs and data of every test.
+        eprintln!("keeping {}", d.path().display());
+        d.disable_cleanup(true);
+    }
     d
 }
 

@@ -1,0 +1,1178 @@
+//! The driver: runs the deterministic core (`uplink-engine`) with real I/O.
+//!
+//! ```text
+//! manager --commands--> driver loop --handle(event)--> Engine --actions--> driver
+//!                          ^                                                  |
+//!                          '---- task results (reads, requests) <-- spawned --'
+//! ```
+//! The core decides everything — what to read, which chunk goes on which lane at what
+//! size, when to retry, checkpoint, complete or give up — and never waits on anything.
+//! The driver performs its actions (a blocking read, an HTTP request, a sled write),
+//! turns the outcomes back into events, and keeps what the core does not: the job
+//! records, the source files, the session keys, the chunk bytes in their buffers and the
+//! Merkle ledger whose root `complete` needs. One loop owns all of it, so nothing is
+//! shared between tasks but the read-only client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use uplink_engine::{Action, Engine, Event, Failure, JobId, JobSpec, ReqId, Time};
+use uplink_proto::grpc::{self, job_event::Kind};
+use uplink_proto::integrity::ChunkDigest;
+use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated, UploadState};
+
+use super::ledger::{Checkpoint, Ledger};
+use super::reader::{ReadError, SourceFile};
+use super::resume::{self, ServerChunk};
+use crate::events::Events;
+use crate::jobs::{JobDb, JobRecord, JobState, now_ms};
+use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
+
+/// Jobs handed to the core at once; the rest wait in the job store (the core admits
+/// its own share of these to the streams).
+const MAX_ADMITTED: usize = 64;
+/// How often available memory is sampled for the buffer pool.
+const MEMORY_EVERY: Duration = Duration::from_secs(2);
+
+/// What the manager asks of the driver.
+pub enum Command {
+    /// New jobs may be waiting in the store.
+    Wake,
+    /// Cancel this job (queued or running): answers with its cancelled record, or `None`
+    /// if it had already ended or is unknown.
+    Cancel(String, oneshot::Sender<Option<JobRecord>>),
+}
+
+/// What the driver shares with the rest of the daemon.
+pub struct Shared {
+    pub client: Arc<ServerClient>,
+    pub db: Arc<JobDb>,
+    pub events: Events,
+    /// Requests out right now (Status's `chunks_in_flight`).
+    pub in_flight: Arc<AtomicU32>,
+    /// The engine's last snapshot (Status's `engine`).
+    pub status: Arc<std::sync::Mutex<Option<uplink_engine::Snapshot>>>,
+    pub engine_config: uplink_engine::Config,
+    /// Finished jobs kept in the store (trimmed whenever one ends).
+    pub retention: crate::jobs::Retention,
+}
+
+/// One job the core holds.
+struct Active {
+    record: JobRecord,
+    source: Arc<SourceFile>,
+    keys: Option<Arc<SessionKeys>>,
+    checkpoint: Checkpoint,
+    /// Chunks read and hashed, waiting to be sent (or re-sent): offset -> payload.
+    buffers: HashMap<u64, ChunkPayload>,
+    /// Reads asked for: offset -> length. A read that finishes after its chunk was
+    /// released (and the offset claimed again with another length) is stale.
+    pending_reads: HashMap<u64, u64>,
+    /// Sends per offset in this process (a second one is a re-send).
+    sends: HashMap<u64, u32>,
+    /// Chunks below this end were handed to senders by an earlier process.
+    prior_dispatch: u64,
+    started_reported: bool,
+}
+
+/// A finished read or request, back in the loop.
+enum Done {
+    Opened {
+        job: JobId,
+        record: Box<JobRecord>,
+        result: Result<SourceFile, ReadError>,
+    },
+    Created {
+        req: ReqId,
+        job: JobId,
+        result: Result<UploadCreated, CallError>,
+    },
+    Resumed {
+        req: ReqId,
+        job: JobId,
+        result: Result<Resumed, Failure>,
+    },
+    Read {
+        job: JobId,
+        offset: u64,
+        result: Result<(Bytes, ChunkDigest), ReadError>,
+    },
+    Put {
+        req: ReqId,
+        job: JobId,
+        offset: u64,
+        result: Result<(), CallError>,
+    },
+    Whole {
+        req: ReqId,
+        job: JobId,
+        result: Result<WholeDone, Failure>,
+    },
+    Completed {
+        req: ReqId,
+        job: JobId,
+        root: [u8; 32],
+        result: Result<UploadCompleted, Failure>,
+    },
+}
+
+/// Where a resumed session stands.
+enum Resumed {
+    /// The server completed it in an earlier run whose answer was lost.
+    AlreadyComplete(UploadCompleted),
+    /// The acks to start from (checkpoint + chunks re-hashed and matched).
+    Ledger {
+        ledger: Ledger,
+        dispatched_until: u64,
+    },
+}
+
+struct WholeDone {
+    created: UploadCreated,
+    completed: UploadCompleted,
+    digest: ChunkDigest,
+    root: [u8; 32],
+}
+
+pub struct Driver {
+    shared: Arc<Shared>,
+    engine: Engine,
+    epoch: Instant,
+    jobs: HashMap<JobId, Active>,
+    /// Job ids being opened or held, to the core's id.
+    ids: HashMap<String, JobId>,
+    next_id: JobId,
+    tasks: JoinSet<Done>,
+    requests: HashMap<ReqId, AbortHandle>,
+    /// Set when the store may hold jobs not yet admitted.
+    refill: bool,
+}
+
+impl Driver {
+    pub fn new(shared: Arc<Shared>) -> Driver {
+        let seed = rand::random();
+        Driver {
+            engine: Engine::new(shared.engine_config.clone(), seed),
+            shared,
+            epoch: Instant::now(),
+            jobs: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 1,
+            tasks: JoinSet::new(),
+            requests: HashMap::new(),
+            refill: true,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Time) -> Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    /// Runs until `stop`; then checkpoints every job it holds (they resume at next start).
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
+        let mut memory = tokio::time::interval(MEMORY_EVERY);
+        memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.refill {
+                self.refill = false;
+                self.admit();
+            }
+            self.perform_actions().await;
+            let snapshot = self.engine.snapshot();
+            self.shared
+                .in_flight
+                .store(snapshot.streams_in_flight as u32, Ordering::Relaxed);
+            *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+            let wake = self.engine.poll_timeout().map(|t| self.instant(t));
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Wake) => self.refill = true,
+                    Some(Command::Cancel(id, reply)) => {
+                        let r = self.cancel(&id).await;
+                        let _ = reply.send(r);
+                    }
+                    None => break,
+                },
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    // An aborted request ends as a cancelled join: nothing to report.
+                    if let Ok(done) = joined {
+                        self.on_done(done).await;
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => {
+                    let now = self.now();
+                    self.engine.handle_timeout(now);
+                }
+                _ = memory.tick() => {
+                    if let Some(bytes) = available_memory() {
+                        let now = self.now();
+                        self.engine.handle(now, Event::MemoryAvailable { bytes });
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Hands jobs from the store to the core, up to [`MAX_ADMITTED`].
+    fn admit(&mut self) {
+        let room = MAX_ADMITTED.saturating_sub(self.ids.len());
+        if room == 0 {
+            return;
+        }
+        let candidates = match self.shared.db.active_ids(MAX_ADMITTED + self.ids.len()) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job queue");
+                return;
+            }
+        };
+        let fresh: Vec<String> = candidates
+            .into_iter()
+            .filter(|id| !self.ids.contains_key(id))
+            .take(room)
+            .collect();
+        for job_id in fresh {
+            let record = match self.shared.db.get(&job_id) {
+                Ok(Some(r)) if !r.state.is_terminal() => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, job_id, "cannot read a queued job");
+                    continue;
+                }
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ids.insert(job_id, id);
+            let path = std::path::PathBuf::from(&record.path);
+            let identity = record.identity;
+            self.tasks.spawn(async move {
+                let result =
+                    tokio::task::spawn_blocking(move || SourceFile::open(&path, &identity))
+                        .await
+                        .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
+                Done::Opened {
+                    job: id,
+                    record: Box::new(record),
+                    result,
+                }
+            });
+        }
+    }
+
+    async fn perform_actions(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            self.perform(action).await;
+        }
+    }
+
+    async fn perform(&mut self, action: Action) {
+        match action {
+            Action::CreateSession { req, job } => self.create_session(req, job).await,
+            Action::FetchState { req, job } => self.fetch_state(req, job),
+            Action::Read { job, offset, len } => self.read(job, offset, len),
+            Action::PutChunk {
+                req,
+                job,
+                offset,
+                lane,
+                ..
+            } => self.put_chunk(req, job, offset, lane),
+            Action::PutWhole { req, job, lane } => self.put_whole(req, job, lane),
+            Action::Complete { req, job } => self.complete(req, job),
+            Action::Abandon { req } => {
+                if let Some(h) = self.requests.remove(&req) {
+                    h.abort();
+                }
+            }
+            Action::Release { job, offset } => {
+                if let Some(a) = self.jobs.get_mut(&job) {
+                    a.buffers.remove(&offset);
+                    a.pending_reads.remove(&offset);
+                }
+            }
+            Action::Checkpoint { job, .. } => self.save(job).await,
+            Action::Progress {
+                job,
+                acked_bytes,
+                total_bytes,
+                rate_bps,
+            } => self.progress(job, acked_bytes, total_bytes, rate_bps),
+            Action::Retrying {
+                job,
+                why,
+                attempt,
+                delay,
+                waiting,
+            } => {
+                if let Some(a) = self.jobs.get(&job) {
+                    let level = if waiting { "waiting" } else { "retrying" };
+                    tracing::warn!(job_id = %a.record.job_id, %why, ?delay, level, "request failed");
+                    self.shared.events.emit(
+                        &a.record.job_id,
+                        Kind::Retrying(grpc::Retrying {
+                            why,
+                            attempt,
+                            delay_seconds: delay.as_secs_f64(),
+                        }),
+                    );
+                }
+            }
+            Action::JobCompleted { job } => self.finish(job, JobState::Completed, None).await,
+            Action::JobFailed { job, code, message } => {
+                self.finish(job, JobState::Failed, Some((code, message)))
+                    .await
+            }
+        }
+    }
+
+    fn spawn_request(
+        &mut self,
+        req: ReqId,
+        fut: impl std::future::Future<Output = Done> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(fut);
+        self.requests.insert(req, handle);
+    }
+
+    // ---- actions ----
+
+    async fn create_session(&mut self, req: ReqId, job: JobId) {
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if a.record.upload_id.is_some() {
+            // The core asks for a new session after the server forgot the old one.
+            tracing::warn!(job_id = %a.record.job_id, "the server no longer knows the upload; starting a new session");
+            a.record.upload_id = None;
+            a.record.nonce = None;
+            a.keys = None;
+            a.buffers.clear();
+            a.checkpoint = Checkpoint::default();
+            let _ = self.shared.db.drop_checkpoint(&a.record.job_id);
+        }
+        a.record.attempts += 1;
+        let body = CreateUpload {
+            size: a.record.size,
+            name: a.record.target.clone(),
+            metadata: a.record.metadata.clone(),
+        };
+        let (client, key) = (Arc::clone(&self.shared.client), a.record.job_id.clone());
+        self.spawn_request(req, async move {
+            Done::Created {
+                req,
+                job,
+                result: client.create(&key, &body).await,
+            }
+        });
+    }
+
+    fn fetch_state(&mut self, req: ReqId, job: JobId) {
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        a.record.attempts += 1;
+        let Some(upload_id) = a.record.upload_id.clone() else {
+            return;
+        };
+        let (client, db) = (Arc::clone(&self.shared.client), Arc::clone(&self.shared.db));
+        let (source, job_id, size) = (
+            Arc::clone(&a.source),
+            a.record.job_id.clone(),
+            a.record.size,
+        );
+        self.spawn_request(req, async move {
+            let result = resume(&client, &db, source, &job_id, &upload_id, size).await;
+            Done::Resumed { req, job, result }
+        });
+    }
+
+    fn read(&mut self, job: JobId, offset: u64, len: u64) {
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        a.pending_reads.insert(offset, len);
+        let source = Arc::clone(&a.source);
+        self.tasks.spawn(async move {
+            let result = tokio::task::spawn_blocking(move || source.read_chunk(offset, len))
+                .await
+                .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
+            Done::Read {
+                job,
+                offset,
+                result,
+            }
+        });
+    }
+
+    fn put_chunk(&mut self, req: ReqId, job: JobId, offset: u64, lane: usize) {
+        let sharing = self.engine.snapshot().stream_limit;
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let (Some(payload), Some(keys)) = (a.buffers.get(&offset).cloned(), a.keys.clone()) else {
+            // The core sends only what was read, within a session: a broken promise.
+            let now = self.now();
+            self.engine.handle(
+                now,
+                Event::RequestFailed {
+                    req,
+                    failure: Failure::permanent("internal", "chunk to send is not in memory"),
+                },
+            );
+            return;
+        };
+        let sends = a.sends.entry(offset).or_insert(0);
+        *sends += 1;
+        a.record.chunks_sent += 1;
+        if *sends > 1 || offset < a.prior_dispatch {
+            a.record.chunks_resent += 1;
+        }
+        let end = offset + payload.data.len() as u64;
+        a.checkpoint.dispatched_until = a.checkpoint.dispatched_until.max(end);
+        a.record.chunk_size = a.record.chunk_size.max(payload.data.len() as u64);
+        let client = Arc::clone(&self.shared.client);
+        self.spawn_request(req, async move {
+            let result = client
+                .put_chunk_shared(&keys, &payload, lane, sharing)
+                .await
+                .map(|_| ());
+            Done::Put {
+                req,
+                job,
+                offset,
+                result,
+            }
+        });
+    }
+
+    fn put_whole(&mut self, req: ReqId, job: JobId, lane: usize) {
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        a.record.attempts += 1;
+        a.record.chunks_sent += 1;
+        let client = Arc::clone(&self.shared.client);
+        let source = Arc::clone(&a.source);
+        let (key, size) = (a.record.job_id.clone(), a.record.size);
+        let body = CreateUpload {
+            size,
+            name: a.record.target.clone(),
+            metadata: a.record.metadata.clone(),
+        };
+        self.spawn_request(req, async move {
+            let result = whole(&client, source, &key, &body, lane).await;
+            Done::Whole { req, job, result }
+        });
+    }
+
+    fn complete(&mut self, req: ReqId, job: JobId) {
+        let Some(a) = self.jobs.get(&job) else {
+            return;
+        };
+        let (Some(root), Some(upload_id)) = (
+            a.checkpoint.ledger.root_if_complete(a.record.size),
+            a.record.upload_id.clone(),
+        ) else {
+            let now = self.now();
+            self.engine.handle(
+                now,
+                Event::RequestFailed {
+                    req,
+                    failure: Failure::permanent(
+                        "internal",
+                        "every byte is acknowledged but the ledger is not complete",
+                    ),
+                },
+            );
+            return;
+        };
+        let client = Arc::clone(&self.shared.client);
+        let source = Arc::clone(&a.source);
+        self.spawn_request(req, async move {
+            let result = async {
+                // The bytes acknowledged must still be the file's: it must not have
+                // changed since (the server checks the root against what it holds).
+                tokio::task::spawn_blocking(move || source.check())
+                    .await
+                    .map_err(|e| Failure::permanent("internal", e.to_string()))?
+                    .map_err(read_failure)?;
+                client
+                    .complete(&upload_id, &root)
+                    .await
+                    .map_err(|e| failure(&e))
+            }
+            .await;
+            Done::Completed {
+                req,
+                job,
+                root,
+                result,
+            }
+        });
+    }
+
+    /// Writes the job's record and checkpoint, durably.
+    async fn save(&mut self, job: JobId) {
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        a.checkpoint.chunks_sent = a.record.chunks_sent;
+        a.checkpoint.chunks_resent = a.record.chunks_resent;
+        if a.checkpoint.upload_id.is_empty() {
+            return;
+        }
+        if let Err(e) = self.shared.db.checkpoint(&a.record, &a.checkpoint).await {
+            tracing::warn!(job_id = %a.record.job_id, error = %e, "checkpoint not saved");
+        }
+    }
+
+    fn progress(&mut self, job: JobId, acked: u64, total: u64, rate: f64) {
+        let protocol = self.shared.client.link().protocol.to_string();
+        let streams = self.engine.job(job).map_or(0, |v| v.in_flight as u32);
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        a.record.bytes_acked = acked;
+        a.record.protocol = protocol.clone();
+        a.record.streams = a.record.streams.max(streams);
+        let left = total.saturating_sub(acked) as f64;
+        self.shared.events.emit(
+            &a.record.job_id,
+            Kind::Progress(grpc::Progress {
+                acked_bytes: acked,
+                total_bytes: total,
+                rate_bps: rate,
+                eta_seconds: if rate > 0.0 { left / rate } else { 0.0 },
+                protocol,
+                streams,
+            }),
+        );
+    }
+
+    /// Ends a job the core finished (completed or failed).
+    async fn finish(&mut self, job: JobId, state: JobState, error: Option<(String, String)>) {
+        let Some(mut a) = self.jobs.remove(&job) else {
+            return;
+        };
+        self.ids.remove(&a.record.job_id);
+        self.refill = true;
+        let r = &mut a.record;
+        r.state = state;
+        r.finished_at_ms = Some(now_ms());
+        match &error {
+            None => {
+                r.bytes_acked = r.size;
+                r.chunks_total = r.chunks_acked;
+                tracing::info!(job_id = %r.job_id, sha256 = %r.server_sha256, resent = r.chunks_resent, "job completed");
+            }
+            Some((code, message)) => {
+                r.error_code = code.clone();
+                r.error_message = message.clone();
+                tracing::error!(job_id = %r.job_id, code, message, "job failed");
+            }
+        }
+        // Durable first, then announced: a watcher that reacts sees the same record. A
+        // finished record drops its checkpoint in the same write.
+        if let Err(e) = self.shared.db.put(r).await {
+            tracing::error!(error = %e, "cannot record the job's end");
+        }
+        let record = Some(r.to_proto());
+        let kind = match state {
+            JobState::Completed => Kind::Completed(grpc::Completed { job: record }),
+            _ => Kind::Failed(grpc::Failed { job: record }),
+        };
+        self.shared.events.emit(&r.job_id, kind);
+        self.trim_history();
+    }
+
+    /// Cancels a job, held or still queued in the store: records it, tells watchers and
+    /// deletes the server's session (freeing its space). Done here, in the one loop that
+    /// admits jobs, so a job is never admitted and cancelled at once.
+    async fn cancel(&mut self, job_id: &str) -> Option<JobRecord> {
+        let held = match self.ids.remove(job_id) {
+            Some(id) => {
+                self.refill = true;
+                let now = self.now();
+                self.engine.handle(now, Event::JobCancelled { job: id });
+                // Its requests are abandoned and its buffers released right away.
+                self.perform_actions().await;
+                self.jobs.remove(&id).map(|a| a.record)
+            }
+            None => None,
+        };
+        // Not held, or still being opened: the store has the record.
+        let mut record = match held {
+            Some(r) => r,
+            None => self.shared.db.get(job_id).ok().flatten()?,
+        };
+        if record.state.is_terminal() {
+            return None;
+        }
+        record.state = JobState::Cancelled;
+        record.finished_at_ms = Some(now_ms());
+        // A finished record drops its checkpoint in the same write.
+        if let Err(e) = self.shared.db.put(&record).await {
+            tracing::error!(error = %e, "cannot record the cancellation");
+        }
+        tracing::info!(job_id = %record.job_id, "job cancelled");
+        self.shared.events.emit(
+            &record.job_id,
+            Kind::Cancelled(grpc::Cancelled {
+                job: Some(record.to_proto()),
+            }),
+        );
+        if let Some(id) = record.upload_id.clone() {
+            let client = Arc::clone(&self.shared.client);
+            tokio::spawn(async move {
+                if let Err(e) = client.delete(&id).await {
+                    tracing::debug!(error = %e, "deleting a cancelled upload on the server failed");
+                }
+            });
+        }
+        self.trim_history();
+        Some(record)
+    }
+
+    /// Removes finished jobs beyond the retention settings, off the loop.
+    fn trim_history(&self) {
+        let (db, retention) = (Arc::clone(&self.shared.db), self.shared.retention);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = db.prune(&retention, now_ms()) {
+                tracing::warn!(error = %e, "cannot remove old finished jobs");
+            }
+        });
+    }
+
+    /// Daemon shutdown: every held job keeps its place (still running in the store) with
+    /// a fresh checkpoint, and resumes at the next start.
+    async fn shutdown(&mut self) {
+        self.tasks.abort_all();
+        let held: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job in held {
+            self.save(job).await;
+            if let Some(a) = self.jobs.get(&job) {
+                tracing::info!(job_id = %a.record.job_id, "job paused for shutdown; it resumes at the next start");
+            }
+        }
+    }
+
+    // ---- outcomes ----
+
+    async fn on_done(&mut self, done: Done) {
+        let now = self.now();
+        match done {
+            Done::Opened {
+                job,
+                mut record,
+                result,
+            } => {
+                if !self.ids.values().any(|v| *v == job) {
+                    return; // cancelled while opening
+                }
+                let source = match result {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        self.ids.remove(&record.job_id);
+                        self.refill = true;
+                        let (code, message) = read_error_code(&e);
+                        record.state = JobState::Failed;
+                        record.error_code = code.into();
+                        record.error_message = message;
+                        record.finished_at_ms = Some(now_ms());
+                        tracing::error!(job_id = %record.job_id, code = %record.error_code, "job failed");
+                        let _ = self.shared.db.put(&record).await;
+                        self.shared.events.emit(
+                            &record.job_id,
+                            Kind::Failed(grpc::Failed {
+                                job: Some(record.to_proto()),
+                            }),
+                        );
+                        self.trim_history();
+                        return;
+                    }
+                };
+                record.state = JobState::Running;
+                if let Err(e) = self.shared.db.put(&record).await {
+                    tracing::error!(error = %e, "cannot record the job as running");
+                }
+                let spec = JobSpec {
+                    size: record.size,
+                    priority: 0,
+                    has_session: record.upload_id.is_some(),
+                };
+                self.jobs.insert(
+                    job,
+                    Active {
+                        record: *record,
+                        source,
+                        keys: None,
+                        checkpoint: Checkpoint::default(),
+                        buffers: HashMap::new(),
+                        pending_reads: HashMap::new(),
+                        sends: HashMap::new(),
+                        prior_dispatch: 0,
+                        started_reported: false,
+                    },
+                );
+                self.engine.handle(now, Event::JobAdded { job, spec });
+            }
+            Done::Created { req, job, result } => {
+                self.requests.remove(&req);
+                let created = match result {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let failure = failure(&e);
+                        self.engine
+                            .handle(now, Event::RequestFailed { req, failure });
+                        return;
+                    }
+                };
+                let Some(a) = self.jobs.get_mut(&job) else {
+                    return;
+                };
+                let keys = match self
+                    .shared
+                    .client
+                    .session_keys(&created.upload_id, &created.nonce)
+                {
+                    Ok(k) => k,
+                    Err(e) => {
+                        let failure = failure(&e);
+                        self.engine
+                            .handle(now, Event::RequestFailed { req, failure });
+                        return;
+                    }
+                };
+                a.record.upload_id = Some(created.upload_id.clone());
+                a.record.nonce = Some(created.nonce);
+                a.keys = Some(Arc::new(keys));
+                a.checkpoint = Checkpoint {
+                    upload_id: created.upload_id,
+                    ..Default::default()
+                };
+                // Chunks go only once the session is on record, so a crash never leaves
+                // bytes on the server the daemon does not know to resume.
+                if let Err(e) = self.shared.db.put(&a.record).await {
+                    tracing::error!(error = %e, "cannot record the new session");
+                }
+                self.report_started(job);
+                self.engine.handle(now, Event::RequestDone { req });
+            }
+            Done::Resumed { req, job, result } => {
+                self.requests.remove(&req);
+                let resumed = match result {
+                    Ok(r) => r,
+                    Err(failure) => {
+                        self.engine
+                            .handle(now, Event::RequestFailed { req, failure });
+                        return;
+                    }
+                };
+                match resumed {
+                    Resumed::AlreadyComplete(done) => {
+                        if let Some(a) = self.jobs.get_mut(&job) {
+                            apply_completed(&mut a.record, &done, None);
+                        }
+                        // The core still thinks the session is being fetched: drop the
+                        // job there, and finish it here.
+                        self.engine.handle(now, Event::JobCancelled { job });
+                        self.perform_actions().await;
+                        self.finish(job, JobState::Completed, None).await;
+                    }
+                    Resumed::Ledger {
+                        ledger,
+                        dispatched_until,
+                    } => {
+                        let Some(a) = self.jobs.get_mut(&job) else {
+                            return;
+                        };
+                        let (Some(upload_id), Some(nonce)) =
+                            (a.record.upload_id.clone(), a.record.nonce.clone())
+                        else {
+                            return;
+                        };
+                        match self.shared.client.session_keys(&upload_id, &nonce) {
+                            Ok(k) => a.keys = Some(Arc::new(k)),
+                            Err(e) => {
+                                let failure = failure(&e);
+                                self.engine
+                                    .handle(now, Event::RequestFailed { req, failure });
+                                return;
+                            }
+                        }
+                        let acked = ledger
+                            .covered()
+                            .into_iter()
+                            .map(|(o, l)| o..o + l)
+                            .collect();
+                        a.record.bytes_acked = ledger.acked_bytes();
+                        a.record.chunks_acked = ledger.acked_chunks();
+                        a.prior_dispatch = dispatched_until;
+                        a.checkpoint = Checkpoint {
+                            upload_id,
+                            ledger,
+                            dispatched_until,
+                            chunks_sent: a.record.chunks_sent,
+                            chunks_resent: a.record.chunks_resent,
+                        };
+                        self.report_started(job);
+                        self.engine.handle(now, Event::SessionReady { req, acked });
+                    }
+                }
+            }
+            Done::Read {
+                job,
+                offset,
+                result,
+            } => match result {
+                Ok((data, digest)) => {
+                    let Some(a) = self.jobs.get_mut(&job) else {
+                        return;
+                    };
+                    if a.pending_reads.get(&offset) != Some(&(data.len() as u64)) {
+                        return; // stale: its chunk was released meanwhile
+                    }
+                    a.pending_reads.remove(&offset);
+                    a.buffers.insert(
+                        offset,
+                        ChunkPayload {
+                            offset,
+                            sha256: digest.sha256,
+                            crc32c: digest.crc32c,
+                            data,
+                        },
+                    );
+                    self.engine.handle(
+                        now,
+                        Event::ReadDone {
+                            job,
+                            offset,
+                            saving: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let (code, message) = read_error_code(&e);
+                    self.engine.handle(
+                        now,
+                        Event::ReadFailed {
+                            job,
+                            offset,
+                            code: code.into(),
+                            message,
+                        },
+                    );
+                }
+            },
+            Done::Put {
+                req,
+                job,
+                offset,
+                result,
+            } => {
+                self.requests.remove(&req);
+                match result {
+                    Ok(()) => {
+                        let zero_rtt = self.shared.client.zero_rtt();
+                        if let Some(a) = self.jobs.get_mut(&job)
+                            && let Some(p) = a.buffers.remove(&offset)
+                        {
+                            a.checkpoint
+                                .ledger
+                                .ack(offset, p.data.len() as u64, p.sha256);
+                            a.record.chunks_acked = a.checkpoint.ledger.acked_chunks();
+                            a.record.bytes_acked = a.checkpoint.ledger.acked_bytes();
+                            // The answer came over the connection requests use now: if that
+                            // is HTTP/3 whose early data the server accepted, this job used
+                            // 0-RTT.
+                            a.record.used_0rtt |= zero_rtt;
+                            if a.record.time_to_first_ack_ms.is_none() {
+                                a.record.time_to_first_ack_ms =
+                                    Some(now_ms().saturating_sub(a.record.created_at_ms));
+                            }
+                        }
+                        self.engine.handle(now, Event::RequestDone { req });
+                    }
+                    Err(e) => {
+                        let failure = failure(&e);
+                        self.engine
+                            .handle(now, Event::RequestFailed { req, failure });
+                    }
+                }
+            }
+            Done::Whole { req, job, result } => {
+                self.requests.remove(&req);
+                match result {
+                    Ok(w) => {
+                        let zero_rtt = self.shared.client.zero_rtt();
+                        let protocol = self.shared.client.link().protocol.to_string();
+                        if let Some(a) = self.jobs.get_mut(&job) {
+                            let r = &mut a.record;
+                            r.upload_id = Some(w.created.upload_id);
+                            r.nonce = Some(w.created.nonce);
+                            r.chunks_acked = 1;
+                            r.chunk_size = r.size;
+                            r.streams = 1;
+                            r.protocol = protocol;
+                            r.used_0rtt |= zero_rtt;
+                            if r.time_to_first_ack_ms.is_none() {
+                                r.time_to_first_ack_ms =
+                                    Some(now_ms().saturating_sub(r.created_at_ms));
+                            }
+                            let _ = w.digest;
+                            apply_completed(r, &w.completed, Some(w.root));
+                        }
+                        self.engine.handle(now, Event::RequestDone { req });
+                    }
+                    Err(failure) => {
+                        self.engine
+                            .handle(now, Event::RequestFailed { req, failure });
+                    }
+                }
+            }
+            Done::Completed {
+                req,
+                job,
+                root,
+                result,
+            } => {
+                self.requests.remove(&req);
+                match result {
+                    Ok(done) => {
+                        if let Some(a) = self.jobs.get_mut(&job) {
+                            apply_completed(&mut a.record, &done, Some(root));
+                        }
+                        self.engine.handle(now, Event::RequestDone { req });
+                    }
+                    Err(failure) => {
+                        self.engine
+                            .handle(now, Event::RequestFailed { req, failure });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first time a run of this job has its session: tell watchers.
+    fn report_started(&mut self, job: JobId) {
+        let protocol = self.shared.client.link().protocol.to_string();
+        let streams = self.engine.snapshot().stream_limit as u32;
+        let Some(a) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if a.started_reported {
+            return;
+        }
+        a.started_reported = true;
+        a.record.protocol = protocol.clone();
+        self.shared.events.emit(
+            &a.record.job_id,
+            Kind::Started(grpc::Started {
+                protocol,
+                streams,
+                resumed_bytes: a.checkpoint.ledger.acked_bytes(),
+            }),
+        );
+    }
+}
+
+fn apply_completed(r: &mut JobRecord, done: &UploadCompleted, root: Option<[u8; 32]>) {
+    if let Some(root) = root {
+        r.merkle_root = hex::encode(root);
+    }
+    r.server_sha256 = done.sha256.clone();
+    r.location = done.location.clone();
+    r.bytes_acked = r.size;
+}
+
+/// Where a job with a server session resumes: the server's chunk list is the truth about
+/// what is stored, the checkpoint about what this daemon hashed. Chunks the server holds
+/// that the checkpoint does not know (acked after it) are re-read and re-hashed here —
+/// not re-sent — and count only if the hashes agree.
+async fn resume(
+    client: &ServerClient,
+    db: &JobDb,
+    source: Arc<SourceFile>,
+    job_id: &str,
+    upload_id: &str,
+    size: u64,
+) -> Result<Resumed, Failure> {
+    let state: UploadState = client.state(upload_id).await.map_err(|e| failure(&e))?;
+    if let Some(done) = state.completed {
+        return Ok(Resumed::AlreadyComplete(done));
+    }
+    let checkpoint = db
+        .load_checkpoint(job_id)
+        .map_err(|e| Failure::transient("state_store", e.to_string()))?
+        .filter(|c| c.upload_id == upload_id);
+    let server: Vec<ServerChunk> = state
+        .chunks
+        .iter()
+        .filter_map(|c| {
+            Some(ServerChunk {
+                offset: c.offset,
+                length: c.length,
+                sha256: uplink_proto::parse_hex32(&c.sha256)?,
+            })
+        })
+        .collect();
+    let plan = resume::reconcile(size, checkpoint.as_ref(), &server);
+    if plan.checkpoint_discarded {
+        tracing::warn!(job_id, "checkpoint disagreed with the server; re-verifying");
+    }
+    let verify = plan.verify;
+    let mut ledger = plan.ledger;
+    let ledger = tokio::task::spawn_blocking(move || {
+        for c in verify {
+            let (_, digest) = source
+                .read_chunk(c.offset, c.length)
+                .map_err(read_failure)?;
+            if digest.sha256 != c.sha256 {
+                return Err(Failure::permanent(
+                    "server_conflict",
+                    format!(
+                        "the server holds other bytes at offset {} than the file has",
+                        c.offset
+                    ),
+                ));
+            }
+            ledger.ack(c.offset, c.length, digest.sha256);
+        }
+        Ok(ledger)
+    })
+    .await
+    .map_err(|e| Failure::permanent("internal", e.to_string()))??;
+    Ok(Resumed::Ledger {
+        ledger,
+        dispatched_until: plan.dispatched_until,
+    })
+}
+
+/// A small file in one go: session, one chunk, complete. The idempotency key makes a
+/// repeat after a crash or a lost answer find the same session, where the chunk is a
+/// no-op and complete answers again.
+async fn whole(
+    client: &ServerClient,
+    source: Arc<SourceFile>,
+    key: &str,
+    body: &CreateUpload,
+    lane: usize,
+) -> Result<WholeDone, Failure> {
+    let size = body.size;
+    let read = Arc::clone(&source);
+    let (data, digest) = tokio::task::spawn_blocking(move || read.read_chunk(0, size))
+        .await
+        .map_err(|e| Failure::permanent("internal", e.to_string()))?
+        .map_err(read_failure)?;
+    let created = client.create(key, body).await.map_err(|e| failure(&e))?;
+    let keys = client
+        .session_keys(&created.upload_id, &created.nonce)
+        .map_err(|e| failure(&e))?;
+    let payload = ChunkPayload {
+        offset: 0,
+        sha256: digest.sha256,
+        crc32c: digest.crc32c,
+        data,
+    };
+    match client.put_chunk_shared(&keys, &payload, lane, 1).await {
+        Ok(_) => {}
+        // Stored and completed by an earlier attempt whose answer was lost.
+        Err(CallError::Server {
+            status: 409, code, ..
+        }) if code == uplink_proto::wire::code::ALREADY_COMPLETED => {}
+        Err(e) => return Err(failure(&e)),
+    }
+    let root = uplink_proto::merkle::root_of([(0, size, &digest.sha256)])
+        .map_err(|e| Failure::permanent("internal", e.to_string()))?;
+    tokio::task::spawn_blocking(move || source.check())
+        .await
+        .map_err(|e| Failure::permanent("internal", e.to_string()))?
+        .map_err(read_failure)?;
+    let completed = client
+        .complete(&created.upload_id, &root)
+        .await
+        .map_err(|e| failure(&e))?;
+    Ok(WholeDone {
+        created,
+        completed,
+        digest,
+        root,
+    })
+}
+
+/// A failed call as the core's policy sees it.
+fn failure(e: &CallError) -> Failure {
+    if let CallError::Server {
+        status: 409, code, ..
+    } = e
+        && code == uplink_proto::wire::code::CHUNK_CONFLICT
+    {
+        return Failure::StateChanged;
+    }
+    match e.class() {
+        ErrorClass::Transient => Failure::Transient {
+            code: e.code(),
+            message: e.to_string(),
+            retry_after: e.retry_after(),
+        },
+        ErrorClass::UnknownUpload => Failure::SessionLost,
+        ErrorClass::Permanent => Failure::Permanent {
+            code: e.code(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn read_error_code(e: &ReadError) -> (&'static str, String) {
+    match e {
+        ReadError::Changed(_) => ("file_changed", e.to_string()),
+        ReadError::Io(_) => ("read_failed", e.to_string()),
+    }
+}
+
+fn read_failure(e: ReadError) -> Failure {
+    let (code, message) = read_error_code(&e);
+    Failure::permanent(code, message)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Memory the system has left for us: MemAvailable (Linux). Elsewhere, none reported
+/// (the pool stays at its full size).
+fn available_memory() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
