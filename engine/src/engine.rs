@@ -244,6 +244,7 @@ impl Engine {
             if let Some(r) = self.reqs.remove(&id) {
                 self.actions.push_back(Action::Abandon { req: id });
                 let secs = self.now.since(r.started).as_secs_f64();
+                self.timed_out(&r);
                 self.request_failed(
                     r,
                     Failure::transient("timeout", format!("no answer after {secs:.1} s")),
@@ -591,6 +592,38 @@ impl Engine {
         }
     }
 
+    /// A request that ran out of time says the link is slower than the engine assumed
+    /// (the link changed, or the estimate is stale and no request completes to correct
+    /// it): its share moved at most `len / elapsed`. That bound goes into the estimate, and
+    /// a chunk bigger than the (perhaps lower) tier now wants is cut again rather than
+    /// retried whole and doomed the same way.
+    fn timed_out(&mut self, r: &Req) {
+        let ReqKind::Chunk { offset, len } = r.kind else {
+            return;
+        };
+        let elapsed = self.now.since(r.started).as_secs_f64();
+        if elapsed > 0.0 {
+            // `streams` still counts this request: the link was shared that many ways.
+            let bound = len as f64 * self.streams.max(1) as f64 / elapsed;
+            if self.estimator.usable().is_some_and(|est| bound < est) {
+                self.estimator.sample(self.now, bound);
+                self.last_retune = None;
+                self.retune();
+            }
+        }
+        if self.cfg.chunk_size.is_some() || len <= self.chunk_target() {
+            return;
+        }
+        if let Some(job) = self.jobs.get_mut(&r.job)
+            && let Some(c) = job.chunks.remove(&offset)
+        {
+            job.claimed.remove(offset..offset + c.len);
+            self.slots -= 1;
+            self.actions
+                .push_back(Action::Release { job: r.job, offset });
+        }
+    }
+
     /// The server forgot the session: start over with a new one (a bounded number of times).
     fn reset_session(&mut self, id: JobId) {
         let resets = match self.jobs.get_mut(&id) {
@@ -711,19 +744,30 @@ impl Engine {
         id
     }
 
-    /// How long a request of `bytes` may take before it is given up.
-    fn timeout_for(&self, bytes: u64) -> Duration {
-        let Some(est) = self.estimator.usable() else {
-            // No estimate yet: assume at least 1 Mbit/s per stream.
-            return self
+    /// How long a request of `bytes` for `job` may take before it is given up.
+    ///
+    /// Twice what the request's share of the link needs; and doubled for each failure
+    /// the job has in a row, so a deadline that was too short for this link (no estimate
+    /// yet, or a link slower than it was) cannot expire again and again: every request
+    /// eventually gets the time it needs.
+    fn timeout_for(&self, job: JobId, bytes: u64) -> Duration {
+        let base = match self.estimator.usable() {
+            // No estimate yet: assume 1 Mbit/s, shared by every request in flight.
+            None => self
                 .cfg
                 .request_timeout_default
-                .max(Duration::from_secs_f64(2.0 * bytes as f64 / 125_000.0));
+                .max(Duration::from_secs_f64(
+                    2.0 * bytes as f64 * (self.streams + 1) as f64 / 125_000.0,
+                )),
+            Some(est) => {
+                let share = (est / self.stream_limit() as f64).max(self.cfg.min_stream_rate);
+                self.cfg
+                    .request_timeout_floor
+                    .max(Duration::from_secs_f64(2.0 * bytes as f64 / share))
+            }
         };
-        let share = (est / self.stream_limit() as f64).max(self.cfg.min_stream_rate);
-        self.cfg
-            .request_timeout_floor
-            .max(Duration::from_secs_f64(2.0 * bytes as f64 / share))
+        let failures = self.jobs.get(&job).map_or(0, |j| j.backoff.failures());
+        base.saturating_mul(1 << failures.min(6))
     }
 
     fn lane(&mut self, avoid: Option<usize>) -> usize {
@@ -786,7 +830,7 @@ impl Engine {
                     if job.not_before <= now && self.session_calls < self.cfg.max_session_calls =>
                 {
                     let has = job.has_session;
-                    let timeout = self.timeout_for(0);
+                    let timeout = self.timeout_for(id, 0);
                     let req = self.new_req(id, ReqKind::Session, timeout);
                     self.session_calls += 1;
                     if let Some(job) = self.jobs.get_mut(&id) {
@@ -805,7 +849,7 @@ impl Engine {
                     // hash): allow for that at a modest disk speed.
                     let hashing = Duration::from_secs(job.spec.size / COMPLETE_HASH_RATE);
                     let timeout = self
-                        .timeout_for(0)
+                        .timeout_for(id, 0)
                         .max(self.cfg.request_timeout_default)
                         .max(hashing);
                     let req = self.new_req(id, ReqKind::Complete, timeout);
@@ -856,7 +900,7 @@ impl Engine {
             return;
         };
         let lane = self.lane(avoid);
-        let timeout = self.timeout_for(len);
+        let timeout = self.timeout_for(id, len);
         let req = self.new_req(id, ReqKind::Chunk { offset, len }, timeout);
         self.streams += 1;
         let Some(c) = self
@@ -885,7 +929,7 @@ impl Engine {
             return;
         };
         let lane = self.lane(None);
-        let timeout = self.timeout_for(size);
+        let timeout = self.timeout_for(id, size);
         let req = self.new_req(id, ReqKind::Whole, timeout);
         self.streams += 1;
         self.slots += 1;
@@ -896,17 +940,22 @@ impl Engine {
             .push_back(Action::PutWhole { req, job: id, lane });
     }
 
+    /// The chunk size the link calls for now.
+    fn chunk_target(&self) -> u64 {
+        match self.tier {
+            Some(t) if self.estimator.usable().is_some() => t.chunk_size(),
+            // A cold link: small first chunks, so the first acknowledgement is quick,
+            // doubling until the estimate takes over.
+            _ => (self.cfg.first_chunk << self.cold_acks.min(4)).min(4 * MIB),
+        }
+    }
+
     /// The size of the next chunk of `job` starting at `start` with `gap` bytes free.
     fn chunk_len(&self, job: &Job, gap: u64) -> u64 {
         if let Some(fixed) = self.cfg.chunk_size {
             return fixed.min(gap).max(1);
         }
-        let target = match self.tier {
-            Some(t) if self.estimator.usable().is_some() => t.chunk_size(),
-            // A cold link: small first chunks, so the first acknowledgement is quick,
-            // doubling until the estimate takes over.
-            _ => (self.cfg.first_chunk << self.cold_acks.min(4)).min(4 * MIB),
-        };
+        let target = self.chunk_target();
         // Spread a job's remaining bytes over the streams so the tail uses them all.
         let spread = job
             .unclaimed_bytes()

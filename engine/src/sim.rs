@@ -98,6 +98,8 @@ pub struct Report {
     pub max_buffers_held: usize,
     /// Chunk PUTs of bytes the server already held (blind retries after lost answers).
     pub server_duplicates: u64,
+    /// Chunk PUTs refused because they cut stored bytes differently (409 conflict).
+    pub server_conflicts: u64,
     /// Bytes that crossed the link (all requests, all attempts).
     pub link_bytes: f64,
 }
@@ -417,7 +419,13 @@ impl Sim {
         let Some(server) = self.server.get_mut(&job) else {
             return;
         };
-        if server.forgotten || server.session != session {
+        if matches!(body, Body::Whole) && server.forgotten {
+            // A whole-file send makes its own session (create, chunk, complete in one
+            // go, as the daemon does): a forgotten one is simply made anew, empty.
+            server.forgotten = false;
+            server.stored = RangeSet::new();
+        }
+        if server.forgotten || (server.session != session && !matches!(body, Body::Whole)) {
             let ev = Event::RequestFailed {
                 req,
                 failure: Failure::SessionLost,
@@ -432,15 +440,23 @@ impl Sim {
         assert!(offset + len <= server.size, "chunk beyond the file");
         if server.stored.contains(offset..offset + len) {
             self.report.server_duplicates += 1;
-        } else {
-            assert!(
-                !server.stored.overlaps(offset..offset + len),
-                "job {job}: chunk {offset}+{len} partly overlaps stored bytes (a conflict)"
-            );
+        } else if server.stored.overlaps(offset..offset + len) {
+            // Other chunk boundaries than the server holds (a request abandoned before a
+            // resync landed after it): the real server answers 409 chunk_conflict.
+            self.report.server_conflicts += 1;
+            let ev = Event::RequestFailed {
+                req,
+                failure: Failure::StateChanged,
+            };
+            self.at(answer_at, Pending::Engine(ev));
+            return;
         }
         server.stored.insert(offset..offset + len);
         // The engine learns of it one half round trip later (if the answer gets through).
+        // A body the engine abandoned may still land (it was on the wire): its buffer
+        // is gone by then, rightly.
         if let Body::Chunk { offset, len } = body
+            && !self.abandoned.contains(&req)
             && let Some(sj) = self.jobs.get(&job)
         {
             assert!(

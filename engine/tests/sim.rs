@@ -292,3 +292,113 @@ fn a_100_gb_upload_over_a_flaky_5_mbit_link() {
         r.steps
     );
 }
+
+/// Hundreds of random worlds: link speed from a modem to a datacenter, RTT, loss, memory
+/// pressure, blackholes, a server that forgets sessions, cancels, resumes from scattered
+/// server ranges, many jobs of mixed sizes. In every one the simulator checks the
+/// engine's promises as it goes (nothing acknowledged twice, nothing sent unread, no
+/// completion before every byte is stored, streams and buffers within their limits), and
+/// every job ends: completed, or cancelled when the scenario cancelled it. Network
+/// trouble never fails a job.
+#[test]
+fn random_worlds_keep_every_promise_and_every_job_ends() {
+    use uplink_engine::rng::Rng;
+    const WORLDS: u64 = 2000;
+    let mut changes_total = 0usize;
+    for seed in 0..WORLDS {
+        let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9) + 11);
+        let mbit = [0.5, 2.0, 8.0, 40.0, 150.0, 600.0][rng.between(0, 5) as usize];
+        let mut link = Link::new(mbit, rng.between(2, 400));
+        link.loss_per_mib = [0.0, 0.0, 0.001, 0.01, 0.05][rng.between(0, 4) as usize];
+        // A minute's worth of the link, spread over up to 12 jobs.
+        let budget = ((mbit * 1e6 / 8.0) * 60.0) as u64;
+        let jobs = rng.between(1, 12);
+        let mut changes = Vec::new();
+        for job in 0..jobs {
+            let size = rng.between(1, (budget / jobs).max(2));
+            let at = secs(rng.between(0, 20) as f64);
+            let resume = size > 4 * MIB && rng.between(0, 3) == 0;
+            let stored = if resume {
+                // A few scattered ranges the server already holds.
+                (0..rng.between(1, 4))
+                    .map(|_| {
+                        let a = rng.between(0, size - 1);
+                        a..(a + rng.between(1, MIB)).min(size)
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
+            changes.push((
+                at,
+                Change::AddJob {
+                    job,
+                    spec: JobSpec {
+                        size,
+                        priority: rng.between(0, 2) as u8,
+                        has_session: resume,
+                    },
+                    stored,
+                    saving: [0.0, 0.05, 0.5][rng.between(0, 2) as usize],
+                },
+            ));
+            if rng.between(0, 9) == 0 {
+                changes.push((secs(rng.between(1, 60) as f64), Change::Cancel(job)));
+            }
+            if rng.between(0, 9) == 0 {
+                changes.push((secs(rng.between(1, 60) as f64), Change::ServerForgets(job)));
+            }
+        }
+        if rng.between(0, 3) == 0 {
+            let from = rng.between(1, 40) as f64;
+            changes.push((secs(from), Change::Blackhole(true)));
+            changes.push((
+                secs(from + rng.between(1, 45) as f64),
+                Change::Blackhole(false),
+            ));
+        }
+        if rng.between(0, 3) == 0 {
+            let mb = [20u64, 80, 150, 4000][rng.between(0, 3) as usize];
+            changes.push((
+                secs(rng.between(0, 30) as f64),
+                Change::MemoryAvailable(mb * 1_000_000),
+            ));
+        }
+        if rng.between(0, 3) == 0 {
+            let other = [1.0, 20.0, 300.0][rng.between(0, 2) as usize];
+            changes.push((
+                secs(rng.between(1, 40) as f64),
+                Change::Link(Link::new(other, rng.between(5, 200))),
+            ));
+        }
+        changes.sort_by_key(|(t, _)| *t);
+        changes_total += changes.len();
+        let sc = Scenario {
+            link,
+            config: Config::default(),
+            changes,
+            read_rate: 2e9,
+            time_limit: secs(7.0 * 24.0 * 3600.0),
+            seed,
+        };
+        let r = Sim::new(sc.clone()).run();
+        for (id, j) in &r.jobs {
+            assert!(
+                j.completed_at.is_some() || j.cancelled,
+                "world {seed}: job {id} did not end by {:?} ({} steps): {j:?}\nall: {:?}\nscenario: {sc:?}",
+                r.end,
+                r.steps,
+                r.jobs
+                    .iter()
+                    .map(|(i, j)| (*i, j.completed_at, j.cancelled, j.wire_bytes))
+                    .collect::<Vec<_>>()
+            );
+            assert!(
+                j.failed.is_none() || j.cancelled,
+                "world {seed}: job {id} failed for network trouble: {:?}",
+                j.failed
+            );
+        }
+    }
+    println!("{WORLDS} random worlds, {changes_total} scripted changes: every job ended");
+}
