@@ -25,14 +25,14 @@ use tokio_util::sync::CancellationToken;
 use uplink_engine::{Action, Engine, Event, Failure, JobId, JobSpec, ReqId, Time};
 use uplink_proto::grpc::{self, job_event::Kind};
 use uplink_proto::integrity::ChunkDigest;
-use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated, UploadState};
+use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated};
 
-use super::ledger::{Checkpoint, Ledger};
+use super::calls::{Resumed, WholeDone, failure, read_error_code, read_failure, resume, whole};
+use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
-use super::resume::{self, ServerChunk};
 use crate::events::Events;
 use crate::jobs::{JobDb, JobRecord, JobState, now_ms};
-use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
+use crate::server_api::{CallError, ChunkPayload, ServerClient, SessionKeys};
 
 /// Jobs handed to the core at once; the rest wait in the job store (the core admits
 /// its own share of these to the streams).
@@ -120,24 +120,6 @@ enum Done {
         root: [u8; 32],
         result: Result<UploadCompleted, Failure>,
     },
-}
-
-/// Where a resumed session stands.
-enum Resumed {
-    /// The server completed it in an earlier run whose answer was lost.
-    AlreadyComplete(UploadCompleted),
-    /// The acks to start from (checkpoint + chunks re-hashed and matched).
-    Ledger {
-        ledger: Ledger,
-        dispatched_until: u64,
-    },
-}
-
-struct WholeDone {
-    created: UploadCreated,
-    completed: UploadCompleted,
-    digest: ChunkDigest,
-    root: [u8; 32],
 }
 
 pub struct Driver {
@@ -932,7 +914,6 @@ impl Driver {
                                 r.time_to_first_ack_ms =
                                     Some(now_ms().saturating_sub(r.created_at_ms));
                             }
-                            let _ = w.digest;
                             apply_completed(r, &w.completed, Some(w.root));
                         }
                         self.engine.handle(now, Event::RequestDone { req });
@@ -996,156 +977,6 @@ fn apply_completed(r: &mut JobRecord, done: &UploadCompleted, root: Option<[u8; 
     r.server_sha256 = done.sha256.clone();
     r.location = done.location.clone();
     r.bytes_acked = r.size;
-}
-
-/// Where a job with a server session resumes: the server's chunk list is the truth about
-/// what is stored, the checkpoint about what this daemon hashed. Chunks the server holds
-/// that the checkpoint does not know (acked after it) are re-read and re-hashed here —
-/// not re-sent — and count only if the hashes agree.
-async fn resume(
-    client: &ServerClient,
-    db: &JobDb,
-    source: Arc<SourceFile>,
-    job_id: &str,
-    upload_id: &str,
-    size: u64,
-) -> Result<Resumed, Failure> {
-    let state: UploadState = client.state(upload_id).await.map_err(|e| failure(&e))?;
-    if let Some(done) = state.completed {
-        return Ok(Resumed::AlreadyComplete(done));
-    }
-    let checkpoint = db
-        .load_checkpoint(job_id)
-        .map_err(|e| Failure::transient("state_store", e.to_string()))?
-        .filter(|c| c.upload_id == upload_id);
-    let server: Vec<ServerChunk> = state
-        .chunks
-        .iter()
-        .filter_map(|c| {
-            Some(ServerChunk {
-                offset: c.offset,
-                length: c.length,
-                sha256: uplink_proto::parse_hex32(&c.sha256)?,
-            })
-        })
-        .collect();
-    let plan = resume::reconcile(size, checkpoint.as_ref(), &server);
-    if plan.checkpoint_discarded {
-        tracing::warn!(job_id, "checkpoint disagreed with the server; re-verifying");
-    }
-    let verify = plan.verify;
-    let mut ledger = plan.ledger;
-    let ledger = tokio::task::spawn_blocking(move || {
-        for c in verify {
-            let (_, digest) = source
-                .read_chunk(c.offset, c.length)
-                .map_err(read_failure)?;
-            if digest.sha256 != c.sha256 {
-                return Err(Failure::permanent(
-                    "server_conflict",
-                    format!(
-                        "the server holds other bytes at offset {} than the file has",
-                        c.offset
-                    ),
-                ));
-            }
-            ledger.ack(c.offset, c.length, digest.sha256);
-        }
-        Ok(ledger)
-    })
-    .await
-    .map_err(|e| Failure::permanent("internal", e.to_string()))??;
-    Ok(Resumed::Ledger {
-        ledger,
-        dispatched_until: plan.dispatched_until,
-    })
-}
-
-/// A small file in one go: session, one chunk, complete. The idempotency key makes a
-/// repeat after a crash or a lost answer find the same session, where the chunk is a
-/// no-op and complete answers again.
-async fn whole(
-    client: &ServerClient,
-    source: Arc<SourceFile>,
-    key: &str,
-    body: &CreateUpload,
-    lane: usize,
-) -> Result<WholeDone, Failure> {
-    let size = body.size;
-    let read = Arc::clone(&source);
-    let (data, digest) = tokio::task::spawn_blocking(move || read.read_chunk(0, size))
-        .await
-        .map_err(|e| Failure::permanent("internal", e.to_string()))?
-        .map_err(read_failure)?;
-    let created = client.create(key, body).await.map_err(|e| failure(&e))?;
-    let keys = client
-        .session_keys(&created.upload_id, &created.nonce)
-        .map_err(|e| failure(&e))?;
-    let payload = ChunkPayload {
-        offset: 0,
-        sha256: digest.sha256,
-        crc32c: digest.crc32c,
-        data,
-    };
-    match client.put_chunk_shared(&keys, &payload, lane, 1).await {
-        Ok(_) => {}
-        // Stored and completed by an earlier attempt whose answer was lost.
-        Err(CallError::Server {
-            status: 409, code, ..
-        }) if code == uplink_proto::wire::code::ALREADY_COMPLETED => {}
-        Err(e) => return Err(failure(&e)),
-    }
-    let root = uplink_proto::merkle::root_of([(0, size, &digest.sha256)])
-        .map_err(|e| Failure::permanent("internal", e.to_string()))?;
-    tokio::task::spawn_blocking(move || source.check())
-        .await
-        .map_err(|e| Failure::permanent("internal", e.to_string()))?
-        .map_err(read_failure)?;
-    let completed = client
-        .complete(&created.upload_id, &root)
-        .await
-        .map_err(|e| failure(&e))?;
-    Ok(WholeDone {
-        created,
-        completed,
-        digest,
-        root,
-    })
-}
-
-/// A failed call as the core's policy sees it.
-fn failure(e: &CallError) -> Failure {
-    if let CallError::Server {
-        status: 409, code, ..
-    } = e
-        && code == uplink_proto::wire::code::CHUNK_CONFLICT
-    {
-        return Failure::StateChanged;
-    }
-    match e.class() {
-        ErrorClass::Transient => Failure::Transient {
-            code: e.code(),
-            message: e.to_string(),
-            retry_after: e.retry_after(),
-        },
-        ErrorClass::UnknownUpload => Failure::SessionLost,
-        ErrorClass::Permanent => Failure::Permanent {
-            code: e.code(),
-            message: e.to_string(),
-        },
-    }
-}
-
-fn read_error_code(e: &ReadError) -> (&'static str, String) {
-    match e {
-        ReadError::Changed(_) => ("file_changed", e.to_string()),
-        ReadError::Io(_) => ("read_failed", e.to_string()),
-    }
-}
-
-fn read_failure(e: ReadError) -> Failure {
-    let (code, message) = read_error_code(&e);
-    Failure::permanent(code, message)
 }
 
 async fn sleep_until(at: Option<Instant>) {
