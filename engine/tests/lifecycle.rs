@@ -32,7 +32,8 @@ fn drive_to_complete(e: &mut Engine, now: Time) -> ReqId {
     panic!("no Complete within 10,000 actions");
 }
 
-fn big_job(e: &mut Engine, size: u64) {
+/// Job 1 of `size` bytes; `has_session`: resumed (the server may hold some of it).
+fn add_job(e: &mut Engine, size: u64, has_session: bool) {
     e.handle(
         Time::ZERO,
         Event::JobAdded {
@@ -40,10 +41,14 @@ fn big_job(e: &mut Engine, size: u64) {
             spec: JobSpec {
                 size,
                 priority: 0,
-                has_session: false,
+                has_session,
             },
         },
     );
+}
+
+fn big_job(e: &mut Engine, size: u64) {
+    add_job(e, size, false);
 }
 
 #[test]
@@ -116,17 +121,7 @@ fn a_permanent_refusal_of_complete_fails_the_job_with_the_servers_code() {
 #[test]
 fn a_conflict_with_chunks_the_server_got_meanwhile_refetches_the_state_and_goes_on() {
     let mut e = Engine::new(Config::default(), 5);
-    e.handle(
-        Time::ZERO,
-        Event::JobAdded {
-            job: 1,
-            spec: JobSpec {
-                size: 64 * MIB,
-                priority: 0,
-                has_session: true,
-            },
-        },
-    );
+    add_job(&mut e, 64 * MIB, true);
     let fetch = match e.poll_action() {
         Some(Action::FetchState { req, .. }) => req,
         other => panic!("a resumed job fetches the server's state first, got {other:?}"),

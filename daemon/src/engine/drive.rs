@@ -22,12 +22,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use uplink_engine::{Action, Engine, Event, Failure, JobId, JobSpec, ReqId, Time};
+use uplink_engine::{Action, Engine, Event, Failure, JobId, ReqId, Time};
 use uplink_proto::grpc::{self, job_event::Kind};
 use uplink_proto::integrity::ChunkDigest;
 use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated};
 
-use super::calls::{Resumed, WholeDone, failure, read_error_code, read_failure, resume, whole};
+mod outcomes;
+
+use super::calls::{Resumed, WholeDone, failure, read_failure, resume, whole};
 use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
@@ -320,6 +322,13 @@ impl Driver {
         }
     }
 
+    /// Tells the core a request failed.
+    fn refuse(&mut self, req: ReqId, failure: Failure) {
+        let now = self.now();
+        self.engine
+            .handle(now, Event::RequestFailed { req, failure });
+    }
+
     fn spawn_request(
         &mut self,
         req: ReqId,
@@ -406,13 +415,9 @@ impl Driver {
         };
         let (Some(payload), Some(keys)) = (a.buffers.get(&offset).cloned(), a.keys.clone()) else {
             // The core sends only what was read, within a session: a broken promise.
-            let now = self.now();
-            self.engine.handle(
-                now,
-                Event::RequestFailed {
-                    req,
-                    failure: Failure::permanent("internal", "chunk to send is not in memory"),
-                },
+            self.refuse(
+                req,
+                Failure::permanent("internal", "chunk to send is not in memory"),
             );
             return;
         };
@@ -468,16 +473,12 @@ impl Driver {
             a.checkpoint.ledger.root_if_complete(a.record.size),
             a.record.upload_id.clone(),
         ) else {
-            let now = self.now();
-            self.engine.handle(
-                now,
-                Event::RequestFailed {
-                    req,
-                    failure: Failure::permanent(
-                        "internal",
-                        "every byte is acknowledged but the ledger is not complete",
-                    ),
-                },
+            self.refuse(
+                req,
+                Failure::permanent(
+                    "internal",
+                    "every byte is acknowledged but the ledger is not complete",
+                ),
             );
             return;
         };
@@ -546,12 +547,22 @@ impl Driver {
 
     /// Ends a job the core finished (completed or failed).
     async fn finish(&mut self, job: JobId, state: JobState, error: Option<(String, String)>) {
-        let Some(mut a) = self.jobs.remove(&job) else {
+        let Some(a) = self.jobs.remove(&job) else {
             return;
         };
-        self.ids.remove(&a.record.job_id);
+        self.end_record(a.record, state, error).await;
+    }
+
+    /// Records a job's end (completed or failed), durably, then tells watchers; its place
+    /// goes to the next job in the store.
+    async fn end_record(
+        &mut self,
+        mut r: JobRecord,
+        state: JobState,
+        error: Option<(String, String)>,
+    ) {
+        self.ids.remove(&r.job_id);
         self.refill = true;
-        let r = &mut a.record;
         r.state = state;
         r.finished_at_ms = Some(now_ms());
         match &error {
@@ -568,7 +579,7 @@ impl Driver {
         }
         // Durable first, then announced: a watcher that reacts sees the same record. A
         // finished record drops its checkpoint in the same write.
-        if let Err(e) = self.shared.db.put(r).await {
+        if let Err(e) = self.shared.db.put(&r).await {
             tracing::error!(error = %e, "cannot record the job's end");
         }
         let record = Some(r.to_proto());
@@ -650,333 +661,6 @@ impl Driver {
             }
         }
     }
-
-    // ---- outcomes ----
-
-    async fn on_done(&mut self, done: Done) {
-        let now = self.now();
-        match done {
-            Done::Opened {
-                job,
-                mut record,
-                result,
-            } => {
-                if !self.ids.values().any(|v| *v == job) {
-                    return; // cancelled while opening
-                }
-                let source = match result {
-                    Ok(s) => Arc::new(s),
-                    Err(e) => {
-                        self.ids.remove(&record.job_id);
-                        self.refill = true;
-                        let (code, message) = read_error_code(&e);
-                        record.state = JobState::Failed;
-                        record.error_code = code.into();
-                        record.error_message = message;
-                        record.finished_at_ms = Some(now_ms());
-                        tracing::error!(job_id = %record.job_id, code = %record.error_code, "job failed");
-                        let _ = self.shared.db.put(&record).await;
-                        self.shared.events.emit(
-                            &record.job_id,
-                            Kind::Failed(grpc::Failed {
-                                job: Some(record.to_proto()),
-                            }),
-                        );
-                        self.trim_history();
-                        return;
-                    }
-                };
-                record.state = JobState::Running;
-                if let Err(e) = self.shared.db.put(&record).await {
-                    tracing::error!(error = %e, "cannot record the job as running");
-                }
-                let spec = JobSpec {
-                    size: record.size,
-                    priority: 0,
-                    has_session: record.upload_id.is_some(),
-                };
-                self.jobs.insert(
-                    job,
-                    Active {
-                        record: *record,
-                        source,
-                        keys: None,
-                        checkpoint: Checkpoint::default(),
-                        buffers: HashMap::new(),
-                        pending_reads: HashMap::new(),
-                        sends: HashMap::new(),
-                        prior_dispatch: 0,
-                        started_reported: false,
-                    },
-                );
-                self.engine.handle(now, Event::JobAdded { job, spec });
-            }
-            Done::Created { req, job, result } => {
-                self.requests.remove(&req);
-                let created = match result {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let failure = failure(&e);
-                        self.engine
-                            .handle(now, Event::RequestFailed { req, failure });
-                        return;
-                    }
-                };
-                let Some(a) = self.jobs.get_mut(&job) else {
-                    return;
-                };
-                let keys = match self
-                    .shared
-                    .client
-                    .session_keys(&created.upload_id, &created.nonce)
-                {
-                    Ok(k) => k,
-                    Err(e) => {
-                        let failure = failure(&e);
-                        self.engine
-                            .handle(now, Event::RequestFailed { req, failure });
-                        return;
-                    }
-                };
-                a.record.upload_id = Some(created.upload_id.clone());
-                a.record.nonce = Some(created.nonce);
-                a.keys = Some(Arc::new(keys));
-                a.checkpoint = Checkpoint {
-                    upload_id: created.upload_id,
-                    ..Default::default()
-                };
-                // Chunks go only once the session is on record, so a crash never leaves
-                // bytes on the server the daemon does not know to resume.
-                if let Err(e) = self.shared.db.put(&a.record).await {
-                    tracing::error!(error = %e, "cannot record the new session");
-                }
-                self.report_started(job);
-                self.engine.handle(now, Event::RequestDone { req });
-            }
-            Done::Resumed { req, job, result } => {
-                self.requests.remove(&req);
-                let resumed = match result {
-                    Ok(r) => r,
-                    Err(failure) => {
-                        self.engine
-                            .handle(now, Event::RequestFailed { req, failure });
-                        return;
-                    }
-                };
-                match resumed {
-                    Resumed::AlreadyComplete(done) => {
-                        if let Some(a) = self.jobs.get_mut(&job) {
-                            apply_completed(&mut a.record, &done, None);
-                        }
-                        // The core still thinks the session is being fetched: drop the
-                        // job there, and finish it here.
-                        self.engine.handle(now, Event::JobCancelled { job });
-                        self.perform_actions().await;
-                        self.finish(job, JobState::Completed, None).await;
-                    }
-                    Resumed::Ledger {
-                        ledger,
-                        dispatched_until,
-                    } => {
-                        let Some(a) = self.jobs.get_mut(&job) else {
-                            return;
-                        };
-                        let (Some(upload_id), Some(nonce)) =
-                            (a.record.upload_id.clone(), a.record.nonce.clone())
-                        else {
-                            return;
-                        };
-                        match self.shared.client.session_keys(&upload_id, &nonce) {
-                            Ok(k) => a.keys = Some(Arc::new(k)),
-                            Err(e) => {
-                                let failure = failure(&e);
-                                self.engine
-                                    .handle(now, Event::RequestFailed { req, failure });
-                                return;
-                            }
-                        }
-                        let acked = ledger
-                            .covered()
-                            .into_iter()
-                            .map(|(o, l)| o..o + l)
-                            .collect();
-                        a.record.bytes_acked = ledger.acked_bytes();
-                        a.record.chunks_acked = ledger.acked_chunks();
-                        a.prior_dispatch = dispatched_until;
-                        a.checkpoint = Checkpoint {
-                            upload_id,
-                            ledger,
-                            dispatched_until,
-                            chunks_sent: a.record.chunks_sent,
-                            chunks_resent: a.record.chunks_resent,
-                        };
-                        self.report_started(job);
-                        self.engine.handle(now, Event::SessionReady { req, acked });
-                    }
-                }
-            }
-            Done::Read {
-                job,
-                offset,
-                result,
-            } => match result {
-                Ok((data, digest)) => {
-                    let Some(a) = self.jobs.get_mut(&job) else {
-                        return;
-                    };
-                    if a.pending_reads.get(&offset) != Some(&(data.len() as u64)) {
-                        return; // stale: its chunk was released meanwhile
-                    }
-                    a.pending_reads.remove(&offset);
-                    a.buffers.insert(
-                        offset,
-                        ChunkPayload {
-                            offset,
-                            sha256: digest.sha256,
-                            crc32c: digest.crc32c,
-                            data,
-                        },
-                    );
-                    self.engine.handle(
-                        now,
-                        Event::ReadDone {
-                            job,
-                            offset,
-                            saving: None,
-                        },
-                    );
-                }
-                Err(e) => {
-                    let (code, message) = read_error_code(&e);
-                    self.engine.handle(
-                        now,
-                        Event::ReadFailed {
-                            job,
-                            offset,
-                            code: code.into(),
-                            message,
-                        },
-                    );
-                }
-            },
-            Done::Put {
-                req,
-                job,
-                offset,
-                result,
-            } => {
-                self.requests.remove(&req);
-                match result {
-                    Ok(()) => {
-                        let zero_rtt = self.shared.client.zero_rtt();
-                        if let Some(a) = self.jobs.get_mut(&job)
-                            && let Some(p) = a.buffers.remove(&offset)
-                        {
-                            a.checkpoint
-                                .ledger
-                                .ack(offset, p.data.len() as u64, p.sha256);
-                            a.record.chunks_acked = a.checkpoint.ledger.acked_chunks();
-                            a.record.bytes_acked = a.checkpoint.ledger.acked_bytes();
-                            // The answer came over the connection requests use now: if that
-                            // is HTTP/3 whose early data the server accepted, this job used
-                            // 0-RTT.
-                            a.record.used_0rtt |= zero_rtt;
-                            if a.record.time_to_first_ack_ms.is_none() {
-                                a.record.time_to_first_ack_ms =
-                                    Some(now_ms().saturating_sub(a.record.created_at_ms));
-                            }
-                        }
-                        self.engine.handle(now, Event::RequestDone { req });
-                    }
-                    Err(e) => {
-                        let failure = failure(&e);
-                        self.engine
-                            .handle(now, Event::RequestFailed { req, failure });
-                    }
-                }
-            }
-            Done::Whole { req, job, result } => {
-                self.requests.remove(&req);
-                match result {
-                    Ok(w) => {
-                        let zero_rtt = self.shared.client.zero_rtt();
-                        let protocol = self.shared.client.link().protocol.to_string();
-                        if let Some(a) = self.jobs.get_mut(&job) {
-                            let r = &mut a.record;
-                            r.upload_id = Some(w.created.upload_id);
-                            r.nonce = Some(w.created.nonce);
-                            r.chunks_acked = 1;
-                            r.chunk_size = r.size;
-                            r.streams = 1;
-                            r.protocol = protocol;
-                            r.used_0rtt |= zero_rtt;
-                            if r.time_to_first_ack_ms.is_none() {
-                                r.time_to_first_ack_ms =
-                                    Some(now_ms().saturating_sub(r.created_at_ms));
-                            }
-                            apply_completed(r, &w.completed, Some(w.root));
-                        }
-                        self.engine.handle(now, Event::RequestDone { req });
-                    }
-                    Err(failure) => {
-                        self.engine
-                            .handle(now, Event::RequestFailed { req, failure });
-                    }
-                }
-            }
-            Done::Completed {
-                req,
-                job,
-                root,
-                result,
-            } => {
-                self.requests.remove(&req);
-                match result {
-                    Ok(done) => {
-                        if let Some(a) = self.jobs.get_mut(&job) {
-                            apply_completed(&mut a.record, &done, Some(root));
-                        }
-                        self.engine.handle(now, Event::RequestDone { req });
-                    }
-                    Err(failure) => {
-                        self.engine
-                            .handle(now, Event::RequestFailed { req, failure });
-                    }
-                }
-            }
-        }
-    }
-
-    /// The first time a run of this job has its session: tell watchers.
-    fn report_started(&mut self, job: JobId) {
-        let protocol = self.shared.client.link().protocol.to_string();
-        let streams = self.engine.snapshot().stream_limit as u32;
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        if a.started_reported {
-            return;
-        }
-        a.started_reported = true;
-        a.record.protocol = protocol.clone();
-        self.shared.events.emit(
-            &a.record.job_id,
-            Kind::Started(grpc::Started {
-                protocol,
-                streams,
-                resumed_bytes: a.checkpoint.ledger.acked_bytes(),
-            }),
-        );
-    }
-}
-
-fn apply_completed(r: &mut JobRecord, done: &UploadCompleted, root: Option<[u8; 32]>) {
-    if let Some(root) = root {
-        r.merkle_root = hex::encode(root);
-    }
-    r.server_sha256 = done.sha256.clone();
-    r.location = done.location.clone();
-    r.bytes_acked = r.size;
 }
 
 async fn sleep_until(at: Option<Instant>) {
