@@ -5,8 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use uplink_proto::integrity::{self, ChunkId, ChunkSecret, Credentials};
 use uplink_proto::wire::{
-    self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted, UploadCreated,
-    UploadState,
+    self, ChunkPage, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted,
+    UploadCreated, UploadState,
 };
 
 use crate::transport::{LinkInfo, Transport, TransportError, WireRequest, WireResponse};
@@ -261,6 +261,17 @@ impl ServerClient {
         self.call_json(self.request(
             http::Method::GET,
             wire::upload_path(upload_id),
+            Bytes::new(),
+            CONTROL_TIMEOUT,
+        ))
+        .await
+    }
+
+    /// One page of the server's chunk records at and after `from`.
+    pub async fn chunk_page(&self, upload_id: &str, from: u64) -> Result<ChunkPage, CallError> {
+        self.call_json(self.request(
+            http::Method::GET,
+            wire::chunk_page_path(upload_id, from, wire::MAX_CHUNK_PAGE),
             Bytes::new(),
             CONTROL_TIMEOUT,
         ))

@@ -21,6 +21,9 @@ pub const MAX_FILE_SIZE: u64 = 100_000_000_000;
 /// Largest single-request object (`PUT /v1/objects/{name}`): it streams to disk, so the
 /// file limit applies (a plain `curl -T` of a big file must work, if slowly).
 pub const MAX_OBJECT_SIZE: u64 = MAX_FILE_SIZE;
+/// Most chunk records one page of `GET /v1/uploads/{id}/chunks` carries (about 1 MB of JSON):
+/// a 100 GB file in 1 MiB chunks is 100,000 records, so the list is paged, never one answer.
+pub const MAX_CHUNK_PAGE: usize = 10_000;
 /// Sessions expire after 7 days.
 pub const SESSION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 
@@ -56,6 +59,12 @@ pub fn chunk_path(upload_id: &str, offset: u64) -> String {
     format!("{PATH_UPLOADS}/{upload_id}/chunks/{offset}")
 }
 
+/// `/v1/uploads/{id}/chunks?from={offset}&limit={n}`: one page of the chunk records at and
+/// after `from`.
+pub fn chunk_page_path(upload_id: &str, from: u64, limit: usize) -> String {
+    format!("{PATH_UPLOADS}/{upload_id}/chunks?from={from}&limit={limit}")
+}
+
 /// `/v1/uploads/{id}/complete`
 pub fn complete_path(upload_id: &str) -> String {
     format!("{PATH_UPLOADS}/{upload_id}/complete")
@@ -73,6 +82,8 @@ pub enum Route<'a> {
     Uploads,
     Upload(&'a str),
     Chunk(&'a str, u64),
+    /// The paged chunk list (`GET /v1/uploads/{id}/chunks`).
+    Chunks(&'a str),
     Complete(&'a str),
     Object(&'a str),
 }
@@ -94,6 +105,7 @@ pub fn parse_route(path: &str) -> Option<Route<'_>> {
     match (parts.next(), parts.next(), parts.next()) {
         (None, _, _) => Some(Route::Upload(id)),
         (Some("complete"), None, _) => Some(Route::Complete(id)),
+        (Some("chunks"), None, _) => Some(Route::Chunks(id)),
         (Some("chunks"), Some(off), None) => {
             // Canonical decimal only: "007" or "+7" would alias another chunk's URL.
             let canonical = !off.is_empty()
@@ -180,8 +192,12 @@ pub struct UploadState {
     pub name: String,
     pub nonce: String,
     pub expires_at: u64,
-    /// In offset order.
-    pub chunks: Vec<ChunkRecord>,
+    /// The byte ranges `[start, end)` the server holds, coalesced and in order: a
+    /// resume's first question ("what is stored?") in a few numbers however many chunks
+    /// there are. The chunks themselves (boundaries and hashes) are paged separately.
+    pub ranges: Vec<[u64; 2]>,
+    /// How many verified chunks the server holds.
+    pub chunk_count: u64,
     pub received_bytes: u64,
     /// Set once complete succeeded.
     pub completed: Option<UploadCompleted>,
@@ -200,13 +216,55 @@ impl UploadState {
             name: String::new(),
             nonce: String::new(),
             expires_at: 0,
-            chunks: Vec::new(),
+            ranges: Vec::new(),
+            chunk_count: 0,
             received_bytes: 0,
             completed: None,
             chunk_puts: 0,
             duplicate_puts: 0,
         }
     }
+}
+
+/// Query of `GET /v1/uploads/{id}/chunks`: records with `offset >= from`, at most `limit`
+/// (default and ceiling [`MAX_CHUNK_PAGE`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkPageQuery {
+    #[serde(default)]
+    pub from: u64,
+    pub limit: Option<usize>,
+}
+
+impl ChunkPageQuery {
+    /// Parses `from=N&limit=M` (either may be absent); `None` for anything else.
+    pub fn parse(query: Option<&str>) -> Option<ChunkPageQuery> {
+        let mut q = ChunkPageQuery::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=')?;
+            match k {
+                "from" => q.from = v.parse().ok()?,
+                "limit" => q.limit = Some(v.parse().ok()?),
+                _ => return None,
+            }
+        }
+        Some(q)
+    }
+
+    /// The page size to serve: the asked limit, within 1..=[`MAX_CHUNK_PAGE`].
+    pub fn limit(&self) -> usize {
+        self.limit
+            .unwrap_or(MAX_CHUNK_PAGE)
+            .clamp(1, MAX_CHUNK_PAGE)
+    }
+}
+
+/// One page of the chunk list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkPage {
+    /// In offset order, all with `offset >= from`.
+    pub chunks: Vec<ChunkRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_from: Option<u64>,
 }
 
 /// `POST /v1/uploads/{id}/complete`
@@ -292,6 +350,11 @@ mod tests {
             Some(Route::Chunk(ID, 4194304))
         );
         assert_eq!(parse_route(&complete_path(ID)), Some(Route::Complete(ID)));
+        let page = chunk_page_path(ID, 7, 20);
+        let (path, query) = page.split_once('?').unwrap_or((&page, ""));
+        assert_eq!(parse_route(path), Some(Route::Chunks(ID)));
+        let q = ChunkPageQuery::parse(Some(query));
+        assert_eq!(q.map(|q| (q.from, q.limit())), Some((7, 20)));
         assert_eq!(parse_route(PATH_UPLOADS), Some(Route::Uploads));
         assert_eq!(parse_route(PATH_PING), Some(Route::Ping));
         assert_eq!(
@@ -312,6 +375,17 @@ mod tests {
             "/v2/uploads".to_string(),
         ] {
             assert_eq!(parse_route(&p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn chunk_page_queries_are_bounded_and_strict() {
+        let q = |s: &str| ChunkPageQuery::parse(Some(s)).map(|q| (q.from, q.limit()));
+        assert_eq!(q(""), Some((0, MAX_CHUNK_PAGE)));
+        assert_eq!(q("limit=0"), Some((0, 1)));
+        assert_eq!(q("from=5&limit=999999999"), Some((5, MAX_CHUNK_PAGE)));
+        for bad in ["from=-1", "from=x", "limit", "cursor=3", "from=1&sort=desc"] {
+            assert_eq!(q(bad), None, "{bad}");
         }
     }
 

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
-use uplink_proto::wire::{self, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, Route, code};
+use uplink_proto::wire::{
+    self, ChunkPageQuery, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, Route, code,
+};
 
 use crate::error::ApiError;
 use crate::objects;
@@ -110,6 +112,16 @@ where
             Ok(json(StatusCode::CREATED, &created))
         }
         (Route::Upload(id), Method::GET) => Ok(json(StatusCode::OK, &app.store.get(id)?.state())),
+        (Route::Chunks(id), Method::GET) => {
+            let q = ChunkPageQuery::parse(req.uri().query()).ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    code::BAD_REQUEST,
+                    "the chunk list takes only from=<offset>&limit=<n>",
+                )
+            })?;
+            Ok(json(StatusCode::OK, &app.store.get(id)?.chunk_page(&q)))
+        }
         (Route::Upload(id), Method::DELETE) => {
             let (app2, id) = (Arc::clone(app), id.to_owned());
             blocking(move || app2.store.delete(&id)).await?;

@@ -30,7 +30,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uplink_proto::integrity::{self, ChunkDigest, ChunkSecret};
 use uplink_proto::wire::{
-    self, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated, UploadState, code,
+    self, ChunkPage, ChunkPageQuery, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated,
+    UploadState, code,
 };
 
 use crate::chunk_log;
@@ -156,6 +157,18 @@ impl Drop for Reservation {
             }
         }
     }
+}
+
+/// The byte ranges the chunks cover, adjacent ones merged.
+fn coalesced(chunks: &BTreeMap<u64, (u64, [u8; 32])>) -> Vec<[u64; 2]> {
+    let mut out: Vec<[u64; 2]> = Vec::new();
+    for (&off, &(len, _)) in chunks {
+        match out.last_mut() {
+            Some(last) if last[1] == off => last[1] = off + len,
+            _ => out.push([off, off + len]),
+        }
+    }
+    out
 }
 
 fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
@@ -546,19 +559,31 @@ impl Session {
             name: self.name.clone(),
             nonce: meta.nonce,
             expires_at: meta.expires_at,
-            chunks: st
-                .chunks
-                .iter()
-                .map(|(o, (l, s))| ChunkRecord {
-                    offset: *o,
-                    length: *l,
-                    sha256: hex::encode(s),
-                })
-                .collect(),
+            ranges: coalesced(&st.chunks),
+            chunk_count: st.chunks.len() as u64,
             received_bytes: st.received,
             completed: meta.completed,
             chunk_puts: st.chunk_puts,
             duplicate_puts: st.duplicate_puts,
+        }
+    }
+
+    /// `GET /v1/uploads/{id}/chunks`: records at and after `q.from`, at most `q.limit()`.
+    pub fn chunk_page(&self, q: &ChunkPageQuery) -> ChunkPage {
+        let st = lock(&self.state);
+        let mut it = st.chunks.range(q.from..);
+        let chunks: Vec<ChunkRecord> = it
+            .by_ref()
+            .take(q.limit())
+            .map(|(o, (l, s))| ChunkRecord {
+                offset: *o,
+                length: *l,
+                sha256: hex::encode(s),
+            })
+            .collect();
+        ChunkPage {
+            chunks,
+            next_from: it.next().map(|(o, _)| *o),
         }
     }
 

@@ -90,7 +90,7 @@ fn a_bad_digest_stores_nothing() {
         .store_chunk(r, &[bytes::Bytes::from_static(b"abce")], &good)
         .unwrap_err();
     assert_eq!(err.code, code::CRC32C_MISMATCH);
-    assert!(s.state().chunks.is_empty());
+    assert!(s.state().chunk_count == 0);
     // The reservation was released: the right bytes go through.
     assert!(!put(&s, 0, b"abcd").unwrap());
 }
@@ -113,11 +113,11 @@ fn a_torn_log_line_is_cut_off() {
         .unwrap();
     let st = store(tmp);
     let s = st.get(&id).unwrap();
-    assert_eq!(s.state().chunks.len(), 1);
+    assert_eq!(s.state().chunk_count, 1);
     put(&s, 4, b"efgh").unwrap();
     drop((s, st));
     let st = store(tmp);
-    assert_eq!(st.get(&id).unwrap().state().chunks.len(), 2);
+    assert_eq!(st.get(&id).unwrap().state().chunk_count, 2);
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn the_same_chunk_may_be_received_twice_at_once_but_other_bytes_wait() {
     s.store_chunk(first, &[bytes::Bytes::from_static(b"abcd")], &d)
         .unwrap();
     let state = s.state();
-    assert_eq!((state.chunks.len(), state.received_bytes), (1, 4));
+    assert_eq!((state.chunk_count, state.received_bytes), (1, 4));
     // Both reservations are gone.
     assert!(put(&s, 4, b"efgh").is_ok());
 }
@@ -264,4 +264,51 @@ fn running_out_of_file_descriptors_is_a_retryable_503() {
     assert_eq!(resp.headers()[uplink_proto::wire::HDR_RETRY_AFTER], "1");
     let other = ApiError::io("x", &std::io::Error::other("boom"));
     assert_eq!((other.status, other.retry_after), (500, None));
+}
+
+/// A 100 GB upload in 1 MB chunks is 100,000 records: the state answers in ranges (a few
+/// bytes), and the records come in pages the daemon's 4 MiB answer limit takes easily.
+/// (The records are what matter here; 1 kB chunks keep the part file's reservation small.)
+#[test]
+fn a_hundred_thousand_chunks_answer_as_ranges_and_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    const KB: u64 = 1_000;
+    let s = create(&st, 100_000 * KB);
+    {
+        let mut state = lock(&s.state);
+        for i in (0..100_000u64).filter(|i| !(50_000..50_003).contains(i)) {
+            state.chunks.insert(i * KB, (KB, [i as u8; 32]));
+        }
+    }
+    let state = s.state();
+    assert_eq!(state.chunk_count, 99_997);
+    assert_eq!(
+        state.ranges,
+        vec![[0, 50_000 * KB], [50_003 * KB, 100_000 * KB]]
+    );
+    assert!(serde_json::to_vec(&state).unwrap().len() < 1024);
+
+    let (mut from, mut seen, mut pages) = (Some(0), Vec::new(), 0);
+    while let Some(f) = from {
+        let page = s.chunk_page(&wire::ChunkPageQuery {
+            from: f,
+            limit: None,
+        });
+        assert!(serde_json::to_vec(&page).unwrap().len() < 2 << 20);
+        assert!(page.chunks.iter().all(|c| c.offset >= f));
+        seen.extend(page.chunks.iter().map(|c| c.offset));
+        from = page.next_from;
+        pages += 1;
+        assert!(pages <= 10, "paging must end");
+    }
+    assert_eq!(seen.len(), 99_997);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+    // A page may start mid-list.
+    let tail = s.chunk_page(&wire::ChunkPageQuery {
+        from: 99_998 * KB,
+        limit: Some(5),
+    });
+    assert_eq!(tail.chunks.len(), 2);
+    assert_eq!(tail.next_from, None);
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use uplink_engine::Failure;
-use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated, UploadState};
+use uplink_proto::wire::{self, CreateUpload, UploadCompleted, UploadCreated, UploadState};
 
 use super::ledger::Ledger;
 use super::reader::{ReadError, SourceFile};
@@ -50,18 +50,14 @@ pub(super) async fn resume(
         .load_checkpoint(job_id)
         .map_err(|e| Failure::transient("state_store", e.to_string()))?
         .filter(|c| c.upload_id == upload_id);
-    let server: Vec<ServerChunk> = state
-        .chunks
-        .iter()
-        .filter_map(|c| {
-            Some(ServerChunk {
-                offset: c.offset,
-                length: c.length,
-                sha256: uplink_proto::parse_hex32(&c.sha256)?,
-            })
-        })
-        .collect();
-    let plan = resume::reconcile(size, checkpoint.as_ref(), &server);
+    let from = resume::chunks_needed_from(checkpoint.as_ref(), &state.ranges);
+    let tail = server_chunks(client, upload_id, from, state.chunk_count).await?;
+    let mut plan = resume::reconcile(size, checkpoint.as_ref(), &state.ranges, from, &tail);
+    if plan.checkpoint_discarded && from > 0 {
+        let all = server_chunks(client, upload_id, 0, state.chunk_count).await?;
+        plan = resume::reconcile(size, None, &state.ranges, 0, &all);
+        plan.checkpoint_discarded = true;
+    }
     if plan.checkpoint_discarded {
         tracing::warn!(job_id, "checkpoint disagreed with the server; re-verifying");
     }
@@ -91,6 +87,48 @@ pub(super) async fn resume(
         ledger,
         dispatched_until: plan.dispatched_until,
     })
+}
+
+/// The server's chunk records at and after `from`, page by page. The state's chunk count
+/// bounds the walk, so a server that kept answering pages could not keep us here.
+async fn server_chunks(
+    client: &ServerClient,
+    upload_id: &str,
+    from: u64,
+    chunk_count: u64,
+) -> Result<Vec<ServerChunk>, Failure> {
+    let mut out = Vec::new();
+    let mut next = Some(from);
+    let max_pages = chunk_count / wire::MAX_CHUNK_PAGE as u64 + 2;
+    for _ in 0..max_pages {
+        let Some(at) = next else { break };
+        let page = client
+            .chunk_page(upload_id, at)
+            .await
+            .map_err(|e| failure(&e))?;
+        for c in &page.chunks {
+            let sha256 = uplink_proto::parse_hex32(&c.sha256).ok_or_else(|| {
+                Failure::permanent("server_protocol", "a chunk record has a malformed sha256")
+            })?;
+            if c.offset < at
+                || out
+                    .last()
+                    .is_some_and(|l: &ServerChunk| c.offset <= l.offset)
+            {
+                return Err(Failure::permanent(
+                    "server_protocol",
+                    "chunk records came out of order",
+                ));
+            }
+            out.push(ServerChunk {
+                offset: c.offset,
+                length: c.length,
+                sha256,
+            });
+        }
+        next = page.next_from.filter(|&n| n > at);
+    }
+    Ok(out)
 }
 
 /// A small file in one go: session, one chunk, complete. The idempotency key makes a

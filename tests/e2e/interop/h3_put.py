@@ -10,7 +10,8 @@ here from the protocol description, not by calling uplink code.
 printed: the script derives its own and refuses to go on if the two differ.
 
   h3_put.py put    --port P --ca CA.pem --secret S --bearer B
-      create an upload, PUT its one chunk, GET the state: the chunk must be listed.
+      create an upload, PUT its one chunk, GET the state and the chunk list: the chunk must
+      be listed.
   h3_put.py zero-rtt --port P --ca CA.pem --secret S --bearer B
       connection 1 creates an upload, PUTs the chunk and keeps the session ticket;
       connection 2 resumes with it and sends, as 0-RTT, POST complete, DELETE and the same
@@ -241,6 +242,14 @@ async def get_state(proto, authority, keys, uid):
     )
 
 
+async def get_chunk_page(proto, authority, keys, uid):
+    return expect(
+        "GET chunks",
+        await proto.start(authority, "GET", f"/v1/uploads/{uid}/chunks?from=0", keys.auth()),
+        200,
+    )
+
+
 async def run_put(args, keys):
     authority = f"localhost:{args.port}"
     data = chunk_bytes()
@@ -249,10 +258,13 @@ async def run_put(args, keys):
     ) as proto:
         uid, _, stored = await create_and_put(proto, authority, keys, "interop-put", data)
         state = await get_state(proto, authority, keys, uid)
-    listed = [c for c in state["chunks"] if c["offset"] == 0 and c["length"] == len(data)]
+        page = await get_chunk_page(proto, authority, keys, uid)
+    if state["ranges"] != [[0, len(data)]]:
+        fail(f"the state does not hold the chunk's range: {state}")
+    listed = [c for c in page["chunks"] if c["offset"] == 0 and c["length"] == len(data)]
     if not listed or listed[0]["sha256"] != hashlib.sha256(data).hexdigest():
-        fail(f"chunk not listed in state: {state}")
-    print(json.dumps({"upload_id": uid, "stored": stored, "state": state}))
+        fail(f"chunk not listed in the chunk page: {page}")
+    print(json.dumps({"upload_id": uid, "stored": stored, "state": state, "page": page}))
 
 
 async def run_zero_rtt(args, keys):

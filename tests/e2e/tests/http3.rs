@@ -83,19 +83,31 @@ fn foreign_http3_client_uploads_a_chunk() {
     let id = got["upload_id"].as_str().expect("upload_id");
     assert_eq!(got["stored"]["duplicate"], false, "{got}");
 
-    // The server's state, read over HTTP/2 by another client: the chunk HTTP/3 delivered.
-    let state: serde_json::Value = serde_json::from_str(&curl(
-        &server,
-        &[&format!("{}/v1/uploads/{id}", server.url())],
-    ))
-    .expect("state JSON");
+    // The server's state and chunk list, read over HTTP/2 by another client: the chunk
+    // HTTP/3 delivered.
+    let get = |path: String| -> serde_json::Value {
+        serde_json::from_str(&curl(&server, &[&format!("{}{path}", server.url())]))
+            .expect("JSON answer")
+    };
+    let state = get(format!("/v1/uploads/{id}"));
     assert_eq!(state["received_bytes"], 300_000, "{state}");
-    assert_eq!(state["chunks"].as_array().map(Vec::len), Some(1), "{state}");
-    assert_eq!(state["chunks"][0]["offset"], 0);
     assert_eq!(
-        state["chunks"][0]["sha256"],
-        got["state"]["chunks"][0]["sha256"]
+        state["ranges"],
+        serde_json::json!([[0, 300_000]]),
+        "{state}"
     );
+    assert_eq!(state["chunk_count"], 1, "{state}");
+    let page = get(format!("/v1/uploads/{id}/chunks?from=0&limit=10"));
+    assert_eq!(page["chunks"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["chunks"][0]["offset"], 0);
+    assert_eq!(page["next_from"], serde_json::Value::Null);
+    assert_eq!(
+        page["chunks"][0]["sha256"],
+        got["page"]["chunks"][0]["sha256"]
+    );
+    // Past the only chunk, the page is empty.
+    let past = get(format!("/v1/uploads/{id}/chunks?from=1"));
+    assert_eq!(past["chunks"], serde_json::json!([]), "{past}");
 }
 
 #[test]
