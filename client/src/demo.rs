@@ -266,8 +266,8 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
         j.time_to_first_ack_ms
     );
     println!(
-        "chunks          {} sent, {} re-sent",
-        j.chunks_sent, j.chunks_resent
+        "chunks          {} sent, {} re-sent; {} bytes on the wire",
+        j.chunks_sent, j.chunks_resent, j.bytes_on_wire
     );
     println!("sha256          {}", j.server_sha256);
     println!("merkle root     {}", j.merkle_root);

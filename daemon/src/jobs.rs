@@ -61,6 +61,10 @@ pub struct JobRecord {
     pub chunks_acked: u64,
     pub chunks_sent: u64,
     pub chunks_resent: u64,
+    /// Body bytes of chunk and whole-file PUTs, all attempts, after compression (older
+    /// records lack it).
+    #[serde(default)]
+    pub bytes_on_wire: u64,
     pub protocol: String,
     pub streams: u32,
     pub time_to_first_ack_ms: Option<u64>,
@@ -97,6 +101,7 @@ impl JobRecord {
             chunks_acked: self.chunks_acked,
             chunks_sent: self.chunks_sent,
             chunks_resent: self.chunks_resent,
+            bytes_on_wire: self.bytes_on_wire,
             protocol: self.protocol.clone(),
             streams: self.streams,
             time_to_first_ack_ms: self.time_to_first_ack_ms.unwrap_or(0),

@@ -316,14 +316,16 @@ impl ServerClient {
         chunk: &ChunkPayload,
         lane: usize,
     ) -> Result<ChunkStored, CallError> {
-        self.put_chunk_shared(keys, chunk, lane, 1).await
+        self.put_chunk_shared(keys, chunk, None, lane, 1).await
     }
 
-    /// [`Self::put_chunk`] while `sharing` chunks are in flight together.
+    /// [`Self::put_chunk`] while `sharing` chunks are in flight together; `lz4` is the
+    /// chunk as one LZ4 block, sent instead of the raw bytes (`Content-Encoding: lz4`).
     pub async fn put_chunk_shared(
         &self,
         keys: &SessionKeys,
         chunk: &ChunkPayload,
+        lz4: Option<Bytes>,
         lane: usize,
         sharing: usize,
     ) -> Result<ChunkStored, CallError> {
@@ -338,13 +340,21 @@ impl ServerClient {
                 nonce: &keys.nonce,
             },
         );
+        let compressed = lz4.is_some();
+        let body = lz4.unwrap_or_else(|| chunk.data.clone());
         let mut req = self.request(
             http::Method::PUT,
             wire::chunk_path(&keys.upload_id, chunk.offset),
-            chunk.data.clone(),
+            body,
             chunk_timeout(length, sharing),
         );
         req.lane = lane;
+        if compressed {
+            req.headers.push((
+                wire::HDR_CONTENT_ENCODING,
+                wire::CONTENT_ENCODING_LZ4.into(),
+            ));
+        }
         req.headers.extend([
             (wire::HDR_CHUNK_LENGTH, length.to_string()),
             (wire::HDR_CHUNK_SHA256, hex::encode(chunk.sha256)),

@@ -38,6 +38,10 @@ pub const HDR_CHUNK_HMAC: &str = "x-chunk-hmac";
 pub const HDR_CONTENT_SHA256: &str = "x-content-sha256";
 pub const HDR_CONTENT_ENCODING: &str = "content-encoding";
 pub const HDR_ALT_SVC: &str = "alt-svc";
+/// `Content-Encoding: lz4` on a chunk PUT: the body is one LZ4 *block* (no frame, no size
+/// prefix) that decodes to exactly `X-Chunk-Length` bytes. Length, SHA-256, CRC32C and the
+/// HMAC all describe the raw bytes, so the server verifies what it stores, not what
+/// travelled. The daemon compresses only chunks whose sample saves more than 10 %.
 pub const CONTENT_ENCODING_LZ4: &str = "lz4";
 
 pub const PATH_UPLOADS: &str = "/v1/uploads";
@@ -316,6 +320,9 @@ pub mod code {
     pub const CHUNK_TOO_LARGE: &str = "chunk_too_large";
     pub const OUT_OF_RANGE: &str = "out_of_range";
     pub const LENGTH_MISMATCH: &str = "length_mismatch";
+    /// A `Content-Encoding` the server does not take (415), or an LZ4 body that does not
+    /// decode to exactly `X-Chunk-Length` bytes (400).
+    pub const BAD_ENCODING: &str = "bad_encoding";
     pub const CRC32C_MISMATCH: &str = "crc32c_mismatch";
     pub const SHA256_MISMATCH: &str = "sha256_mismatch";
     pub const INCOMPLETE: &str = "incomplete";

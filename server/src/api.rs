@@ -5,14 +5,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
+use uplink_proto::integrity;
 use uplink_proto::wire::{
-    self, ChunkPageQuery, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, Route, code,
+    self, ChunkPageQuery, CompleteUpload, CreateUpload, ErrorBody, Route, code,
 };
 
+use crate::chunk_put;
 use crate::error::ApiError;
 use crate::objects;
-use crate::store::{BeginChunk, Store};
+use crate::store::Store;
 
 /// Largest JSON request body.
 const MAX_JSON_BODY: u64 = 64 * 1024;
@@ -69,7 +70,7 @@ pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
     resp
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
@@ -137,7 +138,7 @@ where
                     .await?;
             Ok(json(StatusCode::OK, &done))
         }
-        (Route::Chunk(id, offset), Method::PUT) => put_chunk(app, id, offset, req).await,
+        (Route::Chunk(id, offset), Method::PUT) => chunk_put::put_chunk(app, id, offset, req).await,
         (Route::Object(name), Method::PUT) => {
             if !wire::is_valid_object_name(name) {
                 return Err(ApiError::new(
@@ -158,82 +159,6 @@ where
         }
         (_, method) => Err(not_allowed(&method, &path)),
     }
-}
-
-async fn put_chunk<B>(
-    app: &Arc<App>,
-    id: &str,
-    offset: u64,
-    req: Request<B>,
-) -> Result<Response<ResponseBody>, ApiError>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    let session = app.store.get(id)?;
-    let h = req.headers();
-    if let Some(enc) = header_str(h, wire::HDR_CONTENT_ENCODING)?
-        && enc != "identity"
-    {
-        return Err(ApiError::new(
-            415,
-            code::BAD_HEADER,
-            format!("unsupported Content-Encoding {enc}"),
-        ));
-    }
-    let length: u64 = required(h, wire::HDR_CHUNK_LENGTH)?
-        .parse()
-        .map_err(|_| ApiError::bad_header("X-Chunk-Length must be a decimal byte count"))?;
-    let sha256 = uplink_proto::parse_hex32(required(h, wire::HDR_CHUNK_SHA256)?)
-        .ok_or_else(|| ApiError::bad_header("X-Chunk-SHA256 must be 64 hex digits"))?;
-    let crc_hex = required(h, wire::HDR_CHUNK_CRC32C)?;
-    let crc32c = (crc_hex.len() == 8)
-        .then(|| u32::from_str_radix(crc_hex, 16).ok())
-        .flatten()
-        .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
-    let tag = hex::decode(required(h, wire::HDR_CHUNK_HMAC)?)
-        .map_err(|_| ApiError::bad_header("X-Chunk-HMAC must be hex"))?;
-    let chunk = ChunkId {
-        offset,
-        length,
-        sha256: &sha256,
-        upload_id: &session.id,
-        nonce: session.nonce(),
-    };
-    if !integrity::verify_chunk_tag(session.key(), &chunk, &tag) {
-        return Err(ApiError::new(
-            401,
-            code::BAD_HMAC,
-            "X-Chunk-HMAC does not authenticate this chunk",
-        ));
-    }
-    let reservation = match session.begin_chunk(offset, length, &sha256)? {
-        BeginChunk::Duplicate => {
-            return Ok(json(
-                StatusCode::OK,
-                &ChunkStored {
-                    offset,
-                    length,
-                    duplicate: true,
-                },
-            ));
-        }
-        BeginChunk::Reserved(r) => r,
-    };
-    let parts = read_parts(req.into_body(), length).await?;
-    let expect = ChunkDigest { sha256, crc32c };
-    let (s2, p2) = (Arc::clone(&session), parts.clone());
-    blocking(move || s2.store_chunk(reservation, &p2, &expect)).await?;
-    // The running file hash catches up off the request's path: the ack does not wait.
-    tokio::task::spawn_blocking(move || session.advance_hash(Some((offset, &parts))));
-    Ok(json(
-        StatusCode::CREATED,
-        &ChunkStored {
-            offset,
-            length,
-            duplicate: false,
-        },
-    ))
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -269,7 +194,7 @@ fn not_allowed(method: &Method, path: &str) -> ApiError {
     )
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     h.get(name)
         .map(|v| {
             v.to_str()
@@ -278,7 +203,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiEr
         .transpose()
 }
 
-fn required<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn required<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {
     header_str(h, name)?.ok_or_else(|| ApiError::bad_header(format!("missing header {name}")))
 }
 
@@ -288,7 +213,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 }
 
 /// Reads a whole body of at most `limit` bytes, as the frames it arrived in (no copy).
-async fn read_parts<B>(mut body: B, limit: u64) -> Result<Vec<Bytes>, ApiError>
+pub(crate) async fn read_parts<B>(mut body: B, limit: u64) -> Result<Vec<Bytes>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -334,7 +259,7 @@ where
 }
 
 /// Runs file-system work off the reactor.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

@@ -2,6 +2,7 @@
 
 mod api;
 mod chunk_log;
+mod chunk_put;
 mod early_data;
 mod error;
 mod fsutil;

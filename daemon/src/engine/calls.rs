@@ -7,6 +7,7 @@ use std::sync::Arc;
 use uplink_engine::Failure;
 use uplink_proto::wire::{self, CreateUpload, UploadCompleted, UploadCreated, UploadState};
 
+use super::compress::{self, Lz4Pool};
 use super::ledger::Ledger;
 use super::reader::{ReadError, SourceFile};
 use super::resume::{self, ServerChunk};
@@ -131,22 +132,39 @@ async fn server_chunks(
     Ok(out)
 }
 
+/// How a small file is sent: through which client, and when to compress it.
+pub(super) struct WholeSend {
+    pub client: Arc<ServerClient>,
+    pub lz4: Arc<Lz4Pool>,
+    /// Compress when the sample saves more than this fraction (the core's threshold).
+    pub compress_above: f32,
+    pub lane: usize,
+}
+
 /// A small file in one go: session, one chunk, complete. The idempotency key makes a
 /// repeat after a crash or a lost answer find the same session, where the chunk is a
-/// no-op and complete answers again.
+/// no-op and complete answers again. `wire_bytes` counts the body bytes the PUT sent.
 pub(super) async fn whole(
-    client: &ServerClient,
+    how: &WholeSend,
     source: Arc<SourceFile>,
     key: &str,
     body: &CreateUpload,
-    lane: usize,
+    wire_bytes: &mut u64,
 ) -> Result<WholeDone, Failure> {
+    let (client, lane) = (&how.client, how.lane);
     let size = body.size;
     let read = Arc::clone(&source);
-    let (data, digest) = tokio::task::spawn_blocking(move || read.read_chunk(0, size))
-        .await
-        .map_err(|e| Failure::permanent("internal", e.to_string()))?
-        .map_err(read_failure)?;
+    let (lz4, above) = (Arc::clone(&how.lz4), how.compress_above);
+    let (data, digest, packed) = tokio::task::spawn_blocking(move || {
+        let (data, digest) = read.read_chunk(0, size)?;
+        let packed = (compress::sample_saving(&data) > above)
+            .then(|| lz4.compress(&data))
+            .flatten();
+        Ok((data, digest, packed))
+    })
+    .await
+    .map_err(|e| Failure::permanent("internal", e.to_string()))?
+    .map_err(read_failure)?;
     let created = client.create(key, body).await.map_err(|e| failure(&e))?;
     let keys = client
         .session_keys(&created.upload_id, &created.nonce)
@@ -157,7 +175,11 @@ pub(super) async fn whole(
         crc32c: digest.crc32c,
         data,
     };
-    match client.put_chunk_shared(&keys, &payload, lane, 1).await {
+    *wire_bytes += packed.as_ref().map_or(size, |p| p.len() as u64);
+    match client
+        .put_chunk_shared(&keys, &payload, packed, lane, 1)
+        .await
+    {
         Ok(_) => {}
         // Stored and completed by an earlier attempt whose answer was lost.
         Err(CallError::Server {

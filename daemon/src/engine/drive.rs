@@ -29,7 +29,8 @@ use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated};
 
 mod outcomes;
 
-use super::calls::{Resumed, WholeDone, failure, read_failure, resume, whole};
+use super::calls::{Resumed, WholeDone, WholeSend, failure, read_failure, resume, whole};
+use super::compress::{self, Lz4Pool};
 use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
@@ -103,17 +104,21 @@ enum Done {
     Read {
         job: JobId,
         offset: u64,
-        result: Result<(Bytes, ChunkDigest), ReadError>,
+        /// The bytes, their digests, and what LZ4 saved on their samples.
+        result: Result<(Bytes, ChunkDigest, f32), ReadError>,
     },
     Put {
         req: ReqId,
         job: JobId,
         offset: u64,
+        /// Body bytes sent (compressed or raw).
+        wire_bytes: u64,
         result: Result<(), CallError>,
     },
     Whole {
         req: ReqId,
         job: JobId,
+        wire_bytes: u64,
         result: Result<WholeDone, Failure>,
     },
     Completed {
@@ -136,6 +141,8 @@ pub struct Driver {
     requests: HashMap<ReqId, AbortHandle>,
     /// Set when the store may hold jobs not yet admitted.
     refill: bool,
+    /// Buffers for chunks sent compressed.
+    lz4: Arc<Lz4Pool>,
 }
 
 impl Driver {
@@ -151,6 +158,7 @@ impl Driver {
             tasks: JoinSet::new(),
             requests: HashMap::new(),
             refill: true,
+            lz4: Lz4Pool::new(),
         }
     }
 
@@ -272,8 +280,9 @@ impl Driver {
                 job,
                 offset,
                 lane,
+                compress,
                 ..
-            } => self.put_chunk(req, job, offset, lane),
+            } => self.put_chunk(req, job, offset, lane, compress),
             Action::PutWhole { req, job, lane } => self.put_whole(req, job, lane),
             Action::Complete { req, job } => self.complete(req, job),
             Action::Abandon { req } => {
@@ -397,9 +406,14 @@ impl Driver {
         a.pending_reads.insert(offset, len);
         let source = Arc::clone(&a.source);
         self.tasks.spawn(async move {
-            let result = tokio::task::spawn_blocking(move || source.read_chunk(offset, len))
-                .await
-                .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
+            let result = tokio::task::spawn_blocking(move || {
+                // The sample rides the hashing pass, while the pages are hot.
+                let (data, digest) = source.read_chunk(offset, len)?;
+                let saving = compress::sample_saving(&data);
+                Ok((data, digest, saving))
+            })
+            .await
+            .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
             Done::Read {
                 job,
                 offset,
@@ -408,7 +422,7 @@ impl Driver {
         });
     }
 
-    fn put_chunk(&mut self, req: ReqId, job: JobId, offset: u64, lane: usize) {
+    fn put_chunk(&mut self, req: ReqId, job: JobId, offset: u64, lane: usize, compress: bool) {
         let sharing = self.engine.snapshot().stream_limit;
         let Some(a) = self.jobs.get_mut(&job) else {
             return;
@@ -431,15 +445,28 @@ impl Driver {
         a.checkpoint.dispatched_until = a.checkpoint.dispatched_until.max(end);
         a.record.chunk_size = a.record.chunk_size.max(payload.data.len() as u64);
         let client = Arc::clone(&self.shared.client);
+        let pool = Arc::clone(&self.lz4);
         self.spawn_request(req, async move {
+            let lz4 = match compress {
+                true => {
+                    let raw = payload.data.clone();
+                    tokio::task::spawn_blocking(move || pool.compress(&raw))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                false => None,
+            };
+            let wire_bytes = lz4.as_ref().map_or(payload.data.len(), Bytes::len) as u64;
             let result = client
-                .put_chunk_shared(&keys, &payload, lane, sharing)
+                .put_chunk_shared(&keys, &payload, lz4, lane, sharing)
                 .await
                 .map(|_| ());
             Done::Put {
                 req,
                 job,
                 offset,
+                wire_bytes,
                 result,
             }
         });
@@ -451,7 +478,12 @@ impl Driver {
         };
         a.record.attempts += 1;
         a.record.chunks_sent += 1;
-        let client = Arc::clone(&self.shared.client);
+        let how = WholeSend {
+            client: Arc::clone(&self.shared.client),
+            lz4: Arc::clone(&self.lz4),
+            compress_above: self.shared.engine_config.compress_threshold,
+            lane,
+        };
         let source = Arc::clone(&a.source);
         let (key, size) = (a.record.job_id.clone(), a.record.size);
         let body = CreateUpload {
@@ -460,8 +492,14 @@ impl Driver {
             metadata: a.record.metadata.clone(),
         };
         self.spawn_request(req, async move {
-            let result = whole(&client, source, &key, &body, lane).await;
-            Done::Whole { req, job, result }
+            let mut wire_bytes = 0;
+            let result = whole(&how, source, &key, &body, &mut wire_bytes).await;
+            Done::Whole {
+                req,
+                job,
+                wire_bytes,
+                result,
+            }
         });
     }
 

@@ -4,6 +4,7 @@
 //! and [`resume`], where a restarted job reconciles its checkpoint with the server.
 
 mod calls;
+pub mod compress;
 pub mod drive;
 pub mod ledger;
 pub mod reader;

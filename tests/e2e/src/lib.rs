@@ -383,6 +383,30 @@ pub fn random_file(path: &Path, size: u64) {
     w.flush().expect("flush");
 }
 
+/// Writes `size` bytes of an ASCII point cloud (`v x y z` lines with jittered numbers):
+/// what a capture app writes as PLY text, and what LZ4 shrinks to about half.
+pub fn point_cloud_file(path: &Path, size: u64) {
+    let mut w =
+        std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).expect("create"));
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut written = 0u64;
+    while written < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let line = format!(
+            "v {:.3} {:.3} {:.3}\n",
+            (x % 1000) as f32 / 100.0,
+            ((x >> 16) % 1000) as f32 / 100.0,
+            ((x >> 32) % 300) as f32 / 100.0
+        );
+        let n = (line.len() as u64).min(size - written) as usize;
+        w.write_all(&line.as_bytes()[..n]).expect("write");
+        written += n as u64;
+    }
+    w.flush().expect("flush");
+}
+
 pub fn sha256_file(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let mut f = std::fs::File::open(path).expect("open");

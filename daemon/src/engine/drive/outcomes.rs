@@ -166,7 +166,7 @@ impl Driver {
                 offset,
                 result,
             } => match result {
-                Ok((data, digest)) => {
+                Ok((data, digest, saving)) => {
                     let Some(a) = self.jobs.get_mut(&job) else {
                         return;
                     };
@@ -188,7 +188,7 @@ impl Driver {
                         Event::ReadDone {
                             job,
                             offset,
-                            saving: None,
+                            saving: Some(saving),
                         },
                     );
                 }
@@ -209,9 +209,13 @@ impl Driver {
                 req,
                 job,
                 offset,
+                wire_bytes,
                 result,
             } => {
                 self.requests.remove(&req);
+                if let Some(a) = self.jobs.get_mut(&job) {
+                    a.record.bytes_on_wire += wire_bytes;
+                }
                 match result {
                     Ok(()) => {
                         let zero_rtt = self.shared.client.zero_rtt();
@@ -240,8 +244,16 @@ impl Driver {
                     }
                 }
             }
-            Done::Whole { req, job, result } => {
+            Done::Whole {
+                req,
+                job,
+                wire_bytes,
+                result,
+            } => {
                 self.requests.remove(&req);
+                if let Some(a) = self.jobs.get_mut(&job) {
+                    a.record.bytes_on_wire += wire_bytes;
+                }
                 match result {
                     Ok(w) => {
                         let zero_rtt = self.shared.client.zero_rtt();

@@ -1,0 +1,205 @@
+//! The chunk PUT: headers checked and the chunk's range reserved before any body byte is
+//! read; then the body read (LZ4-decoded when so encoded), verified over the raw bytes and
+//! stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
+use uplink_proto::wire::{self, ChunkStored, code};
+
+use crate::api::{App, ResponseBody, blocking, header_str, json, read_parts, required};
+use crate::error::ApiError;
+use crate::store::{BeginChunk, Reservation, Session};
+
+/// A refused request's body is read up to this much before the answer goes out.
+const DRAIN_LIMIT: usize = 256 * 1024;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// `PUT /v1/uploads/{id}/chunks/{offset}`.
+pub async fn put_chunk<B>(
+    app: &Arc<App>,
+    id: &str,
+    offset: u64,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let (head, mut body) = req.into_parts();
+    // Answered before the body is read (refused, or a replay): read a little of it first,
+    // so a client still sending sees the answer rather than a reset stream.
+    match admit(app, id, offset, &head.headers) {
+        Ok(Admitted::Receive(chunk)) => receive(chunk, offset, body).await,
+        Ok(Admitted::Duplicate { length }) => {
+            drain(&mut body).await;
+            Ok(json(
+                StatusCode::OK,
+                &ChunkStored {
+                    offset,
+                    length,
+                    duplicate: true,
+                },
+            ))
+        }
+        Err(e) => {
+            drain(&mut body).await;
+            Err(e)
+        }
+    }
+}
+
+/// What the headers allow, before any body byte is read.
+enum Admitted {
+    /// The server holds this exact chunk already.
+    Duplicate {
+        length: u64,
+    },
+    Receive(Incoming),
+}
+
+/// A chunk whose range is reserved and whose body is to be read.
+struct Incoming {
+    session: Arc<Session>,
+    reservation: Reservation,
+    length: u64,
+    lz4: bool,
+    expect: ChunkDigest,
+}
+
+fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, ApiError> {
+    let session = app.store.get(id)?;
+    let lz4 = match header_str(h, wire::HDR_CONTENT_ENCODING)? {
+        None | Some("identity") => false,
+        Some(wire::CONTENT_ENCODING_LZ4) => true,
+        Some(enc) => {
+            return Err(ApiError::new(
+                415,
+                code::BAD_ENCODING,
+                format!("unsupported Content-Encoding {enc} (this server takes lz4 or identity)"),
+            ));
+        }
+    };
+    let length: u64 = required(h, wire::HDR_CHUNK_LENGTH)?
+        .parse()
+        .map_err(|_| ApiError::bad_header("X-Chunk-Length must be a decimal byte count"))?;
+    let sha256 = uplink_proto::parse_hex32(required(h, wire::HDR_CHUNK_SHA256)?)
+        .ok_or_else(|| ApiError::bad_header("X-Chunk-SHA256 must be 64 hex digits"))?;
+    let crc_hex = required(h, wire::HDR_CHUNK_CRC32C)?;
+    let crc32c = (crc_hex.len() == 8)
+        .then(|| u32::from_str_radix(crc_hex, 16).ok())
+        .flatten()
+        .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
+    let tag = hex::decode(required(h, wire::HDR_CHUNK_HMAC)?)
+        .map_err(|_| ApiError::bad_header("X-Chunk-HMAC must be hex"))?;
+    let chunk = ChunkId {
+        offset,
+        length,
+        sha256: &sha256,
+        upload_id: &session.id,
+        nonce: session.nonce(),
+    };
+    if !integrity::verify_chunk_tag(session.key(), &chunk, &tag) {
+        return Err(ApiError::new(
+            401,
+            code::BAD_HMAC,
+            "X-Chunk-HMAC does not authenticate this chunk",
+        ));
+    }
+    Ok(match session.begin_chunk(offset, length, &sha256)? {
+        BeginChunk::Duplicate => Admitted::Duplicate { length },
+        BeginChunk::Reserved(reservation) => Admitted::Receive(Incoming {
+            session,
+            reservation,
+            length,
+            lz4,
+            expect: ChunkDigest { sha256, crc32c },
+        }),
+    })
+}
+
+/// Reads, decodes and stores an admitted chunk.
+async fn receive<B>(
+    chunk: Incoming,
+    offset: u64,
+    body: B,
+) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let Incoming {
+        session,
+        reservation,
+        length,
+        lz4,
+        expect,
+    } = chunk;
+    // A compressed body may be a little larger than its chunk when the data does not
+    // compress; LZ4's own bound caps it.
+    let limit = match lz4 {
+        true => lz4_flex::block::get_maximum_output_size(length as usize) as u64,
+        false => length,
+    };
+    let body = read_parts(body, limit).await?;
+    let s2 = Arc::clone(&session);
+    let parts = blocking(move || {
+        let parts = match lz4 {
+            true => vec![decode_lz4(&body, length)?],
+            false => body,
+        };
+        s2.store_chunk(reservation, &parts, &expect)?;
+        Ok(parts)
+    })
+    .await?;
+    // The running file hash catches up off the request's path: the ack does not wait.
+    tokio::task::spawn_blocking(move || session.advance_hash(Some((offset, &parts))));
+    Ok(json(
+        StatusCode::CREATED,
+        &ChunkStored {
+            offset,
+            length,
+            duplicate: false,
+        },
+    ))
+}
+
+/// Decodes an LZ4 block that must yield exactly `length` bytes.
+fn decode_lz4(body: &[Bytes], length: u64) -> Result<Bytes, ApiError> {
+    let bad = |what: String| ApiError::new(400, code::BAD_ENCODING, what);
+    let compressed = match body {
+        [one] => one.clone(),
+        many => many.concat().into(),
+    };
+    let mut raw = vec![0u8; length as usize];
+    let n = lz4_flex::block::decompress_into(&compressed, &mut raw)
+        .map_err(|e| bad(format!("the LZ4 body does not decode: {e}")))?;
+    if n as u64 != length {
+        return Err(bad(format!(
+            "the LZ4 body decodes to {n} bytes, X-Chunk-Length says {length}"
+        )));
+    }
+    Ok(raw.into())
+}
+
+/// Reads and drops up to [`DRAIN_LIMIT`] bytes of a body, for at most [`DRAIN_TIME`].
+async fn drain<B>(body: &mut B)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let read = async {
+        let mut seen = 0usize;
+        while seen < DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
