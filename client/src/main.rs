@@ -255,7 +255,9 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     .iter()
                     .map(|e| serde_json::json!({"url": e.url, "protocol": e.protocol, "connected": e.connected,
                         "connections": e.connections, "last_connect_ms": e.last_connect_ms, "circuit": e.circuit,
-                        "rtt_ms": e.rtt_ms, "handshake": e.handshake, "warm": e.warm}))
+                        "rtt_ms": e.rtt_ms, "handshake": e.handshake, "warm": e.warm,
+                        "tcp_congestion": e.tcp_congestion, "tcp_congestion_note": e.tcp_congestion_note,
+                        "quic_congestion": e.quic_congestion}))
                     .collect();
                 let engine = s.engine.as_ref().map(|e| serde_json::json!({"tier": e.tier,
                     "estimate_bps": e.estimate_bps, "stream_limit": e.stream_limit, "buffers": e.buffers,
@@ -295,6 +297,21 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                             &e.handshake
                         }
                     );
+                    let or_dash = |s: &str| {
+                        if s.is_empty() {
+                            "-".to_string()
+                        } else {
+                            s.to_string()
+                        }
+                    };
+                    println!(
+                        "  congestion control: TCP {}, QUIC {}",
+                        or_dash(&e.tcp_congestion),
+                        or_dash(&e.quic_congestion)
+                    );
+                    if !e.tcp_congestion_note.is_empty() {
+                        println!("  ({})", e.tcp_congestion_note);
+                    }
                 }
                 println!(
                     "jobs: {} queued, {} running; {} chunk(s) in flight",

@@ -2,7 +2,8 @@
 //!
 //! Loopback (default 2048 MiB): `openssl dgst -sha256` of the file (the hashing floor),
 //! uplink over HTTP/3, uplink over HTTP/2 (server with `--no-h3`), one `curl --http2 -T`.
-//! netsim (default 256 MiB): 200 Mbit/s, 25 ms each way (50 ms RTT), 1 % loss each way:
+//! netsim (default 256 MiB): 200 Mbit/s, 25 ms each way (50 ms RTT), 1 % loss each way,
+//! the client's TCP default CUBIC:
 //! uplink h3, uplink h2, curl.
 //!
 //!   cargo build --release --workspace && target/release/throughput [LOOPBACK_MIB] [NETSIM_MIB]
@@ -96,6 +97,9 @@ fn main() {
         .rate_bps(200_000_000)
         .loss(0.01);
     let sim = Sim::up("bench-tput", SimOpts::symmetric(imp)).expect("netsim");
+    // The client host's TCP default is CUBIC, as on stock Linux (this machine's is BBR):
+    // curl gets it; uplinkd's HTTP/2 connections ask for BBR.
+    sim.set_client_congctl("cubic").expect("congctl cubic");
     let file = d.join("far.bin");
     random_file(&file, ns_mib << 20);
     let bytes = ns_mib << 20;

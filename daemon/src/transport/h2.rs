@@ -2,7 +2,8 @@
 //!
 //! Streams are spread over several TCP connections ("lanes"): one lost packet then stalls
 //! only the streams of its own connection, and each connection gets its own congestion
-//! window. A lane whose connection died reconnects on its next request.
+//! window. A lane whose connection died reconnects on its next request. Each connection
+//! asks for BBR (see [`super::congestion`]): CUBIC collapses under random loss.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::congestion;
 use super::{Endpoint, LinkInfo, TransportError, WireRequest, WireResponse};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +35,8 @@ pub struct H2Pool {
     lanes: Vec<tokio::sync::Mutex<Option<Sender>>>,
     connected: Arc<AtomicU32>,
     last_connect_ms: AtomicU64,
+    /// The congestion control of the latest connection.
+    congestion: std::sync::Mutex<congestion::Choice>,
 }
 
 impl H2Pool {
@@ -45,6 +49,7 @@ impl H2Pool {
                 .collect(),
             connected: Arc::new(AtomicU32::new(0)),
             last_connect_ms: AtomicU64::new(0),
+            congestion: Default::default(),
         }
     }
 
@@ -59,6 +64,12 @@ impl H2Pool {
             last_connect_ms: self.last_connect_ms.load(Ordering::Relaxed),
             rtt_ms: None,
             handshake: None,
+            tcp_congestion: self
+                .congestion
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default(),
+            quic_congestion: None,
         }
     }
 
@@ -103,6 +114,13 @@ impl H2Pool {
         }
         let tcp = super::happy::connect(&addrs, CONNECT_TIMEOUT).await?;
         let _ = tcp.set_nodelay(true);
+        let choice = congestion::prefer_bbr(&tcp);
+        if !choice.note.is_empty() {
+            tracing::debug!(algorithm = %choice.algorithm, note = %choice.note, "TCP congestion control");
+        }
+        if let Ok(mut c) = self.congestion.lock() {
+            *c = choice;
+        }
         let name = ServerName::try_from(ep.host.clone()).map_err(|_| {
             TransportError::Endpoint(format!("{} is not a valid server name", ep.host))
         })?;

@@ -25,6 +25,9 @@ const MTU_PROBE_CEILING: u16 = 8952;
 /// 128 KiB, about 90 packets (quinn's default is 10 packets).
 const INITIAL_WINDOW: u64 = 128 * 1024;
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// The congestion controller of our QUIC connections (quinn's BBR: random loss does not
+/// read as congestion).
+pub const CONGESTION: &str = "bbr";
 /// Socket buffers for high bandwidth-delay products (the kernel may grant less).
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
 

@@ -4,6 +4,7 @@
 //! them; the upload engine only sees [`Transport::request`], so HTTP/3 can slot in beside it.
 
 pub mod alt_svc;
+pub mod congestion;
 pub mod h2;
 pub mod h3;
 pub mod happy;
@@ -85,6 +86,10 @@ pub struct LinkInfo {
     pub rtt_ms: Option<f64>,
     /// How the last HTTP/3 connection was made: `full` or `0-rtt`.
     pub handshake: Option<&'static str>,
+    /// The congestion control of the latest HTTP/2 (TCP) connection.
+    pub tcp_congestion: congestion::Choice,
+    /// The congestion control of HTTP/3 connections (quinn's), when HTTP/3 is on.
+    pub quic_congestion: Option<&'static str>,
 }
 
 /// Where the server is: parsed from `https://host:port`.
@@ -289,6 +294,7 @@ impl Transport {
         let mut info = self.h2.info();
         info.protocol = self.current_protocol();
         if let Some(h3) = &self.h3 {
+            info.quic_congestion = Some(h3::CONGESTION);
             info.handshake = h3.last_handshake().map(h3::Handshake::name);
             if info.protocol == "h3" {
                 info.rtt_ms = h3.rtt().map(|d| d.as_secs_f64() * 1000.0);

@@ -90,11 +90,16 @@ pub struct Sim {
 }
 
 fn client_path_script(p: usize) -> String {
+    client_route_script(p, "replace", "")
+}
+
+/// The client's routes to the service over path `p`; `extra` is appended to each.
+fn client_route_script(p: usize, verb: &str, extra: &str) -> String {
     let i = p + 1;
     let metric = 100 * i;
     format!(
-        "route replace {svc4}/32 dev sim{i} metric {metric} src {c4}\n\
-         route replace {svc6}/128 dev sim{i} metric {metric} src {c6}\n",
+        "route {verb} {svc4}/32 dev sim{i} metric {metric} src {c4}{extra}\n\
+         route {verb} {svc6}/128 dev sim{i} metric {metric} src {c6}{extra}\n",
         svc4 = addr::SERVICE_V4,
         svc6 = addr::SERVICE_V6,
         c4 = addr::CLIENT_V4[p],
@@ -390,6 +395,15 @@ impl Sim {
     /// Edit the impairments of the selected path(s)/direction(s) in place, live.
     pub fn set(&self, path: PathSel, dir: DirSel, f: impl Fn(&mut Impair)) {
         self.inner.each(path, dir, &|d| d.update(&f));
+    }
+
+    /// Gives the client's TCP connections to the service over path 1 the congestion
+    /// control `algo` (`ip route change … congctl ALGO`), the way a host default would
+    /// (the namespace's sysctl is not writable here). Not `lock`ed: a socket may still
+    /// choose its own. Lasts until path 1's link is taken down.
+    pub fn set_client_congctl(&self, algo: &str) -> Result<()> {
+        let script = client_route_script(0, "change", &format!(" congctl {algo}"));
+        ip_batch(Some(&self.client_ns()), &script)
     }
 
     /// Apply a textual change, same language as `netsim set` / the control socket,
