@@ -266,7 +266,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     "{}",
                     serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,
                         "jobs_running": s.jobs_running, "chunks_in_flight": s.chunks_in_flight,
-                        "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds, "engine": engine})
+                        "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds, "engine": engine,
+                        "telemetry": telemetry_json(s.telemetry.as_ref())})
                 );
             } else {
                 println!(
@@ -332,6 +333,21 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                         e.stream_limit, e.buffers_in_use, e.buffers
                     );
                 }
+                if let Some(t) = &s.telemetry {
+                    for z in &t.thermal {
+                        println!("thermal {}: {:.1} °C ({})", z.name, z.temp_c, z.state);
+                    }
+                    if let Some(b) = &t.battery {
+                        let pct = b.percent.map_or("?".to_string(), |p| format!("{p} %"));
+                        println!("battery {pct}, {} ({})", b.status, b.level);
+                    }
+                    if !t.power_source.is_empty() {
+                        println!(
+                            "power: {} (shown only: uploads are never slowed for it)",
+                            t.power_source
+                        );
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -393,4 +409,20 @@ fn print_summary(j: &grpc::Job) {
             j.path, state, j.error_code, j.error_message
         ),
     }
+}
+
+fn telemetry_json(t: Option<&grpc::Telemetry>) -> serde_json::Value {
+    let Some(t) = t else {
+        return serde_json::Value::Null;
+    };
+    let zones: Vec<_> = t
+        .thermal
+        .iter()
+        .map(|z| serde_json::json!({"name": z.name, "temp_c": z.temp_c, "critical_c": z.critical_c, "state": z.state}))
+        .collect();
+    let battery = t
+        .battery
+        .as_ref()
+        .map(|b| serde_json::json!({"percent": b.percent, "status": b.status, "level": b.level}));
+    serde_json::json!({"thermal": zones, "power_source": t.power_source, "battery": battery})
 }

@@ -26,6 +26,7 @@ pub struct Settings {
     pub keep_warm_seconds: Option<u32>,
     pub keep_finished_jobs: Option<u64>,
     pub keep_finished_days: Option<u32>,
+    pub sysfs_root: Option<PathBuf>,
 }
 
 impl Settings {
@@ -43,6 +44,7 @@ impl Settings {
             keep_warm_seconds: self.keep_warm_seconds.or(other.keep_warm_seconds),
             keep_finished_jobs: self.keep_finished_jobs.or(other.keep_finished_jobs),
             keep_finished_days: self.keep_finished_days.or(other.keep_finished_days),
+            sysfs_root: self.sysfs_root.or(other.sysfs_root),
         }
     }
 }
@@ -71,6 +73,9 @@ pub struct Config {
     /// many, and none finished longer ago than `keep_finished_days`.
     pub keep_finished_jobs: u64,
     pub keep_finished_days: u32,
+    /// Where heat and power readings come from (Status only): `/sys`, or a container's
+    /// mount of it.
+    pub sysfs_root: PathBuf,
 }
 
 impl Config {
@@ -168,6 +173,7 @@ impl Config {
             keep_warm_seconds: s.keep_warm_seconds.unwrap_or(DEFAULT_KEEP_WARM_SECONDS),
             keep_finished_jobs,
             keep_finished_days,
+            sysfs_root: s.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
         })
     }
 }

@@ -246,6 +246,9 @@ impl Uplink for Api {
                 .load(std::sync::atomic::Ordering::Relaxed),
             state_dir: cfg.state_dir.display().to_string(),
             uptime_seconds: self.mgr.started.elapsed().as_secs(),
+            telemetry: Some(telemetry_proto(crate::telemetry::read_from(
+                &cfg.sysfs_root,
+            ))),
             engine: self
                 .mgr
                 .engine_status
@@ -281,4 +284,25 @@ fn snapshots(
     };
     jobs.extend(mgr.db.active_jobs().map_err(ManagerError::from)?);
     Ok(jobs.iter().map(Events::snapshot).collect())
+}
+
+fn telemetry_proto(t: crate::telemetry::Telemetry) -> grpc::Telemetry {
+    grpc::Telemetry {
+        thermal: t
+            .thermal
+            .into_iter()
+            .map(|z| grpc::ThermalZone {
+                name: z.name,
+                temp_c: z.temp_c,
+                critical_c: z.critical_c.unwrap_or(0.0),
+                state: z.state.into(),
+            })
+            .collect(),
+        power_source: t.power_source,
+        battery: t.battery.map(|b| grpc::BatteryStatus {
+            percent: b.percent,
+            status: b.status,
+            level: b.level,
+        }),
+    }
 }

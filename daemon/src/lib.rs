@@ -10,5 +10,6 @@ pub mod jobs;
 pub mod manager;
 pub mod seal;
 pub mod server_api;
+pub mod telemetry;
 pub mod transport;
 pub mod validate;

@@ -19,7 +19,8 @@ use uplinkd::{grpc, ipc};
 #[command(name = "uplinkd", version)]
 struct Args {
     /// TOML config file (keys: endpoint, token_file, ca_file, state_dir, socket, streams,
-    /// connections, chunk_size, keep_warm_seconds, keep_finished_jobs, keep_finished_days);
+    /// connections, chunk_size, keep_warm_seconds, keep_finished_jobs, keep_finished_days,
+    /// sysfs_root);
     /// default ~/.config/uplink/uplinkd.toml if present.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -55,6 +56,10 @@ struct Args {
     /// Days a finished job stays listed, at most (default 7).
     #[arg(long)]
     keep_finished_days: Option<u32>,
+    /// Where Status reads heat and power from (default /sys). Reported only: uploads are
+    /// never slowed for heat or battery.
+    #[arg(long)]
+    sysfs_root: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +83,7 @@ fn main() -> std::process::ExitCode {
         keep_warm_seconds: None,
         keep_finished_jobs: a.keep_finished_jobs,
         keep_finished_days: a.keep_finished_days,
+        sysfs_root: a.sysfs_root,
     };
     let result = Config::resolve(a.config, flags).and_then(|cfg| {
         let rt = tokio::runtime::Builder::new_multi_thread()

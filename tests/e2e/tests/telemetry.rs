@@ -1,0 +1,69 @@
+//! Heat and battery show in Status and change nothing: a device at its critical
+//! temperature on a 4 % battery gets the same speed tier, parallelism and chunk sizes as
+//! a calm one on mains (nothing is throttled for heat or battery).
+
+use uplink_e2e::*;
+
+fn status(socket: &std::path::Path) -> serde_json::Value {
+    let out = uplink(socket, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    json_lines(&out).pop().expect("status")
+}
+
+#[test]
+fn a_hot_device_on_a_low_battery_is_reported_and_uploads_like_a_calm_one() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    let mut seen = Vec::new();
+    for (name, temp_c, battery, on_mains) in [("calm", 41.0, 80, true), ("hot", 97.0, 4, false)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let sys = d.join("sys");
+        uplinkd::telemetry::write_fake(&sys, temp_c, 95.0, battery, on_mains).unwrap();
+        let mut cmd = Daemon::command(&d, &server);
+        cmd.arg("--sysfs-root").arg(&sys);
+        let daemon = Daemon::start_cmd(&d, cmd);
+
+        let t = status(&daemon.socket)["telemetry"].clone();
+        let zone = &t["thermal"][0];
+        assert_eq!(zone["temp_c"], temp_c, "{t}");
+        assert_eq!(
+            zone["state"],
+            if on_mains { "ok" } else { "critical" },
+            "{t}"
+        );
+        assert_eq!(t["battery"]["percent"], battery, "{t}");
+        assert_eq!(
+            t["battery"]["level"],
+            if on_mains { "normal" } else { "critical" }
+        );
+        assert_eq!(
+            t["power_source"],
+            if on_mains { "mains" } else { "battery" }
+        );
+
+        let file = d.join(format!("{name}.bin"));
+        random_file(&file, 96 << 20);
+        let out = uplink(
+            &daemon.socket,
+            &["send", file.to_str().unwrap(), "--wait", "--json"],
+        );
+        assert!(out.status.success(), "{out:?}");
+        let record = json_lines(&out).pop().expect("final record");
+        assert_eq!(record["state"], "completed", "{record}");
+        let engine = status(&daemon.socket)["engine"].clone();
+        seen.push((
+            name,
+            engine["tier"].clone(),
+            engine["stream_limit"].clone(),
+            engine["buffers"].clone(),
+        ));
+    }
+    // Loopback is far above 200 Mbit/s: the top tier, its 12 streams and all 15 buffers,
+    // on the hot device as on the calm one.
+    for (name, tier, streams, buffers) in &seen {
+        assert_eq!(tier, "ultrafast", "{name}: {seen:?}");
+        assert_eq!(streams, 12, "{name}: {seen:?}");
+        assert_eq!(buffers, 15, "{name}: {seen:?}");
+    }
+}
