@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod ipc;
 pub mod jobs;
 pub mod manager;
+pub mod memory;
 pub mod seal;
 pub mod server_api;
 pub mod telemetry;

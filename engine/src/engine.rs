@@ -940,14 +940,16 @@ impl Engine {
             .push_back(Action::PutWhole { req, job: id, lane });
     }
 
-    /// The chunk size the link calls for now.
+    /// The chunk size the link calls for now, within what memory allows.
     fn chunk_target(&self) -> u64 {
-        match self.tier {
+        let link = match self.tier {
             Some(t) if self.estimator.usable().is_some() => t.chunk_size(),
             // A cold link: small first chunks, so the first acknowledgement is quick,
             // doubling until the estimate takes over.
             _ => (self.cfg.first_chunk << self.cold_acks.min(4)).min(4 * MIB),
-        }
+        };
+        link.min(pool::chunk_cap(self.buffers))
+            .max(self.cfg.min_chunk)
     }
 
     /// The size of the next chunk of `job` starting at `start` with `gap` bytes free.

@@ -208,7 +208,7 @@ impl Driver {
                     self.engine.handle_timeout(now);
                 }
                 _ = memory.tick() => {
-                    if let Some(bytes) = available_memory() {
+                    if let Some(bytes) = crate::memory::available() {
                         let now = self.now();
                         self.engine.handle(now, Event::MemoryAvailable { bytes });
                     }
@@ -705,27 +705,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Memory the system has left for us: MemAvailable (Linux). Elsewhere, none reported
-/// (the pool stays at its full size).
-fn available_memory() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
     }
 }
