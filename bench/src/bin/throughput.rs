@@ -6,6 +6,9 @@
 //! the client's TCP default CUBIC:
 //! uplink h3, uplink h2, curl.
 //!
+//! Also: the daemon's CPU per GiB against the openssl pass, its peak RSS against
+//! 64 MiB + 15 chunks, and the bytes on the wire for a compressible file.
+//!
 //!   cargo build --release --workspace && target/release/throughput [LOOPBACK_MIB] [NETSIM_MIB]
 
 use std::path::Path;
@@ -13,26 +16,38 @@ use std::process::Command;
 use std::time::Duration;
 
 use netsim::{Impair, Sim, SimOpts};
-use uplink_bench::{curl_put, send, time_cmd};
-use uplink_e2e::{Daemon, Server, random_file, uplink, workdir};
+use uplink_bench::{cpu_secs, curl_put, peak_rss, send, time_cmd};
+use uplink_e2e::{Daemon, Server, point_cloud_file, random_file, uplink, workdir};
 
-fn uplink_run(
-    dir: &Path,
-    name: &str,
-    server: &Server,
-    netns: Option<&str>,
-    file: &Path,
-) -> (f64, String) {
+/// One upload by a fresh daemon, and what it cost.
+struct Run {
+    secs: f64,
+    protocol: String,
+    /// The daemon's CPU seconds (user + system) for this upload.
+    cpu: f64,
+    /// The daemon's peak RSS over its life (start, prewarm, this upload).
+    peak_rss: u64,
+    largest_chunk: u64,
+    wire_bytes: u64,
+}
+
+fn uplink_run(dir: &Path, name: &str, server: &Server, netns: Option<&str>, file: &Path) -> Run {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).expect("dir");
     let daemon = Daemon::start_cmd(&d, Daemon::command_in(&d, server, netns));
     let warm = uplink(&daemon.socket, &["prewarm"]);
     assert!(warm.status.success(), "{warm:?}");
+    let pid = daemon.proc.child.id();
+    let cpu0 = cpu_secs(pid);
     let rec = send(&daemon.socket, file, name);
-    (
-        rec["total_seconds"].as_f64().unwrap_or(f64::NAN),
-        rec["protocol"].as_str().unwrap_or("").to_string(),
-    )
+    Run {
+        secs: rec["total_seconds"].as_f64().unwrap_or(f64::NAN),
+        protocol: rec["protocol"].as_str().unwrap_or("").to_string(),
+        cpu: cpu_secs(pid) - cpu0,
+        peak_rss: peak_rss(pid),
+        largest_chunk: rec["chunk_size"].as_u64().unwrap_or(0),
+        wire_bytes: rec["bytes_on_wire"].as_u64().unwrap_or(0),
+    }
 }
 
 fn row(what: &str, secs: f64, bytes: u64, reference: f64) {
@@ -64,8 +79,8 @@ fn main() {
     let floor = time_cmd(Command::new("openssl").args(["dgst", "-sha256"]).arg(&file));
     let s3 = Server::start_opts(&d.join("srv-h3"), None, &[]);
     let s2 = Server::start_opts(&d.join("srv-h2"), None, &["--no-h3"]);
-    let (t3, p3) = uplink_run(d, "lo-h3", &s3, None, &file);
-    let (t2, p2) = uplink_run(d, "lo-h2", &s2, None, &file);
+    let r3 = uplink_run(d, "lo-h3", &s3, None, &file);
+    let r2 = uplink_run(d, "lo-h2", &s2, None, &file);
     let tc = curl_put(
         None,
         &s3.ca,
@@ -75,21 +90,60 @@ fn main() {
     );
     println!("loopback, {lo_mib} MiB                          seconds      MB/s   vs floor");
     row("openssl dgst -sha256 (hashing floor)", floor, bytes, floor);
-    row(&format!("uplink send ({p3}, 12 streams)"), t3, bytes, floor);
     row(
-        &format!("uplink send ({p2}, 12 streams / 4 conns)"),
-        t2,
+        &format!("uplink send ({})", r3.protocol),
+        r3.secs,
+        bytes,
+        floor,
+    );
+    row(
+        &format!("uplink send ({}, 4 conns)", r2.protocol),
+        r2.secs,
         bytes,
         floor,
     );
     row("curl --http2 -T (one stream)", tc, bytes, floor);
     println!(
-        "uplink {p3} vs curl: {:.2}x, uplink {p2} vs curl: {:.2}x\n",
-        tc / t3,
-        tc / t2
+        "uplink {} vs curl: {:.2}x, uplink {} vs curl: {:.2}x",
+        r3.protocol,
+        tc / r3.secs,
+        r2.protocol,
+        tc / r2.secs
     );
+    // openssl is one thread, CPU-bound on a cached file: its wall time is its CPU time.
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    for r in [&r3, &r2] {
+        let ceiling = 64 * (1 << 20) + 15 * r.largest_chunk;
+        println!(
+            "daemon over {}: CPU {:.2} s/GiB = {:.2}x the openssl pass ({:.2} s/GiB); peak RSS {} MiB vs 64 MiB + 15 x {} MiB chunks = {} MiB",
+            r.protocol,
+            r.cpu / gib,
+            r.cpu / floor,
+            floor / gib,
+            r.peak_rss >> 20,
+            r.largest_chunk >> 20,
+            ceiling >> 20,
+        );
+    }
     drop((s3, s2));
     let _ = std::fs::remove_file(&file);
+
+    // Compressible input: an ASCII point cloud, a quarter of the loopback size.
+    let cloud = d.join("cloud.ply");
+    let cloud_bytes = (lo_mib << 20) / 4;
+    point_cloud_file(&cloud, cloud_bytes);
+    let s = Server::start_opts(&d.join("srv-cloud"), None, &[]);
+    let rc = uplink_run(d, "lo-cloud", &s, None, &cloud);
+    println!(
+        "compressible {} MiB (ASCII point cloud) over {}: {} bytes on the wire = {:.0} % of the file (LZ4), {:.2} s\n",
+        cloud_bytes >> 20,
+        rc.protocol,
+        rc.wire_bytes,
+        100.0 * rc.wire_bytes as f64 / cloud_bytes as f64,
+        rc.secs
+    );
+    drop(s);
+    let _ = std::fs::remove_file(&cloud);
 
     // netsim: a long, lossy path.
     let imp = Impair::default()
@@ -106,8 +160,8 @@ fn main() {
     let ns = sim.client_ns();
     let s3 = Server::start_opts(&d.join("far-h3"), Some(&sim), &[]);
     let s2 = Server::start_opts(&d.join("far-h2"), Some(&sim), &["--no-h3"]);
-    let (t3, p3) = uplink_run(d, "far-h3", &s3, Some(&ns), &file);
-    let (t2, p2) = uplink_run(d, "far-h2", &s2, Some(&ns), &file);
+    let r3 = uplink_run(d, "far-h3", &s3, Some(&ns), &file);
+    let r2 = uplink_run(d, "far-h2", &s2, Some(&ns), &file);
     let tc = curl_put(
         Some(&ns),
         &s3.ca,
@@ -117,13 +171,26 @@ fn main() {
     );
     let line = 200e6 / 8.0;
     println!("netsim 200 Mbit/s, RTT 50 ms, 1 % loss, {ns_mib} MiB  seconds      MB/s   vs curl");
-    row(&format!("uplink send ({p3}, 12 streams)"), t3, bytes, tc);
     row(
-        &format!("uplink send ({p2}, 12 streams / 4 conns)"),
-        t2,
+        &format!("uplink send ({})", r3.protocol),
+        r3.secs,
         bytes,
         tc,
     );
-    row("curl --http2 -T (one stream)", tc, bytes, tc);
-    println!("line rate would take {:.2} s", bytes as f64 / line);
+    row(
+        &format!("uplink send ({}, 4 conns, BBR asked)", r2.protocol),
+        r2.secs,
+        bytes,
+        tc,
+    );
+    row("curl --http2 -T (one stream, CUBIC)", tc, bytes, tc);
+    let line_secs = bytes as f64 / line;
+    println!(
+        "share of line rate ({line_secs:.2} s): {} {:.0} %, {} {:.0} %, curl {:.0} %",
+        r3.protocol,
+        100.0 * line_secs / r3.secs,
+        r2.protocol,
+        100.0 * line_secs / r2.secs,
+        100.0 * line_secs / tc
+    );
 }

@@ -296,7 +296,7 @@ impl Driver {
                     a.pending_reads.remove(&offset);
                 }
             }
-            Action::Checkpoint { job, .. } => self.save(job).await,
+            Action::Checkpoint { job, .. } => self.save(job),
             Action::Progress {
                 job,
                 acked_bytes,
@@ -323,10 +323,9 @@ impl Driver {
                     );
                 }
             }
-            Action::JobCompleted { job } => self.finish(job, JobState::Completed, None).await,
+            Action::JobCompleted { job } => self.finish(job, JobState::Completed, None),
             Action::JobFailed { job, code, message } => {
                 self.finish(job, JobState::Failed, Some((code, message)))
-                    .await
             }
         }
     }
@@ -546,7 +545,7 @@ impl Driver {
     }
 
     /// Writes the job's record and checkpoint, durably.
-    async fn save(&mut self, job: JobId) {
+    fn save(&mut self, job: JobId) {
         let Some(a) = self.jobs.get_mut(&job) else {
             return;
         };
@@ -555,9 +554,18 @@ impl Driver {
         if a.checkpoint.upload_id.is_empty() {
             return;
         }
-        if let Err(e) = self.shared.db.checkpoint(&a.record, &a.checkpoint).await {
+        if let Err(e) = self.shared.db.stage(&a.record, Some(&a.checkpoint)) {
             tracing::warn!(job_id = %a.record.job_id, error = %e, "checkpoint not saved");
+            return;
         }
+        // Durable off the loop: a checkpoint a crash loses is an older checkpoint, and a
+        // resume reconciles it with the server's state anyway.
+        let db = Arc::clone(&self.shared.db);
+        tokio::spawn(async move {
+            if let Err(e) = db.flush().await {
+                tracing::warn!(error = %e, "checkpoint not flushed");
+            }
+        });
     }
 
     fn progress(&mut self, job: JobId, acked: u64, total: u64, rate: f64) {
@@ -584,21 +592,16 @@ impl Driver {
     }
 
     /// Ends a job the core finished (completed or failed).
-    async fn finish(&mut self, job: JobId, state: JobState, error: Option<(String, String)>) {
+    fn finish(&mut self, job: JobId, state: JobState, error: Option<(String, String)>) {
         let Some(a) = self.jobs.remove(&job) else {
             return;
         };
-        self.end_record(a.record, state, error).await;
+        self.end_record(a.record, state, error);
     }
 
     /// Records a job's end (completed or failed), durably, then tells watchers; its place
     /// goes to the next job in the store.
-    async fn end_record(
-        &mut self,
-        mut r: JobRecord,
-        state: JobState,
-        error: Option<(String, String)>,
-    ) {
+    fn end_record(&mut self, mut r: JobRecord, state: JobState, error: Option<(String, String)>) {
         self.ids.remove(&r.job_id);
         self.refill = true;
         r.state = state;
@@ -615,9 +618,10 @@ impl Driver {
                 tracing::error!(job_id = %r.job_id, code, message, "job failed");
             }
         }
-        // Durable first, then announced: a watcher that reacts sees the same record. A
-        // finished record drops its checkpoint in the same write.
-        if let Err(e) = self.shared.db.put(&r).await {
+        // Written now (the store's index no longer lists it as active, so it is not admitted
+        // again), durable off the loop, announced once durable: a watcher that reacts sees
+        // the same record. A finished record drops its checkpoint in the same write.
+        if let Err(e) = self.shared.db.stage(&r, None) {
             tracing::error!(error = %e, "cannot record the job's end");
         }
         let record = Some(r.to_proto());
@@ -625,7 +629,13 @@ impl Driver {
             JobState::Completed => Kind::Completed(grpc::Completed { job: record }),
             _ => Kind::Failed(grpc::Failed { job: record }),
         };
-        self.shared.events.emit(&r.job_id, kind);
+        let (db, events) = (Arc::clone(&self.shared.db), self.shared.events.clone());
+        tokio::spawn(async move {
+            if let Err(e) = db.flush().await {
+                tracing::error!(error = %e, "cannot make the job's end durable");
+            }
+            events.emit(&r.job_id, kind);
+        });
         self.trim_history();
     }
 
@@ -693,10 +703,13 @@ impl Driver {
         self.tasks.abort_all();
         let held: Vec<JobId> = self.jobs.keys().copied().collect();
         for job in held {
-            self.save(job).await;
+            self.save(job);
             if let Some(a) = self.jobs.get(&job) {
                 tracing::info!(job_id = %a.record.job_id, "job paused for shutdown; it resumes at the next start");
             }
+        }
+        if let Err(e) = self.shared.db.flush().await {
+            tracing::error!(error = %e, "checkpoints not flushed at shutdown");
         }
     }
 }

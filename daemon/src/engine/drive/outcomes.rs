@@ -32,7 +32,7 @@ impl Driver {
                     Err(e) => {
                         let (code, message) = read_error_code(&e);
                         let error = Some((code.to_string(), message));
-                        self.end_record(*record, JobState::Failed, error).await;
+                        self.end_record(*record, JobState::Failed, error);
                         return;
                     }
                 };
@@ -119,7 +119,7 @@ impl Driver {
                         // job there, and finish it here.
                         self.engine.handle(now, Event::JobCancelled { job });
                         self.perform_actions().await;
-                        self.finish(job, JobState::Completed, None).await;
+                        self.finish(job, JobState::Completed, None);
                     }
                     Resumed::Ledger {
                         ledger,
