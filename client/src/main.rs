@@ -156,27 +156,53 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                 eprintln!("uplink: --target names one object; give one file");
                 return Ok(ExitCode::from(2));
             }
-            let mut client = connect(&socket).await?;
+            let client = connect(&socket).await?;
             let metadata: HashMap<String, String> = meta.into_iter().collect();
             let mut ids = Vec::new();
-            for f in &files {
-                // The daemon wants absolute paths; resolve relative ones against our cwd.
-                let path = std::path::absolute(f).unwrap_or_else(|_| f.clone());
-                let req = grpc::EnqueueRequest {
-                    path: path.to_string_lossy().into_owned(),
-                    target: target.clone().unwrap_or_default(),
-                    metadata: metadata.clone(),
-                };
-                let resp = client.enqueue(req).await?.into_inner();
-                if as_json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"job_id": resp.job_id, "path": path})
-                    );
-                } else {
-                    println!("{}", resp.job_id);
+            let mut failed = None;
+            // Up to 32 enqueues in flight on the one connection (each waits for the
+            // daemon's durable write; together they share its disk syncs), printed in order.
+            for batch in files.chunks(32) {
+                let calls: Vec<_> = batch
+                    .iter()
+                    .map(|f| {
+                        // The daemon wants absolute paths; resolve relative ones against our cwd.
+                        let path = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+                        let req = grpc::EnqueueRequest {
+                            path: path.to_string_lossy().into_owned(),
+                            target: target.clone().unwrap_or_default(),
+                            metadata: metadata.clone(),
+                        };
+                        let mut c = client.clone();
+                        (path, tokio::spawn(async move { c.enqueue(req).await }))
+                    })
+                    .collect();
+                for (path, call) in calls {
+                    let result = match call.await {
+                        Ok(r) => r.map_err(ClientError::from),
+                        Err(e) => Err(ClientError::Rpc(tonic::Status::internal(e.to_string()))),
+                    };
+                    match result {
+                        Ok(resp) => {
+                            let id = resp.into_inner().job_id;
+                            if as_json {
+                                println!("{}", serde_json::json!({"job_id": id, "path": path}));
+                            } else {
+                                println!("{id}");
+                            }
+                            ids.push(id);
+                        }
+                        // Every file that was enqueued is still reported, each refusal with
+                        // its file.
+                        Err(e) => {
+                            eprintln!("uplink: {}: {e}", path.display());
+                            failed = Some(());
+                        }
+                    }
                 }
-                ids.push(resp.job_id);
+            }
+            if failed.is_some() {
+                return Ok(ExitCode::from(2));
             }
             if !wait {
                 return Ok(ExitCode::SUCCESS);

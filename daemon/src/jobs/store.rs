@@ -79,6 +79,9 @@ pub struct JobDb {
     sealer: Sealer,
     /// Job records decoded since open (the costly part of reading the store).
     decodes: AtomicU64,
+    /// Writes so far, and (under the lock) how many of them the last flush covered.
+    written: AtomicU64,
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 impl JobDb {
@@ -100,6 +103,8 @@ impl JobDb {
             db,
             sealer,
             decodes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            flushed: tokio::sync::Mutex::new(0),
         };
         let indexed = store
             .meta
@@ -126,6 +131,7 @@ impl JobDb {
     /// Writes a record, its index entry and (if given) its checkpoint in one transaction,
     /// not yet flushed. A finished job's checkpoint is dropped: nothing resumes it.
     fn write(&self, job: &JobRecord, checkpoint: Option<&[u8]>) -> Result<(), DbError> {
+        self.written.fetch_add(1, Ordering::SeqCst);
         let record = serde_json::to_vec(job)?;
         let id = job.job_id.as_bytes();
         let placement = Placement::of(job);
@@ -164,15 +170,13 @@ impl JobDb {
     /// Writes a record and makes it durable.
     pub async fn put(&self, job: &JobRecord) -> Result<(), DbError> {
         self.write(job, None)?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Stores a checkpoint together with the job record, atomically and durably.
     pub async fn checkpoint(&self, job: &JobRecord, cp: &Checkpoint) -> Result<(), DbError> {
         self.stage(job, Some(cp))?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Writes a record (with its checkpoint, if given) atomically, durable at the next
@@ -401,6 +405,7 @@ impl JobDb {
     }
 
     fn remove_finished(&self, batch: &[(sled::IVec, JobState)]) -> Result<(), DbError> {
+        self.written.fetch_add(1, Ordering::SeqCst);
         (
             &self.jobs,
             &self.checkpoints,
@@ -501,12 +506,28 @@ impl JobDb {
     }
 
     pub fn drop_checkpoint(&self, job_id: &str) -> Result<(), DbError> {
+        self.written.fetch_add(1, Ordering::SeqCst);
         self.checkpoints.remove(job_id.as_bytes())?;
         Ok(())
     }
 
+    /// Makes every write made before this call durable. One flush at a time, on the
+    /// blocking pool: sled 0.34's own `flush_async` deadlocks when many run at once (its
+    /// small I/O pool fills with flushes that wait on each other; 32 concurrent enqueues
+    /// hung the daemon). Callers that arrive during a flush share the next one (group
+    /// commit), so a burst of writes costs a few syncs, not one each.
     pub async fn flush(&self) -> Result<(), DbError> {
-        self.db.flush_async().await?;
+        let mine = self.written.load(Ordering::SeqCst);
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= mine {
+            return Ok(());
+        }
+        let upto = self.written.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| DbError::Sled(sled::Error::Unsupported(format!("flush task: {e}"))))??;
+        *flushed = upto;
         Ok(())
     }
 }

@@ -113,3 +113,36 @@ fn another_uid_cannot_use_the_socket() {
     let ok = uplink(&daemon.socket, &["status"]);
     assert!(ok.status.success(), "{ok:?}");
 }
+
+#[test]
+fn a_refused_file_among_many_is_named_and_the_others_are_still_enqueued_in_order() {
+    let dir = workdir();
+    let d = dir.path();
+    let server = Server::start(d);
+    let daemon = Daemon::start(d, &server);
+    let good: Vec<_> = (0..40)
+        .map(|i| d.join(format!("photo-{i:02}.jpg")))
+        .collect();
+    for f in &good {
+        random_file(f, 4096);
+    }
+    let missing = d.join("missing.jpg");
+    let mut args = vec!["send".to_string(), "--json".to_string()];
+    args.extend(good[..20].iter().map(|p| p.display().to_string()));
+    args.push(missing.display().to_string());
+    args.extend(good[20..].iter().map(|p| p.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = uplink(&daemon.socket, &args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.jpg") && err.contains("file_not_found"),
+        "{err}"
+    );
+    let printed: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|j| j["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: Vec<String> = good.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(printed, expected, "every good file, in the order given");
+}

@@ -365,3 +365,21 @@ fn an_unreadable_record_is_taken_out_of_the_queue_not_picked_forever() {
     assert_eq!(db.count(JobState::Queued).unwrap(), 1);
     assert!(db.placements.get(job_id(0)).unwrap().is_none());
 }
+
+/// Many durable writes at once (a CLI enqueuing a capture's photos 32 at a time, jobs
+/// ending together) all complete: sled's own concurrent flushes deadlocked here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_concurrent_durable_writes_all_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(JobDb::open(tmp.path()).unwrap());
+    let writes = (0..64).map(|n| {
+        let db = std::sync::Arc::clone(&db);
+        tokio::spawn(async move { db.put(&job(n, JobState::Queued)).await })
+    });
+    let all = futures_util::future::join_all(writes);
+    let results = tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the writes hung");
+    assert!(results.into_iter().all(|r| matches!(r, Ok(Ok(())))));
+    assert_eq!(db.count(JobState::Queued).unwrap(), 64);
+}
