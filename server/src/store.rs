@@ -309,20 +309,8 @@ impl Store {
                 format!("invalid object name {:?}", req.name),
             ));
         }
-        let mut idx = lock(&self.index);
-        if let Some(existing) = key
-            .and_then(|k| idx.by_key.get(k))
-            .and_then(|id| idx.by_id.get(id))
-        {
-            let meta = lock(&existing.meta);
-            if meta.size != req.size || meta.name != req.name {
-                return Err(ApiError::new(
-                    409,
-                    code::IDEMPOTENCY_MISMATCH,
-                    "this Idempotency-Key created an upload with another size or name",
-                ));
-            }
-            return Ok(created(&meta));
+        if let Some(answer) = self.created_for_key(key, req) {
+            return answer;
         }
         let mut raw = [0u8; 16];
         rand::rng().fill_bytes(&mut raw);
@@ -389,11 +377,45 @@ impl Store {
             state: Mutex::new(SessionState::default()),
             meta: Mutex::new(meta.clone()),
         });
+        // The files were made without the index lock (their fsyncs must not hold up every
+        // other request); a create with the same key may have won meanwhile.
+        let mut idx = lock(&self.index);
+        if key.is_some_and(|k| idx.by_key.contains_key(k)) {
+            drop(idx);
+            session.close_files();
+            let _ = std::fs::remove_dir_all(&session.dir);
+            return self.created_for_key(key, req).unwrap_or_else(|| {
+                Err(ApiError::new(
+                    503,
+                    code::UNAVAILABLE,
+                    "the upload this key created was deleted meanwhile; try again",
+                ))
+            });
+        }
         if let Some(k) = key {
             idx.by_key.insert(k.to_owned(), id.clone());
         }
         idx.by_id.insert(id, session);
         Ok(created(&meta))
+    }
+
+    /// The session an idempotency key already created, if any (or its mismatch).
+    fn created_for_key(
+        &self,
+        key: Option<&str>,
+        req: &CreateUpload,
+    ) -> Option<Result<UploadCreated, ApiError>> {
+        let idx = lock(&self.index);
+        let existing = idx.by_id.get(idx.by_key.get(key?)?)?;
+        let meta = lock(&existing.meta);
+        if meta.size != req.size || meta.name != req.name {
+            return Some(Err(ApiError::new(
+                409,
+                code::IDEMPOTENCY_MISMATCH,
+                "this Idempotency-Key created an upload with another size or name",
+            )));
+        }
+        Some(Ok(created(&meta)))
     }
 
     /// The live session `id`.

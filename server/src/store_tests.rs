@@ -312,3 +312,29 @@ fn a_hundred_thousand_chunks_answer_as_ranges_and_pages() {
     assert_eq!(tail.chunks.len(), 2);
     assert_eq!(tail.next_from, None);
 }
+
+/// Creates make their files without the store-wide lock (their fsyncs must not stall every
+/// other request), so racing creates with one idempotency key must still end as one
+/// session, and the losers' files must go.
+#[test]
+fn racing_creates_with_one_key_make_one_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = Arc::new(store(tmp.path()));
+    let req = CreateUpload {
+        size: 10,
+        name: "race.bin".into(),
+        metadata: Default::default(),
+    };
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| st.create(Some("same-key"), &req).unwrap().upload_id))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let dirs = std::fs::read_dir(tmp.path().join("sessions"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 1, "the losers' session dirs were removed");
+    assert_eq!(st.session_count(), 1);
+}
