@@ -35,9 +35,10 @@ pub struct Config {
     pub streams: Option<usize>,
     /// Fixed chunk size instead of the speed tier's.
     pub chunk_size: Option<u64>,
-    /// First chunk of a cold link; later ones double until the estimate is usable.
+    /// First chunk of a cold link; later ones double until the estimate is usable. It fits
+    /// a fresh QUIC window (128 KiB) with its headers, so it arrives in one round trip.
     pub first_chunk: u64,
-    /// No chunk smaller than this except a file's tail.
+    /// No chunk smaller than this except a file's tail and a cold link's first chunks.
     pub min_chunk: u64,
     /// Files up to this size go in one request.
     pub single_request_max: u64,
@@ -72,7 +73,7 @@ impl Default for Config {
             lanes: 4,
             streams: None,
             chunk_size: None,
-            first_chunk: 256 * KIB,
+            first_chunk: 96 * KIB,
             min_chunk: 256 * KIB,
             single_request_max: 4 * MIB,
             max_active_jobs: 32,
@@ -710,6 +711,12 @@ impl Engine {
     // ---- decisions ----
 
     fn stream_limit(&self) -> usize {
+        if self.cfg.streams.is_none() && self.delivered == 0 {
+            // Until the link delivers its first bytes, the first request goes alone:
+            // streams sharing a fresh congestion window all finish together, so with a
+            // dozen in flight the first ACK waited for all of them (7 RTT instead of 2-3).
+            return 1;
+        }
         let by_tier = self
             .cfg
             .streams
@@ -949,7 +956,7 @@ impl Engine {
             _ => (self.cfg.first_chunk << self.cold_acks.min(4)).min(4 * MIB),
         };
         link.min(pool::chunk_cap(self.buffers))
-            .max(self.cfg.min_chunk)
+            .max(self.cfg.first_chunk)
     }
 
     /// The size of the next chunk of `job` starting at `start` with `gap` bytes free.
@@ -967,8 +974,12 @@ impl Engine {
         if gap <= len {
             gap
         } else if gap - len < self.cfg.min_chunk {
-            // Never leave a sliver behind: the next chunk gets at least min_chunk.
-            gap - self.cfg.min_chunk
+            // Never leave a sliver behind: the next chunk gets at least min_chunk, unless
+            // that would make this one smaller than a first chunk; then it takes the rest.
+            match gap.checked_sub(self.cfg.min_chunk) {
+                Some(cut) if cut >= self.cfg.first_chunk => cut,
+                _ => gap,
+            }
         } else {
             len
         }

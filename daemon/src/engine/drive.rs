@@ -129,6 +129,20 @@ enum Done {
     },
 }
 
+impl Done {
+    fn name(&self) -> &'static str {
+        match self {
+            Done::Opened { .. } => "opened",
+            Done::Created { .. } => "created",
+            Done::Resumed { .. } => "resumed",
+            Done::Read { .. } => "read",
+            Done::Put { .. } => "put",
+            Done::Whole { .. } => "whole",
+            Done::Completed { .. } => "completed",
+        }
+    }
+}
+
 pub struct Driver {
     shared: Arc<Shared>,
     engine: Engine,
@@ -271,6 +285,8 @@ impl Driver {
     }
 
     async fn perform(&mut self, action: Action) {
+        // `UPLINK_LOG=uplinkd=trace` shows the core's decisions as they are carried out.
+        tracing::trace!(?action, "engine action");
         match action {
             Action::CreateSession { req, job } => self.create_session(req, job).await,
             Action::FetchState { req, job } => self.fetch_state(req, job),

@@ -18,6 +18,7 @@ use crate::server_api::ChunkPayload;
 impl Driver {
     pub(super) async fn on_done(&mut self, done: Done) {
         let now = self.now();
+        tracing::trace!(done = done.name(), "I/O done");
         match done {
             Done::Opened {
                 job,
