@@ -870,16 +870,34 @@ impl Engine {
         }
     }
 
+    /// Whole-file sends may run up to twice the stream limit: two of each one's three
+    /// round trips (create, complete) carry a few hundred bytes, so at the stream limit
+    /// alone the link idled a quarter of the time between a capture's photos (300 × 512 KiB
+    /// at 100 Mbit/s, 50 ms: 72-75 % of line; 82 % at twice). Memory stays bounded: they
+    /// are at most 4 MiB each and the limit shrinks with the pool.
+    fn whole_limit(&self) -> usize {
+        let limit = self.stream_limit();
+        match self.delivered {
+            0 => limit,
+            _ => 2 * limit,
+        }
+    }
+
     fn dispatch(&mut self) {
-        while self.streams < self.stream_limit() && !self.ramp_blocked() {
+        loop {
+            let chunk_room = self.streams < self.stream_limit();
+            let whole_extra = self.whole_limit() - self.stream_limit();
+            let whole_room =
+                self.streams < self.whole_limit() && self.slots < self.buffers + whole_extra;
+            if !(chunk_room || whole_room) || self.ramp_blocked() {
+                break;
+            }
             let now = self.now;
             let pick = self.service_order().into_iter().find_map(|id| {
                 let job = self.jobs.get(&id)?;
                 match job.phase {
-                    Phase::Transfer => job.ready_chunk(now).map(|o| (id, Some(o))),
-                    Phase::Whole if job.not_before <= now && self.slots < self.buffers => {
-                        Some((id, None))
-                    }
+                    Phase::Transfer if chunk_room => job.ready_chunk(now).map(|o| (id, Some(o))),
+                    Phase::Whole if whole_room && job.not_before <= now => Some((id, None)),
                     _ => None,
                 }
             });
