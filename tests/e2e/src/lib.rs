@@ -362,6 +362,46 @@ pub fn uplink_as(uid: u32, socket: &Path, args: &[&str]) -> Output {
         .expect("run uplink")
 }
 
+/// `uplink send FILE --wait --json`: the job's final record (the CLI must succeed).
+pub fn send_wait(socket: &Path, file: &Path) -> serde_json::Value {
+    let out = uplink(
+        socket,
+        &[
+            "send",
+            file.to_str().expect("utf-8 path"),
+            "--wait",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "send --wait failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out).pop().expect("final record")
+}
+
+/// `uplink status --json`.
+pub fn daemon_status(socket: &Path) -> serde_json::Value {
+    let out = uplink(socket, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    json_lines(&out).pop().expect("status")
+}
+
+/// A wire call the server refused with `status` and the stable `code`.
+pub fn refused_with(
+    r: Result<impl std::fmt::Debug, uplinkd::server_api::CallError>,
+    status: u16,
+    code: &str,
+) {
+    match r {
+        Err(uplinkd::server_api::CallError::Server {
+            status: s, code: c, ..
+        }) => assert_eq!((s, c.as_str()), (status, code)),
+        other => panic!("expected {status} {code}, got {other:?}"),
+    }
+}
+
 /// Writes `size` pseudo-random (incompressible) bytes.
 pub fn random_file(path: &Path, size: u64) {
     let mut w =

@@ -8,22 +8,9 @@ use bytes::Bytes;
 use uplink_e2e::*;
 use uplink_proto::integrity;
 use uplink_proto::wire::CreateUpload;
-use uplinkd::server_api::{CallError, ChunkPayload};
+use uplinkd::server_api::ChunkPayload;
 
 const MIB: u64 = 1 << 20;
-
-fn send_wait(socket: &std::path::Path, file: &std::path::Path) -> serde_json::Value {
-    let out = uplink(
-        socket,
-        &["send", file.to_str().unwrap(), "--wait", "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "send --wait failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out).pop().expect("final record")
-}
 
 #[test]
 fn compressible_files_go_lz4_and_incompressible_ones_raw_and_all_arrive_intact() {
@@ -67,15 +54,6 @@ fn compressible_files_go_lz4_and_incompressible_ones_raw_and_all_arrive_intact()
     }
 }
 
-fn refused(r: Result<impl std::fmt::Debug, CallError>, status: u16, code: &str) {
-    match r {
-        Err(CallError::Server {
-            status: s, code: c, ..
-        }) => assert_eq!((s, c.as_str()), (status, code)),
-        other => panic!("expected {status} {code}, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
     let dir = workdir();
@@ -103,14 +81,14 @@ async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
     };
     // Not LZ4 at all.
     let garbage = Bytes::from_static(&[0xff; 64]);
-    refused(
+    refused_with(
         c.put_chunk_shared(&keys, &chunk, Some(garbage), 0, 1).await,
         400,
         "bad_encoding",
     );
     // Valid LZ4 of other bytes (twice as many).
     let longer = lz4_flex::block::compress(&[b'z'; 8192]);
-    refused(
+    refused_with(
         c.put_chunk_shared(&keys, &chunk, Some(longer.into()), 0, 1)
             .await,
         400,
@@ -118,7 +96,7 @@ async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
     );
     // Valid LZ4 of other bytes of the same length: the hashes catch it.
     let other = lz4_flex::block::compress(&[b'y'; 4096]);
-    refused(
+    refused_with(
         c.put_chunk_shared(&keys, &chunk, Some(other.into()), 0, 1)
             .await,
         422,

@@ -8,25 +8,6 @@ use uplink_e2e::*;
 
 const ONE_WAY: Duration = Duration::from_millis(25);
 
-fn send_wait(socket: &std::path::Path, file: &std::path::Path) -> serde_json::Value {
-    let out = uplink(
-        socket,
-        &["send", file.to_str().unwrap(), "--wait", "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "send failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out).pop().expect("final record")
-}
-
-fn status(socket: &std::path::Path) -> serde_json::Value {
-    let out = uplink(socket, &["status", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    json_lines(&out).pop().expect("status")["endpoints"][0].clone()
-}
-
 #[test]
 fn a_prewarmed_job_uses_h3_and_reconnects_with_0rtt_after_the_keep_warm_window() {
     let sim = Sim::up(
@@ -45,7 +26,7 @@ fn a_prewarmed_job_uses_h3_and_reconnects_with_0rtt_after_the_keep_warm_window()
 
     let warm = uplink(&daemon.socket, &["prewarm", "--keep-warm", "1"]);
     assert!(warm.status.success(), "{warm:?}");
-    let ep = status(&daemon.socket);
+    let ep = daemon_status(&daemon.socket)["endpoints"][0].clone();
     assert_eq!(ep["protocol"], "h3", "{ep}");
     assert_eq!(ep["handshake"], "full", "{ep}");
     assert_eq!(ep["warm"], true);
@@ -57,7 +38,7 @@ fn a_prewarmed_job_uses_h3_and_reconnects_with_0rtt_after_the_keep_warm_window()
 
     // No job within the keep-warm window: the connections close...
     let cold = wait_for(Duration::from_secs(10), || {
-        let ep = status(&daemon.socket);
+        let ep = daemon_status(&daemon.socket)["endpoints"][0].clone();
         (ep["warm"] == false).then_some(ep)
     });
     assert!(
@@ -88,7 +69,10 @@ fn with_udp_blocked_the_job_completes_over_h2_without_waiting_for_quic() {
         Daemon::command_in(dir.path(), &server, Some(&ns)),
     );
     assert!(uplink(&daemon.socket, &["prewarm"]).status.success());
-    assert_eq!(status(&daemon.socket)["protocol"], "h3");
+    assert_eq!(
+        daemon_status(&daemon.socket)["endpoints"][0]["protocol"],
+        "h3"
+    );
     daemon.proc.term();
 
     // Now UDP is dropped (a network that blocks QUIC), and the daemon starts again,

@@ -9,12 +9,6 @@ use std::time::Duration;
 use netsim::{Impair, Sim, SimOpts};
 use uplink_e2e::*;
 
-fn status(socket: &std::path::Path) -> serde_json::Value {
-    let out = uplink(socket, &["status", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    json_lines(&out).pop().expect("status")["endpoints"][0].clone()
-}
-
 #[test]
 fn on_a_lossy_cubic_host_http2_asks_for_bbr_says_so_and_completes() {
     let imp = Impair::default()
@@ -47,17 +41,12 @@ fn on_a_lossy_cubic_host_http2_asks_for_bbr_says_so_and_completes() {
     );
     let file = dir.path().join("scan.bin");
     random_file(&file, 24 << 20);
-    let out = uplink(
-        &daemon.socket,
-        &["send", file.to_str().unwrap(), "--wait", "--json"],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let record = json_lines(&out).pop().expect("final record");
+    let record = send_wait(&daemon.socket, &file);
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["protocol"], "h2", "{record}");
     assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
 
-    let ep = status(&daemon.socket);
+    let ep = daemon_status(&daemon.socket)["endpoints"][0].clone();
     assert_eq!(ep["tcp_congestion"], "bbr", "{ep}");
     assert_eq!(ep["tcp_congestion_note"], "", "{ep}");
 }

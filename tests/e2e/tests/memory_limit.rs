@@ -26,12 +26,7 @@ fn upload_under(limit: u64) -> (serde_json::Value, serde_json::Value) {
     );
     let file = dir.path().join("mesh.bin");
     random_file(&file, 64 << 20);
-    let out = uplink(
-        &daemon.socket,
-        &["send", file.to_str().unwrap(), "--wait", "--json"],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let record = json_lines(&out).pop().expect("final record");
+    let record = send_wait(&daemon.socket, &file);
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use uplink_e2e::*;
 use uplink_proto::integrity::{self, ChunkSecret, ClientSecret};
 use uplink_proto::wire::CreateUpload;
-use uplinkd::server_api::{CallError, ChunkPayload, SessionKeys};
+use uplinkd::server_api::{ChunkPayload, SessionKeys};
 
 fn payload(offset: u64, data: &[u8]) -> ChunkPayload {
     let d = integrity::digest(data);
@@ -14,15 +14,6 @@ fn payload(offset: u64, data: &[u8]) -> ChunkPayload {
         sha256: d.sha256,
         crc32c: d.crc32c,
         data: Bytes::copy_from_slice(data),
-    }
-}
-
-fn refused_with(r: Result<impl std::fmt::Debug, CallError>, status: u16, code: &str) {
-    match r {
-        Err(CallError::Server {
-            status: s, code: c, ..
-        }) => assert_eq!((s, c.as_str()), (status, code)),
-        other => panic!("expected {status} {code}, got {other:?}"),
     }
 }
 

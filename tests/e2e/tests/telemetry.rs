@@ -4,12 +4,6 @@
 
 use uplink_e2e::*;
 
-fn status(socket: &std::path::Path) -> serde_json::Value {
-    let out = uplink(socket, &["status", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    json_lines(&out).pop().expect("status")
-}
-
 #[test]
 fn a_hot_device_on_a_low_battery_is_reported_and_uploads_like_a_calm_one() {
     let dir = workdir();
@@ -24,7 +18,7 @@ fn a_hot_device_on_a_low_battery_is_reported_and_uploads_like_a_calm_one() {
         cmd.arg("--sysfs-root").arg(&sys);
         let daemon = Daemon::start_cmd(&d, cmd);
 
-        let t = status(&daemon.socket)["telemetry"].clone();
+        let t = daemon_status(&daemon.socket)["telemetry"].clone();
         let zone = &t["thermal"][0];
         assert_eq!(zone["temp_c"], temp_c, "{t}");
         assert_eq!(
@@ -44,14 +38,9 @@ fn a_hot_device_on_a_low_battery_is_reported_and_uploads_like_a_calm_one() {
 
         let file = d.join(format!("{name}.bin"));
         random_file(&file, 96 << 20);
-        let out = uplink(
-            &daemon.socket,
-            &["send", file.to_str().unwrap(), "--wait", "--json"],
-        );
-        assert!(out.status.success(), "{out:?}");
-        let record = json_lines(&out).pop().expect("final record");
+        let record = send_wait(&daemon.socket, &file);
         assert_eq!(record["state"], "completed", "{record}");
-        let engine = status(&daemon.socket)["engine"].clone();
+        let engine = daemon_status(&daemon.socket)["engine"].clone();
         seen.push((
             name,
             engine["tier"].clone(),
