@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use uplink_engine::{Event, JobId, JobSpec};
+use uplink_engine::{Event, JobId, JobSpec, ReqId};
 use uplink_proto::grpc::{self, job_event::Kind};
 use uplink_proto::wire::UploadCompleted;
 
@@ -16,6 +16,15 @@ use crate::jobs::{JobRecord, JobState, now_ms};
 use crate::server_api::ChunkPayload;
 
 impl Driver {
+    /// A request that carried a body ended (either way): it is no longer out, and its
+    /// body bytes count as sent.
+    fn body_sent(&mut self, req: ReqId, job: JobId, wire_bytes: u64) {
+        self.requests.remove(&req);
+        if let Some(a) = self.jobs.get_mut(&job) {
+            a.record.bytes_on_wire += wire_bytes;
+        }
+    }
+
     pub(super) async fn on_done(&mut self, done: Done) {
         let now = self.now();
         tracing::trace!(done = done.name(), "I/O done");
@@ -213,10 +222,7 @@ impl Driver {
                 wire_bytes,
                 result,
             } => {
-                self.requests.remove(&req);
-                if let Some(a) = self.jobs.get_mut(&job) {
-                    a.record.bytes_on_wire += wire_bytes;
-                }
+                self.body_sent(req, job, wire_bytes);
                 match result {
                     Ok(()) => {
                         let zero_rtt = self.shared.client.zero_rtt();
@@ -251,10 +257,7 @@ impl Driver {
                 wire_bytes,
                 result,
             } => {
-                self.requests.remove(&req);
-                if let Some(a) = self.jobs.get_mut(&job) {
-                    a.record.bytes_on_wire += wire_bytes;
-                }
+                self.body_sent(req, job, wire_bytes);
                 match result {
                     Ok(w) => {
                         let zero_rtt = self.shared.client.zero_rtt();
