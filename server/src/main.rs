@@ -62,6 +62,12 @@ struct Args {
     /// `complete` can ask again) before it is removed; the object itself stays.
     #[arg(long, default_value_t = 86_400)]
     completed_retention: u64,
+    /// Do not reserve an upload's whole size on disk when it is created (thin-provisioned
+    /// volumes, or uploads larger than the free space that will be moved away as they
+    /// come). A full disk is then answered mid-upload with 507 `disk_full` instead of at
+    /// create.
+    #[arg(long)]
+    no_reserve: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -118,6 +124,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(tls::quic_server_config(&files)?)
     };
     let store = store::Store::open(&args.data_dir, credentials.chunk_secret().clone())
+        .map(|s| s.reserving_space(!args.no_reserve))
         .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
     let sessions = store.session_count();
 

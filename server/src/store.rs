@@ -84,6 +84,8 @@ pub struct Store {
     objects_dir: PathBuf,
     secret: ChunkSecret,
     index: Mutex<Index>,
+    /// Reserve each upload's size at create (fallocate), so a full disk shows there.
+    reserve_space: bool,
 }
 
 #[derive(Default)]
@@ -193,6 +195,12 @@ fn overlapping<V: Copy>(
 
 impl Store {
     /// Opens (or creates) the store and loads every live session.
+    /// Whether create reserves each upload's whole size on disk (the default).
+    pub fn reserving_space(mut self, reserve: bool) -> Store {
+        self.reserve_space = reserve;
+        self
+    }
+
     pub fn open(data_dir: &Path, secret: ChunkSecret) -> std::io::Result<Store> {
         let sessions_dir = data_dir.join("sessions");
         let objects_dir = data_dir.join("objects");
@@ -203,6 +211,7 @@ impl Store {
             objects_dir,
             secret,
             index: Mutex::new(Index::default()),
+            reserve_space: true,
         };
         let now = now_secs();
         for entry in std::fs::read_dir(&store.sessions_dir)? {
@@ -340,12 +349,18 @@ impl Store {
                 .create_new(true)
                 .open(dir.join(PART))?;
             // Reserve the space now so a full disk is reported at create, not mid-upload.
-            if let Err(e) =
-                rustix::fs::fallocate(&part, rustix::fs::FallocateFlags::empty(), 0, req.size)
-            {
-                if e == rustix::io::Errno::NOSPC {
-                    return Err(e.into());
-                }
+            let reserved = self.reserve_space
+                && match rustix::fs::fallocate(
+                    &part,
+                    rustix::fs::FallocateFlags::empty(),
+                    0,
+                    req.size,
+                ) {
+                    Ok(()) => true,
+                    Err(rustix::io::Errno::NOSPC) => return Err(rustix::io::Errno::NOSPC.into()),
+                    Err(_) => false,
+                };
+            if !reserved {
                 part.set_len(req.size)?;
             }
             let log = OpenOptions::new()

@@ -338,3 +338,20 @@ fn racing_creates_with_one_key_make_one_session() {
     assert_eq!(dirs, 1, "the losers' session dirs were removed");
     assert_eq!(st.session_count(), 1);
 }
+
+#[test]
+fn without_reservation_a_hundred_gb_upload_takes_only_what_arrives() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path()).reserving_space(false);
+    let s = create(&st, wire::MAX_FILE_SIZE);
+    assert!(!put(&s, 50_000_000_000, b"middle").unwrap());
+    let part = std::fs::metadata(s.dir.join(PART)).unwrap();
+    assert_eq!(part.len(), wire::MAX_FILE_SIZE);
+    assert!(
+        part.blocks() * 512 < 1 << 20,
+        "{} bytes allocated for 6 received",
+        part.blocks() * 512
+    );
+    assert_eq!(s.state().received_bytes, 6);
+}
