@@ -119,19 +119,31 @@ struct SessionState {
     chunks: BTreeMap<u64, (u64, [u8; 32])>,
     /// offset -> chunks being received right now.
     reserved: BTreeMap<u64, InFlight>,
+    /// Numbers reservations, so a superseded one knows it is no longer the holder.
+    next_reservation: u64,
     received: u64,
     chunk_puts: u64,
     duplicate_puts: u64,
 }
 
 /// A chunk some request is receiving.
+///
+/// A client that retries after a timeout, or restarts after a crash, must not wait until
+/// its abandoned first attempt times out (over QUIC, a killed client's streams linger until
+/// the idle timeout). So a request for the same bytes joins the reservation, and a request
+/// for overlapping bytes cut differently (the restarted engine chose other chunk sizes)
+/// supersedes it while its body is still arriving. Once a holder writes, the range is
+/// settled and overlapping requests get `chunk_in_progress` until it is done; so do other
+/// bytes for the very same range.
 #[derive(Clone, Copy)]
 struct InFlight {
+    id: u64,
     length: u64,
     sha256: [u8; 32],
-    /// Requests receiving these same bytes: a client that retries after a timeout (or
-    /// restarts after a crash) must not wait until its abandoned first attempt times out.
+    /// Requests receiving these same bytes.
     holders: u32,
+    /// A holder is writing: the reservation can no longer be superseded.
+    writing: bool,
 }
 
 /// Outcome of [`Session::begin_chunk`].
@@ -145,6 +157,7 @@ pub enum BeginChunk {
 /// Holds a chunk's byte range while its body is received and verified.
 pub struct Reservation {
     session: Arc<Session>,
+    id: u64,
     offset: u64,
     length: u64,
 }
@@ -152,7 +165,11 @@ pub struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut st = lock(&self.session.state);
-        if let Some(r) = st.reserved.get_mut(&self.offset) {
+        if let Some(r) = st
+            .reserved
+            .get_mut(&self.offset)
+            .filter(|r| r.id == self.id)
+        {
             r.holders -= 1;
             if r.holders == 0 {
                 st.reserved.remove(&self.offset);
@@ -194,13 +211,13 @@ fn overlapping<V: Copy>(
 }
 
 impl Store {
-    /// Opens (or creates) the store and loads every live session.
     /// Whether create reserves each upload's whole size on disk (the default).
     pub fn reserving_space(mut self, reserve: bool) -> Store {
         self.reserve_space = reserve;
         self
     }
 
+    /// Opens (or creates) the store and loads every live session.
     pub fn open(data_dir: &Path, secret: ChunkSecret) -> std::io::Result<Store> {
         let sessions_dir = data_dir.join("sessions");
         let objects_dir = data_dir.join("objects");
@@ -674,36 +691,59 @@ impl Session {
                 format!("the server holds a different chunk at {o}+{l}"),
             ));
         }
-        match overlapping(&st.reserved, offset, length, |v| v.length) {
+        let end = offset + length;
+        let overlaps: Vec<(u64, InFlight)> = st
+            .reserved
+            .range(..end)
+            .rev()
+            .take_while(|(o, r)| **o + r.length > offset)
+            .map(|(o, r)| (*o, *r))
+            .collect();
+        let id = match overlaps.as_slice() {
             // The same bytes again: both requests may proceed; they write identical data.
-            Some((o, r)) if o == offset && r.length == length && r.sha256 == *sha256 => {
+            [(o, r)] if *o == offset && r.length == length && r.sha256 == *sha256 => {
                 if let Some(r) = st.reserved.get_mut(&offset) {
                     r.holders += 1;
                 }
+                r.id
             }
-            Some((o, r)) => {
-                return Err(ApiError::new(
-                    409,
-                    code::CHUNK_IN_PROGRESS,
-                    format!(
-                        "chunk {o}+{} is being received by another request",
-                        r.length
-                    ),
-                ));
-            }
-            None => {
+            _ => {
+                // Other bytes for the very same range: the file changed under one of the
+                // requests; the first settles it.
+                if let Some((o, r)) = overlaps
+                    .iter()
+                    .find(|(o, r)| r.writing || (*o == offset && r.length == length))
+                {
+                    return Err(ApiError::new(
+                        409,
+                        code::CHUNK_IN_PROGRESS,
+                        format!(
+                            "chunk {o}+{} is being received by another request",
+                            r.length
+                        ),
+                    ));
+                }
+                for (o, _) in &overlaps {
+                    st.reserved.remove(o);
+                }
+                st.next_reservation += 1;
+                let id = st.next_reservation;
                 st.reserved.insert(
                     offset,
                     InFlight {
+                        id,
                         length,
                         sha256: *sha256,
                         holders: 1,
+                        writing: false,
                     },
                 );
+                id
             }
-        }
+        };
         Ok(BeginChunk::Reserved(Reservation {
             session: Arc::clone(self),
+            id,
             offset,
             length,
         }))
@@ -745,10 +785,27 @@ impl Session {
                 "body does not match X-Chunk-SHA256",
             ));
         }
-        // A parallel request with the same bytes may have stored them (and the upload may
-        // even have completed since): nothing left to write.
-        if lock(&self.state).chunks.get(&res.offset) == Some(&(res.length, got.sha256)) {
-            return Ok(());
+        {
+            let mut st = lock(&self.state);
+            // A parallel request with the same bytes may have stored them (and the upload
+            // may even have completed since): nothing left to write.
+            if st.chunks.get(&res.offset) == Some(&(res.length, got.sha256)) {
+                return Ok(());
+            }
+            // From here the range is settled: nothing supersedes a reservation being written.
+            match st.reserved.get_mut(&res.offset).filter(|r| r.id == res.id) {
+                Some(r) => r.writing = true,
+                None => {
+                    return Err(ApiError::new(
+                        409,
+                        code::CHUNK_IN_PROGRESS,
+                        format!(
+                            "chunk {}+{} was superseded by a newer request for these bytes",
+                            res.offset, res.length
+                        ),
+                    ));
+                }
+            }
         }
         let part = self.part()?;
         part.write_durable(res.offset, parts)

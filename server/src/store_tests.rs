@@ -355,3 +355,45 @@ fn without_reservation_a_hundred_gb_upload_takes_only_what_arrives() {
     );
     assert_eq!(s.state().received_bytes, 6);
 }
+
+#[test]
+fn a_request_cut_differently_supersedes_an_abandoned_one_still_receiving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 64);
+    let data: Vec<u8> = (0..64u8).collect();
+    // A crashed run's request for 0..32 whose body never finished arriving.
+    let old = match s
+        .begin_chunk(0, 32, &integrity::sha256(&data[..32]))
+        .unwrap()
+    {
+        BeginChunk::Reserved(r) => r,
+        BeginChunk::Duplicate => panic!("nothing is stored yet"),
+    };
+    // The restarted run cuts 0..8 and 8..40: neither waits for the abandoned request.
+    assert!(!put(&s, 0, &data[..8]).unwrap());
+    let new = match s
+        .begin_chunk(8, 32, &integrity::sha256(&data[8..40]))
+        .unwrap()
+    {
+        BeginChunk::Reserved(r) => r,
+        BeginChunk::Duplicate => panic!("not stored yet"),
+    };
+    // Should the old body arrive after all, it is refused and nothing of it is written.
+    let err = s
+        .store_chunk(
+            old,
+            &[bytes::Bytes::copy_from_slice(&data[..32])],
+            &integrity::digest(&data[..32]),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, code::CHUNK_IN_PROGRESS, "{err:?}");
+    s.store_chunk(
+        new,
+        &[bytes::Bytes::copy_from_slice(&data[8..40])],
+        &integrity::digest(&data[8..40]),
+    )
+    .unwrap();
+    assert_eq!(s.state().ranges, vec![[0, 40]]);
+    assert_eq!(s.state().chunk_count, 2);
+}

@@ -35,7 +35,7 @@ use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
 use crate::jobs::{JobDb, JobRecord, JobState, now_ms};
-use crate::server_api::{CallError, ChunkPayload, ServerClient, SessionKeys};
+use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
 
 /// Jobs handed to the core at once; the rest wait in the job store (the core admits
 /// its own share of these to the streams).
@@ -693,11 +693,7 @@ impl Driver {
         );
         if let Some(id) = record.upload_id.clone() {
             let client = Arc::clone(&self.shared.client);
-            tokio::spawn(async move {
-                if let Err(e) = client.delete(&id).await {
-                    tracing::debug!(error = %e, "deleting a cancelled upload on the server failed");
-                }
-            });
+            tokio::spawn(delete_on_server(client, id));
         }
         self.trim_history();
         Some(record)
@@ -734,5 +730,26 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Removes a cancelled upload's session from the server, trying again on network trouble a
+/// few times over about 15 s (the server expires forgotten sessions anyway).
+async fn delete_on_server(client: Arc<ServerClient>, upload_id: String) {
+    let mut wait = Duration::from_secs(1);
+    for attempt in 1..=5 {
+        match client.delete(&upload_id).await {
+            Ok(()) => return,
+            Err(e) if e.class() == ErrorClass::UnknownUpload => return,
+            Err(e) if e.class() == ErrorClass::Transient && attempt < 5 => {
+                tracing::debug!(%upload_id, error = %e, "deleting a cancelled upload: trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(%upload_id, error = %e, "cannot delete a cancelled upload on the server; it expires there");
+                return;
+            }
+        }
     }
 }
