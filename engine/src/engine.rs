@@ -25,6 +25,8 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 /// Bytes per second the server is assumed to hash at, at worst, when completing.
 const COMPLETE_HASH_RATE: u64 = 150_000_000;
+/// How long a chunk waits when the server says another request holds its bytes.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 
 /// Knobs; the defaults are the seed's numbers.
 #[derive(Clone, Debug)]
@@ -499,6 +501,17 @@ impl Engine {
                 self.resync(id);
                 return;
             }
+            Failure::Busy { retry_after } => {
+                if let ReqKind::Chunk { offset, .. } = r.kind {
+                    self.chunk_busy(id, offset, retry_after.unwrap_or(BUSY_WAIT).max(BUSY_WAIT));
+                    return;
+                }
+                (
+                    "busy".to_string(),
+                    "another request holds these bytes".to_string(),
+                    retry_after,
+                )
+            }
             Failure::StateChanged => (
                 "state_changed".to_string(),
                 "the server's state changed under the request".to_string(),
@@ -549,6 +562,25 @@ impl Engine {
         self.actions.push_back(Action::Retrying {
             job: id,
             why,
+            attempt: job.backoff.failures(),
+            delay,
+            waiting: job.backoff.waiting(),
+        });
+    }
+
+    /// Another request holds a chunk's bytes on the server: this chunk waits `delay`; the
+    /// job's backoff does not grow (nothing is wrong with the network), and other chunks go on.
+    fn chunk_busy(&mut self, id: JobId, offset: u64, delay: Duration) {
+        let when = self.now + delay;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if let Some(c) = job.chunks.get_mut(&offset) {
+            c.state = ChunkState::Ready { not_before: when };
+        }
+        self.actions.push_back(Action::Retrying {
+            job: id,
+            why: format!("chunk at {offset}: another request holds these bytes on the server"),
             attempt: job.backoff.failures(),
             delay,
             waiting: job.backoff.waiting(),

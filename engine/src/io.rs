@@ -33,6 +33,10 @@ pub enum Failure {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// Another request holds these bytes on the server right now (409 `chunk_in_progress`:
+    /// typically a crashed run's chunk still being written). Not network trouble: try the
+    /// range again after `retry_after` (or a second) without counting a failure.
+    Busy { retry_after: Option<Duration> },
     /// The server no longer knows the session (404/410): start a new one.
     SessionLost,
     /// The server holds other chunk boundaries than the engine assumed (409 conflict: a

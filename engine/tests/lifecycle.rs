@@ -219,3 +219,63 @@ fn a_conflict_with_chunks_the_server_got_meanwhile_refetches_the_state_and_goes_
     }
     panic!("no completion within 10,000 actions");
 }
+
+#[test]
+fn chunks_whose_bytes_another_request_holds_wait_a_second_and_the_backoff_does_not_grow() {
+    let mut e = Engine::new(Config::default(), 5);
+    big_job(&mut e, 32 * MIB);
+    let mut now = Time::ZERO;
+    let mut busy_answers = 0;
+    for _ in 0..100_000 {
+        match e.poll_action() {
+            Some(Action::CreateSession { req, .. }) => e.handle(now, Event::RequestDone { req }),
+            Some(Action::Read { job, offset, .. }) => e.handle(
+                now,
+                Event::ReadDone {
+                    job,
+                    offset,
+                    saving: None,
+                },
+            ),
+            // A crashed run's chunk is still being written for the first 20 tries.
+            Some(Action::PutChunk { req, .. }) if busy_answers < 20 => {
+                busy_answers += 1;
+                e.handle(
+                    now,
+                    Event::RequestFailed {
+                        req,
+                        failure: Failure::Busy { retry_after: None },
+                    },
+                );
+            }
+            Some(Action::PutChunk { req, .. }) | Some(Action::Complete { req, .. }) => {
+                e.handle(now, Event::RequestDone { req })
+            }
+            Some(Action::Retrying {
+                attempt,
+                delay,
+                waiting,
+                ..
+            }) => {
+                assert_eq!(attempt, 0, "busy bytes are not a failure");
+                assert_eq!(delay, Duration::from_secs(1));
+                assert!(!waiting);
+            }
+            Some(Action::JobCompleted { job }) => {
+                assert_eq!((job, busy_answers), (1, 20));
+                assert!(
+                    now <= Time::ZERO + Duration::from_secs(25),
+                    "done by {now:?}: one second per busy answer at most"
+                );
+                return;
+            }
+            Some(Action::JobFailed { code, message, .. }) => panic!("{code}: {message}"),
+            Some(_) => {}
+            None => {
+                now = e.poll_timeout().expect("a waiting chunk wakes the engine");
+                e.handle_timeout(now);
+            }
+        }
+    }
+    panic!("no completion within 100,000 actions");
+}

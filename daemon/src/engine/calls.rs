@@ -213,6 +213,18 @@ pub(super) fn failure(e: &CallError) -> Failure {
     {
         return Failure::StateChanged;
     }
+    if let CallError::Server {
+        status: 409,
+        code,
+        retry_after,
+        ..
+    } = e
+        && code == uplink_proto::wire::code::CHUNK_IN_PROGRESS
+    {
+        return Failure::Busy {
+            retry_after: *retry_after,
+        };
+    }
     match e.class() {
         ErrorClass::Transient => Failure::Transient {
             code: e.code(),
