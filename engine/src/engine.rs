@@ -12,12 +12,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::time::Duration;
 
 use crate::estimator::Estimator;
 use crate::io::{Action, Event, Failure, JobId, JobSpec, ReqId};
 use crate::job::{Chunk, ChunkState, Job, Phase};
 use crate::rng::Rng;
+use crate::small_map::SmallMap;
 use crate::tier::Tier;
 use crate::{Time, pool};
 
@@ -149,7 +151,7 @@ pub struct Engine {
     active: BTreeSet<(Reverse<u8>, u64, JobId)>,
     /// The job served last, so the next dispatch starts after it.
     cursor: Option<(Reverse<u8>, u64, JobId)>,
-    reqs: BTreeMap<ReqId, Req>,
+    reqs: SmallMap<ReqId, Req>,
     next_req: ReqId,
     next_seq: u64,
     estimator: Estimator,
@@ -169,6 +171,8 @@ pub struct Engine {
     ramp_started: usize,
     next_lane: usize,
     actions: VecDeque<Action>,
+    /// Reused for [`Engine::take_service_order`], so scheduling does not allocate.
+    order: Vec<JobId>,
 }
 
 impl Engine {
@@ -181,7 +185,7 @@ impl Engine {
             queue: BTreeSet::new(),
             active: BTreeSet::new(),
             cursor: None,
-            reqs: BTreeMap::new(),
+            reqs: SmallMap::new(),
             next_req: 1,
             next_seq: 0,
             estimator: Estimator::new(),
@@ -198,6 +202,7 @@ impl Engine {
             ramp_started: 0,
             next_lane: 0,
             actions: VecDeque::new(),
+            order: Vec::new(),
         }
     }
 
@@ -237,13 +242,7 @@ impl Engine {
     /// Timers: call at (or after) [`Engine::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = self.now.max(now);
-        let expired: Vec<ReqId> = self
-            .reqs
-            .iter()
-            .filter(|(_, r)| r.deadline <= self.now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
+        while let Some(id) = self.first_expired() {
             if let Some(r) = self.reqs.remove(&id) {
                 self.actions.push_back(Action::Abandon { req: id });
                 let secs = self.now.since(r.started).as_secs_f64();
@@ -255,6 +254,12 @@ impl Engine {
             }
         }
         self.schedule();
+    }
+
+    fn first_expired(&self) -> Option<ReqId> {
+        let now = self.now;
+        let mut expired = self.reqs.iter().filter(|(_, r)| r.deadline <= now);
+        expired.next().map(|(id, _)| *id)
     }
 
     /// The next action for the driver, if any.
@@ -828,25 +833,28 @@ impl Engine {
         }
     }
 
-    /// Active jobs in service order: by priority, and within the first priority after
-    /// the cursor (round-robin).
-    fn service_order(&self) -> Vec<JobId> {
-        let keys: Vec<_> = self.active.iter().copied().collect();
-        let mut out = Vec::with_capacity(keys.len());
-        let mut i = 0;
-        while i < keys.len() {
-            let prio = keys[i].0;
-            let end = keys[i..]
-                .iter()
-                .position(|k| k.0 != prio)
-                .map_or(keys.len(), |p| i + p);
-            let class = &keys[i..end];
-            let start = self
-                .cursor
-                .filter(|c| c.0 == prio)
-                .map_or(0, |c| class.partition_point(|k| *k <= c));
-            out.extend(class[start..].iter().chain(&class[..start]).map(|k| k.2));
-            i = end;
+    /// Active jobs in service order: by priority, and within a priority starting after the
+    /// cursor (round-robin). The list lives in a reused buffer: give it back with
+    /// `self.order = order` when done.
+    fn take_service_order(&mut self) -> Vec<JobId> {
+        let mut out = std::mem::take(&mut self.order);
+        out.clear();
+        let mut class = self.active.first().map(|k| k.0);
+        while let Some(prio) = class {
+            let (lo, hi) = ((prio, 0, 0), (prio, u64::MAX, JobId::MAX));
+            match self.cursor.filter(|c| c.0 == prio) {
+                Some(c) => {
+                    let after = self.active.range((Excluded(c), Included(hi)));
+                    let up_to = self.active.range((Included(lo), Included(c)));
+                    out.extend(after.chain(up_to).map(|k| k.2));
+                }
+                None => out.extend(self.active.range(lo..=hi).map(|k| k.2)),
+            }
+            class = self
+                .active
+                .range((Excluded(hi), Unbounded))
+                .next()
+                .map(|k| k.0);
         }
         out
     }
@@ -860,7 +868,8 @@ impl Engine {
 
     fn session_calls_and_completes(&mut self) {
         let now = self.now;
-        for id in self.service_order() {
+        let order = self.take_service_order();
+        for &id in &order {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
             };
@@ -900,6 +909,7 @@ impl Engine {
                 _ => {}
             }
         }
+        self.order = order;
     }
 
     /// Whole-file sends may run up to twice the stream limit: two of each one's three
@@ -925,7 +935,8 @@ impl Engine {
                 break;
             }
             let now = self.now;
-            let pick = self.service_order().into_iter().find_map(|id| {
+            let order = self.take_service_order();
+            let pick = order.iter().find_map(|&id| {
                 let job = self.jobs.get(&id)?;
                 match job.phase {
                     Phase::Transfer if chunk_room => job.ready_chunk(now).map(|o| (id, Some(o))),
@@ -933,6 +944,7 @@ impl Engine {
                     _ => None,
                 }
             });
+            self.order = order;
             let Some((id, chunk)) = pick else { break };
             if self.streams == 0 {
                 self.ramp_started = 0;
@@ -1037,7 +1049,8 @@ impl Engine {
 
     fn read_ahead(&mut self) {
         while self.reads < self.cfg.max_reads && self.slots < self.buffers {
-            let pick = self.service_order().into_iter().find_map(|id| {
+            let order = self.take_service_order();
+            let pick = order.iter().find_map(|&id| {
                 let job = self.jobs.get(&id)?;
                 if job.phase != Phase::Transfer {
                     return None;
@@ -1045,6 +1058,7 @@ impl Engine {
                 let (start, end) = job.next_unclaimed()?;
                 Some((id, start, self.chunk_len(job, end - start)))
             });
+            self.order = order;
             let Some((id, offset, len)) = pick else { break };
             let Some(job) = self.jobs.get_mut(&id) else {
                 break;

@@ -1,11 +1,12 @@
 //! One job's state inside the engine: its phase, what is acknowledged, and the chunks it
 //! holds in buffers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::ranges::RangeSet;
+use crate::small_map::SmallMap;
 use crate::{JobSpec, ReqId, Time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub struct Job {
     /// Held by a chunk (reading, ready or in flight) or acknowledged: not to be read again.
     pub claimed: RangeSet,
     /// offset -> chunk holding a buffer.
-    pub chunks: BTreeMap<u64, Chunk>,
+    pub chunks: SmallMap<u64, Chunk>,
     pub backoff: Backoff,
     /// No session call or whole-file send before this.
     pub not_before: Time,
@@ -80,7 +81,7 @@ impl Job {
             has_session,
             acked: RangeSet::new(),
             claimed: RangeSet::new(),
-            chunks: BTreeMap::new(),
+            chunks: SmallMap::new(),
             backoff: Backoff::default(),
             not_before: Time::ZERO,
             session_resets: 0,

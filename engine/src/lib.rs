@@ -17,7 +17,8 @@
 //! Modules, each one job: [`engine`] (scheduling), [`job`] (one job's state), [`io`] (the
 //! events and actions), [`estimator`] (Kalman bandwidth estimate), [`tier`] (speed tiers),
 //! [`backoff`] (the one retry policy), [`pool`] (buffers under memory pressure),
-//! [`ranges`] (byte-range sets), [`sim`] (the simulated link).
+//! [`ranges`] (byte-range sets), [`sim`] (the simulated link); `small_map` keeps the
+//! per-chunk bookkeeping off the heap in the steady state.
 
 pub mod backoff;
 pub mod engine;
@@ -28,6 +29,7 @@ pub mod pool;
 pub mod ranges;
 pub mod rng;
 pub mod sim;
+mod small_map;
 pub mod tier;
 mod time;
 

@@ -4,6 +4,7 @@
 //! answer carry.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::ops::Range;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,16 +59,33 @@ impl RangeSet {
             .next_back()
             .filter(|(_, e)| **e >= start)
             .map(|(s, _)| *s);
-        let from = first.unwrap_or(start);
-        let touching: Vec<(u64, u64)> = self.map.range(from..=end).map(|(s, e)| (*s, *e)).collect();
-        for (s, e) in touching {
+        // The common case, bytes appended to the interval before them, changes that
+        // interval's end in place: no node of the map is freed or allocated.
+        if let Some(s) = first {
+            start = s;
+        }
+        // Every later interval starting within [start, end] is absorbed.
+        while let Some((s, e)) = self
+            .map
+            .range((Bound::Excluded(start), Bound::Included(end)))
+            .next()
+            .map(|(s, e)| (*s, *e))
+        {
             self.map.remove(&s);
             self.total -= e - s;
-            start = start.min(s);
             end = end.max(e);
         }
-        self.map.insert(start, end);
-        self.total += end - start;
+        match self.map.get_mut(&start) {
+            Some(e) => {
+                self.total -= *e - start;
+                *e = (*e).max(end);
+                self.total += *e - start;
+            }
+            None => {
+                self.map.insert(start, end);
+                self.total += end - start;
+            }
+        }
         self.total - before
     }
 
@@ -83,18 +101,22 @@ impl RangeSet {
             .next_back()
             .map(|(s, _)| *s)
             .unwrap_or(r.start);
-        let hit: Vec<(u64, u64)> = self
+        while let Some((s, e)) = self
             .map
             .range(from..r.end)
-            .filter(|(_, e)| **e > r.start)
+            .find(|(_, e)| **e > r.start)
             .map(|(s, e)| (*s, *e))
-            .collect();
-        for (s, e) in hit {
-            self.map.remove(&s);
+        {
             self.total -= e - s;
-            if s < r.start {
-                self.map.insert(s, r.start);
-                self.total += r.start - s;
+            // The part before `r` stays under its key, cut short in place.
+            match self.map.get_mut(&s) {
+                Some(end) if s < r.start => {
+                    *end = r.start;
+                    self.total += r.start - s;
+                }
+                _ => {
+                    self.map.remove(&s);
+                }
             }
             if e > r.end {
                 self.map.insert(r.end, e);
