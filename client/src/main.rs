@@ -293,6 +293,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,
                         "jobs_running": s.jobs_running, "chunks_in_flight": s.chunks_in_flight,
                         "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds, "engine": engine,
+                        "heap_allocations": s.heap_allocations,
                         "telemetry": telemetry_json(s.telemetry.as_ref())})
                 );
             } else {

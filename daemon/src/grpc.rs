@@ -246,6 +246,7 @@ impl Uplink for Api {
                 .load(std::sync::atomic::Ordering::Relaxed),
             state_dir: cfg.state_dir.display().to_string(),
             uptime_seconds: self.mgr.started.elapsed().as_secs(),
+            heap_allocations: crate::heap::allocations(),
             telemetry: Some(telemetry_proto(crate::telemetry::read_from(
                 &cfg.sysfs_root,
             ))),

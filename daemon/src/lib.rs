@@ -5,6 +5,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod grpc;
+pub mod heap;
 pub mod ipc;
 pub mod jobs;
 pub mod manager;

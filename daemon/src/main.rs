@@ -62,6 +62,9 @@ struct Args {
     sysfs_root: Option<PathBuf>,
 }
 
+#[global_allocator]
+static HEAP: uplinkd::heap::Counting = uplinkd::heap::Counting;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -7,7 +7,8 @@
 //! uplink h3, uplink h2, curl.
 //!
 //! Also: the daemon's CPU per GiB against the openssl pass, its peak RSS against
-//! 64 MiB + 15 chunks, and the bytes on the wire for a compressible file.
+//! 64 MiB + 15 chunks, its heap allocations per chunk, and the bytes on the wire for a
+//! compressible file.
 //!
 //!   cargo build --release --workspace && target/release/throughput [LOOPBACK_MIB] [NETSIM_MIB]
 
@@ -29,6 +30,16 @@ struct Run {
     peak_rss: u64,
     largest_chunk: u64,
     wire_bytes: u64,
+    /// The daemon's heap allocations during the upload, per chunk sent.
+    allocs_per_chunk: f64,
+}
+
+fn heap_allocations(socket: &Path) -> u64 {
+    let out = uplink(socket, &["status", "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["heap_allocations"].as_u64())
+        .unwrap_or(0)
 }
 
 fn uplink_run(dir: &Path, name: &str, server: &Server, netns: Option<&str>, file: &Path) -> Run {
@@ -39,8 +50,12 @@ fn uplink_run(dir: &Path, name: &str, server: &Server, netns: Option<&str>, file
     assert!(warm.status.success(), "{warm:?}");
     let pid = daemon.proc.child.id();
     let cpu0 = cpu_secs(pid);
+    let allocs0 = heap_allocations(&daemon.socket);
     let rec = send(&daemon.socket, file, name);
+    let allocs = heap_allocations(&daemon.socket).saturating_sub(allocs0);
+    let chunks = rec["chunks_sent"].as_u64().unwrap_or(0).max(1);
     Run {
+        allocs_per_chunk: allocs as f64 / chunks as f64,
         secs: rec["total_seconds"].as_f64().unwrap_or(f64::NAN),
         protocol: rec["protocol"].as_str().unwrap_or("").to_string(),
         cpu: cpu_secs(pid) - cpu0,
@@ -115,7 +130,7 @@ fn main() {
     for r in [&r3, &r2] {
         let ceiling = 64 * (1 << 20) + 15 * r.largest_chunk;
         println!(
-            "daemon over {}: CPU {:.2} s/GiB = {:.2}x the openssl pass ({:.2} s/GiB); peak RSS {} MiB vs 64 MiB + 15 x {} MiB chunks = {} MiB",
+            "daemon over {}: CPU {:.2} s/GiB = {:.2}x the openssl pass ({:.2} s/GiB); peak RSS {} MiB vs 64 MiB + 15 x {} MiB chunks = {} MiB; {:.0} heap allocations per chunk",
             r.protocol,
             r.cpu / gib,
             r.cpu / floor,
@@ -123,6 +138,7 @@ fn main() {
             r.peak_rss >> 20,
             r.largest_chunk >> 20,
             ceiling >> 20,
+            r.allocs_per_chunk,
         );
     }
     drop((s3, s2));

@@ -40,7 +40,13 @@ fn a_hot_device_on_a_low_battery_is_reported_and_uploads_like_a_calm_one() {
         random_file(&file, 96 << 20);
         let record = send_wait(&daemon.socket, &file);
         assert_eq!(record["state"], "completed", "{record}");
-        let engine = daemon_status(&daemon.socket)["engine"].clone();
+        let status = daemon_status(&daemon.socket);
+        // The counting allocator is installed (the bench divides its growth by chunks).
+        assert!(
+            status["heap_allocations"].as_u64().unwrap_or(0) > 0,
+            "{status}"
+        );
+        let engine = status["engine"].clone();
         seen.push((
             name,
             engine["tier"].clone(),
