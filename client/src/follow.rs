@@ -91,7 +91,7 @@ pub async fn follow(
             if is_terminal(job.state) {
                 let ev = grpc::JobEvent {
                     job_id: id.clone(),
-                    at_ms: now_ms(),
+                    at_ms: crate::now_ms(),
                     kind: Some(Kind::Snapshot(job.clone())),
                 };
                 show(&ev);
@@ -142,13 +142,6 @@ pub async fn follow(
         out.push(job);
     }
     Ok(out)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn tracing_pause(_why: &dyn std::fmt::Display) {

@@ -32,6 +32,8 @@ pub fn job(j: &grpc::Job) -> Value {
         "attempts": j.attempts,
         "error_code": j.error_code,
         "error_message": j.error_message,
+        "next_attempt_ms": j.next_attempt_ms,
+        "waiting_why": j.waiting_why,
         "created_at_ms": j.created_at_ms,
         "finished_at_ms": j.finished_at_ms,
     })

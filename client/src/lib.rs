@@ -107,6 +107,14 @@ pub fn error_code(status: &tonic::Status) -> Option<String> {
 }
 
 /// A job state's name: `queued`, `running`, `completed`, `failed`, `cancelled`.
+/// Milliseconds since the Unix epoch (the daemon's job times are in these).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn state_name(state: i32) -> &'static str {
     match grpc::JobState::try_from(state) {
         Ok(grpc::JobState::Queued) => "queued",
@@ -114,6 +122,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(grpc::JobState::Completed) => "completed",
         Ok(grpc::JobState::Failed) => "failed",
         Ok(grpc::JobState::Cancelled) => "cancelled",
+        Ok(grpc::JobState::Waiting) => "waiting",
         _ => "unknown",
     }
 }

@@ -431,6 +431,12 @@ fn print_summary(j: &grpc::Job) {
             j.streams,
             j.server_sha256
         ),
+        "waiting" => println!(
+            "{}: waiting, next attempt in {:.0} s: {}",
+            j.path,
+            j.next_attempt_ms.saturating_sub(uplink::now_ms()) as f64 / 1000.0,
+            j.waiting_why
+        ),
         state => println!(
             "{}: {} {}: {}",
             j.path, state, j.error_code, j.error_message

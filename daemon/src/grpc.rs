@@ -166,7 +166,10 @@ impl Uplink for Api {
         let listing = match grpc::JobState::try_from(r.state) {
             Ok(grpc::JobState::Unspecified) => Listing::All,
             Ok(grpc::JobState::Queued) => Listing::State(JobState::Queued),
-            Ok(grpc::JobState::Running) => Listing::State(JobState::Running),
+            // A waiting job is a running one on hold: listed with them.
+            Ok(grpc::JobState::Running | grpc::JobState::Waiting) => {
+                Listing::State(JobState::Running)
+            }
             Ok(grpc::JobState::Completed) => Listing::State(JobState::Completed),
             Ok(grpc::JobState::Failed) => Listing::State(JobState::Failed),
             Ok(grpc::JobState::Cancelled) => Listing::State(JobState::Cancelled),

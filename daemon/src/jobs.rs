@@ -77,6 +77,16 @@ pub struct JobRecord {
     pub error_message: String,
     pub attempts: u32,
     pub used_0rtt: bool,
+    /// Running, but waiting out a transient error: nothing moves until then.
+    #[serde(default)]
+    pub waiting: Option<Waiting>,
+}
+
+/// Why a running job is on hold, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub until_ms: u64,
+    pub why: String,
 }
 
 pub fn now_ms() -> u64 {
@@ -89,9 +99,17 @@ pub fn now_ms() -> u64 {
 impl JobRecord {
     pub fn to_proto(&self) -> grpc::Job {
         let end = self.finished_at_ms.unwrap_or_else(now_ms);
+        let waiting = self
+            .waiting
+            .as_ref()
+            .filter(|_| self.state == JobState::Running);
+        let state = match waiting {
+            Some(_) => grpc::JobState::Waiting,
+            None => self.state.to_proto(),
+        };
         grpc::Job {
             job_id: self.job_id.clone(),
-            state: self.state.to_proto() as i32,
+            state: state as i32,
             path: self.path.clone(),
             size: self.size,
             target: self.target.clone(),
@@ -117,6 +135,8 @@ impl JobRecord {
             attempts: self.attempts,
             chunk_size: self.chunk_size,
             used_0rtt: self.used_0rtt,
+            next_attempt_ms: waiting.map_or(0, |w| w.until_ms),
+            waiting_why: waiting.map(|w| w.why.clone()).unwrap_or_default(),
         }
     }
 }

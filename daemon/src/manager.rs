@@ -132,6 +132,7 @@ impl Manager {
             error_message: String::new(),
             attempts: 0,
             used_0rtt: false,
+            waiting: None,
         };
         self.db.put(&job).await?;
         tracing::info!(job_id = %job.job_id, path = %job.path, size = job.size, "job queued");

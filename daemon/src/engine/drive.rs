@@ -34,7 +34,7 @@ use super::compress::{self, Lz4Pool};
 use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
-use crate::jobs::{JobDb, JobRecord, JobState, now_ms};
+use crate::jobs::{JobDb, JobRecord, JobState, Waiting, now_ms};
 use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
 
 /// Jobs handed to the core at once; the rest wait in the job store (the core admits
@@ -326,9 +326,21 @@ impl Driver {
                 delay,
                 waiting,
             } => {
-                if let Some(a) = self.jobs.get(&job) {
+                // On hold as a whole (nothing of it in flight, or past its quick retries):
+                // the record says so, with when it goes again.
+                let idle = self.engine.job(job).is_none_or(|v| v.in_flight == 0);
+                if let Some(a) = self.jobs.get_mut(&job) {
                     let level = if waiting { "waiting" } else { "retrying" };
                     tracing::warn!(job_id = %a.record.job_id, %why, ?delay, level, "request failed");
+                    if waiting || idle {
+                        a.record.waiting = Some(Waiting {
+                            until_ms: now_ms() + delay.as_millis() as u64,
+                            why: why.clone(),
+                        });
+                        if let Err(e) = self.shared.db.stage(&a.record, None) {
+                            tracing::warn!(error = %e, "cannot record that the job waits");
+                        }
+                    }
                     self.shared.events.emit(
                         &a.record.job_id,
                         Kind::Retrying(grpc::Retrying {
@@ -592,6 +604,11 @@ impl Driver {
         };
         a.record.bytes_acked = acked;
         a.record.protocol = protocol.clone();
+        if a.record.waiting.take().is_some()
+            && let Err(e) = self.shared.db.stage(&a.record, None)
+        {
+            tracing::warn!(error = %e, "cannot record that the job moves again");
+        }
         a.record.streams = a.record.streams.max(streams);
         let left = total.saturating_sub(acked) as f64;
         self.shared.events.emit(
@@ -621,6 +638,7 @@ impl Driver {
         self.ids.remove(&r.job_id);
         self.refill = true;
         r.state = state;
+        r.waiting = None;
         r.finished_at_ms = Some(now_ms());
         match &error {
             None => {
@@ -632,6 +650,11 @@ impl Driver {
                 r.error_code = code.clone();
                 r.error_message = message.clone();
                 tracing::error!(job_id = %r.job_id, code, message, "job failed");
+                // A failed upload is never completed (its file changed, or the server
+                // refused it for good): the server need not keep its chunks.
+                if let Some(id) = r.upload_id.clone() {
+                    tokio::spawn(delete_on_server(Arc::clone(&self.shared.client), id));
+                }
             }
         }
         // Written now (the store's index no longer lists it as active, so it is not admitted
@@ -733,8 +756,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Removes a cancelled upload's session from the server, trying again on network trouble a
-/// few times over about 15 s (the server expires forgotten sessions anyway).
+/// Removes a cancelled or failed upload's session from the server, trying again on network
+/// trouble a few times over about 15 s (the server expires forgotten sessions anyway).
 async fn delete_on_server(client: Arc<ServerClient>, upload_id: String) {
     let mut wait = Duration::from_secs(1);
     for attempt in 1..=5 {
@@ -742,12 +765,12 @@ async fn delete_on_server(client: Arc<ServerClient>, upload_id: String) {
             Ok(()) => return,
             Err(e) if e.class() == ErrorClass::UnknownUpload => return,
             Err(e) if e.class() == ErrorClass::Transient && attempt < 5 => {
-                tracing::debug!(%upload_id, error = %e, "deleting a cancelled upload: trying again");
+                tracing::debug!(%upload_id, error = %e, "deleting an ended upload: trying again");
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
             Err(e) => {
-                tracing::warn!(%upload_id, error = %e, "cannot delete a cancelled upload on the server; it expires there");
+                tracing::warn!(%upload_id, error = %e, "cannot delete an ended upload on the server; it expires there");
                 return;
             }
         }

@@ -50,6 +50,7 @@ fn job(n: u64, state: JobState) -> JobRecord {
         error_message: String::new(),
         attempts: 0,
         used_0rtt: false,
+        waiting: None,
     }
 }
 
