@@ -316,6 +316,11 @@ impl Daemon {
         Self::start_cmd(dir, Self::command(dir, server))
     }
 
+    /// On netsim's client side (its socket is still a file in `dir`).
+    pub fn start_in(dir: &Path, server: &Server, sim: &netsim::Sim) -> Daemon {
+        Self::start_cmd(dir, Self::command_in(dir, server, Some(&sim.client_ns())))
+    }
+
     pub fn start_cmd(dir: &Path, cmd: Command) -> Daemon {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let proc = Proc::start(cmd, &dir.join(format!("uplinkd-{n}.log")));
@@ -494,6 +499,37 @@ pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
     let pool = uplinkd::transport::h2::H2Pool::new(ep, tls, 1);
     let transport = uplinkd::transport::Transport::new(pool, None, alt);
     uplinkd::server_api::ServerClient::new(transport, credentials())
+}
+
+/// `uplink send FILE --json` (no waiting): the new job's id.
+pub fn enqueue(socket: &Path, file: &Path) -> String {
+    let out = uplink(socket, &["send", &file.to_string_lossy(), "--json"]);
+    assert!(
+        out.status.success(),
+        "send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)[0]["job_id"]
+        .as_str()
+        .expect("job id")
+        .to_string()
+}
+
+/// Waits (up to 2 minutes) until the daemon has checkpointed at least `bytes` of the job;
+/// returns its record then.
+pub fn wait_acked(socket: &Path, job: &str, bytes: u64) -> serde_json::Value {
+    wait_for(Duration::from_secs(120), || {
+        job_record(socket, job).filter(|j| j["bytes_acked"].as_u64().unwrap_or(0) >= bytes)
+    })
+    .unwrap_or_else(|| panic!("job {job} never reached {bytes} acknowledged bytes"))
+}
+
+/// `uplink watch JOB --json` until the job ends: its final record.
+pub fn wait_done(socket: &Path, job: &str) -> serde_json::Value {
+    let out = uplink(socket, &["watch", job, "--json"]);
+    let last = json_lines(&out).pop().expect("watch printed nothing");
+    assert_eq!(last["job_id"], job);
+    last
 }
 
 /// The job record of `job_id` as `uplink ls --json` reports it.

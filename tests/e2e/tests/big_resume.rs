@@ -10,13 +10,6 @@ use uplink_proto::wire;
 
 const GIB: u64 = 1 << 30;
 
-fn wait_acked(socket: &std::path::Path, job: &str, bytes: u64) -> serde_json::Value {
-    wait_for(Duration::from_secs(120), || {
-        job_record(socket, job).filter(|j| j["bytes_acked"].as_u64().unwrap_or(0) >= bytes)
-    })
-    .unwrap_or_else(|| panic!("job {job} never reached {bytes} acknowledged bytes"))
-}
-
 #[test]
 fn a_hundred_gb_upload_resumes_after_kill_9_where_it_stopped() {
     let dir = workdir();
@@ -28,16 +21,7 @@ fn a_hundred_gb_upload_resumes_after_kill_9_where_it_stopped() {
         .and_then(|f| f.set_len(wire::MAX_FILE_SIZE))
         .expect("sparse 100 GB file");
 
-    let out = uplink(&daemon.socket, &["send", file.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = json_lines(&out)[0]["job_id"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let job = enqueue(&daemon.socket, &file);
     let record = wait_acked(&daemon.socket, &job, GIB);
     daemon.proc.kill9();
     let upload_id = record["upload_id"]

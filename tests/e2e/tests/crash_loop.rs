@@ -54,12 +54,7 @@ fn twenty_kill_9s_during_one_upload_and_it_arrives_intact() {
     let mut rng = Lcg(seed);
 
     let mut daemon = start();
-    let out = uplink(&daemon.socket, &["send", file.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let job = json_lines(&out)[0]["job_id"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let job = enqueue(&daemon.socket, &file);
     let t0 = Instant::now();
     let mut kills = 0;
     while kills < KILLS && t0.elapsed() < Duration::from_secs(120) {
@@ -72,8 +67,7 @@ fn twenty_kill_9s_during_one_upload_and_it_arrives_intact() {
         kills += 1;
         daemon = start();
     }
-    let out = uplink(&daemon.socket, &["watch", &job, "--json"]);
-    let record = json_lines(&out).pop().expect("watch printed the end");
+    let record = wait_done(&daemon.socket, &job);
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], local_sha.as_str());
     assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);

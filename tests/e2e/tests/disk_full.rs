@@ -55,12 +55,7 @@ fn a_full_server_disk_makes_the_job_wait_and_it_completes_once_space_returns() {
     let daemon = Daemon::start(dir.path(), &server);
     let file = dir.path().join("scan.bin");
     random_file(&file, 24 << 20);
-    let out = uplink(&daemon.socket, &["send", file.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let job = json_lines(&out)[0]["job_id"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let job = enqueue(&daemon.socket, &file);
 
     // 24 MiB do not fit in 8: the server says 507 disk_full; the job waits, not fails.
     let waiting = wait_for(Duration::from_secs(60), || {
@@ -83,8 +78,7 @@ fn a_full_server_disk_makes_the_job_wait_and_it_completes_once_space_returns() {
 
     // Space returns: the next attempt goes through and the upload completes intact.
     disk.resize("96m");
-    let out = uplink(&daemon.socket, &["watch", &job, "--json"]);
-    let last = json_lines(&out).pop().expect("watch printed the end");
+    let last = wait_done(&daemon.socket, &job);
     assert_eq!(last["state"], "completed", "{last}");
     assert_eq!(last["server_sha256"], sha256_file(&file).as_str());
     assert_eq!(sha256_file(&server.object("scan.bin")), sha256_file(&file));

@@ -20,10 +20,7 @@ fn a_big_file_shows_progress_from_a_small_first_chunk_while_most_of_it_is_still_
     let sim = link("e2e-ack");
     let dir = workdir();
     let server = Server::start_in(dir.path(), &sim);
-    let daemon = Daemon::start_cmd(
-        dir.path(),
-        Daemon::command_in(dir.path(), &server, Some(&sim.client_ns())),
-    );
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
     assert!(uplink(&daemon.socket, &["prewarm"]).status.success());
     let file = dir.path().join("mesh.bin");
     let size = 24u64 << 20;
@@ -62,10 +59,7 @@ fn a_captures_small_files_are_sent_side_by_side() {
     let sim = link("e2e-many");
     let dir = workdir();
     let server = Server::start_in(dir.path(), &sim);
-    let daemon = Daemon::start_cmd(
-        dir.path(),
-        Daemon::command_in(dir.path(), &server, Some(&sim.client_ns())),
-    );
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
     let photos: Vec<_> = (0..60)
         .map(|i| dir.path().join(format!("photo-{i:02}.jpg")))
         .collect();

@@ -17,10 +17,7 @@ fn a_prewarmed_job_uses_h3_and_reconnects_with_0rtt_after_the_keep_warm_window()
     .expect("netsim");
     let dir = workdir();
     let server = Server::start_in(dir.path(), &sim);
-    let daemon = Daemon::start_cmd(
-        dir.path(),
-        Daemon::command_in(dir.path(), &server, Some(&sim.client_ns())),
-    );
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
     let file = dir.path().join("scan.bin");
     random_file(&file, 8 << 20);
 

@@ -35,10 +35,7 @@ fn on_a_lossy_cubic_host_http2_asks_for_bbr_says_so_and_completes() {
         .expect("a plain connection");
     assert_eq!(plain, "cubic", "the route's congctl did not apply");
 
-    let daemon = Daemon::start_cmd(
-        dir.path(),
-        Daemon::command_in(dir.path(), &server, Some(&sim.client_ns())),
-    );
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
     let file = dir.path().join("scan.bin");
     random_file(&file, 24 << 20);
     let record = send_wait(&daemon.socket, &file);

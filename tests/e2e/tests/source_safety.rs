@@ -16,18 +16,10 @@ fn a_file_appended_to_mid_upload_fails_with_its_code_and_nothing_is_completed() 
     let sim = Sim::up("e2e-src", SimOpts::symmetric(imp)).expect("netsim");
     let dir = workdir();
     let server = Server::start_in(dir.path(), &sim);
-    let daemon = Daemon::start_cmd(
-        dir.path(),
-        Daemon::command_in(dir.path(), &server, Some(&sim.client_ns())),
-    );
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
     let file = dir.path().join("capture.bin");
     random_file(&file, 48 << 20);
-    let out = uplink(&daemon.socket, &["send", file.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let job = json_lines(&out)[0]["job_id"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let job = enqueue(&daemon.socket, &file);
     // Some of it is on the server, most of it is not.
     let running = wait_for(Duration::from_secs(60), || {
         job_record(&daemon.socket, &job).filter(|j| {
@@ -52,8 +44,7 @@ fn a_file_appended_to_mid_upload_fails_with_its_code_and_nothing_is_completed() 
         .and_then(|mut f| f.write_all(b"one more frame"))
         .expect("append");
 
-    let out = uplink(&daemon.socket, &["watch", &job, "--json"]);
-    let last = json_lines(&out).pop().expect("watch printed the end");
+    let last = wait_done(&daemon.socket, &job);
     assert_eq!(last["state"], "failed", "{last}");
     assert_eq!(last["error_code"], "file_changed", "{last}");
     // Nothing was assembled, and the session is gone from the server.

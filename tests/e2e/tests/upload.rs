@@ -8,35 +8,6 @@ const GIB: u64 = 1 << 30;
 const CHUNK: u64 = 4 << 20;
 const STREAMS: u64 = 12;
 
-fn enqueue(socket: &std::path::Path, file: &std::path::Path) -> String {
-    let out = uplink(socket, &["send", file.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "send failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out)[0]["job_id"]
-        .as_str()
-        .expect("job id")
-        .to_string()
-}
-
-/// Waits until the daemon has checkpointed at least `bytes` of the job.
-fn wait_acked(socket: &std::path::Path, job: &str, bytes: u64) {
-    wait_for(Duration::from_secs(120), || {
-        job_record(socket, job).filter(|j| j["bytes_acked"].as_u64().unwrap_or(0) >= bytes)
-    })
-    .unwrap_or_else(|| panic!("job {job} never reached {bytes} acknowledged bytes"));
-}
-
-fn wait_done(socket: &std::path::Path, job: &str) -> serde_json::Value {
-    let out = uplink(socket, &["watch", job, "--json"]);
-    let lines = json_lines(&out);
-    let last = lines.last().cloned().expect("watch printed nothing");
-    assert_eq!(last["job_id"], job);
-    last
-}
-
 #[test]
 fn a_1_gib_file_arrives_intact_with_send_wait() {
     let dir = workdir();
