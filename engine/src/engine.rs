@@ -10,8 +10,8 @@
 //! round-robin. Small files go in one request each; big ones in chunks whose size follows
 //! the bandwidth estimate, starting small so the first acknowledgement comes early.
 //!
-//! This file holds the state and the events' bookkeeping; [`schedule`] decides who goes
-//! next and [`failures`] applies the retry policy to each kind of failure.
+//! This file holds the state and the events' bookkeeping; `schedule` decides who goes
+//! next and `failures` applies the retry policy to each kind of failure.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
