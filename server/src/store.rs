@@ -16,6 +16,9 @@
 //! completes or is deleted, and [`Store::sweep`] closes them after [`IDLE_CLOSE_SECS`]
 //! without a request. The sweep also removes expired sessions and, after the retention
 //! time, completed ones, while the server runs.
+//!
+//! This file keeps the sessions (create, load, get, delete, sweep, state, complete);
+//! `store/chunks.rs` receives chunks into them (reserve, verify, write).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -24,11 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use uplink_proto::integrity::{self, ChunkDigest, ChunkSecret};
+use uplink_proto::integrity::{self, ChunkSecret};
 use uplink_proto::wire::{
     self, ChunkPage, ChunkPageQuery, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated,
     UploadState, code,
@@ -126,58 +127,6 @@ struct SessionState {
     duplicate_puts: u64,
 }
 
-/// A chunk some request is receiving.
-///
-/// A client that retries after a timeout, or restarts after a crash, must not wait until
-/// its abandoned first attempt times out (over QUIC, a killed client's streams linger until
-/// the idle timeout). So a request for the same bytes joins the reservation, and a request
-/// for overlapping bytes cut differently (the restarted engine chose other chunk sizes)
-/// supersedes it while its body is still arriving. Once a holder writes, the range is
-/// settled and overlapping requests get `chunk_in_progress` until it is done; so do other
-/// bytes for the very same range.
-#[derive(Clone, Copy)]
-struct InFlight {
-    id: u64,
-    length: u64,
-    sha256: [u8; 32],
-    /// Requests receiving these same bytes.
-    holders: u32,
-    /// A holder is writing: the reservation can no longer be superseded.
-    writing: bool,
-}
-
-/// Outcome of [`Session::begin_chunk`].
-pub enum BeginChunk {
-    /// The server already holds exactly this chunk: nothing to do.
-    Duplicate,
-    /// The range is reserved for this request until the guard drops.
-    Reserved(Reservation),
-}
-
-/// Holds a chunk's byte range while its body is received and verified.
-pub struct Reservation {
-    session: Arc<Session>,
-    id: u64,
-    offset: u64,
-    length: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut st = lock(&self.session.state);
-        if let Some(r) = st
-            .reserved
-            .get_mut(&self.offset)
-            .filter(|r| r.id == self.id)
-        {
-            r.holders -= 1;
-            if r.holders == 0 {
-                st.reserved.remove(&self.offset);
-            }
-        }
-    }
-}
-
 /// The byte ranges the chunks cover, adjacent ones merged.
 fn coalesced(chunks: &BTreeMap<u64, (u64, [u8; 32])>) -> Vec<[u64; 2]> {
     let mut out: Vec<[u64; 2]> = Vec::new();
@@ -188,26 +137,6 @@ fn coalesced(chunks: &BTreeMap<u64, (u64, [u8; 32])>) -> Vec<[u64; 2]> {
         }
     }
     out
-}
-
-fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
-    a_off < b_off + b_len && b_off < a_off + a_len
-}
-
-/// The entry of `map` that overlaps `[offset, offset + length)`, if any.
-fn overlapping<V: Copy>(
-    map: &BTreeMap<u64, V>,
-    offset: u64,
-    length: u64,
-    len_of: impl Fn(&V) -> u64,
-) -> Option<(u64, V)> {
-    let before = map.range(..=offset).next_back();
-    let after = map.range(offset..offset + length).next();
-    [before, after]
-        .into_iter()
-        .flatten()
-        .find(|(o, v)| overlaps(**o, len_of(v), offset, length))
-        .map(|(o, v)| (*o, *v))
 }
 
 impl Store {
@@ -641,199 +570,6 @@ impl Session {
         }
     }
 
-    /// Checks a chunk's place before its body is read, and reserves its range.
-    pub fn begin_chunk(
-        self: &Arc<Self>,
-        offset: u64,
-        length: u64,
-        sha256: &[u8; 32],
-    ) -> Result<BeginChunk, ApiError> {
-        if length == 0 {
-            return Err(ApiError::bad_header("X-Chunk-Length must be at least 1"));
-        }
-        if length > wire::MAX_CHUNK_SIZE {
-            return Err(ApiError::new(
-                413,
-                code::CHUNK_TOO_LARGE,
-                format!(
-                    "chunk of {length} bytes exceeds the limit of {} bytes",
-                    wire::MAX_CHUNK_SIZE
-                ),
-            ));
-        }
-        if offset.checked_add(length).is_none_or(|end| end > self.size) {
-            return Err(ApiError::new(
-                416,
-                code::OUT_OF_RANGE,
-                format!(
-                    "chunk {offset}+{length} lies beyond the upload's {} bytes",
-                    self.size
-                ),
-            ));
-        }
-        if lock(&self.meta).completed.is_some() {
-            return Err(ApiError::new(
-                409,
-                code::ALREADY_COMPLETED,
-                "upload already completed",
-            ));
-        }
-        let mut st = lock(&self.state);
-        st.chunk_puts += 1;
-        if let Some((o, (l, s))) = overlapping(&st.chunks, offset, length, |v| v.0) {
-            if o == offset && l == length && s == *sha256 {
-                st.duplicate_puts += 1;
-                return Ok(BeginChunk::Duplicate);
-            }
-            return Err(ApiError::new(
-                409,
-                code::CHUNK_CONFLICT,
-                format!("the server holds a different chunk at {o}+{l}"),
-            ));
-        }
-        let end = offset + length;
-        let overlaps: Vec<(u64, InFlight)> = st
-            .reserved
-            .range(..end)
-            .rev()
-            .take_while(|(o, r)| **o + r.length > offset)
-            .map(|(o, r)| (*o, *r))
-            .collect();
-        let id = match overlaps.as_slice() {
-            // The same bytes again: both requests may proceed; they write identical data.
-            [(o, r)] if *o == offset && r.length == length && r.sha256 == *sha256 => {
-                if let Some(r) = st.reserved.get_mut(&offset) {
-                    r.holders += 1;
-                }
-                r.id
-            }
-            _ => {
-                // Other bytes for the very same range: the file changed under one of the
-                // requests; the first settles it.
-                if let Some((o, r)) = overlaps
-                    .iter()
-                    .find(|(o, r)| r.writing || (*o == offset && r.length == length))
-                {
-                    return Err(ApiError::new(
-                        409,
-                        code::CHUNK_IN_PROGRESS,
-                        format!(
-                            "chunk {o}+{} is being received by another request",
-                            r.length
-                        ),
-                    ));
-                }
-                for (o, _) in &overlaps {
-                    st.reserved.remove(o);
-                }
-                st.next_reservation += 1;
-                let id = st.next_reservation;
-                st.reserved.insert(
-                    offset,
-                    InFlight {
-                        id,
-                        length,
-                        sha256: *sha256,
-                        holders: 1,
-                        writing: false,
-                    },
-                );
-                id
-            }
-        };
-        Ok(BeginChunk::Reserved(Reservation {
-            session: Arc::clone(self),
-            id,
-            offset,
-            length,
-        }))
-    }
-
-    /// Verifies a received chunk and makes it durable (blocking: run off the reactor).
-    /// Nothing is written unless length, CRC32C and SHA-256 all match.
-    pub fn store_chunk(
-        &self,
-        res: Reservation,
-        parts: &[Bytes],
-        expect: &ChunkDigest,
-    ) -> Result<(), ApiError> {
-        let mut hasher = integrity::ChunkHasher::new();
-        parts.iter().for_each(|p| hasher.update(p));
-        if hasher.len() != res.length {
-            return Err(ApiError::new(
-                400,
-                code::LENGTH_MISMATCH,
-                format!(
-                    "body has {} bytes, X-Chunk-Length says {}",
-                    hasher.len(),
-                    res.length
-                ),
-            ));
-        }
-        let got = hasher.finish();
-        if got.crc32c != expect.crc32c {
-            return Err(ApiError::new(
-                422,
-                code::CRC32C_MISMATCH,
-                "body does not match X-Chunk-CRC32C",
-            ));
-        }
-        if got.sha256 != expect.sha256 {
-            return Err(ApiError::new(
-                422,
-                code::SHA256_MISMATCH,
-                "body does not match X-Chunk-SHA256",
-            ));
-        }
-        {
-            let mut st = lock(&self.state);
-            // A parallel request with the same bytes may have stored them (and the upload
-            // may even have completed since): nothing left to write.
-            if st.chunks.get(&res.offset) == Some(&(res.length, got.sha256)) {
-                return Ok(());
-            }
-            // From here the range is settled: nothing supersedes a reservation being written.
-            match st.reserved.get_mut(&res.offset).filter(|r| r.id == res.id) {
-                Some(r) => r.writing = true,
-                None => {
-                    return Err(ApiError::new(
-                        409,
-                        code::CHUNK_IN_PROGRESS,
-                        format!(
-                            "chunk {}+{} was superseded by a newer request for these bytes",
-                            res.offset, res.length
-                        ),
-                    ));
-                }
-            }
-        }
-        let part = self.part()?;
-        part.write_durable(res.offset, parts)
-            .map_err(|e| ApiError::io("writing the chunk", &e))?;
-        let line = chunk_log::line(res.offset, res.length, &got.sha256);
-        part.log_durable(&line)
-            .map_err(|e| ApiError::io("recording the chunk", &e))?;
-        let mut st = lock(&self.state);
-        // A parallel request with the same bytes may have recorded it first.
-        if st
-            .chunks
-            .insert(res.offset, (res.length, got.sha256))
-            .is_none()
-        {
-            st.received += res.length;
-        }
-        Ok(())
-    }
-
-    /// Lets the running file hash catch up (blocking; call after a chunk was stored, off
-    /// the request's path). `fresh` is that chunk's bytes, hashed without re-reading.
-    pub fn advance_hash(&self, fresh: Option<(u64, &[Bytes])>) {
-        let part = lock(&self.part).clone();
-        if let Some(part) = part {
-            part.advance_hash(|o| lock(&self.state).chunks.get(&o).map(|(l, _)| *l), fresh);
-        }
-    }
-
     /// `POST /v1/uploads/{id}/complete` (blocking): checks contiguity and the Merkle root,
     /// then assembles the object. Idempotent: a repeat answers the same result.
     pub fn complete(
@@ -924,6 +660,11 @@ impl Session {
         Ok(done)
     }
 }
+
+mod chunks;
+
+use chunks::InFlight;
+pub use chunks::{BeginChunk, Reservation};
 
 #[cfg(test)]
 #[path = "store_tests.rs"]
