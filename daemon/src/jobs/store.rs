@@ -84,11 +84,31 @@ pub struct JobDb {
     flushed: tokio::sync::Mutex<u64>,
 }
 
+/// Opens the sled database, waiting up to 2 s for its file lock: the process that held it
+/// last (a daemon restarting, or a store just dropped in this one) lets go only when
+/// sled's background flusher has finished, a moment after it closed. (sled 0.34 reports a
+/// held lock only in its message, as an `Other` I/O error.)
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && waited < std::time::Duration::from_secs(2) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                waited += std::time::Duration::from_millis(20);
+            }
+            other => return other,
+        }
+    }
+}
+
 impl JobDb {
     pub fn open(state_dir: &Path) -> Result<JobDb, String> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
-        let db = sled::open(state_dir.join("jobs.sled"))
+        let db = open_sled(&state_dir.join("jobs.sled"))
             .map_err(|e| format!("cannot open job store in {}: {e}", state_dir.display()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| e.to_string());
         let sealer = Sealer::load_or_create(&state_dir.join("checkpoint.key"))

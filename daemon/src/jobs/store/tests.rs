@@ -384,3 +384,18 @@ async fn a_burst_of_concurrent_durable_writes_all_complete() {
     assert!(results.into_iter().all(|r| matches!(r, Ok(Ok(())))));
     assert_eq!(db.count(JobState::Queued).unwrap(), 64);
 }
+
+#[test]
+fn a_second_open_waits_for_the_last_holder_to_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = JobDb::open(dir.path()).unwrap();
+    first.write(&job(1, JobState::Queued), None).unwrap();
+    // The holder closes a moment later (a daemon restarting, sled's flusher finishing).
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = JobDb::open(dir.path()).expect("opens once the lock is free");
+    assert!(second.get(&job_id(1)).unwrap().is_some());
+    closer.join().unwrap();
+}
