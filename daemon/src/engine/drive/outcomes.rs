@@ -47,6 +47,8 @@ impl Driver {
                     }
                 };
                 record.state = JobState::Running;
+                // A wait from the run before (the daemon stopped while the job waited) is over.
+                record.waiting = None;
                 if let Err(e) = self.shared.db.put(&record).await {
                     tracing::error!(error = %e, "cannot record the job as running");
                 }
