@@ -18,6 +18,7 @@ pub fn job(j: &grpc::Job) -> Value {
         "chunks_acked": j.chunks_acked,
         "chunks_sent": j.chunks_sent,
         "chunks_resent": j.chunks_resent,
+        "bytes_resent": j.bytes_resent,
         "bytes_on_wire": j.bytes_on_wire,
         "chunk_size": j.chunk_size,
         "protocol": j.protocol,

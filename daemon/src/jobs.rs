@@ -61,6 +61,9 @@ pub struct JobRecord {
     pub chunks_acked: u64,
     pub chunks_sent: u64,
     pub chunks_resent: u64,
+    /// Raw bytes of the re-sent chunks (older records lack it).
+    #[serde(default)]
+    pub bytes_resent: u64,
     /// Body bytes of chunk and whole-file PUTs, all attempts, after compression (older
     /// records lack it).
     #[serde(default)]
@@ -119,6 +122,7 @@ impl JobRecord {
             chunks_acked: self.chunks_acked,
             chunks_sent: self.chunks_sent,
             chunks_resent: self.chunks_resent,
+            bytes_resent: self.bytes_resent,
             bytes_on_wire: self.bytes_on_wire,
             protocol: self.protocol.clone(),
             streams: self.streams,

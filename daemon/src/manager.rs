@@ -119,6 +119,7 @@ impl Manager {
             chunks_acked: 0,
             chunks_sent: 0,
             chunks_resent: 0,
+            bytes_resent: 0,
             bytes_on_wire: 0,
             protocol: String::new(),
             streams: 0,

@@ -467,6 +467,7 @@ impl Driver {
         a.record.chunks_sent += 1;
         if *sends > 1 || offset < a.prior_dispatch {
             a.record.chunks_resent += 1;
+            a.record.bytes_resent += payload.data.len() as u64;
         }
         let end = offset + payload.data.len() as u64;
         a.checkpoint.dispatched_until = a.checkpoint.dispatched_until.max(end);
@@ -579,6 +580,7 @@ impl Driver {
         };
         a.checkpoint.chunks_sent = a.record.chunks_sent;
         a.checkpoint.chunks_resent = a.record.chunks_resent;
+        a.checkpoint.bytes_resent = a.record.bytes_resent;
         if a.checkpoint.upload_id.is_empty() {
             return;
         }

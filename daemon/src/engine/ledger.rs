@@ -90,6 +90,8 @@ pub struct Checkpoint {
     pub dispatched_until: u64,
     pub chunks_sent: u64,
     pub chunks_resent: u64,
+    #[serde(default)]
+    pub bytes_resent: u64,
 }
 
 #[cfg(test)]

@@ -167,6 +167,7 @@ impl Driver {
                             dispatched_until,
                             chunks_sent: a.record.chunks_sent,
                             chunks_resent: a.record.chunks_resent,
+                            bytes_resent: a.record.bytes_resent,
                         };
                         self.report_started(job);
                         self.engine.handle(now, Event::SessionReady { req, acked });

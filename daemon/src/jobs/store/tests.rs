@@ -37,6 +37,7 @@ fn job(n: u64, state: JobState) -> JobRecord {
         chunks_acked: 0,
         chunks_sent: 0,
         chunks_resent: 0,
+        bytes_resent: 0,
         bytes_on_wire: 0,
         protocol: String::new(),
         streams: 0,
