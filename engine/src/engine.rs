@@ -27,6 +27,7 @@ use crate::{Time, pool};
 
 mod failures;
 mod schedule;
+mod stall;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -74,6 +75,16 @@ pub struct Config {
     /// Lowest per-stream rate assumed when sizing a timeout (bytes/s).
     pub min_stream_rate: f64,
     pub max_session_resets: u32,
+    /// A request whose body moved less than `stall_min_rate` over this window is stalled:
+    /// abandoned and its bytes sent again on another lane (needs the driver's
+    /// [`Event::RequestProgress`]).
+    pub stall_window: Duration,
+    /// Bytes per second below which a body counts as stalled.
+    pub stall_min_rate: f64,
+    /// Longest wait before a stalled request's bytes go again. A stall cost the server
+    /// nothing, and a link that is back should be used at once: while the link is dead the
+    /// retries are cheap probes, each stalling in its turn.
+    pub stall_retry: Duration,
 }
 
 impl Default for Config {
@@ -98,6 +109,9 @@ impl Default for Config {
             request_timeout_default: Duration::from_secs(30),
             min_stream_rate: 8.0 * KIB as f64,
             max_session_resets: 3,
+            stall_window: Duration::from_secs(5),
+            stall_min_rate: 8.0 * KIB as f64,
+            stall_retry: Duration::from_secs(1),
         }
     }
 }
@@ -116,8 +130,19 @@ struct Req {
     kind: ReqKind,
     started: Time,
     deadline: Time,
+    /// What the deadline allows after the last sign of progress (the per-request watchdog
+    /// restarts whenever the body moves).
+    timeout: Duration,
     /// Link-wide delivered bytes when it started (for the delivery-rate sample).
     delivered_at_start: u64,
+    /// Body bytes the transport has handed on, as the driver last reported (None: no report).
+    sent: Option<u64>,
+    /// The driver reported the whole body handed on: only the answer is awaited.
+    handed_on: bool,
+    /// Start of the current stall window and `sent` at that moment.
+    window: (Time, u64),
+    /// When the body last moved, as far as the driver said (its start until then).
+    moved_at: Time,
 }
 
 /// What the engine is doing, for Status.
@@ -165,6 +190,9 @@ pub struct Engine {
     /// Chunks acknowledged on this link: a cold link's chunk size doubles with each, so a
     /// slow link is not handed big chunks before its estimate exists.
     cold_acks: u32,
+    /// A body stopped moving altogether: the link may be cut. Until something is
+    /// acknowledged again, chunks are small probes, so a returning link shows at once.
+    probing: bool,
     delivered: u64,
     buffers: usize,
     /// Buffers held: chunks reading, ready or in flight, and whole-file sends.
@@ -197,6 +225,7 @@ impl Engine {
             tier: None,
             last_retune: None,
             cold_acks: 0,
+            probing: false,
             delivered: 0,
             buffers: pool::buffers_for(u64::MAX),
             slots: 0,
@@ -232,7 +261,12 @@ impl Engine {
                 let _ = offset;
                 self.fail_job(job, code, message);
             }
-            Event::RequestProgress { .. } => {}
+            Event::RequestProgress {
+                req,
+                bytes,
+                all,
+                moved_at,
+            } => self.request_progress(req, bytes, all, moved_at),
             Event::RequestDone { req } => self.request_done(req),
             Event::RequestFailed { req, failure } => {
                 if let Some(r) = self.reqs.remove(&req) {
@@ -247,6 +281,7 @@ impl Engine {
     /// Timers: call at (or after) [`Engine::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = self.now.max(now);
+        self.check_stalls();
         while let Some(id) = self.first_expired() {
             if let Some(r) = self.reqs.remove(&id) {
                 self.actions.push_back(Action::Abandon { req: id });
@@ -280,7 +315,8 @@ impl Engine {
             .iter()
             .filter_map(|(_, _, id)| self.jobs.get(id)?.next_attempt(self.now));
         let ramp = self.ramp_blocked().then(|| self.ramp_next()).flatten();
-        deadlines.chain(retries).chain(ramp).min()
+        let stalls = self.reqs.values().filter_map(|r| self.stall_check_at(r));
+        deadlines.chain(retries).chain(ramp).chain(stalls).min()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -431,6 +467,9 @@ impl Engine {
             return;
         };
         self.end_request_accounting(r.kind);
+        if matches!(r.kind, ReqKind::Chunk { .. } | ReqKind::Whole) {
+            self.probing = false;
+        }
         match r.kind {
             ReqKind::Session => self.session_ready_inner(r),
             ReqKind::Chunk { offset, len } => {
@@ -584,7 +623,12 @@ impl Engine {
                 kind,
                 started: self.now,
                 deadline: self.now + timeout,
+                timeout,
                 delivered_at_start: self.delivered,
+                sent: None,
+                handed_on: false,
+                window: (self.now, 0),
+                moved_at: self.now,
             },
         );
         id

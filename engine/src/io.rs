@@ -8,6 +8,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::Time;
+
 /// The driver's handle for a job (the daemon maps its job ids to these).
 pub type JobId = u64;
 /// One network request the engine asked for.
@@ -37,6 +39,9 @@ pub enum Failure {
     /// typically a crashed run's chunk still being written). Not network trouble: try the
     /// range again after `retry_after` (or a second) without counting a failure.
     Busy { retry_after: Option<Duration> },
+    /// The request's body stopped moving (the engine's own verdict, see `stall_window`):
+    /// network trouble, retried soon and on another lane.
+    Stalled { message: String },
     /// The server no longer knows the session (404/410): start a new one.
     SessionLost,
     /// The server holds other chunk boundaries than the engine assumed (409 conflict: a
@@ -94,11 +99,16 @@ pub enum Event {
         code: String,
         message: String,
     },
-    /// Bytes of a request's body the transport has handed on so far (for stall
-    /// detection; optional).
+    /// Bytes of a request's body (as sent: compressed or not) the transport has handed
+    /// on so far, and whether that is all of it. For stall detection: report at any time,
+    /// and for every body request when the engine's timer fires, before
+    /// [`crate::Engine::handle_timeout`]. Optional: without reports only deadlines watch.
     RequestProgress {
         req: ReqId,
         bytes: u64,
+        all: bool,
+        /// When the body last moved (bytes handed on), as the transport saw it.
+        moved_at: Time,
     },
     RequestDone {
         req: ReqId,

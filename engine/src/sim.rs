@@ -116,7 +116,11 @@ enum Flow {
     /// Body bytes still to send; `fail_at`: fails when this many remain.
     Sending {
         job: JobId,
+        /// Body bytes on the wire, and those still to go.
+        total: f64,
         remaining: f64,
+        /// When bytes last went.
+        moved_at: Time,
         fail_at: Option<f64>,
         what: Body,
         session: u64,
@@ -184,6 +188,8 @@ pub struct Sim {
     server: BTreeMap<JobId, ServerJob>,
     jobs: BTreeMap<JobId, SimJob>,
     report: Report,
+    /// Sees every action as the engine emits it, with the virtual time.
+    observer: Option<Box<dyn FnMut(Time, &Action)>>,
 }
 
 /// Hard bound on simulation steps, so a broken engine cannot loop forever.
@@ -205,12 +211,20 @@ impl Sim {
             server: BTreeMap::new(),
             jobs: BTreeMap::new(),
             report: Report::default(),
+            observer: None,
             sc,
         };
         for (t, c) in sim.sc.changes.clone() {
             sim.at(t, Pending::Change(c));
         }
         sim
+    }
+
+    /// Lets a test watch every action with its virtual time (for timings the report does
+    /// not keep, such as when a stall was noticed).
+    pub fn observe(mut self, f: impl FnMut(Time, &Action) + 'static) -> Sim {
+        self.observer = Some(Box::new(f));
+        self
     }
 
     fn at(&mut self, t: Time, p: Pending) {
@@ -287,8 +301,16 @@ impl Sim {
         let dt = to.since(self.now).as_secs_f64();
         let share = self.share();
         if dt > 0.0 && share > 0.0 {
-            for Flow::Sending { remaining, .. } in self.flows.values_mut() {
+            for Flow::Sending {
+                remaining,
+                moved_at,
+                ..
+            } in self.flows.values_mut()
+            {
                 let sent = (share * dt).min(*remaining);
+                if sent > 0.0 {
+                    *moved_at = to;
+                }
                 *remaining -= sent;
                 self.report.link_bytes += sent;
             }
@@ -323,6 +345,13 @@ impl Sim {
             else {
                 continue;
             };
+            // The driver tells the engine the body is all on its way (stall detection).
+            self.handle(Event::RequestProgress {
+                req,
+                bytes: 0,
+                all: fail_at.is_none(),
+                moved_at: self.now,
+            });
             if fail_at.is_some() {
                 let ev = Event::RequestFailed {
                     req,
@@ -369,6 +398,25 @@ impl Sim {
             }
         }
         if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            // As a driver does: how far each body has got, then the timers.
+            for (
+                req,
+                Flow::Sending {
+                    total,
+                    remaining,
+                    moved_at,
+                    ..
+                },
+            ) in &self.flows
+            {
+                let progress = Event::RequestProgress {
+                    req: *req,
+                    bytes: (total - remaining) as u64,
+                    all: false,
+                    moved_at: *moved_at,
+                };
+                self.engine.handle(self.now, progress);
+            }
             self.engine.handle_timeout(self.now);
             self.drain();
         }
@@ -561,6 +609,9 @@ impl Sim {
                     "a buffer taken beyond the pool: {snap:?}"
                 );
             }
+            if let Some(f) = self.observer.as_mut() {
+                f(self.now, &a);
+            }
             self.act(a);
         }
     }
@@ -657,7 +708,9 @@ impl Sim {
                     req,
                     Flow::Sending {
                         job,
+                        total: wire,
                         remaining: wire,
+                        moved_at: now,
                         fail_at,
                         what: Body::Chunk { offset, len },
                         session,
@@ -675,7 +728,9 @@ impl Sim {
                     req,
                     Flow::Sending {
                         job,
+                        total: size as f64,
                         remaining: size as f64,
+                        moved_at: now,
                         fail_at,
                         what: Body::Whole,
                         session,

@@ -61,6 +61,11 @@ impl<K: Ord + Copy, V> SmallMap<K, V> {
         self.entries.iter().map(|(k, v)| (k, v))
     }
 
+    /// In key order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.iter().map(|(_, v)| v)
     }

@@ -1,7 +1,8 @@
 //! What the engine does when a request fails: the one retry policy applied per cause —
 //! a permanent refusal fails the job, a lost session starts a new one, a changed server
 //! state is fetched again, bytes another request holds wait a moment, and network trouble
-//! backs off (the job's [`crate::backoff::Backoff`]) without ever failing the job.
+//! backs off (the job's [`crate::backoff::Backoff`]) without ever failing the job — a
+//! stalled request for at most `stall_retry`, so the upload resumes soon after the link does.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ impl Engine {
     pub(super) fn request_failed(&mut self, r: Req, failure: Failure) {
         self.end_request_accounting(r.kind);
         let id = r.job;
+        let stalled = matches!(failure, Failure::Stalled { .. });
         let (code, message, retry_after) = match failure {
             Failure::Permanent { code, message } => {
                 self.fail_job(id, code, message);
@@ -52,14 +54,19 @@ impl Engine {
                 message,
                 retry_after,
             } => (code, message, retry_after),
+            Failure::Stalled { message } => ("stalled".to_string(), message, None),
         };
+        let stall_retry = self.cfg.stall_retry;
         let now = self.now;
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let delay = job
+        let mut delay = job
             .backoff
             .fail_request(&mut self.rng, retry_after, r.started, now);
+        if stalled {
+            delay = delay.min(stall_retry);
+        }
         let when = now + delay;
         let why = match r.kind {
             ReqKind::Chunk { offset, .. } => {
@@ -169,6 +176,15 @@ impl Engine {
                 self.retune();
             }
         }
+        self.recut_if_oversized(r);
+    }
+
+    /// A failed chunk bigger than the engine now wants is dropped and its bytes claimed
+    /// again at the current size, rather than retried whole and doomed the same way.
+    pub(super) fn recut_if_oversized(&mut self, r: &Req) {
+        let ReqKind::Chunk { offset, len } = r.kind else {
+            return;
+        };
         if self.cfg.chunk_size.is_some() || len <= self.chunk_target() {
             return;
         }

@@ -198,6 +198,9 @@ impl Engine {
 
     /// The chunk size the link calls for now, within what memory allows.
     pub(super) fn chunk_target(&self) -> u64 {
+        if self.probing {
+            return self.cfg.first_chunk;
+        }
         let link = match self.tier {
             Some(t) if self.estimator.usable().is_some() => t.chunk_size(),
             // A cold link: small first chunks, so the first acknowledgement is quick,

@@ -1,0 +1,150 @@
+//! Stall detection: a request whose body stops moving is given up long before its
+//! deadline, and its bytes go again on another lane.
+//!
+//! The driver reports how far each body has got and when it last moved
+//! ([`crate::Event::RequestProgress`]) — at any time, and at the latest when the engine's
+//! timer fires, before [`Engine::handle_timeout`]. Two rules, the seed's:
+//! - nothing moved for `stall_window`: stalled, exactly one window after the last byte
+//!   (the timer is set from the last movement the driver told of);
+//! - over each window, less than `stall_min_rate` moved (capped at a quarter of the
+//!   request's fair share, so a slow link shared by many streams is not a stall).
+//!
+//! A body that did not move at all may mean a cut link: until something is acknowledged
+//! again the engine sends small probes (stalled big chunks are cut again), so the upload
+//! shows progress within a round trip or two of the link's return.
+//!
+//! Progress also restarts the request's deadline, so a slow but moving chunk is never cut
+//! off by a watchdog sized for a faster link. A request whose body is all handed on waits
+//! for its answer under the deadline alone, and so does one whose driver reports nothing.
+
+use std::time::Duration;
+
+use super::{Engine, Req, ReqKind};
+use crate::Time;
+use crate::io::{Action, Failure, ReqId};
+
+/// The request's body is still going: it is judged for stalls.
+fn body_going(r: &Req) -> bool {
+    matches!(r.kind, ReqKind::Chunk { .. } | ReqKind::Whole) && !r.handed_on
+}
+
+/// A request's verdict at one moment.
+enum Verdict {
+    Fine,
+    Idle(Duration),
+    Slow { moved: u64, over: Duration },
+}
+
+impl Engine {
+    pub(super) fn request_progress(&mut self, req: ReqId, bytes: u64, all: bool, moved_at: Time) {
+        let Some(r) = self.reqs.get_mut(&req) else {
+            return;
+        };
+        let before = r.sent.unwrap_or(0);
+        r.moved_at = r.moved_at.max(moved_at);
+        if bytes > before {
+            r.deadline = r.deadline.max(r.moved_at + r.timeout);
+        }
+        r.sent = Some(before.max(bytes));
+        r.handed_on |= all;
+    }
+
+    /// When `r` is next judged, if it is judged at all.
+    pub(super) fn stall_check_at(&self, r: &Req) -> Option<Time> {
+        let w = self.cfg.stall_window;
+        body_going(r).then(|| (r.window.0 + w).min(r.moved_at + w))
+    }
+
+    /// A body that moved at `rate` (bytes/s) says the link carries at most `rate` per
+    /// stream. If that is below the estimate, the estimate learns it (as from a timeout),
+    /// so the next requests are sized, and judged, for the link as it is. A body that did
+    /// not move at all says nothing about the rate (a cut link is not a slow one).
+    fn slower_than_thought(&mut self, rate: f64) {
+        let bound = rate * self.streams.max(1) as f64;
+        if rate > 0.0 && self.estimator.usable().is_some_and(|est| bound < est) {
+            self.estimator.sample(self.now, bound);
+            self.last_retune = None;
+            self.retune();
+        }
+    }
+
+    /// Fewest bytes a body must move in a window not to count as stalled.
+    ///
+    /// `stall_min_rate`, but never more than a quarter of the request's fair share of the
+    /// link: on a slow link shared by many streams every request is slow, and abandoning
+    /// them all would only start them all again. Without an estimate, only a body that
+    /// did not move at all is stalled.
+    fn least_progress(&self) -> f64 {
+        let window = self.cfg.stall_window.as_secs_f64();
+        match self.estimator.usable() {
+            Some(est) => {
+                let share = est / self.streams.max(1) as f64;
+                self.cfg.stall_min_rate.min(share / 4.0) * window
+            }
+            None => 1.0,
+        }
+    }
+
+    /// Judges `r` at `now`, rolling its window when it passes.
+    fn judge(r: &mut Req, now: Time, window: Duration, least: f64) -> Verdict {
+        let Some(sent) = r.sent else {
+            // The driver reports nothing for it: the deadline alone watches it.
+            r.window = (now, 0);
+            r.moved_at = now;
+            return Verdict::Fine;
+        };
+        if r.moved_at + window <= now {
+            return Verdict::Idle(now.since(r.moved_at));
+        }
+        if r.window.0 + window <= now {
+            let moved = sent - r.window.1;
+            if (moved as f64) < least {
+                let over = now.since(r.window.0);
+                return Verdict::Slow { moved, over };
+            }
+            r.window = (now, sent);
+        }
+        Verdict::Fine
+    }
+
+    /// Judges every request that is due; abandons the stalled ones.
+    pub(super) fn check_stalls(&mut self) {
+        let now = self.now;
+        let window = self.cfg.stall_window;
+        let least = self.least_progress();
+        loop {
+            let mut stalled = None;
+            for (id, r) in self.reqs.iter_mut() {
+                if !body_going(r) {
+                    continue;
+                }
+                match Self::judge(r, now, window, least) {
+                    Verdict::Fine => {}
+                    v => {
+                        stalled = Some((*id, v));
+                        break;
+                    }
+                }
+            }
+            let Some((id, verdict)) = stalled else {
+                return;
+            };
+            let message = match verdict {
+                Verdict::Slow { moved, over } => {
+                    self.slower_than_thought(moved as f64 / over.as_secs_f64());
+                    format!("{moved} bytes moved in {:.1} s", over.as_secs_f64())
+                }
+                Verdict::Idle(for_) => {
+                    self.probing = true;
+                    format!("nothing moved for {:.1} s", for_.as_secs_f64())
+                }
+                Verdict::Fine => String::new(),
+            };
+            if let Some(r) = self.reqs.remove(&id) {
+                self.actions.push_back(Action::Abandon { req: id });
+                self.recut_if_oversized(&r);
+                self.request_failed(r, Failure::Stalled { message });
+            }
+        }
+    }
+}
