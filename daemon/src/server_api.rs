@@ -1,5 +1,6 @@
 //! The wire protocol's calls, typed: what the engine asks the server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use uplink_proto::wire::{
     UploadCreated, UploadState,
 };
 
+use crate::transport::progress::BodyProgress;
 use crate::transport::{LinkInfo, Transport, TransportError, WireRequest, WireResponse};
 
 /// Timeout of small control requests (create, state, delete, ping).
@@ -190,6 +192,7 @@ impl ServerClient {
             body,
             lane: 0,
             timeout,
+            progress: None,
         }
     }
 
@@ -329,6 +332,20 @@ impl ServerClient {
         lane: usize,
         sharing: usize,
     ) -> Result<ChunkStored, CallError> {
+        self.put_chunk_watched(keys, chunk, lz4, lane, sharing, None)
+            .await
+    }
+
+    /// [`Self::put_chunk_shared`], counting the body bytes handed on in `progress`.
+    pub async fn put_chunk_watched(
+        &self,
+        keys: &SessionKeys,
+        chunk: &ChunkPayload,
+        lz4: Option<Bytes>,
+        lane: usize,
+        sharing: usize,
+        progress: Option<Arc<BodyProgress>>,
+    ) -> Result<ChunkStored, CallError> {
         let length = chunk.data.len() as u64;
         let tag = integrity::chunk_tag(
             &keys.key,
@@ -349,6 +366,7 @@ impl ServerClient {
             chunk_timeout(length, sharing),
         );
         req.lane = lane;
+        req.progress = progress;
         if compressed {
             req.headers.push((
                 wire::HDR_CONTENT_ENCODING,

@@ -36,6 +36,7 @@ use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
 use crate::jobs::{JobDb, JobRecord, JobState, Waiting, now_ms};
 use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
+use crate::transport::progress::BodyProgress;
 
 /// Jobs handed to the core at once; the rest wait in the job store (the core admits
 /// its own share of these to the streams).
@@ -153,6 +154,8 @@ pub struct Driver {
     next_id: JobId,
     tasks: JoinSet<Done>,
     requests: HashMap<ReqId, AbortHandle>,
+    /// How far the bodies of the requests in flight have got (for stall detection).
+    bodies: HashMap<ReqId, Arc<BodyProgress>>,
     /// Set when the store may hold jobs not yet admitted.
     refill: bool,
     /// Buffers for chunks sent compressed.
@@ -171,6 +174,7 @@ impl Driver {
             next_id: 1,
             tasks: JoinSet::new(),
             requests: HashMap::new(),
+            bodies: HashMap::new(),
             refill: true,
             lz4: Lz4Pool::new(),
         }
@@ -219,6 +223,7 @@ impl Driver {
                 }
                 _ = sleep_until(wake), if wake.is_some() => {
                     let now = self.now();
+                    self.report_bodies(now);
                     self.engine.handle_timeout(now);
                 }
                 _ = memory.tick() => {
@@ -305,6 +310,7 @@ impl Driver {
                 if let Some(h) = self.requests.remove(&req) {
                     h.abort();
                 }
+                self.bodies.remove(&req);
             }
             Action::Release { job, offset } => {
                 if let Some(a) = self.jobs.get_mut(&job) {
@@ -363,6 +369,21 @@ impl Driver {
         let now = self.now();
         self.engine
             .handle(now, Event::RequestFailed { req, failure });
+    }
+
+    /// Tells the core how far each body in flight has got (before its timers are judged).
+    fn report_bodies(&mut self, now: Time) {
+        for (&req, progress) in &self.bodies {
+            let r = progress.read();
+            let moved_at = Time::from_micros(r.moved_us);
+            let event = Event::RequestProgress {
+                req,
+                bytes: r.bytes,
+                all: r.all,
+                moved_at,
+            };
+            self.engine.handle(now, event);
+        }
     }
 
     fn spawn_request(
@@ -474,6 +495,8 @@ impl Driver {
         a.record.chunk_size = a.record.chunk_size.max(payload.data.len() as u64);
         let client = Arc::clone(&self.shared.client);
         let pool = Arc::clone(&self.lz4);
+        let progress = Arc::new(BodyProgress::new(self.epoch));
+        self.bodies.insert(req, Arc::clone(&progress));
         self.spawn_request(req, async move {
             let lz4 = match compress {
                 true => {
@@ -487,7 +510,7 @@ impl Driver {
             };
             let wire_bytes = lz4.as_ref().map_or(payload.data.len(), Bytes::len) as u64;
             let result = client
-                .put_chunk_shared(&keys, &payload, lz4, lane, sharing)
+                .put_chunk_watched(&keys, &payload, lz4, lane, sharing, Some(progress))
                 .await
                 .map(|_| ());
             Done::Put {

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
@@ -27,7 +26,9 @@ const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
-type Sender = SendRequest<Full<Bytes>>;
+mod body;
+
+type Sender = SendRequest<body::PiecedBody>;
 
 pub struct H2Pool {
     endpoint: Endpoint,
@@ -177,7 +178,7 @@ impl H2Pool {
             builder = builder.header(*name, value);
         }
         let request = builder
-            .body(Full::new(req.body))
+            .body(body::PiecedBody::new(req.body, req.progress))
             .map_err(|e| TransportError::Http(format!("building the request: {e}")))?;
         sender
             .ready()

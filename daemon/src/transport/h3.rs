@@ -283,7 +283,8 @@ impl H3Client {
         // One DATA frame, handed to quinn by reference (no copy, no buffer of quinn's own).
         let mut sent = Ok(());
         if !req.body.is_empty() {
-            sent = streams::send_zero_copy(&mut stream, req.body.clone()).await;
+            sent =
+                streams::send_zero_copy(&mut stream, req.body.clone(), req.progress.clone()).await;
         }
         let sent = match sent {
             Ok(()) => stream.finish().await,

@@ -8,6 +8,7 @@ pub mod congestion;
 pub mod h2;
 pub mod h3;
 pub mod happy;
+pub mod progress;
 pub mod tls;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct WireRequest {
     /// Which connection slot to prefer (streams of one upload spread over the pool).
     pub lane: usize,
     pub timeout: Duration,
+    /// Where the transport counts the body bytes it hands on (for stall detection).
+    pub progress: Option<Arc<progress::BodyProgress>>,
 }
 
 /// The server's answer, body read whole (answers are small JSON).

@@ -163,7 +163,7 @@ impl Engine {
     /// a chunk bigger than the (perhaps lower) tier now wants is cut again rather than
     /// retried whole and doomed the same way.
     pub(super) fn timed_out(&mut self, r: &Req) {
-        let ReqKind::Chunk { offset, len } = r.kind else {
+        let ReqKind::Chunk { len, .. } = r.kind else {
             return;
         };
         let elapsed = self.now.since(r.started).as_secs_f64();

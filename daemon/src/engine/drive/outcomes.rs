@@ -20,6 +20,7 @@ impl Driver {
     /// body bytes count as sent.
     fn body_sent(&mut self, req: ReqId, job: JobId, wire_bytes: u64) {
         self.requests.remove(&req);
+        self.bodies.remove(&req);
         if let Some(a) = self.jobs.get_mut(&job) {
             a.record.bytes_on_wire += wire_bytes;
         }

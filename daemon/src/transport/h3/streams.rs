@@ -20,20 +20,34 @@ use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quinn::VarInt;
 
-tokio::task_local! {
-    /// The body `send_zero_copy` is sending in this task.
-    static LENT: Bytes;
+use crate::transport::progress::BodyProgress;
+
+/// The body `send_zero_copy` is sending, and where to count what quinn took of it.
+struct Lent {
+    body: Bytes,
+    progress: Option<Arc<BodyProgress>>,
 }
 
-/// Sends `body` as one DATA frame; the QUIC layer below takes it by reference.
+tokio::task_local! {
+    static LENT: Lent;
+}
+
+/// Sends `body` as one DATA frame; the QUIC layer below takes it by reference and counts
+/// in `progress` what quinn accepted (within the flow-control credit the server grants as
+/// it reads, so the count stops when the path does).
 pub async fn send_zero_copy<S>(
     stream: &mut h3::client::RequestStream<S, Bytes>,
     body: Bytes,
+    progress: Option<Arc<BodyProgress>>,
 ) -> Result<(), h3::error::StreamError>
 where
     S: quic::SendStream<Bytes>,
 {
-    LENT.scope(body.clone(), stream.send_data(body)).await
+    let lent = Lent {
+        body: body.clone(),
+        progress,
+    };
+    LENT.scope(lent, stream.send_data(body)).await
 }
 
 /// A future polled again and again as a stream (quinn's accept and open futures are not
@@ -271,7 +285,8 @@ impl SendStream {
 
     /// The lent body, from where `rest` starts, if `rest` is its tail in the same memory.
     fn lent_tail(rest: &[u8]) -> Option<Bytes> {
-        LENT.try_with(|body| {
+        LENT.try_with(|lent| {
+            let body = &lent.body;
             let start = body.len().checked_sub(rest.len())?;
             let tail = &body[start..];
             (!rest.is_empty() && tail.as_ptr() == rest.as_ptr()).then(|| body.slice(start..))
@@ -279,24 +294,38 @@ impl SendStream {
         .ok()
         .flatten()
     }
+
+    /// quinn has taken the lent body but its last `left` bytes.
+    fn count_lent(left: usize) {
+        let _ = LENT.try_with(|lent| {
+            if let Some(p) = &lent.progress {
+                let len = lent.body.len();
+                p.handed_on(len.saturating_sub(left) as u64, left == 0);
+            }
+        });
+    }
 }
 
 impl quic::SendStream<Bytes> for SendStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
         if let Some(data) = self.writing.as_mut() {
             while data.has_remaining() {
-                let written = match Self::lent_tail(data.chunk()) {
+                match Self::lent_tail(data.chunk()) {
                     Some(tail) => {
                         // quinn keeps the `Bytes` (a reference) until the peer acknowledges them.
                         let mut bufs = [tail];
-                        ready!(pin!(self.stream.write_chunks(&mut bufs)).poll(cx))
+                        let written = ready!(pin!(self.stream.write_chunks(&mut bufs)).poll(cx))
                             .map_err(write_error)?
-                            .bytes
+                            .bytes;
+                        data.advance(written);
+                        Self::count_lent(data.remaining());
                     }
-                    None => ready!(pin!(self.stream.write(data.chunk())).poll(cx))
-                        .map_err(write_error)?,
-                };
-                data.advance(written);
+                    None => {
+                        let written = ready!(pin!(self.stream.write(data.chunk())).poll(cx))
+                            .map_err(write_error)?;
+                        data.advance(written);
+                    }
+                }
             }
         }
         self.writing = None;
@@ -438,7 +467,11 @@ mod tests {
     async fn only_the_lent_bodys_own_memory_goes_by_reference() {
         let body = Bytes::from(vec![7u8; 1000]);
         let copy = body.to_vec();
-        LENT.scope(body.clone(), async {
+        let lent = Lent {
+            body: body.clone(),
+            progress: None,
+        };
+        LENT.scope(lent, async {
             // The frame header is written: what remains is the body itself.
             let tail = SendStream::lent_tail(&body[10..]).expect("the body's tail");
             assert_eq!(tail.as_ptr(), body[10..].as_ptr());
