@@ -169,6 +169,9 @@ struct SimJob {
     delivered: RangeSet,
 }
 
+/// Sees each action with the virtual time it was emitted at.
+type Observer = Box<dyn FnMut(Time, &Action)>;
+
 /// A run of one scenario.
 pub struct Sim {
     engine: Engine,
@@ -189,7 +192,7 @@ pub struct Sim {
     jobs: BTreeMap<JobId, SimJob>,
     report: Report,
     /// Sees every action as the engine emits it, with the virtual time.
-    observer: Option<Box<dyn FnMut(Time, &Action)>>,
+    observer: Option<Observer>,
 }
 
 /// Hard bound on simulation steps, so a broken engine cannot loop forever.

@@ -276,3 +276,68 @@ fn a_body_all_handed_on_waits_for_its_answer_under_the_deadline() {
         "a sent body awaiting its answer is not stalled"
     );
 }
+
+#[test]
+fn while_the_link_looks_cut_even_a_changed_server_state_is_read_again_within_a_second() {
+    // After a cut, requests from before it may land late and the server then holds other
+    // chunk boundaries; fetching its state again must not wait out a grown backoff.
+    let mut e = engine();
+    let req = one_chunk_out(&mut e);
+    let mut t = secs(5.0);
+    let mut req = req;
+    // Several stalls in a row (the backoff grows with each).
+    for _ in 0..6 {
+        e.handle(
+            t,
+            Event::RequestProgress {
+                req,
+                bytes: 0,
+                all: false,
+                moved_at: Time::ZERO,
+            },
+        );
+        e.handle_timeout(t);
+        assert!(abandoned(&mut e, req));
+        t = e.poll_timeout().expect("a retry");
+        e.handle_timeout(t);
+        req = next_put(&mut e, t);
+        t = t + Duration::from_secs(5);
+    }
+    e.handle(
+        t,
+        Event::RequestFailed {
+            req,
+            failure: uplink_engine::Failure::StateChanged,
+        },
+    );
+    let delay = std::iter::from_fn(|| e.poll_action())
+        .find_map(|a| match a {
+            Action::Retrying { delay, .. } => Some(delay),
+            _ => None,
+        })
+        .expect("a retry is reported");
+    assert!(
+        delay <= Duration::from_secs(1),
+        "state fetched again after {delay:?}"
+    );
+}
+
+/// Answers reads until the engine sends a chunk; returns that request.
+fn next_put(e: &mut Engine, t: Time) -> u64 {
+    for _ in 0..100 {
+        match e.poll_action() {
+            Some(Action::PutChunk { req, .. }) => return req,
+            Some(Action::Read { job, offset, .. }) => e.handle(
+                t,
+                Event::ReadDone {
+                    job,
+                    offset,
+                    saving: None,
+                },
+            ),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    panic!("the chunk did not go again");
+}

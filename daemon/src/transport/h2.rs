@@ -5,8 +5,9 @@
 //! window. A lane whose connection died reconnects on its next request. Each connection
 //! asks for BBR (see [`super::congestion`]): CUBIC collapses under random loss.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
@@ -15,8 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use super::congestion;
+use super::progress::LinkWatch;
 use super::{Endpoint, LinkInfo, TransportError, WireRequest, WireResponse};
+use super::{congestion, tcp_watch};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per-stream receive window we advertise (answers are small; uploads use the server's).
@@ -30,10 +32,17 @@ mod body;
 
 type Sender = SendRequest<body::PiecedBody>;
 
+/// A lane's connection: where to send, and the kernel's word on whether it moves.
+#[derive(Clone)]
+struct Lane {
+    send: Sender,
+    watch: Arc<LinkWatch>,
+}
+
 pub struct H2Pool {
     endpoint: Endpoint,
     tls: TlsConnector,
-    lanes: Vec<tokio::sync::Mutex<Option<Sender>>>,
+    lanes: Vec<tokio::sync::Mutex<Option<Lane>>>,
     connected: Arc<AtomicU32>,
     last_connect_ms: AtomicU64,
     /// The congestion control of the latest connection.
@@ -90,10 +99,11 @@ impl H2Pool {
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
-    async fn sender(&self, lane: usize) -> Result<Sender, TransportError> {
+    async fn sender(&self, lane: usize) -> Result<Lane, TransportError> {
         let mut slot = self.lanes[lane % self.lanes.len()].lock().await;
         if let Some(s) = slot.as_ref()
-            && !s.is_closed()
+            && !s.send.is_closed()
+            && !s.watch.stale()
         {
             return Ok(s.clone());
         }
@@ -103,7 +113,7 @@ impl H2Pool {
         Ok(s)
     }
 
-    async fn connect(&self) -> Result<Sender, TransportError> {
+    async fn connect(&self) -> Result<Lane, TransportError> {
         let started = Instant::now();
         let ep = &self.endpoint;
         let addrs: Vec<_> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
@@ -116,6 +126,8 @@ impl H2Pool {
         let tcp = super::happy::connect(&addrs, CONNECT_TIMEOUT).await?;
         let _ = tcp.set_nodelay(true);
         let choice = congestion::prefer_bbr(&tcp);
+        // A duplicate of the socket for the watcher (none if the system is out of fds).
+        let socket = tcp.as_fd().try_clone_to_owned().ok();
         if !choice.note.is_empty() {
             tracing::debug!(algorithm = %choice.algorithm, note = %choice.note, "TCP congestion control");
         }
@@ -149,15 +161,25 @@ impl H2Pool {
             .map_err(|e| TransportError::Http(e.to_string()))?;
         let connected = Arc::clone(&self.connected);
         connected.fetch_add(1, Ordering::Relaxed);
+        let watch = Arc::new(LinkWatch::default());
+        let ended = Arc::new(AtomicBool::new(false));
+        if let Some(socket) = socket {
+            tokio::spawn(tcp_watch::watch(
+                socket,
+                Arc::clone(&watch),
+                Arc::clone(&ended),
+            ));
+        }
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP/2 connection ended");
             }
+            ended.store(true, Ordering::Relaxed);
             connected.fetch_sub(1, Ordering::Relaxed);
         });
         self.last_connect_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        Ok(send)
+        Ok(Lane { send, watch })
     }
 
     /// Sends one request and reads its answer, within the request's timeout.
@@ -170,7 +192,13 @@ impl H2Pool {
     }
 
     async fn request_inner(&self, req: WireRequest) -> Result<WireResponse, TransportError> {
-        let mut sender = self.sender(req.lane).await?;
+        let Lane {
+            send: mut sender,
+            watch,
+        } = self.sender(req.lane).await?;
+        if let Some(p) = &req.progress {
+            p.watch_link(watch);
+        }
         let mut builder = http::Request::builder()
             .method(req.method)
             .uri(format!("https://{}{}", self.endpoint.authority, req.path));

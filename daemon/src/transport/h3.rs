@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use quinn::crypto::rustls::QuicClientConfig;
 
+use super::progress::LinkWatch;
 use super::{Endpoint, TransportError, WireRequest, WireResponse};
 
 pub const ALPN_H3: &[u8] = b"h3";
@@ -67,6 +68,29 @@ impl Handshake {
 struct Live {
     conn: quinn::Connection,
     send: Sender,
+    watch: Arc<LinkWatch>,
+}
+
+/// How often a connection's watcher looks whether it still hears from its peer.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps `watch` up to date for `conn` until the connection closes: waiting on the peer
+/// since the last datagram received, when datagrams went out after it.
+async fn watch_connection(conn: quinn::Connection, watch: Arc<LinkWatch>) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = (0u64, Instant::now(), 0u64);
+    while conn.close_reason().is_none() {
+        tick.tick().await;
+        let stats = conn.stats();
+        let (rx, tx) = (stats.udp_rx.datagrams, stats.udp_tx.datagrams);
+        if rx > heard.0 {
+            heard = (rx, Instant::now(), tx);
+            watch.set_waiting(None);
+        } else if tx > heard.2 {
+            watch.set_waiting(Some(heard.1));
+        }
+    }
 }
 
 pub struct H3Client {
@@ -174,19 +198,23 @@ impl H3Client {
         self.current().is_some()
     }
 
-    async fn sender(&self) -> Result<Sender, TransportError> {
+    async fn sender(&self) -> Result<(Sender, Arc<LinkWatch>), TransportError> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref()
             && l.conn.close_reason().is_none()
         {
-            return Ok(l.send.clone());
+            if !l.watch.stale() {
+                return Ok((l.send.clone(), Arc::clone(&l.watch)));
+            }
+            tracing::info!("HTTP/3 connection silent for 5 s with data out: replacing it");
+            l.conn.close(0u32.into(), b"stalled");
         }
         *live = None;
         let fresh = self.connect().await?;
-        let send = fresh.send.clone();
+        let out = (fresh.send.clone(), Arc::clone(&fresh.watch));
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.conn.clone());
         *live = Some(fresh);
-        Ok(send)
+        Ok(out)
     }
 
     /// Closes the connection; the TLS ticket stays, so the next connect is 0-RTT.
@@ -253,7 +281,9 @@ impl H3Client {
         self.last_connect_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         tracing::debug!(%addr, early_data, "HTTP/3 connected");
-        Ok(Live { conn, send })
+        let watch = Arc::new(LinkWatch::default());
+        tokio::spawn(watch_connection(conn.clone(), Arc::clone(&watch)));
+        Ok(Live { conn, send, watch })
     }
 
     /// One request on its own QUIC stream.
@@ -266,7 +296,10 @@ impl H3Client {
     }
 
     async fn request_inner(&self, req: &WireRequest) -> Result<WireResponse, TransportError> {
-        let mut send = self.sender().await?;
+        let (mut send, watch) = self.sender().await?;
+        if let Some(p) = &req.progress {
+            p.watch_link(watch);
+        }
         let h3err = |e: &dyn std::fmt::Display| TransportError::Http(format!("HTTP/3: {e}"));
         let mut builder = http::Request::builder()
             .method(req.method.clone())

@@ -9,6 +9,7 @@ pub mod h2;
 pub mod h3;
 pub mod happy;
 pub mod progress;
+pub mod tcp_watch;
 pub mod tls;
 
 use std::sync::Arc;

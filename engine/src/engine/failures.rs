@@ -56,17 +56,15 @@ impl Engine {
             } => (code, message, retry_after),
             Failure::Stalled { message } => ("stalled".to_string(), message, None),
         };
-        let stall_retry = self.cfg.stall_retry;
+        let cap = self.retry_cap(stalled);
         let now = self.now;
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let mut delay = job
+        let delay = job
             .backoff
-            .fail_request(&mut self.rng, retry_after, r.started, now);
-        if stalled {
-            delay = delay.min(stall_retry);
-        }
+            .fail_request(&mut self.rng, retry_after, r.started, now)
+            .min(cap);
         let when = now + delay;
         let why = match r.kind {
             ReqKind::Chunk { offset, .. } => {
@@ -100,6 +98,16 @@ impl Engine {
         });
     }
 
+    /// The longest a retry waits. While the link looks cut, every retry is a cheap probe
+    /// (a failed connect, a re-read of the server's state too), so the upload goes on
+    /// within a second or so of the link's return.
+    fn retry_cap(&self, stalled: bool) -> Duration {
+        match stalled || self.probing {
+            true => self.cfg.stall_retry,
+            false => Duration::MAX,
+        }
+    }
+
     /// Another request holds a chunk's bytes on the server: this chunk waits `delay`; the
     /// job's backoff does not grow (nothing is wrong with the network), and other chunks go on.
     fn chunk_busy(&mut self, id: JobId, offset: u64, delay: Duration) {
@@ -128,7 +136,10 @@ impl Engine {
             return;
         };
         self.release_chunks(id, &mut job);
-        let delay = job.backoff.fail(&mut self.rng, None);
+        let delay = job
+            .backoff
+            .fail(&mut self.rng, None)
+            .min(self.retry_cap(false));
         job.claimed = job.acked.clone();
         job.phase = Phase::NeedSession;
         job.not_before = now + delay;

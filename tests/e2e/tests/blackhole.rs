@@ -1,7 +1,7 @@
 //! A 30 s blackhole in the middle of an upload, through netsim (100 Mbit/s, 50 ms RTT),
-//! over HTTP/3 and over HTTP/2: the daemon reports the stall within a few seconds of the
-//! cut, probes while the path is dead, goes on soon after it returns, and the file
-//! arrives intact. Bounded: the upload must end within two minutes of the path's return.
+//! over HTTP/3 and over HTTP/2: the daemon reports the stall 5 s after the cut (what the
+//! seed asks: no progress for 5 s), probes while the path is dead, acknowledges again
+//! within 2 s of its return, and the file arrives intact. Bounded: the upload must end within two minutes of the path's return.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -127,12 +127,27 @@ fn cut_mid_upload(name: &str, server_args: &[&str], protocol: &str) {
         record["chunks_resent"],
         record["protocol"]
     );
-    // The engine's window is 5 s after the last byte moved; the path's last bytes may
-    // still find credit for a round trip or so after the cut.
-    assert!(stall - cut <= 6_000, "stall reported {} ms after the cut", stall - cut);
+    // The engine's window is 5 s after the connection last heard from the server; the
+    // watchers look every 200 ms and events take a moment to reach the CLI.
     assert!(
-        resumed - back <= 5_000,
-        "first acknowledgement {} ms after the return",
+        stall - cut <= 6_000,
+        "stall reported {} ms after the cut",
+        stall - cut
+    );
+    let story: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "retrying" && at(e) >= cut)
+        .map(|e| {
+            format!(
+                "{:+} ms: {}",
+                at(e) as i64 - back as i64,
+                e["detail"]["why"]
+            )
+        })
+        .collect();
+    assert!(
+        resumed - back <= 2_000,
+        "first acknowledgement {} ms after the return; retries (ms from the return): {story:#?}",
         resumed - back
     );
 }

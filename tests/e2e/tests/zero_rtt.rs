@@ -30,6 +30,7 @@ async fn ping(h3: &H3Client) -> Result<WireResponse, TransportError> {
         body: Bytes::new(),
         lane: 0,
         timeout: Duration::from_secs(10),
+        progress: None,
     })
     .await
 }
