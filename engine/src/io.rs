@@ -100,7 +100,8 @@ pub enum Event {
         message: String,
     },
     /// Bytes of a request's body (as sent: compressed or not) the transport has handed
-    /// on so far, and whether that is all of it. For stall detection: report at any time,
+    /// on so far, and whether that is all of it (then only `moved_at` is judged: a driver
+    /// that cannot tell whether the handed-on bytes still move reports the current time). For stall detection: report at any time,
     /// and for every body request when the engine's timer fires, before
     /// [`crate::Engine::handle_timeout`]. Optional: without reports only deadlines watch.
     RequestProgress {

@@ -257,23 +257,30 @@ fn without_progress_reports_only_the_deadline_watches() {
 }
 
 #[test]
-fn a_body_all_handed_on_waits_for_its_answer_under_the_deadline() {
+fn a_body_all_handed_on_is_judged_by_when_it_last_moved_not_by_its_bytes() {
     let mut e = engine();
     let req = one_chunk_out(&mut e);
-    e.handle(
-        secs(1.0),
-        Event::RequestProgress {
+    // The whole body went into the transport's buffers at once; the bytes stop there, but
+    // the driver keeps saying the connection moves them.
+    for t in [1.0, 5.0, 10.0, 15.0] {
+        let t = secs(t);
+        let progress = Event::RequestProgress {
             req,
             bytes: 4 * MIB,
             all: true,
-            moved_at: secs(1.0),
-        },
-    );
-    e.handle_timeout(secs(6.0));
-    e.handle_timeout(secs(10.5));
+            moved_at: t,
+        };
+        e.handle(t, progress);
+        e.handle_timeout(t);
+        assert!(!abandoned(&mut e, req), "judged by its bytes at {t:?}");
+    }
+    // Then the connection goes silent: five seconds later the request is stalled.
+    e.handle_timeout(secs(19.0));
+    assert!(!abandoned(&mut e, req));
+    e.handle_timeout(secs(20.0));
     assert!(
-        !abandoned(&mut e, req),
-        "a sent body awaiting its answer is not stalled"
+        abandoned(&mut e, req),
+        "silent for 5 s after the body was handed on"
     );
 }
 

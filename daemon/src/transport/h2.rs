@@ -36,7 +36,8 @@ type Sender = SendRequest<body::PiecedBody>;
 #[derive(Clone)]
 struct Lane {
     send: Sender,
-    watch: Arc<LinkWatch>,
+    /// None where the kernel cannot be asked (not Linux, or no descriptor to spare).
+    watch: Option<Arc<LinkWatch>>,
 }
 
 pub struct H2Pool {
@@ -103,7 +104,7 @@ impl H2Pool {
         let mut slot = self.lanes[lane % self.lanes.len()].lock().await;
         if let Some(s) = slot.as_ref()
             && !s.send.is_closed()
-            && !s.watch.stale()
+            && !s.watch.as_ref().is_some_and(|w| w.stale())
         {
             return Ok(s.clone());
         }
@@ -161,15 +162,16 @@ impl H2Pool {
             .map_err(|e| TransportError::Http(e.to_string()))?;
         let connected = Arc::clone(&self.connected);
         connected.fetch_add(1, Ordering::Relaxed);
-        let watch = Arc::new(LinkWatch::default());
         let ended = Arc::new(AtomicBool::new(false));
-        if let Some(socket) = socket {
+        let watch = socket.filter(|_| tcp_watch::SUPPORTED).map(|socket| {
+            let watch = Arc::new(LinkWatch::default());
             tokio::spawn(tcp_watch::watch(
                 socket,
                 Arc::clone(&watch),
                 Arc::clone(&ended),
             ));
-        }
+            watch
+        });
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP/2 connection ended");
@@ -196,7 +198,7 @@ impl H2Pool {
             send: mut sender,
             watch,
         } = self.sender(req.lane).await?;
-        if let Some(p) = &req.progress {
+        if let (Some(p), Some(watch)) = (&req.progress, watch) {
             p.watch_link(watch);
         }
         let mut builder = http::Request::builder()

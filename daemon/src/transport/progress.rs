@@ -97,15 +97,25 @@ impl BodyProgress {
         }
     }
 
+    /// Whether a connection watch says when the body moves.
+    pub fn watched(&self) -> bool {
+        self.link.get().is_some()
+    }
+
     pub fn read(&self) -> Reading {
         let mut moved_us = self.moved_us.load(Ordering::Relaxed);
-        let mut all = self.all.load(Ordering::Relaxed);
-        if let Some(link) = self.link.get() {
+        let all = self.all.load(Ordering::Relaxed);
+        let as_us = |t: Instant| t.saturating_duration_since(self.epoch).as_micros() as u64;
+        match self.link.get() {
             // Handed on is not across: the connection says whether bytes still move.
-            all = false;
-            let moved = link.waiting_since().unwrap_or_else(Instant::now);
-            let us = moved.saturating_duration_since(self.epoch).as_micros() as u64;
-            moved_us = moved_us.max(us);
+            Some(link) => {
+                let moved = link.waiting_since().unwrap_or_else(Instant::now);
+                moved_us = moved_us.max(as_us(moved));
+            }
+            // All handed on and nothing watches the connection: no way to tell, so it
+            // counts as moving (the request's deadline still watches it).
+            None if all => moved_us = as_us(Instant::now()),
+            None => {}
         }
         Reading {
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -135,6 +145,9 @@ mod tests {
         let last = p.read();
         assert_eq!((last.bytes, last.all), (250, true));
         assert!(last.moved_us > first.moved_us);
+        // All handed on, no watch: it counts as moving from then on.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(p.read().moved_us > last.moved_us);
     }
 
     #[test]
@@ -143,14 +156,11 @@ mod tests {
         let p = BodyProgress::new(epoch);
         let link = Arc::new(LinkWatch::default());
         p.watch_link(Arc::clone(&link));
-        // quinn took the whole body at once: that is not the end of it.
+        // quinn took the whole body at once: its bytes say no more, the link does.
         p.handed_on(100, true);
         std::thread::sleep(std::time::Duration::from_millis(5));
         let hearing = p.read();
-        assert!(
-            !hearing.all,
-            "a body taken into the send window is still on its way"
-        );
+        assert!(hearing.all);
         assert!(
             hearing.moved_us >= 5_000,
             "a connection that hears its peer is moving"

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::progress::LinkWatch;
 
+/// Whether this system lets us ask (Linux's `TCP_INFO`).
+pub const SUPPORTED: bool = cfg!(target_os = "linux");
+
 /// How often the watcher looks.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 

@@ -14,8 +14,10 @@
 //! shows progress within a round trip or two of the link's return.
 //!
 //! Progress also restarts the request's deadline, so a slow but moving chunk is never cut
-//! off by a watchdog sized for a faster link. A request whose body is all handed on waits
-//! for its answer under the deadline alone, and so does one whose driver reports nothing.
+//! off by a watchdog sized for a faster link. Once a body is all handed on only the idle
+//! rule applies (the driver keeps saying when it last moved: over a watched connection,
+//! until its peer acknowledged it; where it cannot tell, "now"); a request whose driver
+//! reports nothing is watched by its deadline alone.
 
 use std::time::Duration;
 
@@ -23,9 +25,9 @@ use super::{Engine, Req, ReqKind};
 use crate::Time;
 use crate::io::{Action, Failure, ReqId};
 
-/// The request's body is still going: it is judged for stalls.
-fn body_going(r: &Req) -> bool {
-    matches!(r.kind, ReqKind::Chunk { .. } | ReqKind::Whole) && !r.handed_on
+/// A request with a body: it is judged for stalls.
+fn has_body(r: &Req) -> bool {
+    matches!(r.kind, ReqKind::Chunk { .. } | ReqKind::Whole)
 }
 
 /// A request's verdict at one moment.
@@ -52,7 +54,9 @@ impl Engine {
     /// When `r` is next judged, if it is judged at all.
     pub(super) fn stall_check_at(&self, r: &Req) -> Option<Time> {
         let w = self.cfg.stall_window;
-        body_going(r).then(|| (r.window.0 + w).min(r.moved_at + w))
+        let idle = r.moved_at + w;
+        let slow = (!r.handed_on).then_some(r.window.0 + w);
+        has_body(r).then(|| slow.map_or(idle, |s| s.min(idle)))
     }
 
     /// A body that moved at `rate` (bytes/s) says the link carries at most `rate` per
@@ -96,7 +100,8 @@ impl Engine {
         if r.moved_at + window <= now {
             return Verdict::Idle(now.since(r.moved_at));
         }
-        if r.window.0 + window <= now {
+        // Once the body is all handed on, its bytes say nothing more: only the idle rule.
+        if !r.handed_on && r.window.0 + window <= now {
             let moved = sent - r.window.1;
             if (moved as f64) < least {
                 let over = now.since(r.window.0);
@@ -115,7 +120,7 @@ impl Engine {
         loop {
             let mut stalled = None;
             for (id, r) in self.reqs.iter_mut() {
-                if !body_going(r) {
+                if !has_body(r) {
                     continue;
                 }
                 match Self::judge(r, now, window, least) {

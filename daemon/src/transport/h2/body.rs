@@ -14,20 +14,31 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::transport::progress::BodyProgress;
 
-/// One HTTP/2 DATA frame's worth (the default maximum frame size).
+/// One HTTP/2 DATA frame's worth (the default maximum frame size): the pace of the count
+/// where nothing else says whether the body moves.
 const PIECE: usize = 16 * 1024;
+/// Where the kernel watches the connection (`tcp_watch`), the count is not needed and the
+/// body goes whole, as one frame: pieces cost hyper and h2 an allocation each and slow
+/// the stream (loopback 1 GiB: 2.3 s whole, 3.6 s in 1 MiB pieces, 4.9 s in 16 KiB).
+const WATCHED_PIECE: usize = usize::MAX;
 
 pub struct PiecedBody {
     data: Bytes,
     at: usize,
+    piece: usize,
     progress: Option<Arc<BodyProgress>>,
 }
 
 impl PiecedBody {
     pub fn new(data: Bytes, progress: Option<Arc<BodyProgress>>) -> PiecedBody {
+        let piece = match progress.as_ref().is_some_and(|p| p.watched()) {
+            true => WATCHED_PIECE,
+            false => PIECE,
+        };
         PiecedBody {
             data,
             at: 0,
+            piece,
             progress,
         }
     }
@@ -46,7 +57,7 @@ impl Body for PiecedBody {
             return Poll::Ready(None);
         }
         let start = this.at;
-        let end = (start + PIECE).min(this.data.len());
+        let end = start.saturating_add(this.piece).min(this.data.len());
         let piece = this.data.slice(start..end);
         this.at = end;
         if let Some(p) = &this.progress {
