@@ -8,25 +8,9 @@ use std::time::Duration;
 use uplink_engine::sim::{Change, Link, Report, Scenario, Sim};
 use uplink_engine::{Config, JobSpec, Time};
 
-const MIB: u64 = 1 << 20;
+mod common;
+use common::{MIB, add, secs};
 const GIB: u64 = 1 << 30;
-
-fn secs(s: f64) -> Time {
-    Time::from_micros((s * 1e6) as u64)
-}
-
-fn add(job: u64, size: u64) -> Change {
-    Change::AddJob {
-        job,
-        spec: JobSpec {
-            size,
-            priority: 0,
-            has_session: false,
-        },
-        stored: vec![],
-        saving: 0.0,
-    }
-}
 
 fn scenario(link: Link, changes: Vec<(Time, Change)>) -> Scenario {
     Scenario {

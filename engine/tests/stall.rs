@@ -9,24 +9,8 @@ use std::time::Duration;
 use uplink_engine::sim::{Change, Link, Scenario, Sim};
 use uplink_engine::{Action, Config, Engine, Event, JobSpec, Time};
 
-const MIB: u64 = 1 << 20;
-
-fn secs(s: f64) -> Time {
-    Time::from_micros((s * 1e6) as u64)
-}
-
-fn add(job: u64, size: u64) -> Change {
-    Change::AddJob {
-        job,
-        spec: JobSpec {
-            size,
-            priority: 0,
-            has_session: false,
-        },
-        stored: vec![],
-        saving: 0.0,
-    }
-}
+mod common;
+use common::{MIB, add, secs};
 
 /// What a run showed, action by action: retries (time, why) and acknowledged bytes over time.
 #[derive(Default)]
