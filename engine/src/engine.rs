@@ -17,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use crate::breaker::Breaker;
 use crate::estimator::Estimator;
 use crate::io::{Action, Event, Failure, JobId, JobSpec, ReqId};
 use crate::job::{ChunkState, Job, Phase};
@@ -28,6 +29,7 @@ use crate::{Time, pool};
 mod failures;
 mod schedule;
 mod stall;
+pub mod watchdog;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -85,6 +87,12 @@ pub struct Config {
     /// nothing, and a link that is back should be used at once: while the link is dead the
     /// retries are cheap probes, each stalling in its turn.
     pub stall_retry: Duration,
+    /// A job with requests out and nothing moving or answered this long gets fresh
+    /// connections and the server's state read again (the seed's 60 s session watchdog).
+    pub session_watchdog: Duration,
+    /// A job with requests out and nothing acknowledged this long is restarted from the
+    /// server's state, every byte it holds verified again (the seed's 300 s global watchdog).
+    pub global_watchdog: Duration,
 }
 
 impl Default for Config {
@@ -112,6 +120,8 @@ impl Default for Config {
             stall_window: Duration::from_secs(5),
             stall_min_rate: 8.0 * KIB as f64,
             stall_retry: Duration::from_secs(1),
+            session_watchdog: Duration::from_secs(60),
+            global_watchdog: Duration::from_secs(300),
         }
     }
 }
@@ -143,6 +153,8 @@ struct Req {
     window: (Time, u64),
     /// When the body last moved, as far as the driver said (its start until then).
     moved_at: Time,
+    /// Sent while the circuit breaker was half-open: its outcome decides.
+    probe: bool,
 }
 
 /// What the engine is doing, for Status.
@@ -157,6 +169,9 @@ pub struct Snapshot {
     pub buffers_in_use: usize,
     pub jobs_active: usize,
     pub jobs_queued: usize,
+    /// The endpoint's circuit breaker and health score (0-100).
+    pub circuit: crate::breaker::State,
+    pub health: f64,
 }
 
 /// A job's standing, for its record and Status.
@@ -185,6 +200,7 @@ pub struct Engine {
     next_req: ReqId,
     next_seq: u64,
     estimator: Estimator,
+    breaker: Breaker,
     tier: Option<Tier>,
     last_retune: Option<Time>,
     /// Chunks acknowledged on this link: a cold link's chunk size doubles with each, so a
@@ -222,6 +238,7 @@ impl Engine {
             next_req: 1,
             next_seq: 0,
             estimator: Estimator::new(),
+            breaker: Breaker::default(),
             tier: None,
             last_retune: None,
             cold_acks: 0,
@@ -282,6 +299,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = self.now.max(now);
         self.check_stalls();
+        self.check_watchdogs();
         while let Some(id) = self.first_expired() {
             if let Some(r) = self.reqs.remove(&id) {
                 self.actions.push_back(Action::Abandon { req: id });
@@ -316,7 +334,15 @@ impl Engine {
             .filter_map(|(_, _, id)| self.jobs.get(id)?.next_attempt(self.now));
         let ramp = self.ramp_blocked().then(|| self.ramp_next()).flatten();
         let stalls = self.reqs.values().filter_map(|r| self.stall_check_at(r));
-        deadlines.chain(retries).chain(ramp).chain(stalls).min()
+        let circuit = self.breaker.open_until();
+        let watchdogs = self.next_watchdog();
+        deadlines
+            .chain(retries)
+            .chain(ramp)
+            .chain(stalls)
+            .chain(circuit)
+            .chain(watchdogs)
+            .min()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -329,6 +355,8 @@ impl Engine {
             buffers_in_use: self.slots,
             jobs_active: self.active.len(),
             jobs_queued: self.queue.len(),
+            circuit: self.breaker.state(self.now),
+            health: self.breaker.score(),
         }
     }
 
@@ -442,6 +470,9 @@ impl Engine {
         job.phase = Phase::Transfer;
         job.backoff.succeed();
         job.meter.record(self.now, job.acked.len());
+        job.alive_at = self.now;
+        job.acked_at = self.now;
+        self.endpoint_succeeded();
     }
 
     fn read_done(&mut self, id: JobId, offset: u64, saving: Option<f32>) {
@@ -469,6 +500,11 @@ impl Engine {
         self.end_request_accounting(r.kind);
         if matches!(r.kind, ReqKind::Chunk { .. } | ReqKind::Whole) {
             self.probing = false;
+        }
+        self.endpoint_succeeded();
+        if let Some(job) = self.jobs.get_mut(&r.job) {
+            job.alive_at = self.now;
+            job.acked_at = self.now;
         }
         match r.kind {
             ReqKind::Session => self.session_ready_inner(r),
@@ -616,6 +652,7 @@ impl Engine {
     fn new_req(&mut self, job: JobId, kind: ReqKind, timeout: Duration) -> ReqId {
         let id = self.next_req;
         self.next_req += 1;
+        self.start_watchdogs(job);
         self.reqs.insert(
             id,
             Req {
@@ -629,6 +666,10 @@ impl Engine {
                 handed_on: false,
                 window: (self.now, 0),
                 moved_at: self.now,
+                probe: matches!(
+                    self.breaker.state(self.now),
+                    crate::breaker::State::HalfOpen { .. }
+                ),
             },
         );
         id
@@ -657,7 +698,13 @@ impl Engine {
             }
         };
         let failures = self.jobs.get(&job).map_or(0, |j| j.backoff.failures());
-        base.saturating_mul(1 << failures.min(6))
+        let timeout = base.saturating_mul(1 << failures.min(6));
+        if self.probing && bytes == 0 {
+            // The link looks cut: a session call is a probe like any other, and one sent
+            // into the dead link must not hold the job long after the link returns.
+            return timeout.min(self.cfg.stall_window);
+        }
+        timeout
     }
 
     fn lane(&mut self, avoid: Option<usize>) -> usize {

@@ -30,10 +30,13 @@ pub struct JobSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// Worth trying again (network trouble, 5xx, timeouts). `retry_after` is the server's.
+    /// `endpoint`: the endpoint itself answered with trouble (a 5xx, a 429, a refused
+    /// connection), which counts toward its circuit breaker; silence and broken paths do not.
     Transient {
         code: String,
         message: String,
         retry_after: Option<Duration>,
+        endpoint: bool,
     },
     /// Another request holds these bytes on the server right now (409 `chunk_in_progress`:
     /// typically a crashed run's chunk still being written). Not network trouble: try the
@@ -54,11 +57,35 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Network trouble that is not the endpoint's answer (a reset, a timeout).
     pub fn transient(code: &str, message: impl Into<String>) -> Failure {
         Failure::Transient {
             code: code.into(),
             message: message.into(),
             retry_after: None,
+            endpoint: false,
+        }
+    }
+
+    /// The endpoint answered with trouble worth retrying (a 5xx, a refused connection).
+    pub fn endpoint(code: &str, message: impl Into<String>) -> Failure {
+        Failure::Transient {
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+            endpoint: true,
+        }
+    }
+
+    /// Did the endpoint answer this failure (the server is there, whatever it said)?
+    pub fn answered(&self) -> bool {
+        match self {
+            Failure::Transient { endpoint, .. } => *endpoint,
+            Failure::Stalled { .. } => false,
+            Failure::Busy { .. }
+            | Failure::SessionLost
+            | Failure::StateChanged
+            | Failure::Permanent { .. } => true,
         }
     }
 
@@ -66,6 +93,26 @@ impl Failure {
         Failure::Permanent {
             code: code.into(),
             message: message.into(),
+        }
+    }
+}
+
+/// Which watchdog fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watchdog {
+    /// Nothing of the job moved for the session window: new connections, the server's
+    /// state read again, resume from what it holds.
+    Session,
+    /// Nothing of the job was acknowledged for the global window: the same, and every
+    /// byte the server holds verified again.
+    Global,
+}
+
+impl Watchdog {
+    pub fn name(self) -> &'static str {
+        match self {
+            Watchdog::Session => "session_watchdog",
+            Watchdog::Global => "global_watchdog",
         }
     }
 }
@@ -128,9 +175,14 @@ pub enum Event {
 pub enum Action {
     /// Create a server session for the job, then answer [`Event::SessionReady`].
     CreateSession { req: ReqId, job: JobId },
-    /// Ask the server what it holds (and verify against the checkpoint), then answer
-    /// [`Event::SessionReady`].
-    FetchState { req: ReqId, job: JobId },
+    /// Ask the server what it holds and verify it, then answer [`Event::SessionReady`]:
+    /// what the checkpoint does not vouch for is re-hashed; with `verify_all` (after the
+    /// global watchdog fired) everything the server holds is.
+    FetchState {
+        req: ReqId,
+        job: JobId,
+        verify_all: bool,
+    },
     /// Read and hash `len` bytes at `offset` into a buffer.
     Read { job: JobId, offset: u64, len: u64 },
     /// Send a chunk already read; `compress` chooses LZ4 on the wire.
@@ -148,6 +200,21 @@ pub enum Action {
     Complete { req: ReqId, job: JobId },
     /// Stop a request; no answer for it is expected any more.
     Abandon { req: ReqId },
+    /// Open fresh connections for the requests that follow (those out may finish on the
+    /// old ones): a watchdog found a job hung.
+    Reconnect,
+    /// A watchdog fired for `job` (see [`crate::engine::watchdog`]); what it does follows
+    /// as other actions.
+    Watchdog {
+        job: JobId,
+        layer: Watchdog,
+        why: String,
+    },
+    /// The endpoint's circuit breaker changed state.
+    Circuit {
+        state: crate::breaker::State,
+        why: String,
+    },
     /// Drop a chunk's buffer without sending it.
     Release { job: JobId, offset: u64 },
     /// Make the acknowledged state durable now.

@@ -65,6 +65,12 @@ pub struct Job {
     pub acks_since_checkpoint: u32,
     pub meter: Meter,
     pub last_progress: Option<(Time, u64)>,
+    /// Last sign of life: a body moved or the server answered (the session watchdog).
+    pub alive_at: Time,
+    /// Last acknowledgement (the global watchdog).
+    pub acked_at: Time,
+    /// The next state fetch verifies every byte the server holds (the global watchdog).
+    pub verify_all: bool,
 }
 
 impl Job {
@@ -88,6 +94,9 @@ impl Job {
             acks_since_checkpoint: 0,
             meter: Meter::default(),
             last_progress: None,
+            alive_at: Time::ZERO,
+            acked_at: Time::ZERO,
+            verify_all: false,
         }
     }
 

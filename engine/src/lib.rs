@@ -16,11 +16,12 @@
 //!
 //! Modules, each one job: [`engine`] (scheduling), [`job`] (one job's state), [`io`] (the
 //! events and actions), [`estimator`] (Kalman bandwidth estimate), [`tier`] (speed tiers),
-//! [`backoff`] (the one retry policy), [`pool`] (buffers under memory pressure),
+//! [`backoff`] (the one retry policy), [`breaker`] (the endpoint's circuit breaker), [`pool`] (buffers under memory pressure),
 //! [`ranges`] (byte-range sets), [`sim`] (the simulated link); `small_map` keeps the
 //! per-chunk bookkeeping off the heap in the steady state.
 
 pub mod backoff;
+pub mod breaker;
 pub mod engine;
 pub mod estimator;
 pub mod io;
@@ -34,7 +35,7 @@ pub mod tier;
 mod time;
 
 pub use engine::{Config, Engine, JobView, Snapshot};
-pub use io::{Action, Event, Failure, JobId, JobSpec, ReqId};
+pub use io::{Action, Event, Failure, JobId, JobSpec, ReqId, Watchdog};
 pub use ranges::RangeSet;
 pub use tier::Tier;
 pub use time::Time;

@@ -15,6 +15,7 @@ impl Engine {
         self.end_request_accounting(r.kind);
         let id = r.job;
         let stalled = matches!(failure, Failure::Stalled { .. });
+        self.endpoint_failed(&r, &failure);
         let (code, message, retry_after) = match failure {
             Failure::Permanent { code, message } => {
                 self.fail_job(id, code, message);
@@ -53,6 +54,7 @@ impl Engine {
                 code,
                 message,
                 retry_after,
+                ..
             } => (code, message, retry_after),
             Failure::Stalled { message } => ("stalled".to_string(), message, None),
         };
@@ -61,10 +63,12 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        let circuit = self.breaker.open_until().map(|t| t.since(now));
         let delay = job
             .backoff
             .fail_request(&mut self.rng, retry_after, r.started, now)
-            .min(cap);
+            .min(cap)
+            .max(circuit.unwrap_or(Duration::ZERO));
         let when = now + delay;
         let why = match r.kind {
             ReqKind::Chunk { offset, .. } => {
@@ -96,6 +100,51 @@ impl Engine {
             delay,
             waiting: job.backoff.waiting(),
         });
+    }
+
+    /// Tells the breaker (and the job's session watchdog) how a request ended badly.
+    fn endpoint_failed(&mut self, r: &Req, failure: &Failure) {
+        let answered = failure.answered();
+        if answered && let Some(job) = self.jobs.get_mut(&r.job) {
+            job.alive_at = self.now;
+        }
+        let why = match failure {
+            Failure::Transient { code, message, .. } => format!("{code}: {message}"),
+            Failure::Stalled { message } => format!("stalled: {message}"),
+            other => format!("{other:?}"),
+        };
+        let endpoint = matches!(failure, Failure::Transient { endpoint: true, .. });
+        if let Some(t) = self
+            .breaker
+            .failure(self.now, r.started, endpoint, r.probe, &why)
+        {
+            self.actions.push_back(Action::Circuit {
+                state: t.to,
+                why: t.why,
+            });
+        }
+    }
+
+    /// A request succeeded: the breaker hears it.
+    pub(super) fn endpoint_succeeded(&mut self) {
+        if let Some(t) = self.breaker.success(self.now) {
+            self.actions.push_back(Action::Circuit {
+                state: t.to,
+                why: t.why,
+            });
+        }
+    }
+
+    /// May a request go now? No while the breaker is open; one at a time while half-open.
+    pub(super) fn circuit_admits(&mut self) -> bool {
+        if let Some(t) = self.breaker.half_open_due(self.now) {
+            self.actions.push_back(Action::Circuit {
+                state: t.to,
+                why: t.why,
+            });
+        }
+        let probe_out = self.reqs.values().any(|r| r.probe);
+        self.breaker.admits(self.now, probe_out)
     }
 
     /// The longest a retry waits. While the link looks cut, every retry is a cheap probe

@@ -23,7 +23,7 @@ impl Engine {
     /// Active jobs in service order: by priority, and within a priority starting after the
     /// cursor (round-robin). The list lives in a reused buffer: give it back with
     /// `self.order = order` when done.
-    fn take_service_order(&mut self) -> Vec<JobId> {
+    pub(super) fn take_service_order(&mut self) -> Vec<JobId> {
         let mut out = std::mem::take(&mut self.order);
         out.clear();
         let mut class = self.active.first().map(|k| k.0);
@@ -57,6 +57,13 @@ impl Engine {
         let now = self.now;
         let order = self.take_service_order();
         for &id in &order {
+            let sends = self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| matches!(j.phase, Phase::NeedSession | Phase::Transfer));
+            if sends && !self.circuit_admits() {
+                break;
+            }
             let Some(job) = self.jobs.get(&id) else {
                 continue;
             };
@@ -68,11 +75,17 @@ impl Engine {
                     let timeout = self.timeout_for(id, 0);
                     let req = self.new_req(id, ReqKind::Session, timeout);
                     self.session_calls += 1;
+                    let mut verify_all = false;
                     if let Some(job) = self.jobs.get_mut(&id) {
                         job.phase = Phase::SessionPending(req);
+                        verify_all = std::mem::take(&mut job.verify_all);
                     }
                     self.actions.push_back(if has {
-                        Action::FetchState { req, job: id }
+                        Action::FetchState {
+                            req,
+                            job: id,
+                            verify_all,
+                        }
                     } else {
                         Action::CreateSession { req, job: id }
                     });
@@ -118,7 +131,7 @@ impl Engine {
             let whole_extra = self.whole_limit() - self.stream_limit();
             let whole_room =
                 self.streams < self.whole_limit() && self.slots < self.buffers + whole_extra;
-            if !(chunk_room || whole_room) || self.ramp_blocked() {
+            if !(chunk_room || whole_room) || self.ramp_blocked() || !self.circuit_admits() {
                 break;
             }
             let now = self.now;

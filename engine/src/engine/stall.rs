@@ -49,6 +49,15 @@ impl Engine {
         }
         r.sent = Some(before.max(bytes));
         r.handed_on |= all;
+        let (job, moved) = (r.job, r.moved_at);
+        if bytes > before
+            && let Some(j) = self.jobs.get_mut(&job)
+        {
+            // A body that moves is not hung, only perhaps slow: the request's own deadline
+            // and stall detection judge that, not the job's watchdogs.
+            j.alive_at = j.alive_at.max(moved);
+            j.acked_at = j.acked_at.max(moved);
+        }
     }
 
     /// When `r` is next judged, if it is judged at all.

@@ -11,106 +11,16 @@
 //! twice, never sends bytes it did not read, never completes early, never holds more
 //! buffers or streams than allowed.
 
+mod scenario;
+mod server;
+
+pub use scenario::{Change, JobReport, Link, Report, Scenario};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::rng::Rng;
-use crate::{Action, Config, Engine, Event, Failure, JobId, JobSpec, RangeSet, ReqId, Time};
-
-/// The link at one moment.
-#[derive(Clone, Debug)]
-pub struct Link {
-    /// Bytes per second.
-    pub rate: f64,
-    pub rtt: Duration,
-    /// Probability that a request fails, per MiB it carries (and per small request).
-    pub loss_per_mib: f64,
-    /// No byte passes, no answer arrives.
-    pub blackhole: bool,
-}
-
-impl Link {
-    pub fn new(mbit: f64, rtt_ms: u64) -> Link {
-        Link {
-            rate: mbit * 1e6 / 8.0,
-            rtt: Duration::from_millis(rtt_ms),
-            loss_per_mib: 0.0,
-            blackhole: false,
-        }
-    }
-}
-
-/// Something that happens at a given time in a scenario.
-#[derive(Clone, Debug)]
-pub enum Change {
-    Link(Link),
-    Blackhole(bool),
-    MemoryAvailable(u64),
-    /// The server forgets this job's session.
-    ServerForgets(JobId),
-    AddJob {
-        job: JobId,
-        spec: JobSpec,
-        /// Bytes the server already holds (a resume): requires `spec.has_session`.
-        stored: Vec<std::ops::Range<u64>>,
-        /// Fraction LZ4 would save on this file's samples.
-        saving: f32,
-    },
-    Cancel(JobId),
-}
-
-#[derive(Clone, Debug)]
-pub struct Scenario {
-    pub link: Link,
-    pub config: Config,
-    pub changes: Vec<(Time, Change)>,
-    /// Disk read + hash speed, bytes per second (one reader at a time).
-    pub read_rate: f64,
-    /// Give up (and report unfinished jobs) at this virtual time.
-    pub time_limit: Time,
-    pub seed: u64,
-}
-
-/// What happened to one job.
-#[derive(Clone, Debug, Default)]
-pub struct JobReport {
-    pub size: u64,
-    pub added_at: Time,
-    pub first_ack_at: Option<Time>,
-    pub completed_at: Option<Time>,
-    pub failed: Option<(String, String)>,
-    pub cancelled: bool,
-    /// Body bytes put on the wire (after compression), all attempts.
-    pub wire_bytes: u64,
-    pub chunk_requests: u64,
-    pub retries: u64,
-    pub checkpoints: u64,
-    pub progress_events: u64,
-    pub max_chunk: u64,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub jobs: BTreeMap<JobId, JobReport>,
-    pub end: Time,
-    pub steps: u64,
-    pub max_streams: usize,
-    pub max_buffers_held: usize,
-    /// Chunk PUTs of bytes the server already held (blind retries after lost answers).
-    pub server_duplicates: u64,
-    /// Chunk PUTs refused because they cut stored bytes differently (409 conflict).
-    pub server_conflicts: u64,
-    /// Bytes that crossed the link (all requests, all attempts).
-    pub link_bytes: f64,
-}
-
-impl Report {
-    pub fn all_completed(&self) -> bool {
-        self.jobs
-            .values()
-            .all(|j| j.completed_at.is_some() || j.cancelled)
-    }
-}
+use crate::{Action, Engine, Event, Failure, JobId, RangeSet, ReqId, Time};
 
 enum Flow {
     /// Body bytes still to send; `fail_at`: fails when this many remain.
@@ -193,6 +103,10 @@ pub struct Sim {
     report: Report,
     /// Sees every action as the engine emits it, with the virtual time.
     observer: Option<Observer>,
+    /// The server answers every request with a 503.
+    server_failing: bool,
+    /// Requests sent while the breaker was half-open (to count those out at once).
+    probes: BTreeSet<ReqId>,
 }
 
 /// Hard bound on simulation steps, so a broken engine cannot loop forever.
@@ -215,6 +129,8 @@ impl Sim {
             jobs: BTreeMap::new(),
             report: Report::default(),
             observer: None,
+            server_failing: false,
+            probes: BTreeSet::new(),
             sc,
         };
         for (t, c) in sim.sc.changes.clone() {
@@ -532,6 +448,7 @@ impl Sim {
                     s.forgotten = true;
                 }
             }
+            Change::ServerFailing(failing) => self.server_failing = failing,
             Change::AddJob {
                 job,
                 spec,
@@ -616,214 +533,6 @@ impl Sim {
                 f(self.now, &a);
             }
             self.act(a);
-        }
-    }
-
-    fn small_request(&mut self, req: ReqId, job: JobId, answer: Event) {
-        self.open.insert(req, (job, None));
-        if self.roll_failure(0).is_some() {
-            let ev = Event::RequestFailed {
-                req,
-                failure: Failure::transient("reset", "connection reset (simulated loss)"),
-            };
-            self.at(self.now + self.link.rtt, Pending::Engine(ev));
-            return;
-        }
-        if self.server.get(&job).is_some_and(|s| s.forgotten) {
-            let ev = Event::RequestFailed {
-                req,
-                failure: Failure::SessionLost,
-            };
-            self.at(self.now + self.link.rtt, Pending::Engine(ev));
-            return;
-        }
-        self.at(self.now + self.link.rtt, Pending::Engine(answer));
-    }
-
-    fn act(&mut self, a: Action) {
-        let now = self.now;
-        match a {
-            Action::CreateSession { req, job } => {
-                self.open.insert(req, (job, None));
-                if let Some(s) = self.server.get_mut(&job) {
-                    // A new session holds nothing.
-                    s.forgotten = false;
-                    s.stored = RangeSet::new();
-                    s.session += 1;
-                }
-                if let Some(sj) = self.jobs.get_mut(&job) {
-                    sj.engine_acked = RangeSet::new();
-                    sj.delivered = RangeSet::new();
-                }
-                if self.roll_failure(0).is_some() {
-                    let ev = Event::RequestFailed {
-                        req,
-                        failure: Failure::transient("reset", "connection reset (simulated loss)"),
-                    };
-                    self.at(now + self.link.rtt, Pending::Engine(ev));
-                } else {
-                    let ev = Event::SessionReady { req, acked: vec![] };
-                    self.at(now + self.link.rtt, Pending::Engine(ev));
-                }
-            }
-            Action::FetchState { req, job } => {
-                let acked: Vec<_> = self
-                    .server
-                    .get(&job)
-                    .map(|s| s.stored.iter().collect())
-                    .unwrap_or_default();
-                self.small_request(req, job, Event::SessionReady { req, acked });
-            }
-            Action::Read { job, offset, len } => {
-                let sj = self.jobs.get_mut(&job).expect("read for a known job");
-                assert!(
-                    !sj.engine_acked.overlaps(offset..offset + len),
-                    "job {job}: read {offset}+{len} overlaps acknowledged bytes"
-                );
-                sj.buffered.insert(offset, len);
-                let start = self.reader_free_at.max(now);
-                let done = start + Duration::from_secs_f64(len as f64 / self.sc.read_rate);
-                self.reader_free_at = done;
-                self.at(done, Pending::ReadDone { job, offset });
-            }
-            Action::PutChunk {
-                req,
-                job,
-                offset,
-                len,
-                compress,
-                ..
-            } => {
-                self.open.insert(req, (job, Some((offset, len))));
-                let saving = self.jobs.get(&job).map_or(0.0, |j| j.saving);
-                let wire = if compress {
-                    (len as f64 * (1.0 - saving as f64)).max(1.0)
-                } else {
-                    len as f64
-                };
-                let r = self.report.jobs.entry(job).or_default();
-                r.wire_bytes += wire as u64;
-                r.chunk_requests += 1;
-                r.max_chunk = r.max_chunk.max(len);
-                let fail_at = self.roll_failure(len);
-                let session = self.server.get(&job).map_or(0, |s| s.session);
-                self.flows.insert(
-                    req,
-                    Flow::Sending {
-                        job,
-                        total: wire,
-                        remaining: wire,
-                        moved_at: now,
-                        fail_at,
-                        what: Body::Chunk { offset, len },
-                        session,
-                    },
-                );
-            }
-            Action::PutWhole { req, job, .. } => {
-                self.open.insert(req, (job, None));
-                let size = self.server.get(&job).map_or(0, |s| s.size);
-                let r = self.report.jobs.entry(job).or_default();
-                r.wire_bytes += size;
-                let fail_at = self.roll_failure(size);
-                let session = self.server.get(&job).map_or(0, |s| s.session);
-                self.flows.insert(
-                    req,
-                    Flow::Sending {
-                        job,
-                        total: size as f64,
-                        remaining: size as f64,
-                        moved_at: now,
-                        fail_at,
-                        what: Body::Whole,
-                        session,
-                    },
-                );
-            }
-            Action::Complete { req, job } => {
-                let s = self.server.get(&job).expect("complete for a known job");
-                let sj = self.jobs.get(&job).expect("known job");
-                assert_eq!(
-                    sj.engine_acked.len(),
-                    s.size,
-                    "job {job}: complete before every byte was acknowledged"
-                );
-                let answer = if s.stored.len() == s.size {
-                    Event::RequestDone { req }
-                } else {
-                    panic!("job {job}: complete while the server lacks bytes");
-                };
-                self.small_request(req, job, answer);
-            }
-            Action::Abandon { req } => {
-                self.abandoned.insert(req);
-                self.open.remove(&req);
-                self.flows.remove(&req);
-            }
-            Action::Release { job, offset } => {
-                if let Some(sj) = self.jobs.get_mut(&job) {
-                    sj.buffered.remove(&offset);
-                }
-            }
-            Action::Checkpoint { job, .. } => {
-                self.report.jobs.entry(job).or_default().checkpoints += 1;
-            }
-            Action::Progress {
-                job,
-                acked_bytes,
-                total_bytes,
-                ..
-            } => {
-                let r = self.report.jobs.entry(job).or_default();
-                r.progress_events += 1;
-                assert!(acked_bytes <= total_bytes);
-            }
-            Action::Retrying { job, .. } => {
-                self.report.jobs.entry(job).or_default().retries += 1;
-            }
-            Action::JobCompleted { job } => {
-                let r = self.report.jobs.entry(job).or_default();
-                assert!(r.completed_at.is_none(), "job {job} completed twice");
-                r.completed_at = Some(now);
-                if r.first_ack_at.is_none() {
-                    r.first_ack_at = Some(now);
-                }
-            }
-            Action::JobFailed { job, code, message } => {
-                self.report.jobs.entry(job).or_default().failed = Some((code, message));
-            }
-        }
-        self.track_acks();
-    }
-
-    /// Mirrors the engine's acknowledged ranges and checks they only grow by new bytes.
-    fn track_acks(&mut self) {
-        let now = self.now;
-        for (id, sj) in self.jobs.iter_mut() {
-            let Some(acked) = self.engine.acked(*id) else {
-                continue;
-            };
-            if acked.len() == sj.engine_acked.len() {
-                continue;
-            }
-            if acked.len() < sj.engine_acked.len() {
-                let lost = self.server.get(id).is_some_and(|s| s.forgotten);
-                assert!(
-                    lost,
-                    "job {id}: acknowledged bytes went backwards without a lost session"
-                );
-                sj.engine_acked = acked.clone();
-                continue;
-            }
-            for r in acked.iter() {
-                sj.engine_acked.insert(r);
-            }
-            // Buffers of acknowledged chunks are gone.
-            sj.buffered.retain(|o, l| !acked.contains(*o..*o + *l));
-            let rep = self.report.jobs.entry(*id).or_default();
-            if rep.first_ack_at.is_none() && !acked.is_empty() {
-                rep.first_ack_at = Some(now);
-            }
         }
     }
 }
