@@ -224,6 +224,11 @@ impl Bars {
                     ));
                 }
             }
+            Some(Kind::Incident(i)) => {
+                if let Some(b) = self.bar(&ev.job_id, 0, "") {
+                    b.set_message(format!("{}: {}", i.kind.replace('_', " "), i.why));
+                }
+            }
             Some(Kind::Completed(c)) => {
                 if let (Some(b), Some(j)) = (self.bar(&ev.job_id, 0, ""), &c.job) {
                     b.set_position(j.size);

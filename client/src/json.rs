@@ -57,6 +57,7 @@ pub fn event(e: &grpc::JobEvent) -> Value {
             "retrying",
             json!({"why": r.why, "attempt": r.attempt, "delay_seconds": r.delay_seconds}),
         ),
+        Some(Kind::Incident(i)) => ("incident", json!({"kind": i.kind, "why": i.why})),
         Some(Kind::Completed(c)) => ("completed", c.job.as_ref().map(job).unwrap_or(Value::Null)),
         Some(Kind::Failed(f)) => ("failed", f.job.as_ref().map(job).unwrap_or(Value::Null)),
         Some(Kind::Cancelled(c)) => ("cancelled", c.job.as_ref().map(job).unwrap_or(Value::Null)),

@@ -283,7 +283,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                         "connections": e.connections, "last_connect_ms": e.last_connect_ms, "circuit": e.circuit,
                         "rtt_ms": e.rtt_ms, "handshake": e.handshake, "warm": e.warm,
                         "tcp_congestion": e.tcp_congestion, "tcp_congestion_note": e.tcp_congestion_note,
-                        "quic_congestion": e.quic_congestion}))
+                        "quic_congestion": e.quic_congestion, "health": e.health,
+                        "circuit_retry_ms": e.circuit_retry_ms}))
                     .collect();
                 let engine = s.engine.as_ref().map(|e| serde_json::json!({"tier": e.tier,
                     "estimate_bps": e.estimate_bps, "stream_limit": e.stream_limit, "buffers": e.buffers,
@@ -340,6 +341,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     if !e.tcp_congestion_note.is_empty() {
                         println!("  ({})", e.tcp_congestion_note);
                     }
+                    println!("  circuit {}, health {:.0}/100", e.circuit, e.health);
                 }
                 println!(
                     "jobs: {} queued, {} running; {} chunk(s) in flight",

@@ -224,6 +224,15 @@ impl Uplink for Api {
         };
         let link = self.mgr.client.link();
         let cfg = &self.mgr.cfg;
+        let snapshot = self
+            .mgr
+            .engine_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let circuit_retry_ms = snapshot.as_ref().map_or(0, |s| s.circuit_retry_ms);
+        let snapshot = snapshot.map(|s| s.snapshot);
+        let circuit = snapshot.as_ref().map(|s| s.circuit);
         Ok(Response::new(grpc::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             endpoints: vec![grpc::EndpointStatus {
@@ -232,8 +241,12 @@ impl Uplink for Api {
                 connected: link.connected > 0,
                 connections: link.connected,
                 last_connect_ms: link.last_connect_ms,
-                // No circuit breaker yet: report that plainly rather than a state.
-                circuit: "none".into(),
+                circuit: circuit
+                    .unwrap_or(uplink_engine::breaker::State::Closed)
+                    .name()
+                    .into(),
+                health: snapshot.as_ref().map_or(100.0, |s| s.health),
+                circuit_retry_ms,
                 rtt_ms: link.rtt_ms.unwrap_or(0.0),
                 handshake: link.handshake.unwrap_or("").to_string(),
                 warm: link.connected > 0,
@@ -253,21 +266,15 @@ impl Uplink for Api {
             telemetry: Some(telemetry_proto(crate::telemetry::read_from(
                 &cfg.sysfs_root,
             ))),
-            engine: self
-                .mgr
-                .engine_status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|s| grpc::EngineStatus {
-                    tier: s.tier.map(|t| t.name().to_string()).unwrap_or_default(),
-                    estimate_bps: s.estimate.unwrap_or(0.0),
-                    stream_limit: s.stream_limit as u32,
-                    buffers: s.buffers as u32,
-                    buffers_in_use: s.buffers_in_use as u32,
-                    jobs_active: s.jobs_active as u32,
-                    jobs_pending: s.jobs_queued as u32,
-                }),
+            engine: snapshot.as_ref().map(|s| grpc::EngineStatus {
+                tier: s.tier.map(|t| t.name().to_string()).unwrap_or_default(),
+                estimate_bps: s.estimate.unwrap_or(0.0),
+                stream_limit: s.stream_limit as u32,
+                buffers: s.buffers as u32,
+                buffers_in_use: s.buffers_in_use as u32,
+                jobs_active: s.jobs_active as u32,
+                jobs_pending: s.jobs_queued as u32,
+            }),
         }))
     }
 }

@@ -31,7 +31,7 @@ pub struct Manager {
     stop: CancellationToken,
     pub started: Instant,
     /// The upload engine's last snapshot, for Status.
-    pub engine_status: Arc<std::sync::Mutex<Option<uplink_engine::Snapshot>>>,
+    pub engine_status: Arc<std::sync::Mutex<Option<crate::engine::drive::EngineStatus>>>,
     /// Requests out right now (chunks, or whole small files).
     pub in_flight: Arc<AtomicU32>,
     /// Bumped by every Prewarm; a keep-warm timer only acts if it is still the latest.

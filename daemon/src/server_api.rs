@@ -75,6 +75,16 @@ impl CallError {
         }
     }
 
+    /// The endpoint itself answered with trouble (a 5xx, 429 or 408, or a refused
+    /// connection): this counts toward its circuit breaker; silence and broken paths do not.
+    pub fn endpoint_failure(&self) -> bool {
+        match self {
+            CallError::Transport(TransportError::Refused { .. }) => true,
+            CallError::Server { status, .. } => *status >= 500 || matches!(*status, 408 | 429),
+            _ => false,
+        }
+    }
+
     /// How long the server asked us to wait before trying again, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -89,6 +99,7 @@ impl CallError {
             CallError::Transport(TransportError::Tls { .. }) => "tls_failed".into(),
             CallError::Transport(TransportError::Timeout(_)) => "timeout".into(),
             CallError::Transport(TransportError::Endpoint(_)) => "bad_endpoint".into(),
+            CallError::Transport(TransportError::Refused { .. }) => "refused".into(),
             CallError::Transport(_) => "network".into(),
             CallError::Server { code, .. } => format!("server_{code}"),
             CallError::Decode(_) => "bad_answer".into(),
@@ -135,6 +146,12 @@ pub struct ServerClient {
 }
 
 impl ServerClient {
+    /// Fresh connections for the requests that follow (a watchdog found a job hung); those
+    /// out finish or fail on the old ones.
+    pub async fn reconnect(&self) {
+        self.transport.reconnect().await;
+    }
+
     pub fn new(transport: std::sync::Arc<Transport>, credentials: Credentials) -> ServerClient {
         ServerClient {
             transport,

@@ -34,7 +34,8 @@ pub(super) struct WholeDone {
 /// Where a job with a server session resumes: the server's chunk list is the truth about
 /// what is stored, the checkpoint about what this daemon hashed. Chunks the server holds
 /// that the checkpoint does not know (acked after it) are re-read and re-hashed here —
-/// not re-sent — and count only if the hashes agree.
+/// not re-sent — and count only if the hashes agree. With `verify_all` (the global
+/// watchdog fired) the checkpoint is not trusted: every chunk the server holds is re-hashed.
 pub(super) async fn resume(
     client: &ServerClient,
     db: &JobDb,
@@ -42,6 +43,7 @@ pub(super) async fn resume(
     job_id: &str,
     upload_id: &str,
     size: u64,
+    verify_all: bool,
 ) -> Result<Resumed, Failure> {
     let state: UploadState = client.state(upload_id).await.map_err(|e| failure(&e))?;
     if let Some(done) = state.completed {
@@ -50,7 +52,7 @@ pub(super) async fn resume(
     let checkpoint = db
         .load_checkpoint(job_id)
         .map_err(|e| Failure::transient("state_store", e.to_string()))?
-        .filter(|c| c.upload_id == upload_id);
+        .filter(|c| c.upload_id == upload_id && !verify_all);
     let from = resume::chunks_needed_from(checkpoint.as_ref(), &state.ranges);
     let tail = server_chunks(client, upload_id, from, state.chunk_count).await?;
     let mut plan = resume::reconcile(size, checkpoint.as_ref(), &state.ranges, from, &tail);
@@ -227,6 +229,7 @@ pub(super) fn failure(e: &CallError) -> Failure {
     }
     match e.class() {
         ErrorClass::Transient => Failure::Transient {
+            endpoint: e.endpoint_failure(),
             code: e.code(),
             message: e.to_string(),
             retry_after: e.retry_after(),

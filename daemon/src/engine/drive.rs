@@ -60,11 +60,19 @@ pub struct Shared {
     pub events: Events,
     /// Requests out right now (Status's `chunks_in_flight`).
     pub in_flight: Arc<AtomicU32>,
-    /// The engine's last snapshot (Status's `engine`).
-    pub status: Arc<std::sync::Mutex<Option<uplink_engine::Snapshot>>>,
+    /// The engine's last snapshot (Status's `engine` and the endpoint's circuit).
+    pub status: Arc<std::sync::Mutex<Option<EngineStatus>>>,
     pub engine_config: uplink_engine::Config,
     /// Finished jobs kept in the store (trimmed whenever one ends).
     pub retention: crate::jobs::Retention,
+}
+
+/// What Status shows of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineStatus {
+    pub snapshot: uplink_engine::Snapshot,
+    /// While the circuit is open: when (Unix ms) a request will probe again.
+    pub circuit_retry_ms: u64,
 }
 
 /// One job the core holds.
@@ -128,6 +136,8 @@ enum Done {
         root: [u8; 32],
         result: Result<UploadCompleted, Failure>,
     },
+    /// Work with no answer for the core (connections forgotten).
+    Nothing,
 }
 
 impl Done {
@@ -140,6 +150,7 @@ impl Done {
             Done::Put { .. } => "put",
             Done::Whole { .. } => "whole",
             Done::Completed { .. } => "completed",
+            Done::Nothing => "nothing",
         }
     }
 }
@@ -202,7 +213,19 @@ impl Driver {
             self.shared
                 .in_flight
                 .store(snapshot.streams_in_flight as u32, Ordering::Relaxed);
-            *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+            let circuit_retry_ms = match snapshot.circuit {
+                uplink_engine::breaker::State::Open { until } => {
+                    let wait = self
+                        .instant(until)
+                        .saturating_duration_since(Instant::now());
+                    now_ms() + wait.as_millis() as u64
+                }
+                _ => 0,
+            };
+            *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(EngineStatus {
+                snapshot,
+                circuit_retry_ms,
+            });
             let wake = self.engine.poll_timeout().map(|t| self.instant(t));
             tokio::select! {
                 biased;
@@ -294,7 +317,11 @@ impl Driver {
         tracing::trace!(?action, "engine action");
         match action {
             Action::CreateSession { req, job } => self.create_session(req, job).await,
-            Action::FetchState { req, job } => self.fetch_state(req, job),
+            Action::FetchState {
+                req,
+                job,
+                verify_all,
+            } => self.fetch_state(req, job, verify_all),
             Action::Read { job, offset, len } => self.read(job, offset, len),
             Action::PutChunk {
                 req,
@@ -319,6 +346,38 @@ impl Driver {
                 }
             }
             Action::Checkpoint { job, .. } => self.save(job),
+            Action::Reconnect => {
+                let client = Arc::clone(&self.shared.client);
+                self.tasks.spawn(async move {
+                    client.reconnect().await;
+                    Done::Nothing
+                });
+            }
+            Action::Watchdog { job, layer, why } => {
+                if let Some(a) = self.jobs.get(&job) {
+                    tracing::warn!(job_id = %a.record.job_id, watchdog = layer.name(), %why, "watchdog fired");
+                    self.shared.events.emit(
+                        &a.record.job_id,
+                        Kind::Incident(grpc::Incident {
+                            kind: layer.name().into(),
+                            why,
+                        }),
+                    );
+                }
+            }
+            Action::Circuit { state, why } => {
+                let kind = format!("circuit_{}", state.name().replace('-', "_"));
+                tracing::warn!(circuit = state.name(), %why, "endpoint circuit breaker");
+                for a in self.jobs.values() {
+                    self.shared.events.emit(
+                        &a.record.job_id,
+                        Kind::Incident(grpc::Incident {
+                            kind: kind.clone(),
+                            why: why.clone(),
+                        }),
+                    );
+                }
+            }
             Action::Progress {
                 job,
                 acked_bytes,
@@ -427,7 +486,7 @@ impl Driver {
         });
     }
 
-    fn fetch_state(&mut self, req: ReqId, job: JobId) {
+    fn fetch_state(&mut self, req: ReqId, job: JobId, verify_all: bool) {
         let Some(a) = self.jobs.get_mut(&job) else {
             return;
         };
@@ -442,7 +501,7 @@ impl Driver {
             a.record.size,
         );
         self.spawn_request(req, async move {
-            let result = resume(&client, &db, source, &job_id, &upload_id, size).await;
+            let result = resume(&client, &db, source, &job_id, &upload_id, size, verify_all).await;
             Done::Resumed { req, job, result }
         });
     }

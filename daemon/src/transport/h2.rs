@@ -100,6 +100,14 @@ impl H2Pool {
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
+    /// Forgets every lane's connection: the next request on each opens a fresh one, while
+    /// requests out finish on the old (it closes when its last request ends).
+    pub async fn reconnect(&self) {
+        for lane in &self.lanes {
+            *lane.lock().await = None;
+        }
+    }
+
     async fn sender(&self, lane: usize) -> Result<Lane, TransportError> {
         let mut slot = self.lanes[lane % self.lanes.len()].lock().await;
         if let Some(s) = slot.as_ref()

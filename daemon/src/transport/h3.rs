@@ -217,6 +217,12 @@ impl H3Client {
         Ok(out)
     }
 
+    /// Forgets the connection: the next request opens a fresh one, while requests out
+    /// finish on the old (it closes when its last request ends).
+    pub async fn reconnect(&self) {
+        *self.live.lock().await = None;
+    }
+
     /// Closes the connection; the TLS ticket stays, so the next connect is 0-RTT.
     pub async fn close(&self) {
         if let Some(live) = self.live.lock().await.take() {

@@ -51,7 +51,10 @@ pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStrea
             done = attempts.join_next() => match done {
                 Some(Ok((_, Ok(stream)))) => return Ok(stream),
                 Some(Ok((addr, Err(e)))) => {
-                    last_err = Some(TransportError::Connect { addr: addr.to_string(), message: e.to_string() });
+                    last_err = Some(match e.kind() {
+                        std::io::ErrorKind::ConnectionRefused => TransportError::Refused { addr: addr.to_string() },
+                        _ => TransportError::Connect { addr: addr.to_string(), message: e.to_string() },
+                    });
                 }
                 Some(Err(_)) | None => {}
             },
@@ -113,6 +116,6 @@ mod tests {
         let err = connect(&[a(&format!("127.0.0.1:{port}"))], Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert!(matches!(err, TransportError::Connect { .. }), "{err}");
+        assert!(matches!(err, TransportError::Refused { .. }), "{err}");
     }
 }

@@ -70,6 +70,9 @@ pub enum TransportError {
     Resolve(String),
     #[error("cannot connect to {addr}: {message}")]
     Connect { addr: String, message: String },
+    /// The host answered that nothing listens there (the server is down, its host is up).
+    #[error("connection to {addr} refused")]
+    Refused { addr: String },
     #[error("TLS handshake with {host} failed: {message}")]
     Tls { host: String, message: String },
     #[error("HTTP/2 error: {0}")]
@@ -284,6 +287,14 @@ impl Transport {
 
     pub fn lanes(&self) -> usize {
         self.h2.lanes()
+    }
+
+    /// The next requests open fresh connections; requests out finish on the old ones.
+    pub async fn reconnect(&self) {
+        self.h2.reconnect().await;
+        if let Some(h3) = &self.h3 {
+            h3.reconnect().await;
+        }
     }
 
     /// Closes every connection (the keep-warm window ended with nothing to send).

@@ -247,6 +247,11 @@ impl Server {
     pub fn restart_after(&mut self, down: Duration) {
         self.proc.kill9();
         std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Starts a killed server again on the same port and data dir.
+    pub fn start_again(&mut self) {
         let again = Self::start_at(
             &self.dir,
             &self.addr,

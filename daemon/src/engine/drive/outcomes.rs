@@ -30,6 +30,7 @@ impl Driver {
         let now = self.now();
         tracing::trace!(done = done.name(), "I/O done");
         match done {
+            Done::Nothing => {}
             Done::Opened {
                 job,
                 mut record,
