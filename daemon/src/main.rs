@@ -119,6 +119,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let alt = AltSvcCache::load(Some(cfg.state_dir.join("altsvc.json")), &endpoint.authority);
     let pool = H2Pool::new(endpoint, tls, cfg.connections as usize);
     let transport = transport::Transport::new(pool, h3, alt);
+    tokio::spawn(transport::path_watch::run(Arc::downgrade(&transport)));
     let client = Arc::new(ServerClient::new(transport, cfg.credentials.clone()));
     let db = Arc::new(JobDb::open(&cfg.state_dir)?);
     let stop = CancellationToken::new();

@@ -100,6 +100,7 @@ impl CallError {
             CallError::Transport(TransportError::Timeout(_)) => "timeout".into(),
             CallError::Transport(TransportError::Endpoint(_)) => "bad_endpoint".into(),
             CallError::Transport(TransportError::Refused { .. }) => "refused".into(),
+            CallError::Transport(TransportError::PathGone) => "path_gone".into(),
             CallError::Transport(_) => "network".into(),
             CallError::Server { code, .. } => format!("server_{code}"),
             CallError::Decode(_) => "bad_answer".into(),

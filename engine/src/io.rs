@@ -45,6 +45,10 @@ pub enum Failure {
     /// The request's body stopped moving (the engine's own verdict, see `stall_window`):
     /// network trouble, retried soon and on another lane.
     Stalled { message: String },
+    /// The request's connection left with its path (the host moved to another network):
+    /// its bytes go again at once on another connection. Not a failure: no backoff, nothing
+    /// for the breaker, and the job's failure count does not change.
+    Moved,
     /// The server no longer knows the session (404/410): start a new one.
     SessionLost,
     /// The server holds other chunk boundaries than the engine assumed (409 conflict: a
@@ -81,7 +85,7 @@ impl Failure {
     pub fn answered(&self) -> bool {
         match self {
             Failure::Transient { endpoint, .. } => *endpoint,
-            Failure::Stalled { .. } => false,
+            Failure::Stalled { .. } | Failure::Moved => false,
             Failure::Busy { .. }
             | Failure::SessionLost
             | Failure::StateChanged

@@ -279,3 +279,49 @@ fn chunks_whose_bytes_another_request_holds_wait_a_second_and_the_backoff_does_n
     }
     panic!("no completion within 100,000 actions");
 }
+
+#[test]
+fn a_chunk_whose_path_is_gone_goes_again_at_once_on_another_lane_and_nothing_counts_as_failed() {
+    let mut e = Engine::new(Config::default(), 7);
+    big_job(&mut e, 64 * MIB);
+    let t = Time::from_micros(1_000_000);
+    // Create the session, read the first chunk, and see it sent.
+    let (req, offset, lane) = loop {
+        match e.poll_action() {
+            Some(Action::CreateSession { req, .. }) => e.handle(t, Event::RequestDone { req }),
+            Some(Action::Read { job, offset, .. }) => e.handle(
+                t,
+                Event::ReadDone {
+                    job,
+                    offset,
+                    saving: None,
+                },
+            ),
+            Some(Action::PutChunk {
+                req, offset, lane, ..
+            }) => break (req, offset, lane),
+            Some(_) => {}
+            None => panic!("no chunk was sent"),
+        }
+    };
+    e.handle(
+        t,
+        Event::RequestFailed {
+            req,
+            failure: Failure::Moved,
+        },
+    );
+    let again = std::iter::from_fn(|| e.poll_action()).find_map(|a| match a {
+        Action::PutChunk {
+            offset: o, lane: l, ..
+        } if o == offset => Some(l),
+        _ => None,
+    });
+    assert!(
+        again.is_some_and(|l| l != lane),
+        "sent again at the same moment on another lane: {again:?} (was {lane})"
+    );
+    let view = e.job(1).expect("job");
+    assert_eq!(view.failures, 0, "a move is not a failure");
+    assert!(!view.waiting);
+}

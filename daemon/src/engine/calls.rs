@@ -208,6 +208,9 @@ pub(super) async fn whole(
 
 /// A failed call as the core's policy sees it.
 pub(super) fn failure(e: &CallError) -> Failure {
+    if let CallError::Transport(crate::transport::TransportError::PathGone) = e {
+        return Failure::Moved;
+    }
     if let CallError::Server {
         status: 409, code, ..
     } = e

@@ -15,6 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
 
 use super::progress::LinkWatch;
 use super::{Endpoint, LinkInfo, TransportError, WireRequest, WireResponse};
@@ -38,6 +39,11 @@ struct Lane {
     send: Sender,
     /// None where the kernel cannot be asked (not Linux, or no descriptor to spare).
     watch: Option<Arc<LinkWatch>>,
+    /// Its addresses: whether the host still routes to `peer` from `local`.
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    /// Cancelled when its path is gone: its requests end with `PathGone`.
+    gone: CancellationToken,
 }
 
 pub struct H2Pool {
@@ -108,6 +114,31 @@ impl H2Pool {
         }
     }
 
+    /// Drops the lanes whose connection the host no longer routes (the route to the
+    /// server now leaves from another address): their requests fail with `PathGone` and
+    /// go again on fresh connections, which the kernel opens on the new path.
+    pub async fn leave_dead_paths(&self) -> usize {
+        let mut left = 0;
+        for slot in &self.lanes {
+            let mut slot = slot.lock().await;
+            let Some(lane) = slot.as_ref() else { continue };
+            let now_from = super::path_watch::source_towards(lane.peer);
+            if now_from == Some(lane.local.ip()) {
+                continue;
+            }
+            tracing::info!(
+                local = %lane.local,
+                peer = %lane.peer,
+                now_from = ?now_from,
+                "HTTP/2 connection's path is gone: its requests go again on a new connection"
+            );
+            lane.gone.cancel();
+            *slot = None;
+            left += 1;
+        }
+        left
+    }
+
     async fn sender(&self, lane: usize) -> Result<Lane, TransportError> {
         let mut slot = self.lanes[lane % self.lanes.len()].lock().await;
         if let Some(s) = slot.as_ref()
@@ -134,6 +165,12 @@ impl H2Pool {
         }
         let tcp = super::happy::connect(&addrs, CONNECT_TIMEOUT).await?;
         let _ = tcp.set_nodelay(true);
+        let (local, peer) = (
+            tcp.local_addr()
+                .map_err(|e| TransportError::Http(format!("socket address: {e}")))?,
+            tcp.peer_addr()
+                .map_err(|e| TransportError::Http(format!("peer address: {e}")))?,
+        );
         let choice = congestion::prefer_bbr(&tcp);
         // A duplicate of the socket for the watcher (none if the system is out of fds).
         let socket = tcp.as_fd().try_clone_to_owned().ok();
@@ -189,7 +226,13 @@ impl H2Pool {
         });
         self.last_connect_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        Ok(Lane { send, watch })
+        Ok(Lane {
+            send,
+            watch,
+            local,
+            peer,
+            gone: CancellationToken::new(),
+        })
     }
 
     /// Sends one request and reads its answer, within the request's timeout.
@@ -202,16 +245,30 @@ impl H2Pool {
     }
 
     async fn request_inner(&self, req: WireRequest) -> Result<WireResponse, TransportError> {
+        let lane = self.sender(req.lane).await?;
+        let gone = lane.gone.clone();
+        tokio::select! {
+            r = Self::exchange(&self.endpoint, lane, req) => r,
+            () = gone.cancelled() => Err(TransportError::PathGone),
+        }
+    }
+
+    async fn exchange(
+        endpoint: &Endpoint,
+        lane: Lane,
+        req: WireRequest,
+    ) -> Result<WireResponse, TransportError> {
         let Lane {
             send: mut sender,
             watch,
-        } = self.sender(req.lane).await?;
+            ..
+        } = lane;
         if let (Some(p), Some(watch)) = (&req.progress, watch) {
             p.watch_link(watch);
         }
         let mut builder = http::Request::builder()
             .method(req.method)
-            .uri(format!("https://{}{}", self.endpoint.authority, req.path));
+            .uri(format!("https://{}{}", endpoint.authority, req.path));
         for (name, value) in &req.headers {
             builder = builder.header(*name, value);
         }

@@ -8,6 +8,7 @@ pub mod congestion;
 pub mod h2;
 pub mod h3;
 pub mod happy;
+pub mod path_watch;
 pub mod progress;
 pub mod tcp_watch;
 pub mod tls;
@@ -70,6 +71,10 @@ pub enum TransportError {
     Resolve(String),
     #[error("cannot connect to {addr}: {message}")]
     Connect { addr: String, message: String },
+    /// The connection's path is gone: the host now reaches the server from another
+    /// address (Wi-Fi lost, cellular took over). Sent again at once on a fresh connection.
+    #[error("the connection's network path is gone")]
+    PathGone,
     /// The host answered that nothing listens there (the server is down, its host is up).
     #[error("connection to {addr} refused")]
     Refused { addr: String },
@@ -287,6 +292,13 @@ impl Transport {
 
     pub fn lanes(&self) -> usize {
         self.h2.lanes()
+    }
+
+    /// Connections whose path is gone are dropped and their requests failed with
+    /// [`TransportError::PathGone`], so they go again at once on fresh connections (HTTP/2;
+    /// QUIC migrates by itself). Returns how many connections were dropped.
+    pub async fn leave_dead_paths(&self) -> usize {
+        self.h2.leave_dead_paths().await
     }
 
     /// The next requests open fresh connections; requests out finish on the old ones.

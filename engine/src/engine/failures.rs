@@ -17,6 +17,10 @@ impl Engine {
         let stalled = matches!(failure, Failure::Stalled { .. });
         self.endpoint_failed(&r, &failure);
         let (code, message, retry_after) = match failure {
+            Failure::Moved => {
+                self.moved(r);
+                return;
+            }
             Failure::Permanent { code, message } => {
                 self.fail_job(id, code, message);
                 return;
@@ -155,6 +159,47 @@ impl Engine {
             true => self.cfg.stall_retry,
             false => Duration::MAX,
         }
+    }
+
+    /// The request's connection left with its path: it goes again at once, on another
+    /// lane, and the job's backoff does not grow (nothing failed: the host moved).
+    fn moved(&mut self, r: Req) {
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(&r.job) else {
+            return;
+        };
+        let why = match r.kind {
+            ReqKind::Chunk { offset, .. } => {
+                if let Some(c) = job.chunks.get_mut(&offset) {
+                    c.state = ChunkState::Ready { not_before: now };
+                }
+                format!(
+                    "chunk at {offset}: its connection's path is gone; sent again at once on the new path"
+                )
+            }
+            ReqKind::Session => {
+                job.phase = Phase::NeedSession;
+                job.not_before = now;
+                "session: its connection's path is gone; asked again on the new path".into()
+            }
+            ReqKind::Whole => {
+                job.phase = Phase::Whole;
+                job.not_before = now;
+                "its connection's path is gone; sent again at once on the new path".into()
+            }
+            ReqKind::Complete => {
+                job.phase = Phase::Transfer;
+                job.not_before = now;
+                "complete: its connection's path is gone; asked again on the new path".into()
+            }
+        };
+        self.actions.push_back(Action::Retrying {
+            job: r.job,
+            why,
+            attempt: job.backoff.failures(),
+            delay: Duration::ZERO,
+            waiting: job.backoff.waiting(),
+        });
     }
 
     /// Another request holds a chunk's bytes on the server: this chunk waits `delay`; the
