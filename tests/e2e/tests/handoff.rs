@@ -1,0 +1,103 @@
+//! "Wi-Fi lost, cellular takes over" in the middle of an upload, through netsim's two
+//! paths (each 100 Mbit/s, 50 ms RTT): path 1's link goes down once 16 MiB are
+//! acknowledged, and the host's routes move to path 2. Over HTTP/3 the QUIC connection
+//! migrates; over HTTP/2 the daemon notices the route change, drops the connections left
+//! on the dead path and sends their chunks again at once on new ones. Either way the file
+//! arrives intact, no request is counted as failed (every retry is a move), and the time
+//! lost against the same upload without a handoff, in the same run, is printed.
+
+use std::time::{Duration, Instant};
+
+use netsim::{Impair, PathSel, Sim, SimOpts};
+use uplink_e2e::*;
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 128 * MIB;
+
+/// Sends `file` and returns (the job's events and final record, seconds from enqueue to
+/// completed); `during` runs once 16 MiB are acknowledged.
+fn upload(
+    daemon: &Daemon,
+    file: &std::path::Path,
+    during: impl FnOnce(),
+) -> (Vec<serde_json::Value>, f64) {
+    let job = enqueue(&daemon.socket, file);
+    let watcher = {
+        let (socket, job) = (daemon.socket.clone(), job.clone());
+        std::thread::spawn(move || uplink(&socket, &["watch", &job, "--json"]))
+    };
+    wait_acked(&daemon.socket, &job, 16 * MIB);
+    during();
+    let out = watcher.join().expect("watch thread");
+    let events = json_lines(&out);
+    let record = events.last().cloned().unwrap_or_default();
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], sha256_file(file).as_str());
+    let secs = record["total_seconds"].as_f64().unwrap_or(0.0);
+    (events, secs)
+}
+
+fn handoff(name: &str, server_args: &[&str], protocol: &str) {
+    let imp = Impair::default()
+        .delay(Duration::from_millis(25))
+        .rate_bps(100_000_000);
+    let sim = Sim::up(name, SimOpts::symmetric(imp.clone()).path2(imp)).expect("netsim");
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), Some(&sim), server_args);
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
+    assert!(uplink(&daemon.socket, &["prewarm"]).status.success());
+    let (steady_file, moving_file) = (dir.path().join("steady.bin"), dir.path().join("moving.bin"));
+    random_file(&steady_file, SIZE);
+    random_file(&moving_file, SIZE);
+
+    let (_, steady) = upload(&daemon, &steady_file, || {});
+    let mut cut_at = None;
+    let (events, moving) = upload(&daemon, &moving_file, || {
+        cut_at = Some(Instant::now());
+        sim.set_link(PathSel::P1, false).expect("path 1 down");
+    });
+    assert!(cut_at.is_some());
+    let record = events.last().cloned().unwrap_or_default();
+    let retries: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "retrying")
+        .map(|e| e["detail"]["why"].as_str().unwrap_or("").to_string())
+        .collect();
+    eprintln!(
+        "{protocol}: {steady:.2} s without a handoff, {moving:.2} s with one: {:.2} s lost; \
+         {} chunks re-sent; ended on {}; retries: {retries:?}",
+        moving - steady,
+        record["chunks_resent"],
+        record["protocol"]
+    );
+    // HTTP/2: every retry is a move. HTTP/3 migrates and needs none; but while QUIC's
+    // congestion window restarts on the new path, quinn's shared send buffer may starve
+    // one stream long enough for the slow-body rule (< 8 KiB/s over 5 s): that chunk goes
+    // again. Known and reported; nothing else may fail.
+    let failures: Vec<&String> = retries
+        .iter()
+        .filter(|w| !w.contains("path is gone"))
+        .filter(|w| protocol == "h2" || !w.contains("stalled"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "requests counted as failed: {failures:?}"
+    );
+    // Bounded, not a speed assertion: a handoff that waited for TCP to give up on the dead
+    // path (the issue's 27 s) or for stall detection would show here.
+    assert!(
+        moving - steady < 5.0,
+        "{:.2} s lost to the handoff",
+        moving - steady
+    );
+}
+
+#[test]
+fn http3_moves_to_path_2_when_path_1_goes_down_and_loses_nothing() {
+    handoff("e2e-ho3", &[], "h3");
+}
+
+#[test]
+fn http2_moves_to_path_2_when_path_1_goes_down_and_loses_nothing() {
+    handoff("e2e-ho2", &["--no-h3"], "h2");
+}
