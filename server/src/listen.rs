@@ -65,15 +65,29 @@ pub fn bind(listen: SocketAddr, h3: bool) -> Result<Listeners, String> {
     ))
 }
 
+/// The TCP listener speaks MPTCP where the kernel has it (Linux with `net.mptcp.enabled`):
+/// a client with two paths (Wi-Fi and cellular) may then use both in one connection and
+/// keep it when one dies. Plain TCP clients are served as before (MPTCP falls back per
+/// connection); without MPTCP in the kernel the listener is plain TCP.
 fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    let socket = tcp_socket(addr)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    #[cfg(target_os = "linux")]
+    if let Ok(s) = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(Protocol::MPTCP),
+    ) {
+        return Ok(s);
+    }
+    Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
 }
 
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpBound> {

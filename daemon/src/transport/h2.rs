@@ -44,6 +44,8 @@ struct Lane {
     peer: std::net::SocketAddr,
     /// Cancelled when its path is gone: its requests end with `PathGone`.
     gone: CancellationToken,
+    /// A duplicate of its socket, to ask whether it became multipath (MPTCP).
+    socket: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 pub struct H2Pool {
@@ -126,6 +128,16 @@ impl H2Pool {
             if now_from == Some(lane.local.ip()) {
                 continue;
             }
+            // A multipath connection has a subflow on another path: MPTCP carries on.
+            let subflows = lane
+                .socket
+                .as_deref()
+                .and_then(super::mptcp::extra_subflows)
+                .unwrap_or(0);
+            if subflows > 0 {
+                tracing::info!(local = %lane.local, subflows, "path changed; the MPTCP connection carries on over its other subflows");
+                continue;
+            }
             tracing::info!(
                 local = %lane.local,
                 peer = %lane.peer,
@@ -172,8 +184,10 @@ impl H2Pool {
                 .map_err(|e| TransportError::Http(format!("peer address: {e}")))?,
         );
         let choice = congestion::prefer_bbr(&tcp);
-        // A duplicate of the socket for the watcher (none if the system is out of fds).
+        // Duplicates of the socket for the watcher and the path check (none if the system
+        // is out of fds).
         let socket = tcp.as_fd().try_clone_to_owned().ok();
+        let probe = tcp.as_fd().try_clone_to_owned().ok().map(Arc::new);
         if !choice.note.is_empty() {
             tracing::debug!(algorithm = %choice.algorithm, note = %choice.note, "TCP congestion control");
         }
@@ -232,6 +246,7 @@ impl H2Pool {
             local,
             peer,
             gone: CancellationToken::new(),
+            socket: probe,
         })
     }
 

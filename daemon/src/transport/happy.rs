@@ -27,6 +27,27 @@ pub fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     }
 }
 
+/// One connection attempt: MPTCP where the kernel has it (Linux with
+/// `net.mptcp.enabled`), so a host with two networks can use both in one connection and
+/// keep it when one dies; it falls back to plain TCP by itself when the server or a
+/// middlebox does not speak MPTCP. Elsewhere plain TCP.
+async fn open(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    #[cfg(target_os = "linux")]
+    {
+        use socket2::{Domain, Protocol, Socket, Type};
+        if let Ok(s) = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM,
+            Some(Protocol::MPTCP),
+        ) {
+            s.set_nonblocking(true)?;
+            let socket = tokio::net::TcpSocket::from_std_stream(s.into());
+            return socket.connect(addr).await;
+        }
+    }
+    TcpStream::connect(addr).await
+}
+
 /// Connects to the first address that answers, racing staggered attempts.
 pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, TransportError> {
     let order = interleave(addrs);
@@ -35,7 +56,7 @@ pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStrea
     let mut last_err = None;
     let deadline = tokio::time::Instant::now() + timeout;
     let spawn = |set: &mut JoinSet<_>, addr: SocketAddr| {
-        set.spawn(async move { (addr, TcpStream::connect(addr).await) });
+        set.spawn(async move { (addr, open(addr).await) });
     };
     if let Some(first) = pending.next() {
         spawn(&mut attempts, first);

@@ -8,6 +8,7 @@ pub mod congestion;
 pub mod h2;
 pub mod h3;
 pub mod happy;
+pub mod mptcp;
 pub mod path_watch;
 pub mod progress;
 pub mod tcp_watch;
