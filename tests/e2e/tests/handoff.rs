@@ -41,7 +41,7 @@ fn handoff(name: &str, server_args: &[&str], protocol: &str) {
     let imp = Impair::default()
         .delay(Duration::from_millis(25))
         .rate_bps(100_000_000);
-    let sim = Sim::up(name, SimOpts::symmetric(imp.clone()).path2(imp)).expect("netsim");
+    let sim = Sim::up(name, SimOpts::symmetric(imp).path2(imp)).expect("netsim");
     let dir = workdir();
     let server = Server::start_opts(dir.path(), Some(&sim), server_args);
     let daemon = Daemon::start_in(dir.path(), &server, &sim);

@@ -52,7 +52,7 @@ fn one_http2_upload_uses_both_paths_and_survives_losing_one() {
     let imp = Impair::default()
         .delay(Duration::from_millis(25))
         .rate_bps(50_000_000);
-    let sim = Sim::up("e2e-mp", SimOpts::symmetric(imp.clone()).path2(imp)).expect("netsim");
+    let sim = Sim::up("e2e-mp", SimOpts::symmetric(imp).path2(imp)).expect("netsim");
     let (client, server_ns) = (sim.client_ns(), sim.server_ns());
     for ns in [&client, &server_ns] {
         ip_in(
