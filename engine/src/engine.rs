@@ -521,6 +521,7 @@ impl Engine {
                 }
                 job.acked.insert(offset..offset + len);
                 job.backoff.succeed();
+                job.resyncs_since_ack = 0;
                 job.acks_since_checkpoint += 1;
                 let acked_bytes = job.acked.len();
                 if job.acks_since_checkpoint >= every {

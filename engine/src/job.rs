@@ -71,6 +71,9 @@ pub struct Job {
     pub acked_at: Time,
     /// The next state fetch verifies every byte the server holds (the global watchdog).
     pub verify_all: bool,
+    /// State re-reads after conflicts since the last acknowledgement: the first goes at
+    /// once (a conflict is news, not trouble), later ones after the backoff.
+    pub resyncs_since_ack: u32,
 }
 
 impl Job {
@@ -97,6 +100,7 @@ impl Job {
             alive_at: Time::ZERO,
             acked_at: Time::ZERO,
             verify_all: false,
+            resyncs_since_ack: 0,
         }
     }
 

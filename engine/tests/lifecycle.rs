@@ -170,16 +170,17 @@ fn a_conflict_with_chunks_the_server_got_meanwhile_refetches_the_state_and_goes_
         after.iter().any(|a| matches!(a, Action::Retrying { .. })),
         "the pause is reported"
     );
-    // When the pause ends, the state is fetched again (the same session).
-    let wake = e.poll_timeout().expect("woken to fetch again");
-    e.handle_timeout(wake);
-    let refetch = std::iter::from_fn(|| e.poll_action())
+    // The first conflict since an acknowledgement is news, not trouble: the state is
+    // fetched again at once (the same session).
+    let refetch = after
+        .iter()
         .find_map(|a| match a {
-            Action::FetchState { req, .. } => Some(req),
+            Action::FetchState { req, .. } => Some(*req),
             Action::CreateSession { .. } => panic!("the session is kept"),
             _ => None,
         })
-        .expect("the state is fetched again");
+        .expect("the state is fetched again at once");
+    let wake = Time::ZERO;
     // The server now holds the first 8 MiB (landed from the run before): never sent again.
     e.handle(
         wake,

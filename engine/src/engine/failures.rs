@@ -230,10 +230,17 @@ impl Engine {
             return;
         };
         self.release_chunks(id, &mut job);
-        let delay = job
-            .backoff
-            .fail(&mut self.rng, None)
-            .min(self.retry_cap(false));
+        // The first re-read since the last acknowledgement goes at once: after a cut link
+        // returns, chunks that reached the server while their answers were lost conflict
+        // with the probes, and the upload should not wait a backoff for that news.
+        let delay = match job.resyncs_since_ack {
+            0 => Duration::ZERO,
+            _ => job
+                .backoff
+                .fail(&mut self.rng, None)
+                .min(self.retry_cap(false)),
+        };
+        job.resyncs_since_ack += 1;
         job.claimed = job.acked.clone();
         job.phase = Phase::NeedSession;
         job.not_before = now + delay;

@@ -145,6 +145,9 @@ fn cut_mid_upload(name: &str, server_args: &[&str], protocol: &str) {
             )
         })
         .collect();
+    // What happened around the return, for the log (the last few retries before it).
+    let around: Vec<&String> = story.iter().rev().take(6).collect();
+    eprintln!("{protocol}: retries nearest the end (ms from the return): {around:#?}");
     assert!(
         resumed - back <= 2_000,
         "first acknowledgement {} ms after the return; retries (ms from the return): {story:#?}",
