@@ -165,3 +165,30 @@ fn sigterm_pauses_the_job_and_a_restart_finishes_it() {
         sha256_file(&file)
     );
 }
+
+/// The server forgets the session mid-upload (here: deleted by its id, as an operator's
+/// cleanup or an expiry would): the daemon's next request meets `404 unknown_upload`, the
+/// job starts a new session and goes on from the server's truth — nothing — and the file
+/// arrives intact under a new upload id.
+#[test]
+fn a_session_the_server_forgot_is_created_again_and_the_upload_completes_intact() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("capture.bin");
+    let size = GIB / 4;
+    random_file(&file, size);
+    let local_sha = sha256_file(&file);
+    let job = enqueue(&daemon.socket, &file);
+    let record = wait_acked(&daemon.socket, &job, size / 8);
+    let first = record["upload_id"].as_str().unwrap_or("").to_string();
+    assert!(!first.is_empty(), "{record}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { server_client(&server).delete(&first).await })
+        .expect("the server forgets the session");
+    let record = wait_done(&daemon.socket, &job);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], local_sha.as_str());
+    assert_ne!(record["upload_id"], first.as_str(), "a new session");
+    assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
+}
