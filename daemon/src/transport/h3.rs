@@ -104,6 +104,8 @@ pub struct H3Client {
     current: std::sync::Mutex<Option<quinn::Connection>>,
     last_handshake: std::sync::Mutex<Option<HandshakeState>>,
     last_connect_ms: AtomicU64,
+    /// When a connection was last replaced because it had gone silent.
+    silent_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl H3Client {
@@ -150,6 +152,7 @@ impl H3Client {
             current: std::sync::Mutex::new(None),
             last_handshake: std::sync::Mutex::new(None),
             last_connect_ms: AtomicU64::new(0),
+            silent_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -207,6 +210,8 @@ impl H3Client {
                 return Ok((l.send.clone(), Arc::clone(&l.watch)));
             }
             tracing::info!("HTTP/3 connection silent for 5 s with data out: replacing it");
+            *self.silent_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(std::time::Instant::now());
             l.conn.close(0u32.into(), b"stalled");
         }
         *live = None;
@@ -221,6 +226,16 @@ impl H3Client {
     /// finish on the old (it closes when its last request ends).
     pub async fn reconnect(&self) {
         *self.live.lock().await = None;
+    }
+
+    /// A connection went silent within `within`: failures now are the path's, not QUIC's
+    /// (a request sent as 0-RTT on a connection whose handshake never got through fails
+    /// as "0-RTT rejected" when that connection is given up).
+    pub fn went_silent_within(&self, within: Duration) -> bool {
+        self.silent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() <= within)
     }
 
     /// Closes the connection; the TLS ticket stays, so the next connect is 0-RTT.

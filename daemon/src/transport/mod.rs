@@ -146,6 +146,10 @@ impl Endpoint {
 /// After an HTTP/3 failure, stay on HTTP/2 this long before trying QUIC again.
 const H3_PENALTY: std::time::Duration = std::time::Duration::from_secs(60);
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// HTTP/3 when the server offers it and it works, HTTP/2 always as the floor.
 ///
 /// Happy-Eyeballs style: a request never waits for QUIC to come up. While HTTP/3 is not
@@ -160,6 +164,11 @@ pub struct Transport {
     h3_connecting: AtomicBool,
     h3_ready_once: AtomicBool,
     h3_benched_until: std::sync::Mutex<Option<Instant>>,
+    /// When HTTP/3 was benched for silence (a connect that timed out), and when an HTTP/2
+    /// request last failed: if HTTP/2 failed too after that bench, the whole path was
+    /// dead (an outage, not QUIC), and HTTP/3 is tried again as soon as HTTP/2 works.
+    h3_silent_bench_at: std::sync::Mutex<Option<Instant>>,
+    h2_failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Transport {
@@ -178,6 +187,8 @@ impl Transport {
             h3_connecting: AtomicBool::new(false),
             h3_ready_once: AtomicBool::new(false),
             h3_benched_until: std::sync::Mutex::new(None),
+            h3_silent_bench_at: std::sync::Mutex::new(None),
+            h2_failed_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -191,6 +202,15 @@ impl Transport {
 
     fn bench_h3(&self, why: &TransportError) {
         tracing::info!(error = %why, "HTTP/3 failed; using HTTP/2 for a while");
+        let silent = match why {
+            TransportError::Timeout(_) => true,
+            TransportError::Connect { message, .. } => message.contains("timed out"),
+            _ => false,
+        } || self
+            .h3
+            .as_ref()
+            .is_some_and(|h| h.went_silent_within(std::time::Duration::from_secs(10)));
+        *lock(&self.h3_silent_bench_at) = silent.then(Instant::now);
         *self
             .h3_benched_until
             .lock()
@@ -263,7 +283,14 @@ impl Transport {
                 Err(e) => self.bench_h3(&e),
             }
         }
-        let resp = self.h2.request(req).await?;
+        let resp = match self.h2.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                *lock(&self.h2_failed_at) = Some(Instant::now());
+                return Err(e);
+            }
+        };
+        self.after_outage();
         if let Some(offer) = resp.alt_svc.as_deref().and_then(alt_svc::parse) {
             if self.alt.learn(offer)
                 && let Some(h3) = &self.h3
@@ -275,6 +302,23 @@ impl Transport {
             }
         }
         Ok(resp)
+    }
+
+    /// HTTP/2 works again after an outage that also benched HTTP/3: lift the bench and
+    /// connect QUIC in the background (requests stay on HTTP/2 until it is up), so a dead
+    /// path's return does not leave the upload on HTTP/2 for the bench's minute.
+    fn after_outage(self: &Arc<Self>) {
+        let benched_at = *lock(&self.h3_silent_bench_at);
+        let h2_failed = *lock(&self.h2_failed_at);
+        if let (Some(b), Some(f)) = (benched_at, h2_failed)
+            && f >= b
+        {
+            *lock(&self.h3_silent_bench_at) = None;
+            *lock(&self.h3_benched_until) = None;
+            self.h3_ready_once.store(false, Ordering::SeqCst);
+            tracing::info!("the path is back: trying HTTP/3 again");
+            self.connect_h3_soon();
+        }
     }
 
     /// The protocol new requests go over right now.

@@ -82,8 +82,9 @@ fn cut_mid_upload(name: &str, server_args: &[&str], protocol: &str) {
     assert!(status.success(), "send failed: {record}");
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
-    // The upload went over the protocol under test up to the cut (HTTP/3 may end on
-    // HTTP/2 if QUIC gave up during the outage: said below).
+    // The upload went over the protocol under test up to the cut, and ends on it: an
+    // outage that also stopped HTTP/2 is not held against QUIC, so HTTP/3 is tried again
+    // once the path is back.
     let before_cut: Vec<&str> = events
         .iter()
         .filter(|e| e["event"] == "progress" && e["at_ms"].as_u64().is_some_and(|t| t <= cut))
@@ -93,6 +94,7 @@ fn cut_mid_upload(name: &str, server_args: &[&str], protocol: &str) {
         !before_cut.is_empty() && before_cut.iter().all(|p| *p == protocol),
         "protocols before the cut: {before_cut:?}"
     );
+    assert_eq!(record["protocol"], protocol, "the protocol it ended on");
 
     let at = |e: &serde_json::Value| e["at_ms"].as_u64().unwrap_or(0);
     let stall = events
