@@ -141,6 +141,8 @@ pub(super) struct WholeSend {
     /// Compress when the sample saves more than this fraction (the core's threshold).
     pub compress_above: f32,
     pub lane: usize,
+    /// Counts the PUT's body as it goes, for stall detection.
+    pub progress: Arc<crate::transport::progress::BodyProgress>,
 }
 
 /// A small file in one go: session, one chunk, complete. The idempotency key makes a
@@ -179,7 +181,14 @@ pub(super) async fn whole(
     };
     *wire_bytes += packed.as_ref().map_or(size, |p| p.len() as u64);
     match client
-        .put_chunk_shared(&keys, &payload, packed, lane, 1)
+        .put_chunk_watched(
+            &keys,
+            &payload,
+            packed,
+            lane,
+            1,
+            Some(Arc::clone(&how.progress)),
+        )
         .await
     {
         Ok(_) => {}

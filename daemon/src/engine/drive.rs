@@ -28,13 +28,14 @@ use uplink_proto::integrity::ChunkDigest;
 use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated};
 
 mod outcomes;
+mod reports;
 
 use super::calls::{Resumed, WholeDone, WholeSend, failure, read_failure, resume, whole};
 use super::compress::{self, Lz4Pool};
 use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
-use crate::jobs::{JobDb, JobRecord, JobState, Waiting, now_ms};
+use crate::jobs::{JobDb, JobRecord, JobState, now_ms};
 use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
 use crate::transport::progress::BodyProgress;
 
@@ -353,31 +354,8 @@ impl Driver {
                     Done::Nothing
                 });
             }
-            Action::Watchdog { job, layer, why } => {
-                if let Some(a) = self.jobs.get(&job) {
-                    tracing::warn!(job_id = %a.record.job_id, watchdog = layer.name(), %why, "watchdog fired");
-                    self.shared.events.emit(
-                        &a.record.job_id,
-                        Kind::Incident(grpc::Incident {
-                            kind: layer.name().into(),
-                            why,
-                        }),
-                    );
-                }
-            }
-            Action::Circuit { state, why } => {
-                let kind = format!("circuit_{}", state.name().replace('-', "_"));
-                tracing::warn!(circuit = state.name(), %why, "endpoint circuit breaker");
-                for a in self.jobs.values() {
-                    self.shared.events.emit(
-                        &a.record.job_id,
-                        Kind::Incident(grpc::Incident {
-                            kind: kind.clone(),
-                            why: why.clone(),
-                        }),
-                    );
-                }
-            }
+            Action::Watchdog { job, layer, why } => self.watchdog_fired(job, layer, why),
+            Action::Circuit { state, why } => self.circuit_changed(state, why),
             Action::Progress {
                 job,
                 acked_bytes,
@@ -390,32 +368,7 @@ impl Driver {
                 attempt,
                 delay,
                 waiting,
-            } => {
-                // On hold as a whole (nothing of it in flight, or past its quick retries):
-                // the record says so, with when it goes again.
-                let idle = self.engine.job(job).is_none_or(|v| v.in_flight == 0);
-                if let Some(a) = self.jobs.get_mut(&job) {
-                    let level = if waiting { "waiting" } else { "retrying" };
-                    tracing::warn!(job_id = %a.record.job_id, %why, ?delay, level, "request failed");
-                    if waiting || idle {
-                        a.record.waiting = Some(Waiting {
-                            until_ms: now_ms() + delay.as_millis() as u64,
-                            why: why.clone(),
-                        });
-                        if let Err(e) = self.shared.db.stage(&a.record, None) {
-                            tracing::warn!(error = %e, "cannot record that the job waits");
-                        }
-                    }
-                    self.shared.events.emit(
-                        &a.record.job_id,
-                        Kind::Retrying(grpc::Retrying {
-                            why,
-                            attempt,
-                            delay_seconds: delay.as_secs_f64(),
-                        }),
-                    );
-                }
-            }
+            } => self.retrying(job, why, attempt, delay, waiting),
             Action::JobCompleted { job } => self.finish(job, JobState::Completed, None),
             Action::JobFailed { job, code, message } => {
                 self.finish(job, JobState::Failed, Some((code, message)))
@@ -588,11 +541,16 @@ impl Driver {
         };
         a.record.attempts += 1;
         a.record.chunks_sent += 1;
+        // Watched like a chunk's body: a small file on a dead path is noticed as stalled,
+        // not only when its deadline ends.
+        let progress = Arc::new(BodyProgress::new(self.epoch));
+        self.bodies.insert(req, Arc::clone(&progress));
         let how = WholeSend {
             client: Arc::clone(&self.shared.client),
             lz4: Arc::clone(&self.lz4),
             compress_above: self.shared.engine_config.compress_threshold,
             lane,
+            progress,
         };
         let source = Arc::clone(&a.source);
         let (key, size) = (a.record.job_id.clone(), a.record.size);
@@ -678,34 +636,6 @@ impl Driver {
                 tracing::warn!(error = %e, "checkpoint not flushed");
             }
         });
-    }
-
-    fn progress(&mut self, job: JobId, acked: u64, total: u64, rate: f64) {
-        let protocol = self.shared.client.link().protocol.to_string();
-        let streams = self.engine.job(job).map_or(0, |v| v.in_flight as u32);
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        a.record.bytes_acked = acked;
-        a.record.protocol = protocol.clone();
-        if a.record.waiting.take().is_some()
-            && let Err(e) = self.shared.db.stage(&a.record, None)
-        {
-            tracing::warn!(error = %e, "cannot record that the job moves again");
-        }
-        a.record.streams = a.record.streams.max(streams);
-        let left = total.saturating_sub(acked) as f64;
-        self.shared.events.emit(
-            &a.record.job_id,
-            Kind::Progress(grpc::Progress {
-                acked_bytes: acked,
-                total_bytes: total,
-                rate_bps: rate,
-                eta_seconds: if rate > 0.0 { left / rate } else { 0.0 },
-                protocol,
-                streams,
-            }),
-        );
     }
 
     /// Ends a job the core finished (completed or failed).

@@ -640,3 +640,28 @@ impl Drop for MemCgroup {
         }
     }
 }
+
+/// Enqueues `file`, follows it with `uplink watch JOB --json`, runs `during` once `acked`
+/// bytes are acknowledged, and returns every line watch printed: the job's events, then
+/// its final record (last). Asserts that the job completed and the server holds the
+/// file's exact bytes.
+pub fn upload_through(
+    daemon: &Daemon,
+    file: &Path,
+    acked: u64,
+    during: impl FnOnce(),
+) -> Vec<serde_json::Value> {
+    let job = enqueue(&daemon.socket, file);
+    let watcher = {
+        let (socket, job) = (daemon.socket.clone(), job.clone());
+        std::thread::spawn(move || uplink(&socket, &["watch", &job, "--json"]))
+    };
+    wait_acked(&daemon.socket, &job, acked);
+    during();
+    let out = watcher.join().expect("watch thread");
+    let lines = json_lines(&out);
+    let record = lines.last().cloned().unwrap_or_default();
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], sha256_file(file).as_str());
+    lines
+}

@@ -17,42 +17,34 @@ fn a_dead_server_opens_the_circuit_and_a_returning_one_closes_it_and_the_upload_
     let size = 256 << 20;
     random_file(&file, size);
     let local_sha = sha256_file(&file);
-    let job = enqueue(&daemon.socket, &file);
-    let watcher = {
-        let (socket, job) = (daemon.socket.clone(), job.clone());
-        std::thread::spawn(move || uplink(&socket, &["watch", &job, "--json"]))
-    };
-    wait_acked(&daemon.socket, &job, size / 8);
-    server.proc.kill9();
-
-    let status = wait_for(Duration::from_secs(90), || {
-        let s = daemon_status(&daemon.socket);
-        (s["endpoints"][0]["circuit"] == "open").then_some(s)
-    })
-    .expect("the circuit opens while the server refuses connections");
-    let endpoint = &status["endpoints"][0];
-    let retry_ms = endpoint["circuit_retry_ms"].as_u64().unwrap_or(0);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    assert!(
-        retry_ms > now_ms && retry_ms <= now_ms + 30_500,
-        "open: probes again in {} ms",
-        retry_ms as i64 - now_ms as i64
-    );
-    let health = endpoint["health"].as_f64().unwrap_or(100.0);
-    assert!(health < 100.0, "health falls with the failures: {health}");
-    let acked_when_open = job_record(&daemon.socket, &job).expect("job")["bytes_acked"]
-        .as_u64()
-        .unwrap_or(0);
-
-    server.start_again();
-    let out = watcher.join().expect("watch thread");
-    let events = json_lines(&out);
-    let last = events.last().expect("watch printed the final record");
-    assert_eq!(last["state"], "completed", "{last}");
-    assert_eq!(last["server_sha256"], local_sha.as_str());
+    let mut acked_when_open = 0;
+    let events = upload_through(&daemon, &file, size / 8, || {
+        server.proc.kill9();
+        let status = wait_for(Duration::from_secs(90), || {
+            let s = daemon_status(&daemon.socket);
+            (s["endpoints"][0]["circuit"] == "open").then_some(s)
+        })
+        .expect("the circuit opens while the server refuses connections");
+        let endpoint = &status["endpoints"][0];
+        let retry_ms = endpoint["circuit_retry_ms"].as_u64().unwrap_or(0);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        assert!(
+            retry_ms > now_ms && retry_ms <= now_ms + 30_500,
+            "open: probes again in {} ms",
+            retry_ms as i64 - now_ms as i64
+        );
+        let health = endpoint["health"].as_f64().unwrap_or(100.0);
+        assert!(health < 100.0, "health falls with the failures: {health}");
+        // The only job: what it had acknowledged when the circuit opened.
+        acked_when_open = json_lines(&uplink(&daemon.socket, &["ls", "--json"]))
+            .first()
+            .and_then(|j| j["bytes_acked"].as_u64())
+            .unwrap_or(0);
+        server.start_again();
+    });
     assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
 
     let incidents: Vec<String> = events

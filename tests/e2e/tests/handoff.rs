@@ -14,27 +14,19 @@ use uplink_e2e::*;
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 128 * MIB;
 
-/// Sends `file` and returns (the job's events and final record, seconds from enqueue to
-/// completed); `during` runs once 16 MiB are acknowledged.
+/// Uploads `file` (running `during` once 16 MiB are acknowledged): its events and final
+/// record, and seconds from enqueue to completed.
 fn upload(
     daemon: &Daemon,
     file: &std::path::Path,
     during: impl FnOnce(),
 ) -> (Vec<serde_json::Value>, f64) {
-    let job = enqueue(&daemon.socket, file);
-    let watcher = {
-        let (socket, job) = (daemon.socket.clone(), job.clone());
-        std::thread::spawn(move || uplink(&socket, &["watch", &job, "--json"]))
-    };
-    wait_acked(&daemon.socket, &job, 16 * MIB);
-    during();
-    let out = watcher.join().expect("watch thread");
-    let events = json_lines(&out);
-    let record = events.last().cloned().unwrap_or_default();
-    assert_eq!(record["state"], "completed", "{record}");
-    assert_eq!(record["server_sha256"], sha256_file(file).as_str());
-    let secs = record["total_seconds"].as_f64().unwrap_or(0.0);
-    (events, secs)
+    let lines = upload_through(daemon, file, 16 * MIB, during);
+    let secs = lines
+        .last()
+        .and_then(|r| r["total_seconds"].as_f64())
+        .unwrap_or(0.0);
+    (lines, secs)
 }
 
 fn handoff(name: &str, server_args: &[&str], protocol: &str) {

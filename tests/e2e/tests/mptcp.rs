@@ -29,20 +29,11 @@ fn ip_in(ns: &str, args: &[&str]) {
     );
 }
 
-/// Uploads `file` through `daemon`; `during` runs once 8 MiB are acknowledged. Returns
-/// seconds from enqueue to completed.
+/// Uploads `file` through `daemon` over HTTP/2 (running `during` once 8 MiB are
+/// acknowledged): seconds from enqueue to completed.
 fn upload(daemon: &Daemon, file: &std::path::Path, during: impl FnOnce()) -> f64 {
-    let job = enqueue(&daemon.socket, file);
-    let watcher = {
-        let (socket, job) = (daemon.socket.clone(), job.clone());
-        std::thread::spawn(move || uplink(&socket, &["watch", &job, "--json"]))
-    };
-    wait_acked(&daemon.socket, &job, 8 * MIB);
-    during();
-    let out = watcher.join().expect("watch thread");
-    let record = json_lines(&out).pop().unwrap_or_default();
-    assert_eq!(record["state"], "completed", "{record}");
-    assert_eq!(record["server_sha256"], sha256_file(file).as_str());
+    let lines = upload_through(daemon, file, 8 * MIB, during);
+    let record = lines.last().cloned().unwrap_or_default();
     assert_eq!(record["protocol"], "h2");
     record["total_seconds"].as_f64().unwrap_or(0.0)
 }
