@@ -166,3 +166,80 @@ fn http3_survives_a_30_s_blackhole_reports_the_stall_and_resumes() {
 fn http2_survives_a_30_s_blackhole_reports_the_stall_and_resumes() {
     cut_mid_upload("e2e-bh2", &["--no-h3"], "h2");
 }
+
+/// Small files go in one request each (session, body, complete); their bodies are watched
+/// like chunks, so photos caught on a cut path are reported stalled within the window too
+/// and go again when the path returns, not when their deadlines end.
+#[test]
+fn small_files_on_a_cut_path_are_reported_stalled_and_all_arrive() {
+    let imp = Impair::default()
+        .delay(Duration::from_millis(25))
+        .rate_bps(10_000_000);
+    let sim = Sim::up("e2e-bhs", SimOpts::symmetric(imp)).expect("netsim");
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), Some(&sim), &["--no-h3"]);
+    let daemon = Daemon::start_in(dir.path(), &server, &sim);
+    let files: Vec<_> = (0..12)
+        .map(|i| {
+            let f = dir.path().join(format!("photo-{i}.bin"));
+            random_file(&f, 3 * MIB);
+            f
+        })
+        .collect();
+    let mut args = vec!["send".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend(["--wait".into(), "--json".into()]);
+    let socket = daemon.socket.clone();
+    let sender = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        uplink(&socket, &args)
+    });
+    // Cut once the first photo is through, with the others on the way.
+    let first = wait_for(Duration::from_secs(60), || {
+        json_lines(&uplink(&daemon.socket, &["ls", "--json"]))
+            .iter()
+            .any(|j| j["state"] == "completed")
+            .then_some(())
+    });
+    assert!(first.is_some(), "no photo completed within a minute");
+    let cut = now_ms();
+    sim.blackhole(PathSel::P1, true);
+    std::thread::sleep(Duration::from_secs(12));
+    sim.blackhole(PathSel::P1, false);
+    let out = sender.join().expect("send thread");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let record = lines
+            .iter()
+            .rev()
+            .find(|l| l["target"] == name && l["state"].is_string())
+            .unwrap_or_else(|| panic!("no final record for {name}"));
+        assert_eq!(record["state"], "completed", "{record}");
+        assert_eq!(record["server_sha256"], sha256_file(f).as_str());
+    }
+    let stall = lines
+        .iter()
+        .filter(|e| e["event"] == "retrying" && e["at_ms"].as_u64().is_some_and(|t| t >= cut))
+        .find(|e| {
+            e["detail"]["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("stalled"))
+        })
+        .and_then(|e| e["at_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no small file reported stalled"));
+    eprintln!(
+        "small files: stall reported {} ms after the cut",
+        stall - cut
+    );
+    assert!(
+        stall - cut <= 6_000,
+        "stall reported {} ms after the cut",
+        stall - cut
+    );
+}
