@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use super::{BUSY_WAIT, Engine, Req, ReqKind};
+use crate::Time;
 use crate::io::{Action, Failure, JobId, ReqId};
-use crate::job::{ChunkState, Phase};
+use crate::job::{ChunkState, Job, Phase};
 
 impl Engine {
     pub(super) fn request_failed(&mut self, r: Req, failure: Failure) {
@@ -74,29 +75,7 @@ impl Engine {
             .min(cap)
             .max(circuit.unwrap_or(Duration::ZERO));
         let when = now + delay;
-        let why = match r.kind {
-            ReqKind::Chunk { offset, .. } => {
-                if let Some(c) = job.chunks.get_mut(&offset) {
-                    c.state = ChunkState::Ready { not_before: when };
-                }
-                format!("chunk at {offset}: {code}: {message}")
-            }
-            ReqKind::Session => {
-                job.phase = Phase::NeedSession;
-                job.not_before = when;
-                format!("session: {code}: {message}")
-            }
-            ReqKind::Whole => {
-                job.phase = Phase::Whole;
-                job.not_before = when;
-                format!("{code}: {message}")
-            }
-            ReqKind::Complete => {
-                job.phase = Phase::Transfer;
-                job.not_before = when;
-                format!("complete: {code}: {message}")
-            }
-        };
+        let why = format!("{}{code}: {message}", requeue(job, r.kind, when));
         self.actions.push_back(Action::Retrying {
             job: id,
             why,
@@ -168,31 +147,10 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&r.job) else {
             return;
         };
-        let why = match r.kind {
-            ReqKind::Chunk { offset, .. } => {
-                if let Some(c) = job.chunks.get_mut(&offset) {
-                    c.state = ChunkState::Ready { not_before: now };
-                }
-                format!(
-                    "chunk at {offset}: its connection's path is gone; sent again at once on the new path"
-                )
-            }
-            ReqKind::Session => {
-                job.phase = Phase::NeedSession;
-                job.not_before = now;
-                "session: its connection's path is gone; asked again on the new path".into()
-            }
-            ReqKind::Whole => {
-                job.phase = Phase::Whole;
-                job.not_before = now;
-                "its connection's path is gone; sent again at once on the new path".into()
-            }
-            ReqKind::Complete => {
-                job.phase = Phase::Transfer;
-                job.not_before = now;
-                "complete: its connection's path is gone; asked again on the new path".into()
-            }
-        };
+        let why = format!(
+            "{}its connection's path is gone; sent again at once on the new path",
+            requeue(job, r.kind, now)
+        );
         self.actions.push_back(Action::Retrying {
             job: r.job,
             why,
@@ -339,5 +297,27 @@ impl Engine {
         job.phase = Phase::NeedSession;
         job.not_before = self.now;
         self.jobs.insert(id, job);
+    }
+}
+
+/// Puts what a request carried back to go again at `when` (its chunk, session call,
+/// whole-file send or complete); returns what it was, as the start of a reason.
+fn requeue(job: &mut Job, kind: ReqKind, when: Time) -> String {
+    match kind {
+        ReqKind::Chunk { offset, .. } => {
+            if let Some(c) = job.chunks.get_mut(&offset) {
+                c.state = ChunkState::Ready { not_before: when };
+            }
+            return format!("chunk at {offset}: ");
+        }
+        ReqKind::Session => job.phase = Phase::NeedSession,
+        ReqKind::Whole => job.phase = Phase::Whole,
+        ReqKind::Complete => job.phase = Phase::Transfer,
+    }
+    job.not_before = when;
+    match kind {
+        ReqKind::Session => "session: ".into(),
+        ReqKind::Complete => "complete: ".into(),
+        _ => String::new(),
     }
 }
