@@ -12,6 +12,10 @@
 //! records, the source files, the session keys, the chunk bytes in their buffers and the
 //! Merkle ledger whose root `complete` needs. One loop owns all of it, so nothing is
 //! shared between tasks but the read-only client.
+//!
+//! This file holds the loop, the job table and the records; `requests` starts the
+//! actions' I/O tasks, `outcomes` turns their results into events, and `reports` tells
+//! users (progress, retries, incidents).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,13 +29,14 @@ use tokio_util::sync::CancellationToken;
 use uplink_engine::{Action, Engine, Event, Failure, JobId, ReqId, Time};
 use uplink_proto::grpc::{self, job_event::Kind};
 use uplink_proto::integrity::ChunkDigest;
-use uplink_proto::wire::{CreateUpload, UploadCompleted, UploadCreated};
+use uplink_proto::wire::{UploadCompleted, UploadCreated};
 
 mod outcomes;
 mod reports;
+mod requests;
 
-use super::calls::{Resumed, WholeDone, WholeSend, failure, read_failure, resume, whole};
-use super::compress::{self, Lz4Pool};
+use super::calls::{Resumed, WholeDone};
+use super::compress::Lz4Pool;
 use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
 use crate::events::Events;
@@ -405,212 +410,6 @@ impl Driver {
     ) {
         let handle = self.tasks.spawn(fut);
         self.requests.insert(req, handle);
-    }
-
-    // ---- actions ----
-
-    async fn create_session(&mut self, req: ReqId, job: JobId) {
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        if a.record.upload_id.is_some() {
-            // The core asks for a new session after the server forgot the old one.
-            tracing::warn!(job_id = %a.record.job_id, "the server no longer knows the upload; starting a new session");
-            a.record.upload_id = None;
-            a.record.nonce = None;
-            a.keys = None;
-            a.buffers.clear();
-            a.checkpoint = Checkpoint::default();
-            let _ = self.shared.db.drop_checkpoint(&a.record.job_id);
-        }
-        a.record.attempts += 1;
-        let body = CreateUpload {
-            size: a.record.size,
-            name: a.record.target.clone(),
-            metadata: a.record.metadata.clone(),
-        };
-        let (client, key) = (Arc::clone(&self.shared.client), a.record.job_id.clone());
-        self.spawn_request(req, async move {
-            Done::Created {
-                req,
-                job,
-                result: client.create(&key, &body).await,
-            }
-        });
-    }
-
-    fn fetch_state(&mut self, req: ReqId, job: JobId, verify_all: bool) {
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        a.record.attempts += 1;
-        let Some(upload_id) = a.record.upload_id.clone() else {
-            return;
-        };
-        let (client, db) = (Arc::clone(&self.shared.client), Arc::clone(&self.shared.db));
-        let (source, job_id, size) = (
-            Arc::clone(&a.source),
-            a.record.job_id.clone(),
-            a.record.size,
-        );
-        self.spawn_request(req, async move {
-            let result = resume(&client, &db, source, &job_id, &upload_id, size, verify_all).await;
-            Done::Resumed { req, job, result }
-        });
-    }
-
-    fn read(&mut self, job: JobId, offset: u64, len: u64) {
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        a.pending_reads.insert(offset, len);
-        let source = Arc::clone(&a.source);
-        self.tasks.spawn(async move {
-            let result = tokio::task::spawn_blocking(move || {
-                // The sample rides the hashing pass, while the pages are hot.
-                let (data, digest) = source.read_chunk(offset, len)?;
-                let saving = compress::sample_saving(&data);
-                Ok((data, digest, saving))
-            })
-            .await
-            .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
-            Done::Read {
-                job,
-                offset,
-                result,
-            }
-        });
-    }
-
-    fn put_chunk(&mut self, req: ReqId, job: JobId, offset: u64, lane: usize, compress: bool) {
-        let sharing = self.engine.snapshot().stream_limit;
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        let (Some(payload), Some(keys)) = (a.buffers.get(&offset).cloned(), a.keys.clone()) else {
-            // The core sends only what was read, within a session: a broken promise.
-            self.refuse(
-                req,
-                Failure::permanent("internal", "chunk to send is not in memory"),
-            );
-            return;
-        };
-        let sends = a.sends.entry(offset).or_insert(0);
-        *sends += 1;
-        a.record.chunks_sent += 1;
-        if *sends > 1 || offset < a.prior_dispatch {
-            a.record.chunks_resent += 1;
-            a.record.bytes_resent += payload.data.len() as u64;
-        }
-        let end = offset + payload.data.len() as u64;
-        a.checkpoint.dispatched_until = a.checkpoint.dispatched_until.max(end);
-        a.record.chunk_size = a.record.chunk_size.max(payload.data.len() as u64);
-        let client = Arc::clone(&self.shared.client);
-        let pool = Arc::clone(&self.lz4);
-        let progress = Arc::new(BodyProgress::new(self.epoch));
-        self.bodies.insert(req, Arc::clone(&progress));
-        self.spawn_request(req, async move {
-            let lz4 = match compress {
-                true => {
-                    let raw = payload.data.clone();
-                    tokio::task::spawn_blocking(move || pool.compress(&raw))
-                        .await
-                        .ok()
-                        .flatten()
-                }
-                false => None,
-            };
-            let wire_bytes = lz4.as_ref().map_or(payload.data.len(), Bytes::len) as u64;
-            let result = client
-                .put_chunk_watched(&keys, &payload, lz4, lane, sharing, Some(progress))
-                .await
-                .map(|_| ());
-            Done::Put {
-                req,
-                job,
-                offset,
-                wire_bytes,
-                result,
-            }
-        });
-    }
-
-    fn put_whole(&mut self, req: ReqId, job: JobId, lane: usize) {
-        let Some(a) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        a.record.attempts += 1;
-        a.record.chunks_sent += 1;
-        // Watched like a chunk's body: a small file on a dead path is noticed as stalled,
-        // not only when its deadline ends.
-        let progress = Arc::new(BodyProgress::new(self.epoch));
-        self.bodies.insert(req, Arc::clone(&progress));
-        let how = WholeSend {
-            client: Arc::clone(&self.shared.client),
-            lz4: Arc::clone(&self.lz4),
-            compress_above: self.shared.engine_config.compress_threshold,
-            lane,
-            progress,
-        };
-        let source = Arc::clone(&a.source);
-        let (key, size) = (a.record.job_id.clone(), a.record.size);
-        let body = CreateUpload {
-            size,
-            name: a.record.target.clone(),
-            metadata: a.record.metadata.clone(),
-        };
-        self.spawn_request(req, async move {
-            let mut wire_bytes = 0;
-            let result = whole(&how, source, &key, &body, &mut wire_bytes).await;
-            Done::Whole {
-                req,
-                job,
-                wire_bytes,
-                result,
-            }
-        });
-    }
-
-    fn complete(&mut self, req: ReqId, job: JobId) {
-        let Some(a) = self.jobs.get(&job) else {
-            return;
-        };
-        let (Some(root), Some(upload_id)) = (
-            a.checkpoint.ledger.root_if_complete(a.record.size),
-            a.record.upload_id.clone(),
-        ) else {
-            self.refuse(
-                req,
-                Failure::permanent(
-                    "internal",
-                    "every byte is acknowledged but the ledger is not complete",
-                ),
-            );
-            return;
-        };
-        let client = Arc::clone(&self.shared.client);
-        let source = Arc::clone(&a.source);
-        self.spawn_request(req, async move {
-            let result = async {
-                // The bytes acknowledged must still be the file's: it must not have
-                // changed since (the server checks the root against what it holds).
-                tokio::task::spawn_blocking(move || source.check())
-                    .await
-                    .map_err(|e| Failure::permanent("internal", e.to_string()))?
-                    .map_err(read_failure)?;
-                client
-                    .complete(&upload_id, &root)
-                    .await
-                    .map_err(|e| failure(&e))
-            }
-            .await;
-            Done::Completed {
-                req,
-                job,
-                root,
-                result,
-            }
-        });
     }
 
     /// Writes the job's record and checkpoint, durably.
