@@ -118,11 +118,17 @@ impl H2Pool {
 
     /// Drops the lanes whose connection the host no longer routes (the route to the
     /// server now leaves from another address): their requests fail with `PathGone` and
-    /// go again on fresh connections, which the kernel opens on the new path.
-    pub async fn leave_dead_paths(&self) -> usize {
-        let mut left = 0;
+    /// go again on fresh connections, which the kernel opens on the new path. Returns
+    /// (lanes left, lanes busy and not checked: look again soon).
+    pub fn leave_dead_paths(&self) -> (usize, usize) {
+        let (mut left, mut busy) = (0, 0);
         for slot in &self.lanes {
-            let mut slot = slot.lock().await;
+            // A lane in use (perhaps connecting, for up to a connect timeout) is not
+            // waited for: the caller looks again soon.
+            let Ok(mut slot) = slot.try_lock() else {
+                busy += 1;
+                continue;
+            };
             let Some(lane) = slot.as_ref() else { continue };
             let now_from = super::path_watch::source_towards(lane.peer);
             if now_from == Some(lane.local.ip()) {
@@ -148,7 +154,7 @@ impl H2Pool {
             *slot = None;
             left += 1;
         }
-        left
+        (left, busy)
     }
 
     async fn sender(&self, lane: usize) -> Result<Lane, TransportError> {

@@ -341,9 +341,10 @@ impl Transport {
 
     /// Connections whose path is gone are dropped and their requests failed with
     /// [`TransportError::PathGone`], so they go again at once on fresh connections (HTTP/2;
-    /// QUIC migrates by itself). Returns how many connections were dropped.
-    pub async fn leave_dead_paths(&self) -> usize {
-        self.h2.leave_dead_paths().await
+    /// QUIC migrates by itself). Returns (connections dropped, connections busy and not
+    /// checked).
+    pub fn leave_dead_paths(&self) -> (usize, usize) {
+        self.h2.leave_dead_paths()
     }
 
     /// The next requests open fresh connections; requests out finish on the old ones.

@@ -17,6 +17,10 @@ use super::Transport;
 
 /// How often the routes are checked without a change notification.
 pub const POLL: Duration = Duration::from_secs(1);
+/// A connection in use when the routes are checked is looked at again this soon, up to
+/// this many times (then at the next poll).
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+const BUSY_RETRIES: usize = 10;
 
 /// The address the host would send from towards `peer` now (None: no route at all).
 pub fn source_towards(peer: SocketAddr) -> Option<IpAddr> {
@@ -42,7 +46,16 @@ pub async fn run(transport: Weak<Transport>) {
         let Some(t) = transport.upgrade() else {
             return;
         };
-        let left = t.leave_dead_paths().await;
+        let (mut left, mut busy) = t.leave_dead_paths();
+        // Connections in use were skipped, not waited for: look again shortly (bounded).
+        for _ in 0..BUSY_RETRIES {
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(BUSY_RETRY).await;
+            let (l, b) = t.leave_dead_paths();
+            (left, busy) = (left + l, b);
+        }
         if left > 0 {
             tracing::info!(
                 connections = left,
