@@ -146,6 +146,10 @@ impl Endpoint {
 /// After an HTTP/3 failure, stay on HTTP/2 this long before trying QUIC again.
 const H3_PENALTY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// HTTP/2 answering nothing for this long after QUIC was benched for silence means the
+/// path was dead, not QUIC (the engine's stall window).
+const H2_SILENT_AFTER_BENCH: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -169,6 +173,10 @@ pub struct Transport {
     /// dead (an outage, not QUIC), and HTTP/3 is tried again as soon as HTTP/2 works.
     h3_silent_bench_at: std::sync::Mutex<Option<Instant>>,
     h2_failed_at: std::sync::Mutex<Option<Instant>>,
+    /// When an HTTP/2 request last succeeded. Requests the engine abandons as stalled
+    /// never fail here (they are dropped), so "HTTP/2 answered nothing for a stall window
+    /// after the bench" counts as HTTP/2 failing too.
+    h2_ok_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Transport {
@@ -189,6 +197,7 @@ impl Transport {
             h3_benched_until: std::sync::Mutex::new(None),
             h3_silent_bench_at: std::sync::Mutex::new(None),
             h2_failed_at: std::sync::Mutex::new(None),
+            h2_ok_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -308,11 +317,15 @@ impl Transport {
     /// connect QUIC in the background (requests stay on HTTP/2 until it is up), so a dead
     /// path's return does not leave the upload on HTTP/2 for the bench's minute.
     fn after_outage(self: &Arc<Self>) {
-        let benched_at = *lock(&self.h3_silent_bench_at);
-        let h2_failed = *lock(&self.h2_failed_at);
-        if let (Some(b), Some(f)) = (benched_at, h2_failed)
-            && f >= b
-        {
+        let now = Instant::now();
+        let last_ok = lock(&self.h2_ok_at).replace(now);
+        let Some(benched_at) = *lock(&self.h3_silent_bench_at) else {
+            return;
+        };
+        let h2_failed = lock(&self.h2_failed_at).is_some_and(|f| f >= benched_at);
+        let h2_silent = last_ok.is_none_or(|ok| ok < benched_at)
+            && now.duration_since(benched_at) >= H2_SILENT_AFTER_BENCH;
+        if h2_failed || h2_silent {
             *lock(&self.h3_silent_bench_at) = None;
             *lock(&self.h3_benched_until) = None;
             self.h3_ready_once.store(false, Ordering::SeqCst);
