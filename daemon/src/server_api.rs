@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use uplink_proto::integrity::{self, ChunkId, ChunkSecret, Credentials};
 use uplink_proto::wire::{
-    self, ChunkPage, ChunkStored, CompleteUpload, CreateUpload, ErrorBody, UploadCompleted,
-    UploadCreated, UploadState,
+    self, ChunkPage, ChunkResume, ChunkStored, CompleteUpload, CreateUpload, ErrorBody,
+    UploadCompleted, UploadCreated, UploadState,
 };
 
 use crate::transport::progress::BodyProgress;
@@ -63,7 +63,9 @@ impl CallError {
             CallError::Decode(_) => ErrorClass::Transient,
             CallError::Server { status, code, .. } => match (*status, code.as_str()) {
                 (404, wire::code::UNKNOWN_UPLOAD) | (410, _) => ErrorClass::UnknownUpload,
-                (409, wire::code::CHUNK_IN_PROGRESS) => ErrorClass::Transient,
+                (409, wire::code::CHUNK_IN_PROGRESS | wire::code::PARTIAL_GONE) => {
+                    ErrorClass::Transient
+                }
                 // A checksum mismatch means the bytes changed between hashing and sending.
                 (422, wire::code::CRC32C_MISMATCH | wire::code::SHA256_MISMATCH) => {
                     ErrorClass::Transient
@@ -364,6 +366,64 @@ impl ServerClient {
         sharing: usize,
         progress: Option<Arc<BodyProgress>>,
     ) -> Result<ChunkStored, CallError> {
+        let mut req = self.chunk_request(keys, chunk, lz4, 0, sharing);
+        req.lane = lane;
+        req.progress = progress;
+        self.call_json(req).await
+    }
+
+    /// How many of this chunk's first bytes the server has from an earlier request whose
+    /// connection was lost (it takes them from that request, which stops).
+    pub async fn resume_point(
+        &self,
+        keys: &SessionKeys,
+        chunk: &ChunkPayload,
+    ) -> Result<u64, CallError> {
+        let mut req = self.chunk_request(keys, chunk, None, 0, 1);
+        req.method = http::Method::POST;
+        req.path = wire::chunk_resume_path(&keys.upload_id, chunk.offset);
+        req.body = Bytes::new();
+        req.timeout = CONTROL_TIMEOUT;
+        let answer: ChunkResume = self.call_json(req).await?;
+        let length = chunk.data.len() as u64;
+        // Only an answer about this very chunk, inside it, is built on.
+        Ok(
+            match answer.offset == chunk.offset && answer.length == length {
+                true => answer.received.min(length.saturating_sub(1)),
+                false => 0,
+            },
+        )
+    }
+
+    /// A chunk sent again: asks the server what it has of it first
+    /// ([`Self::resume_point`]) and sends only the rest. Returns the answer and the bytes
+    /// the server already had. A server that lost them answers `partial_gone`, a transient
+    /// failure: the next attempt asks again and sends it whole.
+    pub async fn put_chunk_resumed(
+        &self,
+        keys: &SessionKeys,
+        chunk: &ChunkPayload,
+        lane: usize,
+        sharing: usize,
+        progress: Option<Arc<BodyProgress>>,
+    ) -> Result<(ChunkStored, u64), CallError> {
+        // A server without resume (or any trouble asking) just means sending it whole.
+        let from = self.resume_point(keys, chunk).await.unwrap_or(0);
+        let mut req = self.chunk_request(keys, chunk, None, from, sharing);
+        req.lane = lane;
+        req.progress = progress;
+        Ok((self.call_json(req).await?, from))
+    }
+
+    /// A chunk PUT: the body from byte `from` of the chunk (raw), or `lz4` instead.
+    fn chunk_request(
+        &self,
+        keys: &SessionKeys,
+        chunk: &ChunkPayload,
+        lz4: Option<Bytes>,
+        from: u64,
+        sharing: usize,
+    ) -> WireRequest {
         let length = chunk.data.len() as u64;
         let tag = integrity::chunk_tag(
             &keys.key,
@@ -376,20 +436,22 @@ impl ServerClient {
             },
         );
         let compressed = lz4.is_some();
-        let body = lz4.unwrap_or_else(|| chunk.data.clone());
+        let from = from.min(length);
+        let body = lz4.unwrap_or_else(|| chunk.data.slice(from as usize..));
         let mut req = self.request(
             http::Method::PUT,
             wire::chunk_path(&keys.upload_id, chunk.offset),
             body,
-            chunk_timeout(length, sharing),
+            chunk_timeout(length - from, sharing),
         );
-        req.lane = lane;
-        req.progress = progress;
         if compressed {
             req.headers.push((
                 wire::HDR_CONTENT_ENCODING,
                 wire::CONTENT_ENCODING_LZ4.into(),
             ));
+        } else if from > 0 {
+            req.headers
+                .push((wire::HDR_CHUNK_RESUME_FROM, from.to_string()));
         }
         req.headers.extend([
             (wire::HDR_CHUNK_LENGTH, length.to_string()),
@@ -398,7 +460,7 @@ impl ServerClient {
             (wire::HDR_CHUNK_HMAC, hex::encode(tag)),
             ("content-type", "application/octet-stream".into()),
         ]);
-        self.call_json(req).await
+        req
     }
 }
 

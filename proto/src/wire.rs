@@ -34,6 +34,9 @@ pub const HDR_CHUNK_LENGTH: &str = "x-chunk-length";
 pub const HDR_CHUNK_SHA256: &str = "x-chunk-sha256";
 pub const HDR_CHUNK_CRC32C: &str = "x-chunk-crc32c";
 pub const HDR_CHUNK_HMAC: &str = "x-chunk-hmac";
+/// On a chunk PUT: the body is the chunk's bytes from this offset on; the server holds
+/// the ones before (it said so in its [`ChunkResume`] answer). Not with `Content-Encoding`.
+pub const HDR_CHUNK_RESUME_FROM: &str = "x-chunk-resume-from";
 /// Optional on `PUT /v1/objects/{name}`: hex SHA-256 of the whole body, checked before commit.
 pub const HDR_CONTENT_SHA256: &str = "x-content-sha256";
 pub const HDR_CONTENT_ENCODING: &str = "content-encoding";
@@ -63,6 +66,13 @@ pub fn chunk_path(upload_id: &str, offset: u64) -> String {
     format!("{PATH_UPLOADS}/{upload_id}/chunks/{offset}")
 }
 
+/// `/v1/uploads/{id}/chunks/{offset}/resume`: with the chunk's headers and no body, asks
+/// how much of the chunk's body the server has (taking it from a request still receiving
+/// it, whose connection the client lost) → [`ChunkResume`].
+pub fn chunk_resume_path(upload_id: &str, offset: u64) -> String {
+    format!("{PATH_UPLOADS}/{upload_id}/chunks/{offset}/resume")
+}
+
 /// `/v1/uploads/{id}/chunks?from={offset}&limit={n}`: one page of the chunk records at and
 /// after `from`.
 pub fn chunk_page_path(upload_id: &str, from: u64, limit: usize) -> String {
@@ -86,6 +96,8 @@ pub enum Route<'a> {
     Uploads,
     Upload(&'a str),
     Chunk(&'a str, u64),
+    /// How much of a chunk's body the server has (`POST …/chunks/{offset}/resume`).
+    ChunkResume(&'a str, u64),
     /// The paged chunk list (`GET /v1/uploads/{id}/chunks`).
     Chunks(&'a str),
     Complete(&'a str),
@@ -110,7 +122,10 @@ pub fn parse_route(path: &str) -> Option<Route<'_>> {
         (None, _, _) => Some(Route::Upload(id)),
         (Some("complete"), None, _) => Some(Route::Complete(id)),
         (Some("chunks"), None, _) => Some(Route::Chunks(id)),
-        (Some("chunks"), Some(off), None) => {
+        (Some("chunks"), Some(off), rest @ (None | Some("resume"))) => {
+            if rest.is_some() && parts.next().is_some() {
+                return None;
+            }
             // Canonical decimal only: "007" or "+7" would alias another chunk's URL.
             let canonical = !off.is_empty()
                 && off.bytes().all(|b| b.is_ascii_digit())
@@ -118,7 +133,11 @@ pub fn parse_route(path: &str) -> Option<Route<'_>> {
             if !canonical {
                 return None;
             }
-            off.parse().ok().map(|o| Route::Chunk(id, o))
+            let offset = off.parse().ok()?;
+            Some(match rest {
+                None => Route::Chunk(id, offset),
+                Some(_) => Route::ChunkResume(id, offset),
+            })
         }
         _ => None,
     }
@@ -297,6 +316,15 @@ pub struct ChunkStored {
     pub duplicate: bool,
 }
 
+/// Answer to `POST …/chunks/{offset}/resume`: the server holds the first `received` bytes
+/// of this chunk's body (0: none, send it whole) for a PUT with `X-Chunk-Resume-From`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkResume {
+    pub offset: u64,
+    pub length: u64,
+    pub received: u64,
+}
+
 /// Every error body: a stable machine code and a sentence for people.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
@@ -315,6 +343,8 @@ pub mod code {
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const CHUNK_CONFLICT: &str = "chunk_conflict";
     pub const CHUNK_IN_PROGRESS: &str = "chunk_in_progress";
+    /// A resumed chunk PUT built on bytes the server no longer holds: send it whole.
+    pub const PARTIAL_GONE: &str = "partial_gone";
     pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
     pub const ALREADY_COMPLETED: &str = "already_completed";
     pub const CHUNK_TOO_LARGE: &str = "chunk_too_large";
@@ -357,6 +387,10 @@ mod tests {
             Some(Route::Chunk(ID, 4194304))
         );
         assert_eq!(parse_route(&complete_path(ID)), Some(Route::Complete(ID)));
+        assert_eq!(
+            parse_route(&chunk_resume_path(ID, 8)),
+            Some(Route::ChunkResume(ID, 8))
+        );
         let page = chunk_page_path(ID, 7, 20);
         let (path, query) = page.split_once('?').unwrap_or((&page, ""));
         assert_eq!(parse_route(path), Some(Route::Chunks(ID)));
@@ -377,6 +411,8 @@ mod tests {
             format!("{PATH_UPLOADS}/{ID}/chunks/+7"),
             format!("{PATH_UPLOADS}/{ID}/chunks/"),
             format!("{PATH_UPLOADS}/{ID}/chunks/1/x"),
+            format!("{PATH_UPLOADS}/{ID}/chunks/1/resume/x"),
+            format!("{PATH_UPLOADS}/{ID}/chunks/01/resume"),
             format!("{PATH_UPLOADS}/../etc"),
             format!("{PATH_UPLOADS}/{}", ID.to_uppercase()),
             "/v2/uploads".to_string(),

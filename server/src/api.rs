@@ -139,6 +139,9 @@ where
             Ok(json(StatusCode::OK, &done))
         }
         (Route::Chunk(id, offset), Method::PUT) => chunk_put::put_chunk(app, id, offset, req).await,
+        (Route::ChunkResume(id, offset), Method::POST) => {
+            chunk_put::resume_chunk(app, id, offset, req.headers())
+        }
         (Route::Object(name), Method::PUT) => {
             if !wire::is_valid_object_name(name) {
                 return Err(ApiError::new(

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
-use uplink_proto::wire::{self, ChunkStored, code};
+use uplink_proto::wire::{self, ChunkResume, ChunkStored, code};
 
 use crate::api::{App, ResponseBody, blocking, header_str, json, read_parts, required};
 use crate::error::ApiError;
-use crate::store::{BeginChunk, Reservation, Session};
+use crate::store::{BeginChunk, Receipt, Reservation, Session, TakenOver};
 
 /// A refused request's body is read up to this much before the answer goes out.
 const DRAIN_LIMIT: usize = 256 * 1024;
@@ -70,10 +70,22 @@ struct Incoming {
     length: u64,
     lz4: bool,
     expect: ChunkDigest,
+    /// The body's first bytes, received by an earlier request (a resumed PUT).
+    prefix: Vec<Bytes>,
 }
 
-fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, ApiError> {
-    let session = app.store.get(id)?;
+/// A chunk PUT's headers, parsed and authenticated.
+struct ChunkHeaders {
+    length: u64,
+    lz4: bool,
+    expect: ChunkDigest,
+    /// `X-Chunk-Resume-From`: the body starts at this byte of the chunk.
+    resume_from: u64,
+}
+
+/// Parses a chunk's headers and checks its HMAC: only the session's key holder may store,
+/// or take over, a chunk.
+fn chunk_headers(session: &Session, offset: u64, h: &HeaderMap) -> Result<ChunkHeaders, ApiError> {
     let lz4 = match header_str(h, wire::HDR_CONTENT_ENCODING)? {
         None | Some("identity") => false,
         Some(wire::CONTENT_ENCODING_LZ4) => true,
@@ -97,6 +109,17 @@ fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, Ap
         .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
     let tag = hex::decode(required(h, wire::HDR_CHUNK_HMAC)?)
         .map_err(|_| ApiError::bad_header("X-Chunk-HMAC must be hex"))?;
+    let resume_from: u64 = match header_str(h, wire::HDR_CHUNK_RESUME_FROM)? {
+        None => 0,
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::bad_header("X-Chunk-Resume-From must be a decimal byte count")
+        })?,
+    };
+    if resume_from > 0 && (lz4 || resume_from >= length) {
+        return Err(ApiError::bad_header(
+            "X-Chunk-Resume-From must lie inside the chunk, on an uncompressed body",
+        ));
+    }
     let chunk = ChunkId {
         offset,
         length,
@@ -111,16 +134,62 @@ fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, Ap
             "X-Chunk-HMAC does not authenticate this chunk",
         ));
     }
-    Ok(match session.begin_chunk(offset, length, &sha256)? {
-        BeginChunk::Duplicate => Admitted::Duplicate { length },
-        BeginChunk::Reserved(reservation) => Admitted::Receive(Incoming {
-            session,
-            reservation,
-            length,
-            lz4,
-            expect: ChunkDigest { sha256, crc32c },
-        }),
+    Ok(ChunkHeaders {
+        length,
+        lz4,
+        expect: ChunkDigest { sha256, crc32c },
+        resume_from,
     })
+}
+
+fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, ApiError> {
+    let session = app.store.get(id)?;
+    let ChunkHeaders {
+        length,
+        lz4,
+        expect,
+        resume_from,
+    } = chunk_headers(&session, offset, h)?;
+    Ok(match session.begin_chunk(offset, length, &expect.sha256)? {
+        BeginChunk::Duplicate => Admitted::Duplicate { length },
+        BeginChunk::Reserved(reservation) => {
+            let prefix = match resume_from {
+                0 => Vec::new(),
+                from => session.resume_prefix(offset, length, &expect.sha256, from)?,
+            };
+            Admitted::Receive(Incoming {
+                session,
+                reservation,
+                length,
+                lz4,
+                expect,
+                prefix,
+            })
+        }
+    })
+}
+
+/// `POST /v1/uploads/{id}/chunks/{offset}/resume`: how much of this chunk the server has.
+pub fn resume_chunk(
+    app: &App,
+    id: &str,
+    offset: u64,
+    h: &HeaderMap,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let session = app.store.get(id)?;
+    let c = chunk_headers(&session, offset, h)?;
+    let received = match c.lz4 {
+        true => 0,
+        false => session.take_over(offset, c.length, &c.expect.sha256),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &ChunkResume {
+            offset,
+            length: c.length,
+            received,
+        },
+    ))
 }
 
 /// Reads, decodes and stores an admitted chunk.
@@ -139,14 +208,23 @@ where
         length,
         lz4,
         expect,
+        prefix,
     } = chunk;
-    // A compressed body may be a little larger than its chunk when the data does not
-    // compress; LZ4's own bound caps it.
-    let limit = match lz4 {
-        true => lz4_flex::block::get_maximum_output_size(length as usize) as u64,
-        false => length,
+    let body = match lz4 {
+        // A compressed body may be a little larger than its chunk when the data does not
+        // compress; LZ4's own bound caps it. It is not resumable.
+        true => {
+            read_parts(
+                body,
+                lz4_flex::block::get_maximum_output_size(length as usize) as u64,
+            )
+            .await?
+        }
+        false => {
+            let receipt = session.receiving(offset, length, &expect.sha256, prefix);
+            read_resumable(body, receipt, length).await?
+        }
     };
-    let body = read_parts(body, limit).await?;
     let s2 = Arc::clone(&session);
     let parts = blocking(move || {
         let parts = match lz4 {
@@ -167,6 +245,52 @@ where
             duplicate: false,
         },
     ))
+}
+
+/// Reads an uncompressed chunk body into its receipt, where a resumed request can take the
+/// bytes if this one is cut off.
+async fn read_resumable<B>(
+    mut body: B,
+    receipt: Receipt,
+    length: u64,
+) -> Result<Vec<Bytes>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let taken = || {
+        ApiError::new(
+            409,
+            code::CHUNK_IN_PROGRESS,
+            "this chunk's bytes were taken over by a resumed request",
+        )
+    };
+    while let Some(frame) = body.frame().await {
+        // Cut off: the receipt parks what arrived, for a resumed PUT.
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                400,
+                code::BAD_REQUEST,
+                format!("request body interrupted: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if receipt.len() + data.len() as u64 > length {
+            let from = receipt.prefix_len();
+            receipt.discard();
+            return Err(ApiError::new(
+                400,
+                code::LENGTH_MISMATCH,
+                format!("request body exceeds the chunk's {length} bytes (from byte {from})"),
+            ));
+        }
+        if !data.is_empty() {
+            receipt.push(data).map_err(|TakenOver| taken())?;
+        }
+    }
+    receipt.finish().map_err(|TakenOver| taken())
 }
 
 /// Decodes an LZ4 block that must yield exactly `length` bytes.

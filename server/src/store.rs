@@ -112,6 +112,8 @@ pub struct Session {
     completing: Mutex<()>,
     state: Mutex<SessionState>,
     meta: Mutex<SessionMeta>,
+    /// Chunk bodies being received, and those cut off, for resumed PUTs.
+    partials: Mutex<partials::Partials>,
 }
 
 #[derive(Default)]
@@ -240,6 +242,7 @@ impl Store {
             last_used: AtomicU64::new(now),
             completing: Mutex::new(()),
             state: Mutex::new(state),
+            partials: Mutex::default(),
             meta: Mutex::new(meta),
         })))
     }
@@ -336,6 +339,7 @@ impl Store {
             last_used: AtomicU64::new(now),
             completing: Mutex::new(()),
             state: Mutex::new(SessionState::default()),
+            partials: Mutex::default(),
             meta: Mutex::new(meta.clone()),
         });
         // The files were made without the index lock (their fsyncs must not hold up every
@@ -662,9 +666,11 @@ impl Session {
 }
 
 mod chunks;
+mod partials;
 
 use chunks::InFlight;
 pub use chunks::{BeginChunk, Reservation};
+pub use partials::{Receipt, TakenOver};
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

@@ -397,3 +397,96 @@ fn a_request_cut_differently_supersedes_an_abandoned_one_still_receiving() {
     assert_eq!(s.state().ranges, vec![[0, 40]]);
     assert_eq!(s.state().chunk_count, 2);
 }
+
+/// The bytes a receipt would hand to `store_chunk`, joined.
+fn joined(parts: &[bytes::Bytes]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn a_body_cut_off_is_parked_and_a_resumed_put_builds_on_exactly_the_bytes_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 100);
+    let sha = integrity::sha256(b"0123456789");
+    let r = s.receiving(0, 10, &sha, Vec::new());
+    assert!(r.push(bytes::Bytes::from_static(b"0123")).is_ok());
+    assert!(r.push(bytes::Bytes::from_static(b"456")).is_ok());
+    drop(r); // the connection died: what arrived is parked
+    assert_eq!(s.parked_bytes(), 7);
+    assert_eq!(s.take_over(0, 10, &sha), 7);
+    // The client builds on 5 of them (it may know of fewer than the server has).
+    let prefix = s.resume_prefix(0, 10, &sha, 5).unwrap();
+    assert_eq!(joined(&prefix), b"01234");
+    let r = s.receiving(0, 10, &sha, prefix);
+    assert!(r.push(bytes::Bytes::from_static(b"56789")).is_ok());
+    assert_eq!(joined(&r.finish().ok().unwrap()), b"0123456789");
+    // Used once: nothing is left to build on.
+    assert_eq!(s.parked_bytes(), 0);
+    let gone = s.resume_prefix(0, 10, &sha, 5).unwrap_err();
+    assert_eq!(gone.code, code::PARTIAL_GONE);
+}
+
+#[test]
+fn taking_over_a_body_still_arriving_stops_its_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 100);
+    let sha = integrity::sha256(b"abcdefgh");
+    let old = s.receiving(8, 8, &sha, Vec::new());
+    assert!(old.push(bytes::Bytes::from_static(b"abc")).is_ok());
+    // The client lost that connection (the server did not notice) and asks again.
+    assert_eq!(s.take_over(8, 8, &sha), 3);
+    assert!(old.push(bytes::Bytes::from_static(b"def")).is_err());
+    assert!(old.finish().is_err());
+    assert_eq!(joined(&s.resume_prefix(8, 8, &sha, 3).unwrap()), b"abc");
+}
+
+#[test]
+fn bytes_go_only_to_the_same_chunk_and_finished_or_refused_bodies_are_not_parked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 100);
+    let sha = integrity::sha256(b"abcdefgh");
+    let other = integrity::sha256(b"ABCDEFGH");
+    let r = s.receiving(0, 8, &sha, Vec::new());
+    assert!(r.push(bytes::Bytes::from_static(b"abcd")).is_ok());
+    // Another chunk at the same offset (other bytes, or another length) sees nothing.
+    assert_eq!(s.take_over(0, 8, &other), 0);
+    assert_eq!(s.take_over(0, 9, &sha), 0);
+    drop(r);
+    assert_eq!(
+        s.resume_prefix(0, 8, &other, 2).unwrap_err().code,
+        code::PARTIAL_GONE
+    );
+    // More than was parked cannot be built on (and the attempt uses it up).
+    assert_eq!(
+        s.resume_prefix(0, 8, &sha, 5).unwrap_err().code,
+        code::PARTIAL_GONE
+    );
+    let done = s.receiving(0, 8, &sha, Vec::new());
+    assert!(done.push(bytes::Bytes::from_static(b"abcdefgh")).is_ok());
+    assert!(done.finish().is_ok());
+    let refused = s.receiving(0, 8, &sha, Vec::new());
+    assert!(refused.push(bytes::Bytes::from_static(b"abc")).is_ok());
+    refused.discard();
+    assert_eq!(s.parked_bytes(), 0);
+    assert_eq!(s.take_over(0, 8, &sha), 0);
+}
+
+#[test]
+fn parked_bytes_are_bounded_per_session_oldest_dropped_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 5 << 27);
+    let piece = bytes::Bytes::from(vec![7u8; 64 << 20]);
+    let sha = [1u8; 32];
+    for i in 0..5u64 {
+        let r = s.receiving(i << 27, 128 << 20, &sha, Vec::new());
+        assert!(r.push(piece.clone()).is_ok());
+    }
+    assert_eq!(s.parked_bytes(), super::partials::PARKED_LIMIT);
+    // The first one went to make room.
+    assert_eq!(s.take_over(0, 128 << 20, &sha), 0);
+    assert_eq!(s.take_over(4 << 27, 128 << 20, &sha), 64 << 20);
+}

@@ -128,6 +128,9 @@ enum Done {
         offset: u64,
         /// Body bytes sent (compressed or raw).
         wire_bytes: u64,
+        /// The server had this many of the chunk's first bytes from an attempt whose
+        /// connection was lost; only the rest was sent.
+        resumed_from: u64,
         result: Result<(), CallError>,
     },
     Whole {

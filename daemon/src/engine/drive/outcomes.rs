@@ -225,9 +225,22 @@ impl Driver {
                 job,
                 offset,
                 wire_bytes,
+                resumed_from,
                 result,
             } => {
                 self.body_sent(req, job, wire_bytes);
+                if resumed_from > 0
+                    && let Some(a) = self.jobs.get_mut(&job)
+                {
+                    // Only what went again counts as re-sent.
+                    a.record.bytes_resent = a.record.bytes_resent.saturating_sub(resumed_from);
+                    tracing::info!(
+                        job_id = %a.record.job_id,
+                        offset,
+                        resumed_from,
+                        "chunk resumed: the server had its first bytes from the lost attempt"
+                    );
+                }
                 match result {
                     Ok(()) => {
                         let zero_rtt = self.shared.client.zero_rtt();

@@ -5,11 +5,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use uplink_engine::{Failure, JobId, ReqId};
 use uplink_proto::wire::CreateUpload;
 
 use super::{Done, Driver};
+
+/// A chunk sent again asks the server what it has of it first (one round trip) when it
+/// is at least this large; a smaller one is cheaper to send whole.
+const RESUME_AT_LEAST: u64 = 512 * 1024;
 use crate::engine::calls::{WholeSend, failure, read_failure, resume, whole};
 use crate::engine::compress;
 use crate::engine::ledger::Checkpoint;
@@ -113,7 +116,10 @@ impl Driver {
         let sends = a.sends.entry(offset).or_insert(0);
         *sends += 1;
         a.record.chunks_sent += 1;
-        if *sends > 1 || offset < a.prior_dispatch {
+        // Sent before (this run, or by the run a crash ended): the server may hold its
+        // first bytes from the attempt whose connection was lost, so ask before sending.
+        let again = *sends > 1 || offset < a.prior_dispatch;
+        if again {
             a.record.chunks_resent += 1;
             a.record.bytes_resent += payload.data.len() as u64;
         }
@@ -135,16 +141,32 @@ impl Driver {
                 }
                 false => None,
             };
-            let wire_bytes = lz4.as_ref().map_or(payload.data.len(), Bytes::len) as u64;
-            let result = client
-                .put_chunk_watched(&keys, &payload, lz4, lane, sharing, Some(progress))
-                .await
-                .map(|_| ());
+            let length = payload.data.len() as u64;
+            // (answer, bytes the server already had, body bytes sent)
+            let (result, resumed_from, wire_bytes) = match (lz4, again && length >= RESUME_AT_LEAST)
+            {
+                (None, true) => match client
+                    .put_chunk_resumed(&keys, &payload, lane, sharing, Some(progress))
+                    .await
+                {
+                    Ok((_, from)) => (Ok(()), from, length - from.min(length)),
+                    Err(e) => (Err(e), 0, length),
+                },
+                (lz4, _) => {
+                    let wire = lz4.as_ref().map_or(length, |l| l.len() as u64);
+                    let result = client
+                        .put_chunk_watched(&keys, &payload, lz4, lane, sharing, Some(progress))
+                        .await
+                        .map(|_| ());
+                    (result, 0, wire)
+                }
+            };
             Done::Put {
                 req,
                 job,
                 offset,
                 wire_bytes,
+                resumed_from,
                 result,
             }
         });
