@@ -57,9 +57,10 @@ fn handoff(name: &str, server_args: &[&str], protocol: &str) {
         .collect();
     eprintln!(
         "{protocol}: {steady:.2} s without a handoff, {moving:.2} s with one: {:.2} s lost; \
-         {} chunks re-sent; ended on {}; retries: {retries:?}",
+         {} chunks re-sent ({} bytes went again); ended on {}; retries: {retries:?}",
         moving - steady,
         record["chunks_resent"],
+        record["bytes_resent"],
         record["protocol"]
     );
     // HTTP/2: every retry is a move. HTTP/3 migrates and needs none; but while QUIC's
@@ -75,6 +76,17 @@ fn handoff(name: &str, server_args: &[&str], protocol: &str) {
         failures.is_empty(),
         "requests counted as failed: {failures:?}"
     );
+    // A chunk cut off on the dead path resumes from what the server received of it: what
+    // went again is less than the chunks it belongs to.
+    let resent = record["chunks_resent"].as_u64().unwrap_or(0);
+    if protocol == "h2" && resent > 0 {
+        let whole = resent * record["chunk_size"].as_u64().unwrap_or(0);
+        let again = record["bytes_resent"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            again < whole,
+            "{again} bytes re-sent for {resent} chunks: none resumed"
+        );
+    }
     // Bounded, not a speed assertion: a handoff that waited for TCP to give up on the dead
     // path (the issue's 27 s) or for stall detection would show here.
     assert!(
