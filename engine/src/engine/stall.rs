@@ -7,7 +7,9 @@
 //! - nothing moved for `stall_window`: stalled, exactly one window after the last byte
 //!   (the timer is set from the last movement the driver told of);
 //! - over each window, less than `stall_min_rate` moved (capped at a quarter of the
-//!   request's fair share, so a slow link shared by many streams is not a stall).
+//!   request's fair share, so a slow link shared by many streams is not a stall). A body
+//!   of which nothing at all was taken while its connection still moves is queued behind
+//!   its siblings, not slow.
 //!
 //! A body that did not move at all may mean a cut link: until something is acknowledged
 //! again the engine sends small probes (stalled big chunks are cut again), so the upload
@@ -112,7 +114,11 @@ impl Engine {
         // Once the body is all handed on, its bytes say nothing more: only the idle rule.
         if !r.handed_on && r.window.0 + window <= now {
             let moved = sent - r.window.1;
-            if (moved as f64) < least {
+            // Not one byte taken while the connection still moves (the idle rule above
+            // passed): the body waits its turn behind its siblings in the transport's send
+            // buffer (QUIC shares one across streams), it is not slow. Its deadline and the
+            // job's watchdogs still watch it.
+            if (moved as f64) < least && moved > 0 {
                 let over = now.since(r.window.0);
                 return Verdict::Slow { moved, over };
             }
