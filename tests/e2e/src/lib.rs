@@ -529,6 +529,19 @@ pub fn wait_acked(socket: &Path, job: &str, bytes: u64) -> serde_json::Value {
     .unwrap_or_else(|| panic!("job {job} never reached {bytes} acknowledged bytes"))
 }
 
+/// How long after now the job's acknowledged bytes next grow (up to 2 minutes): the time
+/// an upload loses once a fault is over, for the log. `None` if it finished meanwhile.
+pub fn next_ack_after(socket: &Path, job: &str) -> Option<Duration> {
+    let start = Instant::now();
+    let acked = |j: &serde_json::Value| j["bytes_acked"].as_u64().unwrap_or(0);
+    let before = job_record(socket, job).map(|j| acked(&j)).unwrap_or(0);
+    wait_for(Duration::from_secs(120), || {
+        job_record(socket, job).filter(|j| acked(j) > before || j["state"] == "completed")
+    })
+    .filter(|j| acked(j) > before)
+    .map(|_| start.elapsed())
+}
+
 /// `uplink watch JOB --json` until the job ends: its final record.
 pub fn wait_done(socket: &Path, job: &str) -> serde_json::Value {
     let out = uplink(socket, &["watch", job, "--json"]);

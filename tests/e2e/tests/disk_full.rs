@@ -78,6 +78,9 @@ fn a_full_server_disk_makes_the_job_wait_and_it_completes_once_space_returns() {
 
     // Space returns: the next attempt goes through and the upload completes intact.
     disk.resize("96m");
+    // The wait is the daemon's backoff, announced as next_attempt_ms.
+    let resumed = next_ack_after(&daemon.socket, &job);
+    eprintln!("space back; next acknowledgement after {resumed:?}");
     let last = wait_done(&daemon.socket, &job);
     assert_eq!(last["state"], "completed", "{last}");
     assert_eq!(last["server_sha256"], sha256_file(&file).as_str());

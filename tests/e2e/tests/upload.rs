@@ -126,6 +126,9 @@ fn a_server_restart_mid_upload_still_completes_intact() {
     let job = enqueue(&daemon.socket, &file);
     wait_acked(&daemon.socket, &job, size / 4);
     server.restart_after(Duration::from_millis(1500));
+    // What the restart cost beyond its 1.5 s: the wait for the next acknowledgement.
+    let resumed = next_ack_after(&daemon.socket, &job);
+    eprintln!("server back; next acknowledgement after {resumed:?}");
     let record = wait_done(&daemon.socket, &job);
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], local_sha.as_str());
