@@ -216,6 +216,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 }
 
 /// Reads a whole body of at most `limit` bytes, as the frames it arrived in (no copy).
+/// A request body that ended before its end (the client reset it or lost the connection).
+pub(crate) fn interrupted(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        400,
+        code::BAD_REQUEST,
+        format!("request body interrupted: {e}"),
+    )
+}
+
 pub(crate) async fn read_parts<B>(mut body: B, limit: u64) -> Result<Vec<Bytes>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -224,13 +233,7 @@ where
     let mut parts = Vec::new();
     let mut len = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::new(
-                400,
-                code::BAD_REQUEST,
-                format!("request body interrupted: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(interrupted)?;
         if let Ok(data) = frame.into_data() {
             len += data.len() as u64;
             if len > limit {

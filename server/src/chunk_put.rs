@@ -11,7 +11,9 @@ use http_body_util::BodyExt;
 use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
 use uplink_proto::wire::{self, ChunkResume, ChunkStored, code};
 
-use crate::api::{App, ResponseBody, blocking, header_str, json, read_parts, required};
+use crate::api::{
+    App, ResponseBody, blocking, header_str, interrupted, json, read_parts, required,
+};
 use crate::error::ApiError;
 use crate::store::{BeginChunk, Receipt, Reservation, Session, TakenOver};
 
@@ -267,13 +269,7 @@ where
     };
     while let Some(frame) = body.frame().await {
         // Cut off: the receipt parks what arrived, for a resumed PUT.
-        let frame = frame.map_err(|e| {
-            ApiError::new(
-                400,
-                code::BAD_REQUEST,
-                format!("request body interrupted: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(interrupted)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
