@@ -152,8 +152,9 @@ struct Req {
     sent: Option<u64>,
     /// The driver reported the whole body handed on: only the answer is awaited.
     handed_on: bool,
-    /// Start of the current stall window and `sent` at that moment.
-    window: (Time, u64),
+    /// Start of the current stall window, and `sent` and the engine's `body_moved` at
+    /// that moment.
+    window: (Time, u64, u64),
     /// When the body last moved, as far as the driver said (its start until then).
     moved_at: Time,
     /// Sent while the circuit breaker was half-open: its outcome decides.
@@ -213,6 +214,9 @@ pub struct Engine {
     /// acknowledged again, chunks are small probes, so a returning link shows at once.
     probing: bool,
     delivered: u64,
+    /// Body bytes handed on over all requests, ever: whether the link as a whole moves
+    /// while one body does not (that one is queued behind its siblings, not slow).
+    body_moved: u64,
     buffers: usize,
     /// Buffers held: chunks reading, ready or in flight, and whole-file sends.
     slots: usize,
@@ -247,6 +251,7 @@ impl Engine {
             cold_acks: 0,
             probing: false,
             delivered: 0,
+            body_moved: 0,
             buffers: pool::buffers_for(u64::MAX),
             slots: 0,
             reads: 0,
@@ -617,7 +622,7 @@ impl Engine {
                 delivered_at_start: self.delivered,
                 sent: None,
                 handed_on: false,
-                window: (self.now, 0),
+                window: (self.now, 0, self.body_moved),
                 moved_at: self.now,
                 probe: matches!(
                     self.breaker.state(self.now),

@@ -80,16 +80,22 @@ async fn watch_connection(conn: quinn::Connection, watch: Arc<LinkWatch>) {
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = (0u64, Instant::now(), 0u64);
+    let mut looked = Instant::now();
     while conn.close_reason().is_none() {
         tick.tick().await;
         let stats = conn.stats();
         let (rx, tx) = (stats.udp_rx.datagrams, stats.udp_tx.datagrams);
+        let now = Instant::now();
         if rx > heard.0 {
-            heard = (rx, Instant::now(), tx);
+            // The datagrams came after the last look: count from then, the earliest they
+            // may have come, so silence is judged from the last datagram, not up to a
+            // watch interval after it.
+            heard = (rx, looked, tx);
             watch.set_waiting(None);
         } else if tx > heard.2 {
             watch.set_waiting(Some(heard.1));
         }
+        looked = now;
     }
 }
 

@@ -8,8 +8,8 @@
 //!   (the timer is set from the last movement the driver told of);
 //! - over each window, less than `stall_min_rate` moved (capped at a quarter of the
 //!   request's fair share, so a slow link shared by many streams is not a stall). A body
-//!   of which nothing at all was taken while its connection still moves is queued behind
-//!   its siblings, not slow.
+//!   that moved less while the link as a whole carried more than that for every body in
+//!   flight is queued behind its siblings (QUIC's shared send buffer), not slow.
 //!
 //! A body that did not move at all may mean a cut link: until something is acknowledged
 //! again the engine sends small probes (stalled big chunks are cut again), so the upload
@@ -45,6 +45,7 @@ impl Engine {
             return;
         };
         let before = r.sent.unwrap_or(0);
+        self.body_moved += bytes.saturating_sub(before);
         r.moved_at = r.moved_at.max(moved_at);
         if bytes > before {
             r.deadline = r.deadline.max(r.moved_at + r.timeout);
@@ -100,11 +101,14 @@ impl Engine {
         }
     }
 
-    /// Judges `r` at `now`, rolling its window when it passes.
-    fn judge(r: &mut Req, now: Time, window: Duration, least: f64) -> Verdict {
+    /// Judges `r` at `now`, rolling its window when it passes. `link` is the engine's
+    /// `body_moved` now, and `link_least` what the link as a whole must have moved over a
+    /// window for a body that moved less than `least` to be waiting its turn rather than
+    /// slow.
+    fn judge(r: &mut Req, now: Time, window: Duration, least: f64, link: (u64, f64)) -> Verdict {
         let Some(sent) = r.sent else {
             // The driver reports nothing for it: the deadline alone watches it.
-            r.window = (now, 0);
+            r.window = (now, 0, link.0);
             r.moved_at = now;
             return Verdict::Fine;
         };
@@ -114,15 +118,16 @@ impl Engine {
         // Once the body is all handed on, its bytes say nothing more: only the idle rule.
         if !r.handed_on && r.window.0 + window <= now {
             let moved = sent - r.window.1;
-            // Not one byte taken while the connection still moves (the idle rule above
-            // passed): the body waits its turn behind its siblings in the transport's send
-            // buffer (QUIC shares one across streams), it is not slow. Its deadline and the
-            // job's watchdogs still watch it.
-            if (moved as f64) < least && moved > 0 {
+            // The connection still moves (the idle rule passed) and so does the link as a
+            // whole, only not this body: it waits behind its siblings in the transport's
+            // send buffer (QUIC shares one across streams), it is not slow. Its deadline
+            // and the job's watchdogs still watch it.
+            let link_moved = link.0 - r.window.2;
+            if (moved as f64) < least && (link_moved as f64) < link.1 {
                 let over = now.since(r.window.0);
                 return Verdict::Slow { moved, over };
             }
-            r.window = (now, sent);
+            r.window = (now, sent, link.0);
         }
         Verdict::Fine
     }
@@ -132,13 +137,16 @@ impl Engine {
         let now = self.now;
         let window = self.cfg.stall_window;
         let least = self.least_progress();
+        // Every body in flight moving `least` is what a link that is merely shared carries.
+        let bodies = self.reqs.values().filter(|r| has_body(r)).count().max(1);
+        let link = (self.body_moved, least * bodies as f64);
         loop {
             let mut stalled = None;
             for (id, r) in self.reqs.iter_mut() {
                 if !has_body(r) {
                     continue;
                 }
-                match Self::judge(r, now, window, least) {
+                match Self::judge(r, now, window, least, link) {
                     Verdict::Fine => {}
                     v => {
                         stalled = Some((*id, v));
