@@ -379,11 +379,13 @@ impl ServerClient {
         keys: &SessionKeys,
         chunk: &ChunkPayload,
     ) -> Result<u64, CallError> {
-        let mut req = self.chunk_request(keys, chunk, None, 0, 1);
-        req.method = http::Method::POST;
-        req.path = wire::chunk_resume_path(&keys.upload_id, chunk.offset);
-        req.body = Bytes::new();
-        req.timeout = CONTROL_TIMEOUT;
+        let mut req = self.request(
+            http::Method::POST,
+            wire::chunk_resume_path(&keys.upload_id, chunk.offset),
+            Bytes::new(),
+            CONTROL_TIMEOUT,
+        );
+        req.headers.extend(chunk_headers(keys, chunk));
         let answer: ChunkResume = self.call_json(req).await?;
         let length = chunk.data.len() as u64;
         // Only an answer about this very chunk, inside it, is built on.
@@ -425,16 +427,6 @@ impl ServerClient {
         sharing: usize,
     ) -> WireRequest {
         let length = chunk.data.len() as u64;
-        let tag = integrity::chunk_tag(
-            &keys.key,
-            &ChunkId {
-                offset: chunk.offset,
-                length,
-                sha256: &chunk.sha256,
-                upload_id: &keys.upload_id,
-                nonce: &keys.nonce,
-            },
-        );
         let compressed = lz4.is_some();
         let from = from.min(length);
         let body = lz4.unwrap_or_else(|| chunk.data.slice(from as usize..));
@@ -453,15 +445,33 @@ impl ServerClient {
             req.headers
                 .push((wire::HDR_CHUNK_RESUME_FROM, from.to_string()));
         }
-        req.headers.extend([
-            (wire::HDR_CHUNK_LENGTH, length.to_string()),
-            (wire::HDR_CHUNK_SHA256, hex::encode(chunk.sha256)),
-            (wire::HDR_CHUNK_CRC32C, format!("{:08x}", chunk.crc32c)),
-            (wire::HDR_CHUNK_HMAC, hex::encode(tag)),
-            ("content-type", "application/octet-stream".into()),
-        ]);
+        req.headers.extend(chunk_headers(keys, chunk));
+        req.headers
+            .push(("content-type", "application/octet-stream".into()));
         req
     }
+}
+
+/// A chunk's identity as the server checks it: length, digests and the HMAC tag over them
+/// (on its PUT, and on the question how much of it the server has).
+fn chunk_headers(keys: &SessionKeys, chunk: &ChunkPayload) -> [(&'static str, String); 4] {
+    let length = chunk.data.len() as u64;
+    let tag = integrity::chunk_tag(
+        &keys.key,
+        &ChunkId {
+            offset: chunk.offset,
+            length,
+            sha256: &chunk.sha256,
+            upload_id: &keys.upload_id,
+            nonce: &keys.nonce,
+        },
+    );
+    [
+        (wire::HDR_CHUNK_LENGTH, length.to_string()),
+        (wire::HDR_CHUNK_SHA256, hex::encode(chunk.sha256)),
+        (wire::HDR_CHUNK_CRC32C, format!("{:08x}", chunk.crc32c)),
+        (wire::HDR_CHUNK_HMAC, hex::encode(tag)),
+    ]
 }
 
 #[cfg(test)]
