@@ -150,6 +150,11 @@ const H3_PENALTY: std::time::Duration = std::time::Duration::from_secs(60);
 /// path was dead, not QUIC (the engine's stall window).
 const H2_SILENT_AFTER_BENCH: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// While HTTP/3 is benched for silence: how often QUIC is asked whether it answers again,
+/// and how long an answer may take.
+const H3_PROBE_EVERY: Duration = Duration::from_secs(2);
+const H3_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -168,15 +173,19 @@ pub struct Transport {
     h3_connecting: AtomicBool,
     h3_ready_once: AtomicBool,
     h3_benched_until: std::sync::Mutex<Option<Instant>>,
-    /// When HTTP/3 was benched for silence (a connect that timed out), and when an HTTP/2
-    /// request last failed: if HTTP/2 failed too after that bench, the whole path was
-    /// dead (an outage, not QUIC), and HTTP/3 is tried again as soon as HTTP/2 works.
+    /// When HTTP/3 was benched for silence (a connect that timed out, a connection that
+    /// went quiet), and when an HTTP/2 request last failed. A silent bench may be an
+    /// outage of the whole path rather than QUIC's fault: a probe asks QUIC every few
+    /// seconds, and at once when HTTP/2 comes back after failing too.
     h3_silent_bench_at: std::sync::Mutex<Option<Instant>>,
     h2_failed_at: std::sync::Mutex<Option<Instant>>,
     /// When an HTTP/2 request last succeeded. Requests the engine abandons as stalled
     /// never fail here (they are dropped), so "HTTP/2 answered nothing for a stall window
     /// after the bench" counts as HTTP/2 failing too.
     h2_ok_at: std::sync::Mutex<Option<Instant>>,
+    /// A QUIC probe is under way (at most one), and the bell that makes it ask at once.
+    h3_probing: AtomicBool,
+    h3_wake: tokio::sync::Notify,
 }
 
 impl Transport {
@@ -198,6 +207,8 @@ impl Transport {
             h3_silent_bench_at: std::sync::Mutex::new(None),
             h2_failed_at: std::sync::Mutex::new(None),
             h2_ok_at: std::sync::Mutex::new(None),
+            h3_probing: AtomicBool::new(false),
+            h3_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -209,7 +220,7 @@ impl Transport {
         b.is_some_and(|until| Instant::now() < until)
     }
 
-    fn bench_h3(&self, why: &TransportError) {
+    fn bench_h3(self: &Arc<Self>, why: &TransportError) {
         tracing::info!(error = %why, "HTTP/3 failed; using HTTP/2 for a while");
         let silent = match why {
             TransportError::Timeout(_) => true,
@@ -219,11 +230,77 @@ impl Transport {
             .h3
             .as_ref()
             .is_some_and(|h| h.went_silent_within(std::time::Duration::from_secs(10)));
-        *lock(&self.h3_silent_bench_at) = silent.then(Instant::now);
-        *self
-            .h3_benched_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + H3_PENALTY);
+        let now = Instant::now();
+        // One outage brings many QUIC failures, silence first and then whatever the dead
+        // connection's requests end with (a 0-RTT connect made into the outage fails
+        // long after the silence). While a bench for silence lasts, later failures are
+        // part of the same outage and keep its mark; only a fresh bench starts a new one.
+        let still_benched = self.h3_benched();
+        let mut mark = lock(&self.h3_silent_bench_at);
+        *mark = match (*mark, still_benched) {
+            (Some(at), true) => Some(at),
+            _ => silent.then_some(now),
+        };
+        let silent_bench = mark.is_some();
+        drop(mark);
+        *lock(&self.h3_benched_until) = Some(now + H3_PENALTY);
+        if silent_bench {
+            self.probe_h3_while_silent();
+        }
+    }
+
+    /// While HTTP/3 is benched for silence, asks QUIC itself every few seconds whether it
+    /// answers again (an unauthenticated ping; with a ticket it goes as early data, and its
+    /// answer proves the handshake got through). An answer lifts the bench at once, whatever
+    /// HTTP/2 saw meanwhile: the outage's end, not a guess from the other protocol, decides.
+    fn probe_h3_while_silent(self: &Arc<Self>) {
+        if self.h3.is_none() || self.h3_probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut woken = false;
+            loop {
+                if !woken {
+                    tokio::select! {
+                        () = tokio::time::sleep(H3_PROBE_EVERY) => {}
+                        () = me.h3_wake.notified() => {}
+                    }
+                }
+                let Some(h3) = me.h3.as_ref() else { break };
+                if lock(&me.h3_silent_bench_at).is_none() || !me.h3_benched() {
+                    break;
+                }
+                let ping = WireRequest {
+                    method: http::Method::HEAD,
+                    path: uplink_proto::wire::PATH_PING.into(),
+                    headers: Vec::new(),
+                    body: Bytes::new(),
+                    lane: 0,
+                    timeout: H3_PROBE_TIMEOUT,
+                    progress: None,
+                };
+                // A wake while a ping is out means the path just came back: that ping rode
+                // a connection opened into the outage, so ask again on a fresh one.
+                woken = false;
+                let answered = tokio::select! {
+                    r = h3.request(&ping) => r.is_ok_and(|r| r.status.is_success()),
+                    () = me.h3_wake.notified() => { woken = true; false }
+                };
+                if answered {
+                    *lock(&me.h3_silent_bench_at) = None;
+                    *lock(&me.h3_benched_until) = None;
+                    me.h3_ready_once.store(true, Ordering::SeqCst);
+                    tracing::info!("QUIC answers again: back on HTTP/3");
+                    break;
+                }
+                // A connection whose handshake got no answer has backed off its retries;
+                // after the path's return a fresh one is quicker. The ticket stays (0-RTT).
+                tracing::debug!("QUIC probe unanswered");
+                h3.close().await;
+            }
+            me.h3_probing.store(false, Ordering::SeqCst);
+        });
     }
 
     /// The HTTP/3 client, if the server offers it and it is not benched.
@@ -267,7 +344,7 @@ impl Transport {
     }
 
     /// Connects HTTP/3 if it is offered and not connected (bounded); a failure benches it.
-    pub async fn warm_h3(&self) {
+    pub async fn warm_h3(self: &Arc<Self>) {
         if let Some(h3) = self.h3_offered()
             && !h3.is_connected()
         {
@@ -313,24 +390,23 @@ impl Transport {
         Ok(resp)
     }
 
-    /// HTTP/2 works again after an outage that also benched HTTP/3: lift the bench and
-    /// connect QUIC in the background (requests stay on HTTP/2 until it is up), so a dead
-    /// path's return does not leave the upload on HTTP/2 for the bench's minute.
+    /// HTTP/2 works again after an outage that also benched HTTP/3 (it failed, or answered
+    /// nothing for a stall window, after the bench): the path is likely back, so the QUIC
+    /// probe asks at once instead of at its next period. Only the probe lifts the bench,
+    /// on QUIC's own answer.
     fn after_outage(self: &Arc<Self>) {
         let now = Instant::now();
         let last_ok = lock(&self.h2_ok_at).replace(now);
         let Some(benched_at) = *lock(&self.h3_silent_bench_at) else {
             return;
         };
-        let h2_failed = lock(&self.h2_failed_at).is_some_and(|f| f >= benched_at);
-        let h2_silent = last_ok.is_none_or(|ok| ok < benched_at)
+        let failed_since_ok = lock(&self.h2_failed_at)
+            .is_some_and(|f| f >= benched_at && last_ok.is_none_or(|ok| ok < f));
+        let silent_since_bench = last_ok.is_none_or(|ok| ok < benched_at)
             && now.duration_since(benched_at) >= H2_SILENT_AFTER_BENCH;
-        if h2_failed || h2_silent {
-            *lock(&self.h3_silent_bench_at) = None;
-            *lock(&self.h3_benched_until) = None;
-            self.h3_ready_once.store(false, Ordering::SeqCst);
-            tracing::info!("the path is back: trying HTTP/3 again");
-            self.connect_h3_soon();
+        if failed_since_ok || silent_since_bench {
+            tracing::info!("HTTP/2 answers again after the outage: asking QUIC now");
+            self.h3_wake.notify_one();
         }
     }
 

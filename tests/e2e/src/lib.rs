@@ -51,6 +51,8 @@ pub fn chmod(p: &Path, mode: u32) {
 pub struct Proc {
     pub child: Child,
     pub ready: String,
+    /// Where its stderr (the log) goes.
+    pub log: PathBuf,
 }
 
 impl Proc {
@@ -76,7 +78,11 @@ impl Proc {
             for _ in lines {}
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(ready) => Proc { child, ready },
+            Ok(ready) => Proc {
+                child,
+                ready,
+                log: log.to_path_buf(),
+            },
             Err(_) => {
                 let _ = child.kill();
                 let mut s = String::new();
@@ -335,6 +341,34 @@ impl Daemon {
             state_dir: dir.join("daemon-state"),
         }
     }
+
+    /// The lines of this daemon's log that contain `pattern` (escape codes removed), for a
+    /// failing test to show what the daemon decided.
+    pub fn log_lines(&self, pattern: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.proc.log).unwrap_or_default();
+        text.lines()
+            .map(strip_ansi)
+            .filter(|l| l.contains(pattern))
+            .collect()
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A command for a workspace binary, run inside `netns` if given.

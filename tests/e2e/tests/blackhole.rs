@@ -94,7 +94,12 @@ fn cut_mid_upload(name: &str, server_args: &[&str], protocol: &str) {
         !before_cut.is_empty() && before_cut.iter().all(|p| *p == protocol),
         "protocols before the cut: {before_cut:?}"
     );
-    assert_eq!(record["protocol"], protocol, "the protocol it ended on");
+    assert_eq!(
+        record["protocol"],
+        protocol,
+        "the protocol it ended on; the daemon's transport decisions:\n{}",
+        daemon.log_lines("uplinkd::transport").join("\n")
+    );
 
     let at = |e: &serde_json::Value| e["at_ms"].as_u64().unwrap_or(0);
     let stall = events
