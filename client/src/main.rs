@@ -288,7 +288,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     .collect();
                 let engine = s.engine.as_ref().map(|e| serde_json::json!({"tier": e.tier,
                     "estimate_bps": e.estimate_bps, "stream_limit": e.stream_limit, "buffers": e.buffers,
-                    "buffers_in_use": e.buffers_in_use, "jobs_active": e.jobs_active, "jobs_pending": e.jobs_pending}));
+                    "buffers_in_use": e.buffers_in_use, "jobs_active": e.jobs_active, "jobs_pending": e.jobs_pending,
+                    "locked_bytes": e.locked_bytes}));
                 println!(
                     "{}",
                     serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,

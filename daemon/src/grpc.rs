@@ -274,6 +274,7 @@ impl Uplink for Api {
                 buffers_in_use: s.buffers_in_use as u32,
                 jobs_active: s.jobs_active as u32,
                 jobs_pending: s.jobs_queued as u32,
+                locked_bytes: crate::engine::buffer::locked_bytes() as u64,
             }),
         }))
     }

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::buffer::Buffer;
+
 /// Bytes per sample.
 pub const SAMPLE: usize = 32 * 1024;
 /// One sample per this many bytes of a chunk.
@@ -43,10 +45,11 @@ pub fn sample_saving(chunk: &[u8]) -> f32 {
     })
 }
 
-/// Reusable output buffers for compressed chunks.
+/// Reusable output buffers for compressed chunks (see [`Buffer`]: wiped on return,
+/// locked in RAM within the process's limit).
 #[derive(Default)]
 pub struct Lz4Pool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<Buffer>>,
 }
 
 /// At most this many idle buffers are kept (one per stream of the top tier).
@@ -60,26 +63,35 @@ impl Lz4Pool {
     /// `raw` as one LZ4 block, or `None` when the block would not be smaller (then the
     /// chunk goes raw: the sample was not representative).
     pub fn compress(self: &Arc<Self>, raw: &[u8]) -> Option<Bytes> {
-        let mut buf = self
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut f| f.pop())
-            .unwrap_or_default();
-        buf.resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
-        let n = lz4_flex::block::compress_into(raw, &mut buf).ok()?;
+        let need = lz4_flex::block::get_maximum_output_size(raw.len());
+        let idle = self.free.lock().ok().and_then(|mut f| f.pop());
+        // A buffer too small for this chunk is dropped (wiped, unlocked), not grown:
+        // growing would move the bytes out from under their lock.
+        let mut buf = match idle {
+            Some(b) if b.capacity() >= need => b,
+            _ => Buffer::new(need),
+        };
+        let n = match lz4_flex::block::compress_into(raw, buf.space()) {
+            Ok(n) => n,
+            Err(_) => {
+                buf.wipe_all();
+                self.give_back(buf);
+                return None;
+            }
+        };
+        buf.set_len(n);
         if n >= raw.len() {
             self.give_back(buf);
             return None;
         }
-        buf.truncate(n);
         Some(Bytes::from_owner(Pooled {
-            buf,
+            buf: Some(buf),
             pool: Arc::clone(self),
         }))
     }
 
-    fn give_back(&self, buf: Vec<u8>) {
+    fn give_back(&self, mut buf: Buffer) {
+        buf.wipe();
         if let Ok(mut free) = self.free.lock()
             && free.len() < KEEP
         {
@@ -91,23 +103,33 @@ impl Lz4Pool {
     pub fn idle(&self) -> usize {
         self.free.lock().map(|f| f.len()).unwrap_or(0)
     }
+
+    #[cfg(test)]
+    fn idle_buffers_are_wiped(&self) -> bool {
+        self.free
+            .lock()
+            .map(|f| f.iter().all(|b| b.is_wiped()))
+            .unwrap_or(false)
+    }
 }
 
 /// A compressed body; its buffer goes back to the pool when the last reference drops.
 struct Pooled {
-    buf: Vec<u8>,
+    buf: Option<Buffer>,
     pool: Arc<Lz4Pool>,
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_ref().map_or(&[], |b| b.as_ref())
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buf));
+        if let Some(buf) = self.buf.take() {
+            self.pool.give_back(buf);
+        }
     }
 }
 
@@ -162,7 +184,15 @@ mod tests {
         assert_eq!(pool.idle(), 0);
         drop(packed);
         assert_eq!(pool.idle(), 1, "the buffer returned to the pool");
+        assert!(
+            pool.idle_buffers_are_wiped(),
+            "nothing of the chunk is left in it"
+        );
         assert!(pool.compress(&noise(1 << 20)).is_none(), "noise goes raw");
         assert_eq!(pool.idle(), 1);
+        assert!(
+            pool.idle_buffers_are_wiped(),
+            "nor of the noise that went raw"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! the network, with [`calls`] for the composite server calls it makes. Here too: the mmap [`reader`], the Merkle [`ledger`] with its checkpoint,
 //! and [`resume`], where a restarted job reconciles its checkpoint with the server.
 
+pub mod buffer;
 mod calls;
 pub mod compress;
 pub mod drive;

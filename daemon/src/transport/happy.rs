@@ -27,13 +27,14 @@ pub fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     }
 }
 
-/// One connection attempt: MPTCP where the kernel has it (Linux with
-/// `net.mptcp.enabled`), so a host with two networks can use both in one connection and
-/// keep it when one dies; it falls back to plain TCP by itself when the server or a
-/// middlebox does not speak MPTCP. Elsewhere plain TCP.
+/// One connection attempt: MPTCP where the kernel could give it a second path (Linux with
+/// `net.mptcp.enabled` and a subflow endpoint, see [`super::mptcp::multipath_possible`]),
+/// so a host with two networks can use both in one connection and keep it when one dies;
+/// it falls back to plain TCP by itself when the server or a middlebox does not speak
+/// MPTCP. Elsewhere plain TCP.
 async fn open(addr: SocketAddr) -> std::io::Result<TcpStream> {
     #[cfg(target_os = "linux")]
-    {
+    if super::mptcp::multipath_possible() {
         use socket2::{Domain, Protocol, Socket, Type};
         if let Ok(s) = Socket::new(
             Domain::for_address(addr),
