@@ -42,7 +42,13 @@ fn waiting_for(fd: &OwnedFd) -> std::io::Result<Option<Duration>> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((info.tcpi_unacked > 0).then(|| Duration::from_millis(info.tcpi_last_ack_recv.into())))
+    // The last ACK left the peer half a round trip before it reached us: that is when the
+    // peer last showed it was receiving, so the silence is counted from there. (On a path
+    // cut mid-flight, ACKs already on their way still arrive for half a round trip: the
+    // silence began at the cut, not at the last of them.)
+    let since_ack = Duration::from_millis(info.tcpi_last_ack_recv.into());
+    let half_rtt = Duration::from_micros(u64::from(info.tcpi_min_rtt) / 2);
+    Ok((info.tcpi_unacked > 0).then_some(since_ack + half_rtt))
 }
 
 /// Other systems: no watch (bodies are judged by what the transport hands on).

@@ -134,10 +134,10 @@ fn cut_mid_upload(name: &str, server_args: &[&str], protocol: &str) {
         record["chunks_resent"],
         record["protocol"]
     );
-    // The engine's window is 5 s after the connection last heard from the server; the
+    // The engine's window is 5 s after the path went silent (measured 4.95-5.02 s); the
     // watchers look every 200 ms and events take a moment to reach the CLI.
     assert!(
-        stall - cut <= 6_000,
+        stall - cut <= 5_500,
         "stall reported {} ms after the cut",
         stall - cut
     );
