@@ -182,7 +182,12 @@ pub fn sanitize_object_name(s: &str) -> String {
 /// `POST /v1/uploads`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CreateUpload {
+    /// The file's length; 0 with `deferred_length` (not known yet).
     pub size: u64,
+    /// The length is not known yet (a file still being written): chunks may go anywhere
+    /// below [`MAX_FILE_SIZE`], and `complete` names the final length.
+    #[serde(default)]
+    pub deferred_length: bool,
     pub name: String,
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -211,7 +216,11 @@ pub struct ChunkRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UploadState {
     pub upload_id: String,
+    /// 0 while the length is deferred and the upload not completed.
     pub size: u64,
+    /// Created with a deferred length: `size` is set by `complete`.
+    #[serde(default)]
+    pub deferred_length: bool,
     pub name: String,
     pub nonce: String,
     pub expires_at: u64,
@@ -236,6 +245,7 @@ impl UploadState {
         UploadState {
             upload_id: upload_id.to_string(),
             size,
+            deferred_length: false,
             name: String::new(),
             nonce: String::new(),
             expires_at: 0,
@@ -295,6 +305,10 @@ pub struct ChunkPage {
 pub struct CompleteUpload {
     /// Hex Merkle root (RFC 6962) over all chunks.
     pub merkle_root: String,
+    /// The final length: required for an upload created with a deferred length (it seals
+    /// it); otherwise optional, and then it must equal the declared size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// Answer to complete (and to a single-request object PUT).

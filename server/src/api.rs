@@ -133,9 +133,14 @@ where
             let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
             let complete: CompleteUpload = parse_json(&body)?;
             let app2 = Arc::clone(app);
-            let done =
-                blocking(move || session.complete(app2.store.objects_dir(), &complete.merkle_root))
-                    .await?;
+            let done = blocking(move || {
+                session.complete(
+                    app2.store.objects_dir(),
+                    &complete.merkle_root,
+                    complete.size,
+                )
+            })
+            .await?;
             Ok(json(StatusCode::OK, &done))
         }
         (Route::Chunk(id, offset), Method::PUT) => chunk_put::put_chunk(app, id, offset, req).await,

@@ -63,6 +63,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct SessionMeta {
     upload_id: String,
     size: u64,
+    #[serde(default)]
+    deferred_length: bool,
     name: String,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
@@ -99,7 +101,9 @@ struct Index {
 pub struct Session {
     pub id: String,
     dir: PathBuf,
+    /// The declared length; 0 when `deferred` (complete names it).
     size: u64,
+    deferred: bool,
     name: String,
     nonce: Vec<u8>,
     key: [u8; 32],
@@ -235,6 +239,7 @@ impl Store {
             id: meta.upload_id.clone(),
             dir: dir.to_path_buf(),
             size: meta.size,
+            deferred: meta.deferred_length,
             name: meta.name.clone(),
             key: integrity::session_key(&self.secret, &nonce, &meta.upload_id),
             nonce,
@@ -249,7 +254,14 @@ impl Store {
 
     /// `POST /v1/uploads`: a new session, or the one this idempotency key made before.
     pub fn create(&self, key: Option<&str>, req: &CreateUpload) -> Result<UploadCreated, ApiError> {
-        if req.size == 0 || req.size > wire::MAX_FILE_SIZE {
+        if req.deferred_length && req.size != 0 {
+            return Err(ApiError::new(
+                400,
+                code::BAD_REQUEST,
+                "a deferred-length upload declares size 0 (complete names the length)",
+            ));
+        }
+        if !req.deferred_length && (req.size == 0 || req.size > wire::MAX_FILE_SIZE) {
             return Err(ApiError::new(
                 400,
                 code::BAD_REQUEST,
@@ -279,6 +291,7 @@ impl Store {
         let meta = SessionMeta {
             upload_id: id.clone(),
             size: req.size,
+            deferred_length: req.deferred_length,
             name: req.name.clone(),
             metadata: req.metadata.clone(),
             nonce: hex::encode(nonce),
@@ -298,17 +311,21 @@ impl Store {
                 .create_new(true)
                 .open(dir.join(PART))?;
             // Reserve the space now so a full disk is reported at create, not mid-upload.
-            let reserved = self.reserve_space
-                && match rustix::fs::fallocate(
-                    &part,
-                    rustix::fs::FallocateFlags::empty(),
-                    0,
-                    req.size,
-                ) {
-                    Ok(()) => true,
-                    Err(rustix::io::Errno::NOSPC) => return Err(rustix::io::Errno::NOSPC.into()),
-                    Err(_) => false,
-                };
+            // (A deferred length has nothing to reserve: the file grows with its chunks.)
+            let reserved = req.deferred_length
+                || self.reserve_space
+                    && match rustix::fs::fallocate(
+                        &part,
+                        rustix::fs::FallocateFlags::empty(),
+                        0,
+                        req.size,
+                    ) {
+                        Ok(()) => true,
+                        Err(rustix::io::Errno::NOSPC) => {
+                            return Err(rustix::io::Errno::NOSPC.into());
+                        }
+                        Err(_) => false,
+                    };
             if !reserved {
                 part.set_len(req.size)?;
             }
@@ -332,6 +349,7 @@ impl Store {
             id: id.clone(),
             dir,
             size: req.size,
+            deferred: req.deferred_length,
             name: req.name.clone(),
             key: integrity::session_key(&self.secret, &nonce, &id),
             nonce: nonce.to_vec(),
@@ -373,7 +391,10 @@ impl Store {
         let idx = lock(&self.index);
         let existing = idx.by_id.get(idx.by_key.get(key?)?)?;
         let meta = lock(&existing.meta);
-        if meta.size != req.size || meta.name != req.name {
+        if meta.size != req.size
+            || meta.deferred_length != req.deferred_length
+            || meta.name != req.name
+        {
             return Some(Err(ApiError::new(
                 409,
                 code::IDEMPOTENCY_MISMATCH,
@@ -528,6 +549,42 @@ impl Session {
         }
     }
 
+    /// The highest end a chunk may have: the declared size, or while the length is
+    /// deferred the largest file the server takes.
+    pub fn bound(&self) -> u64 {
+        match self.deferred {
+            true => wire::MAX_FILE_SIZE,
+            false => self.size,
+        }
+    }
+
+    /// The length `complete` seals: a deferred upload must name it; a declared one may
+    /// repeat it.
+    fn final_size(&self, named: Option<u64>) -> Result<u64, ApiError> {
+        match (self.deferred, named) {
+            (true, Some(n)) if (1..=wire::MAX_FILE_SIZE).contains(&n) => Ok(n),
+            (true, Some(n)) => Err(ApiError::new(
+                400,
+                code::BAD_REQUEST,
+                format!("size must be 1..={} bytes, got {n}", wire::MAX_FILE_SIZE),
+            )),
+            (true, None) => Err(ApiError::new(
+                400,
+                code::BAD_REQUEST,
+                "this upload's length was deferred: complete must name its size",
+            )),
+            (false, Some(n)) if n != self.size => Err(ApiError::new(
+                409,
+                code::LENGTH_MISMATCH,
+                format!(
+                    "complete names {n} bytes; the upload declared {}",
+                    self.size
+                ),
+            )),
+            (false, _) => Ok(self.size),
+        }
+    }
+
     pub fn key(&self) -> &[u8; 32] {
         &self.key
     }
@@ -542,7 +599,8 @@ impl Session {
         let st = lock(&self.state);
         UploadState {
             upload_id: self.id.clone(),
-            size: self.size,
+            size: meta.completed.as_ref().map_or(self.size, |c| c.size),
+            deferred_length: self.deferred,
             name: self.name.clone(),
             nonce: meta.nonce,
             expires_at: meta.expires_at,
@@ -580,10 +638,12 @@ impl Session {
         &self,
         objects_dir: &Path,
         merkle_root: &str,
+        size: Option<u64>,
     ) -> Result<UploadCompleted, ApiError> {
         let claimed = uplink_proto::parse_hex32(merkle_root).ok_or_else(|| {
             ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits")
         })?;
+        let size = self.final_size(size)?;
         let _one = lock(&self.completing);
         let part_path = self.dir.join(PART);
         {
@@ -614,11 +674,19 @@ impl Session {
             }
             next = o + l;
         }
-        if next != self.size {
+        if next < size {
             return Err(ApiError::new(
                 409,
                 code::INCOMPLETE,
-                format!("bytes {next}.. of {} are missing", self.size),
+                format!("bytes {next}.. of {size} are missing"),
+            ));
+        }
+        // Only a deferred length can meet this: chunks past the length it seals.
+        if next > size || st.chunks.len() != st.chunks.range(..size).count() {
+            return Err(ApiError::new(
+                409,
+                code::LENGTH_MISMATCH,
+                format!("chunks reach past the sealed length of {size} bytes"),
             ));
         }
         let root = uplink_proto::merkle::root_of(st.chunks.iter().map(|(o, (l, s))| (*o, *l, s)))
@@ -636,17 +704,18 @@ impl Session {
         drop(st);
         let part = self.part()?;
         let sha = part
-            .finish_hash(self.size)
+            .finish_hash(size)
             .map_err(|e| ApiError::io("hashing the assembled file", &e))?;
         let done = UploadCompleted {
             sha256: hex::encode(sha),
-            size: self.size,
+            size,
             location: wire::object_path(&self.name),
         };
         // Record completion first: a crash after this line finishes the rename on load.
         let mut meta = lock(&self.meta);
         let mut next_meta = meta.clone();
         next_meta.completed = Some(done.clone());
+        next_meta.size = size;
         next_meta.merkle_root = Some(hex::encode(claimed));
         next_meta.completed_at = Some(now_secs());
         let json = serde_json::to_vec_pretty(&next_meta)

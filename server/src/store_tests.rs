@@ -21,6 +21,7 @@ fn create(st: &Store, size: u64) -> Arc<Session> {
         .create(
             Some("k"),
             &CreateUpload {
+                deferred_length: false,
                 size,
                 name: "f.bin".into(),
                 metadata: Default::default(),
@@ -48,7 +49,9 @@ fn chunks_survive_a_restart_and_assemble_in_order() {
         (4, 6, &integrity::sha256(b"456789")),
     ])
     .unwrap();
-    let done = s.complete(st.objects_dir(), &hex::encode(root)).unwrap();
+    let done = s
+        .complete(st.objects_dir(), &hex::encode(root), None)
+        .unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
     assert_eq!(
         std::fs::read(st.objects_dir().join("f.bin")).unwrap(),
@@ -56,7 +59,8 @@ fn chunks_survive_a_restart_and_assemble_in_order() {
     );
     // Idempotent.
     assert_eq!(
-        s.complete(st.objects_dir(), &hex::encode(root)).unwrap(),
+        s.complete(st.objects_dir(), &hex::encode(root), None)
+            .unwrap(),
         done
     );
 }
@@ -126,6 +130,7 @@ fn idempotency_key_finds_the_same_session() {
     let tmp = tmp.path();
     let st = store(tmp);
     let req = CreateUpload {
+        deferred_length: false,
         size: 5,
         name: "a".into(),
         metadata: Default::default(),
@@ -133,6 +138,7 @@ fn idempotency_key_finds_the_same_session() {
     let a = st.create(Some("job-1"), &req).unwrap();
     assert_eq!(st.create(Some("job-1"), &req).unwrap(), a);
     let other = CreateUpload {
+        deferred_length: false,
         size: 6,
         ..req.clone()
     };
@@ -194,7 +200,7 @@ fn a_completed_session_holds_no_files_and_is_swept_after_retention() {
     let s = create(&st, 10);
     assert_eq!(st.open_sessions(), 1, "a fresh session has its files open");
     put(&s, 0, b"0123456789").unwrap();
-    s.complete(st.objects_dir(), &root_of(&[(0, b"0123456789")]))
+    s.complete(st.objects_dir(), &root_of(&[(0, b"0123456789")]), None)
         .unwrap();
     assert_eq!(st.open_sessions(), 0, "complete closes the files");
     let done_at = lock(&s.meta)
@@ -249,7 +255,11 @@ fn idle_files_close_and_reopen_when_the_upload_goes_on() {
     put(&s, 4, b"456789").unwrap();
     assert_eq!(st.open_sessions(), 1);
     let done = s
-        .complete(st.objects_dir(), &root_of(&[(0, b"0123"), (4, b"456789")]))
+        .complete(
+            st.objects_dir(),
+            &root_of(&[(0, b"0123"), (4, b"456789")]),
+            None,
+        )
         .unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
 }
@@ -321,6 +331,7 @@ fn racing_creates_with_one_key_make_one_session() {
     let tmp = tempfile::tempdir().unwrap();
     let st = Arc::new(store(tmp.path()));
     let req = CreateUpload {
+        deferred_length: false,
         size: 10,
         name: "race.bin".into(),
         metadata: Default::default(),
@@ -489,4 +500,83 @@ fn parked_bytes_are_bounded_per_session_oldest_dropped_first() {
     // The first one went to make room.
     assert_eq!(s.take_over(0, 128 << 20, &sha), 0);
     assert_eq!(s.take_over(4 << 27, 128 << 20, &sha), 64 << 20);
+}
+
+fn create_deferred(st: &Store) -> Arc<Session> {
+    let c = st
+        .create(
+            Some("growing"),
+            &CreateUpload {
+                deferred_length: true,
+                size: 0,
+                name: "capture.ply".into(),
+                metadata: Default::default(),
+            },
+        )
+        .unwrap();
+    st.get(&c.upload_id).unwrap()
+}
+
+#[test]
+fn a_deferred_length_upload_takes_chunks_as_the_file_grows_and_complete_seals_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create_deferred(&st);
+    assert!(s.state().deferred_length);
+    assert_eq!(s.state().size, 0, "no length before complete");
+    put(&s, 0, b"ply\n").unwrap();
+    put(&s, 4, b"vertex").unwrap();
+    // Survives a restart with its length still open.
+    let id = s.id.clone();
+    drop((s, st));
+    let st = store(tmp.path());
+    let s = st.get(&id).unwrap();
+    put(&s, 10, b" 3\n").unwrap();
+    let root = root_of(&[(0, b"ply\n"), (4, b"vertex"), (10, b" 3\n")]);
+    let err = s.complete(st.objects_dir(), &root, None).unwrap_err();
+    assert_eq!(err.code, code::BAD_REQUEST, "the length must be named");
+    let err = s.complete(st.objects_dir(), &root, Some(20)).unwrap_err();
+    assert_eq!(err.code, code::INCOMPLETE, "bytes 13..20 were never sent");
+    let err = s.complete(st.objects_dir(), &root, Some(10)).unwrap_err();
+    assert_eq!(err.code, code::LENGTH_MISMATCH, "a chunk lies past 10");
+    let done = s.complete(st.objects_dir(), &root, Some(13)).unwrap();
+    assert_eq!(done.size, 13);
+    assert_eq!(
+        done.sha256,
+        hex::encode(integrity::sha256(b"ply\nvertex 3\n"))
+    );
+    assert_eq!(
+        std::fs::read(st.objects_dir().join("capture.ply")).unwrap(),
+        b"ply\nvertex 3\n"
+    );
+    assert_eq!(s.state().size, 13, "the state reports the sealed length");
+    // A repeat of complete answers the same.
+    assert_eq!(s.complete(st.objects_dir(), &root, Some(13)).unwrap(), done);
+}
+
+#[test]
+fn a_declared_length_cannot_be_changed_at_complete_nor_a_deferred_one_given_a_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create(&st, 4);
+    put(&s, 0, b"0123").unwrap();
+    let root = root_of(&[(0, b"0123")]);
+    let err = s.complete(st.objects_dir(), &root, Some(5)).unwrap_err();
+    assert_eq!(err.code, code::LENGTH_MISMATCH);
+    assert_eq!(
+        s.complete(st.objects_dir(), &root, Some(4)).unwrap().size,
+        4
+    );
+    let err = st
+        .create(
+            None,
+            &CreateUpload {
+                deferred_length: true,
+                size: 7,
+                name: "x.bin".into(),
+                metadata: Default::default(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.code, code::BAD_REQUEST);
 }

@@ -106,13 +106,16 @@ impl Session {
                 ),
             ));
         }
-        if offset.checked_add(length).is_none_or(|end| end > self.size) {
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end > self.bound())
+        {
             return Err(ApiError::new(
                 416,
                 code::OUT_OF_RANGE,
                 format!(
                     "chunk {offset}+{length} lies beyond the upload's {} bytes",
-                    self.size
+                    self.bound()
                 ),
             ));
         }

@@ -105,6 +105,7 @@ async fn a_chunk_cut_off_mid_body_resumes_from_what_the_server_has_and_arrives_i
         .create(
             "job-resume",
             &CreateUpload {
+                deferred_length: false,
                 size: size as u64,
                 name: "r.bin".into(),
                 metadata: Default::default(),
@@ -153,6 +154,7 @@ async fn a_resume_is_refused_without_the_key_or_when_the_server_lost_the_bytes()
         .create(
             "job-resume-bad",
             &CreateUpload {
+                deferred_length: false,
                 size: (4 * MIB) as u64,
                 name: "b.bin".into(),
                 metadata: Default::default(),

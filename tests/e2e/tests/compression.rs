@@ -63,6 +63,7 @@ async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
         .create(
             "job-lz4",
             &CreateUpload {
+                deferred_length: false,
                 size: 8192,
                 name: "z.bin".into(),
                 metadata: Default::default(),

@@ -26,6 +26,7 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
         .create(
             "job-proto",
             &CreateUpload {
+                deferred_length: false,
                 size: 8,
                 name: "p.bin".into(),
                 metadata: Default::default(),
@@ -159,6 +160,7 @@ async fn a_chunk_tagged_with_what_travels_is_refused() {
         .create(
             "job-forge",
             &CreateUpload {
+                deferred_length: false,
                 size: 8,
                 name: "f.bin".into(),
                 metadata: Default::default(),
@@ -217,6 +219,7 @@ async fn sessions_survive_a_server_restart_and_create_is_idempotent() {
     let dir = workdir();
     let mut server = Server::start(dir.path());
     let req = CreateUpload {
+        deferred_length: false,
         size: 8,
         name: "r.bin".into(),
         metadata: Default::default(),

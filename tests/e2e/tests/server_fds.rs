@@ -162,6 +162,7 @@ async fn out_of_file_descriptors_is_a_503_with_retry_after_and_the_server_recove
     // Each session in progress holds its part file and log: create until refused.
     for n in 0..200 {
         let body = CreateUpload {
+            deferred_length: false,
             size: 1000,
             name: format!("held-{n}.bin"),
             metadata: Default::default(),
@@ -194,6 +195,7 @@ async fn out_of_file_descriptors_is_a_503_with_retry_after_and_the_server_recove
         c.delete(&id).await.expect("delete");
     }
     let body = CreateUpload {
+        deferred_length: false,
         size: 1000,
         name: format!("held-{n}.bin"),
         metadata: Default::default(),

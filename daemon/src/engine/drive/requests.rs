@@ -36,6 +36,7 @@ impl Driver {
         }
         a.record.attempts += 1;
         let body = CreateUpload {
+            deferred_length: false,
             size: a.record.size,
             name: a.record.target.clone(),
             metadata: a.record.metadata.clone(),
@@ -192,6 +193,7 @@ impl Driver {
         let source = Arc::clone(&a.source);
         let (key, size) = (a.record.job_id.clone(), a.record.size);
         let body = CreateUpload {
+            deferred_length: false,
             size,
             name: a.record.target.clone(),
             metadata: a.record.metadata.clone(),
