@@ -319,6 +319,8 @@ impl ServerClient {
     ) -> Result<UploadCompleted, CallError> {
         let body = CompleteUpload {
             merkle_root: hex::encode(merkle_root),
+            // The session declared its size; a deferred one (a growing file) names it here.
+            size: None,
         };
         let json = serde_json::to_vec(&body).map_err(|e| CallError::Decode(e.to_string()))?;
         let mut req = self.request(
