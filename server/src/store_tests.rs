@@ -17,13 +17,18 @@ fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {
 }
 
 fn create(st: &Store, size: u64) -> Arc<Session> {
+    create_named(st, "k", size, false, "f.bin")
+}
+
+/// A session for `name`, its length `size` or (`deferred`) not known yet.
+fn create_named(st: &Store, key: &str, size: u64, deferred: bool, name: &str) -> Arc<Session> {
     let c = st
         .create(
-            Some("k"),
+            Some(key),
             &CreateUpload {
-                deferred_length: false,
+                deferred_length: deferred,
                 size,
-                name: "f.bin".into(),
+                name: name.into(),
                 metadata: Default::default(),
             },
         )
@@ -503,18 +508,7 @@ fn parked_bytes_are_bounded_per_session_oldest_dropped_first() {
 }
 
 fn create_deferred(st: &Store) -> Arc<Session> {
-    let c = st
-        .create(
-            Some("growing"),
-            &CreateUpload {
-                deferred_length: true,
-                size: 0,
-                name: "capture.ply".into(),
-                metadata: Default::default(),
-            },
-        )
-        .unwrap();
-    st.get(&c.upload_id).unwrap()
+    create_named(st, "growing", 0, true, "capture.ply")
 }
 
 #[test]
