@@ -92,7 +92,10 @@ fn rate_limit_matches_configured_rate() {
     // neighbour (CI once measured 7.9 of 9.65 Mbit/s in a single sample).
     let mut samples = Vec::new();
     for _ in 0..3 {
-        samples.push(tcp_goodput(&sim, &sink, sink.addr(), ms(1000), ms(3000)).unwrap());
+        // A fresh connection's startup overshoots a 4 Mbit/s queue and recovers from the
+        // drops for about a second (CI once measured 88 % in two of three samples after a
+        // 1 s warm-up): measure after 2 s.
+        samples.push(tcp_goodput(&sim, &sink, sink.addr(), ms(2000), ms(3000)).unwrap());
     }
     let m = median_f64(&samples).unwrap();
     eprintln!("goodput samples at 4mbit {samples:?}");
