@@ -271,6 +271,8 @@ impl Engine {
         match event {
             Event::JobAdded { job, spec } => self.add_job(job, spec),
             Event::JobCancelled { job } => self.drop_job(job),
+            Event::JobGrew { job, size } => self.grew(job, size, false),
+            Event::JobSealed { job, size } => self.grew(job, size, true),
             Event::SessionReady { req, acked } => self.session_ready(req, acked),
             Event::ReadDone {
                 job,
@@ -390,7 +392,7 @@ impl Engine {
         if self.jobs.contains_key(&id) {
             return;
         }
-        if spec.size == 0 {
+        if spec.size == 0 && !spec.growing {
             self.actions.push_back(Action::JobFailed {
                 job: id,
                 code: "file_empty".into(),
@@ -398,11 +400,46 @@ impl Engine {
             });
             return;
         }
-        let whole = !spec.has_session && spec.size <= self.cfg.single_request_max;
+        let whole = !spec.has_session && !spec.growing && spec.size <= self.cfg.single_request_max;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queue.insert((Reverse(spec.priority), seq, id));
         self.jobs.insert(id, Job::new(spec, seq, whole));
+    }
+
+    /// A growing job's file reached `size` bytes; `sealed`: and ends there.
+    fn grew(&mut self, id: JobId, size: u64, sealed: bool) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if !job.spec.growing {
+            return;
+        }
+        // Bytes already read (or being read) lie below the old edge: a file shorter than
+        // that lost bytes the upload holds.
+        let read_up_to = job
+            .claimed
+            .iter()
+            .last()
+            .map_or(0, |r| r.end)
+            .max(job.spec.size);
+        if size < read_up_to {
+            let message = format!(
+                "the file shrank to {size} bytes while {read_up_to} bytes of it were being uploaded"
+            );
+            self.fail_job(id, "file_truncated".into(), message);
+            return;
+        }
+        if sealed && size == 0 {
+            self.fail_job(
+                id,
+                "file_empty".into(),
+                "sealed with nothing written".into(),
+            );
+            return;
+        }
+        job.spec.size = size;
+        job.spec.growing = !sealed;
     }
 
     fn key(&self, id: JobId) -> Option<(Reverse<u8>, u64, JobId)> {

@@ -24,6 +24,10 @@ pub struct JobSpec {
     /// The driver holds a server session for this job from an earlier run: ask the server
     /// what it has instead of creating one.
     pub has_session: bool,
+    /// The file is still being written (a capture in progress): `size` is the writer's
+    /// edge so far. Only whole chunks behind the edge are read; the job completes only
+    /// after [`Event::JobSealed`]. Never sent as one request.
+    pub growing: bool,
 }
 
 /// Why a request failed, as the driver classified it.
@@ -129,6 +133,18 @@ pub enum Event {
     },
     JobCancelled {
         job: JobId,
+    },
+    /// A growing job's file now holds `size` bytes. Smaller than before: it was truncated,
+    /// and the job fails (`file_truncated`).
+    JobGrew {
+        job: JobId,
+        size: u64,
+    },
+    /// A growing job's file is finished at `size` bytes: the tail goes, then the complete.
+    /// Smaller than what was already read: truncated, the job fails (`file_truncated`).
+    JobSealed {
+        job: JobId,
+        size: u64,
     },
     /// Answer to [`Action::CreateSession`] (nothing acknowledged yet) or
     /// [`Action::FetchState`]: the byte ranges the server holds and the driver verified.

@@ -10,7 +10,7 @@
 //! ```
 //! use uplink_engine::{Action, Config, Engine, Event, JobSpec, Time};
 //! let mut e = Engine::new(Config::default(), 1);
-//! e.handle(Time::ZERO, Event::JobAdded { job: 7, spec: JobSpec { size: 100 << 20, priority: 0, has_session: false } });
+//! e.handle(Time::ZERO, Event::JobAdded { job: 7, spec: JobSpec { size: 100 << 20, priority: 0, has_session: false, growing: false } });
 //! assert!(matches!(e.poll_action(), Some(Action::CreateSession { job: 7, .. })));
 //! ```
 //!

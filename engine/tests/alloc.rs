@@ -64,6 +64,7 @@ fn the_steady_state_allocates_nothing_per_chunk() {
                 size: 64 * GIB,
                 priority: 0,
                 has_session: false,
+                growing: false,
             },
         },
     );

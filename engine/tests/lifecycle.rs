@@ -42,6 +42,7 @@ fn add_job(e: &mut Engine, size: u64, has_session: bool) {
                 size,
                 priority: 0,
                 has_session,
+                growing: false,
             },
         },
     );

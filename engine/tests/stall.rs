@@ -153,6 +153,7 @@ fn one_chunk_out(e: &mut Engine) -> u64 {
                 size: cfg_chunk,
                 priority: 0,
                 has_session: true,
+                growing: false,
             },
         },
     );

@@ -223,6 +223,7 @@ fn a_slow_body_a_long_complete_and_a_job_waiting_its_turn_are_not_hung() {
                     size: 40 * MIB,
                     priority: 0,
                     has_session: false,
+                    growing: false,
                 },
                 stored: vec![],
                 saving: 0.0,

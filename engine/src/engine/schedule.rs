@@ -91,7 +91,10 @@ impl Engine {
                     });
                 }
                 Phase::Transfer
-                    if job.fully_acked() && job.chunks.is_empty() && job.not_before <= now =>
+                    if !job.spec.growing
+                        && job.fully_acked()
+                        && job.chunks.is_empty()
+                        && job.not_before <= now =>
                 {
                     // The server may hash the whole file (after a restart it has no running
                     // hash): allow for that at a modest disk speed.
@@ -250,6 +253,13 @@ impl Engine {
         }
     }
 
+    /// A growing file's next chunk: only a whole one (the size the link calls for) behind
+    /// the writer's edge, never the region still being written; the tail waits for the seal.
+    fn growing_chunk_len(&self, gap: u64) -> Option<u64> {
+        let full = self.cfg.chunk_size.unwrap_or_else(|| self.chunk_target());
+        (gap >= full).then_some(full)
+    }
+
     fn read_ahead(&mut self) {
         while self.reads < self.cfg.max_reads && self.slots < self.buffers {
             let order = self.take_service_order();
@@ -259,7 +269,11 @@ impl Engine {
                     return None;
                 }
                 let (start, end) = job.next_unclaimed()?;
-                Some((id, start, self.chunk_len(job, end - start)))
+                let len = match job.spec.growing {
+                    true => self.growing_chunk_len(end - start)?,
+                    false => self.chunk_len(job, end - start),
+                };
+                Some((id, start, len))
             });
             self.order = order;
             let Some((id, offset, len)) = pick else { break };

@@ -18,6 +18,7 @@ pub fn add(job: u64, size: u64) -> Change {
             size,
             priority: 0,
             has_session: false,
+            growing: false,
         },
         stored: vec![],
         saving: 0.0,

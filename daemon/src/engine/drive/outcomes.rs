@@ -58,6 +58,7 @@ impl Driver {
                     size: record.size,
                     priority: 0,
                     has_session: record.upload_id.is_some(),
+                    growing: false,
                 };
                 self.jobs.insert(
                     job,
