@@ -35,6 +35,7 @@ pub fn job(j: &grpc::Job) -> Value {
         "error_message": j.error_message,
         "next_attempt_ms": j.next_attempt_ms,
         "waiting_why": j.waiting_why,
+        "growing": j.growing,
         "created_at_ms": j.created_at_ms,
         "finished_at_ms": j.finished_at_ms,
     })

@@ -42,6 +42,22 @@ enum Cmd {
         /// Metadata KEY=VALUE (repeatable).
         #[arg(long = "meta", value_parser = parse_kv)]
         meta: Vec<(String, String)>,
+        /// The files are still being written (a capture in progress): upload what is
+        /// written as it grows, complete after `uplink seal`.
+        #[arg(long)]
+        growing: bool,
+    },
+    /// A growing job's file is finished: send the tail and complete it.
+    Seal {
+        job: String,
+        /// The file's final size in bytes (default: its size now).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Follow the job until it ends.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Follow a job (or every unfinished job) until it ends.
     Watch {
@@ -151,6 +167,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             json: as_json,
             target,
             meta,
+            growing,
         } => {
             if target.is_some() && files.len() > 1 {
                 eprintln!("uplink: --target names one object; give one file");
@@ -172,6 +189,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                             path: path.to_string_lossy().into_owned(),
                             target: target.clone().unwrap_or_default(),
                             metadata: metadata.clone(),
+                            growing,
                         };
                         let mut c = client.clone();
                         (path, tokio::spawn(async move { c.enqueue(req).await }))
@@ -263,6 +281,46 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Seal {
+            job,
+            size,
+            wait,
+            json: as_json,
+        } => {
+            let mut c = connect(&socket).await?;
+            let final_size = match size {
+                Some(s) => s,
+                None => {
+                    let j = c
+                        .get_job(grpc::GetJobRequest {
+                            job_id: job.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    match std::fs::metadata(&j.path) {
+                        Ok(m) => m.len(),
+                        Err(e) => {
+                            eprintln!("uplink: {}: {e}; give --size", j.path);
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+            };
+            let req = grpc::SealRequest {
+                job_id: job.clone(),
+                final_size,
+            };
+            let j = c.seal(req).await?.into_inner();
+            if !wait {
+                match as_json {
+                    true => println!("{}", json::job(&j)),
+                    false => println!("{} sealed at {} bytes", j.job_id, j.size),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let jobs = follow(&socket, &[job], render_for(as_json)).await?;
+            Ok(finish(&jobs, as_json))
+        }
         Cmd::Cancel { job } => {
             let mut c = connect(&socket).await?;
             let j = c
@@ -295,7 +353,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     serde_json::json!({"version": s.version, "endpoints": eps, "jobs_queued": s.jobs_queued,
                         "jobs_running": s.jobs_running, "chunks_in_flight": s.chunks_in_flight,
                         "state_dir": s.state_dir, "uptime_seconds": s.uptime_seconds, "engine": engine,
-                        "heap_allocations": s.heap_allocations,
+                        "heap_allocations": s.heap_allocations, "jobs_growing": s.jobs_growing,
                         "telemetry": telemetry_json(s.telemetry.as_ref())})
                 );
             } else {
@@ -345,8 +403,8 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     println!("  circuit {}, health {:.0}/100", e.circuit, e.health);
                 }
                 println!(
-                    "jobs: {} queued, {} running; {} chunk(s) in flight",
-                    s.jobs_queued, s.jobs_running, s.chunks_in_flight
+                    "jobs: {} queued, {} running ({} growing: waiting for data or seal); {} chunk(s) in flight",
+                    s.jobs_queued, s.jobs_running, s.jobs_growing, s.chunks_in_flight
                 );
                 if let Some(e) = &s.engine {
                     let tier = if e.tier.is_empty() {

@@ -36,7 +36,11 @@ impl From<ManagerError> for Status {
         match e {
             ManagerError::Invalid(i) => {
                 let code = match i.code {
-                    "file_not_found" => Code::NotFound,
+                    "file_not_found" | "job_not_found" => Code::NotFound,
+                    "not_growing" | "job_ended" | "size_mismatch" | "file_changed" => {
+                        Code::FailedPrecondition
+                    }
+                    "state_store" | "shutting_down" => Code::Unavailable,
                     "permission_denied" => Code::PermissionDenied,
                     "internal" => Code::Internal,
                     _ => Code::InvalidArgument,
@@ -85,11 +89,20 @@ impl Uplink for Api {
         req: Request<grpc::EnqueueRequest>,
     ) -> Result<Response<grpc::EnqueueResponse>, Status> {
         let r = req.into_inner();
-        let job = self.mgr.enqueue(r.path, r.target, r.metadata).await?;
+        let job = self
+            .mgr
+            .enqueue(r.path, r.target, r.metadata, r.growing)
+            .await?;
         Ok(Response::new(grpc::EnqueueResponse {
             job_id: job.job_id.clone(),
             job: Some(job.to_proto()),
         }))
+    }
+
+    async fn seal(&self, req: Request<grpc::SealRequest>) -> Result<Response<grpc::Job>, Status> {
+        let r = req.into_inner();
+        let job = self.mgr.seal(&r.job_id, r.final_size).await?;
+        Ok(Response::new(job.to_proto()))
     }
 
     type WatchStream = ReceiverStream<Result<grpc::JobEvent, Status>>;
@@ -231,6 +244,7 @@ impl Uplink for Api {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let circuit_retry_ms = snapshot.as_ref().map_or(0, |s| s.circuit_retry_ms);
+        let jobs_growing = snapshot.as_ref().map_or(0, |s| s.growing);
         let snapshot = snapshot.map(|s| s.snapshot);
         let circuit = snapshot.as_ref().map(|s| s.circuit);
         Ok(Response::new(grpc::StatusResponse {
@@ -263,6 +277,7 @@ impl Uplink for Api {
             state_dir: cfg.state_dir.display().to_string(),
             uptime_seconds: self.mgr.started.elapsed().as_secs(),
             heap_allocations: crate::heap::allocations(),
+            jobs_growing,
             telemetry: Some(telemetry_proto(crate::telemetry::read_from(
                 &cfg.sysfs_root,
             ))),

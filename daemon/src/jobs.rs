@@ -83,6 +83,13 @@ pub struct JobRecord {
     /// Running, but waiting out a transient error: nothing moves until then.
     #[serde(default)]
     pub waiting: Option<Waiting>,
+    /// Enqueued while its file was still being written: chunks may have been read before
+    /// the writer finished, so the file is re-scanned against them before completing.
+    #[serde(default)]
+    pub live: bool,
+    /// Not sealed yet: `size` is the writer's edge so far.
+    #[serde(default)]
+    pub growing: bool,
 }
 
 /// Why a running job is on hold, and until when.
@@ -141,6 +148,7 @@ impl JobRecord {
             used_0rtt: self.used_0rtt,
             next_attempt_ms: waiting.map_or(0, |w| w.until_ms),
             waiting_why: waiting.map(|w| w.why.clone()).unwrap_or_default(),
+            growing: self.growing,
         }
     }
 }

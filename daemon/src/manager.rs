@@ -86,9 +86,10 @@ impl Manager {
         path: String,
         target: String,
         metadata: HashMap<String, String>,
+        growing: bool,
     ) -> Result<JobRecord, ManagerError> {
         let (p, t, m) = (path.clone(), target.clone(), metadata.clone());
-        let accepted = tokio::task::spawn_blocking(move || validate::check(&p, &t, &m))
+        let accepted = tokio::task::spawn_blocking(move || validate::check(&p, &t, &m, growing))
             .await
             .map_err(|e| {
                 ManagerError::Invalid(Invalid {
@@ -134,6 +135,8 @@ impl Manager {
             attempts: 0,
             used_0rtt: false,
             waiting: None,
+            live: growing,
+            growing,
         };
         self.db.put(&job).await?;
         tracing::info!(job_id = %job.job_id, path = %job.path, size = job.size, "job queued");
@@ -216,6 +219,34 @@ impl Manager {
                 Ok(record)
             }
             _ => self.get(job_id),
+        }
+    }
+
+    /// Seals a growing job at its final size (the driver holds running jobs' records).
+    pub async fn seal(&self, job_id: &str, size: u64) -> Result<JobRecord, ManagerError> {
+        let job = self.get(job_id)?;
+        if job.state.is_terminal() {
+            return Err(ManagerError::Invalid(Invalid {
+                code: "job_ended",
+                message: format!("job {job_id} already ended"),
+            }));
+        }
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || {
+            ManagerError::Invalid(Invalid {
+                code: "shutting_down",
+                message: "the daemon is stopping; seal again after it restarts".into(),
+            })
+        };
+        let command = Command::Seal(job_id.to_string(), size, tx);
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| unavailable())?;
+        match rx.await {
+            Ok(Ok(record)) => Ok(record),
+            Ok(Err(invalid)) => Err(ManagerError::Invalid(invalid)),
+            Err(_) => Err(unavailable()),
         }
     }
 

@@ -316,11 +316,13 @@ impl ServerClient {
         &self,
         upload_id: &str,
         merkle_root: &[u8; 32],
+        size: Option<u64>,
     ) -> Result<UploadCompleted, CallError> {
+        // Required for a session created with a deferred length (a growing file); checked
+        // against the declared one otherwise.
         let body = CompleteUpload {
             merkle_root: hex::encode(merkle_root),
-            // The session declared its size; a deferred one (a growing file) names it here.
-            size: None,
+            size,
         };
         let json = serde_json::to_vec(&body).map_err(|e| CallError::Decode(e.to_string()))?;
         let mut req = self.request(

@@ -34,10 +34,12 @@ const MAX_METADATA_KEY: usize = 128;
 const MAX_METADATA_VALUE: usize = 1024;
 
 /// Blocking (stat + open): call off the reactor.
+/// `growing`: the file is still being written, and may be empty yet.
 pub fn check(
     path: &str,
     target: &str,
     metadata: &HashMap<String, String>,
+    growing: bool,
 ) -> Result<Accepted, Invalid> {
     if path.is_empty() {
         return Err(invalid("path_required", "no file path given"));
@@ -85,7 +87,7 @@ pub fn check(
         }
         _ => invalid("unreadable", format!("{path}: {e}")),
     })?;
-    if meta.len() == 0 {
+    if meta.len() == 0 && !growing {
         return Err(invalid("file_empty", format!("{path} is empty")));
     }
     if meta.len() > wire::MAX_FILE_SIZE {
@@ -137,7 +139,7 @@ mod tests {
     use super::*;
 
     fn code(path: &str) -> &'static str {
-        check(path, "", &HashMap::new()).unwrap_err().code
+        check(path, "", &HashMap::new(), false).unwrap_err().code
     }
 
     #[test]
@@ -152,16 +154,34 @@ mod tests {
         assert_eq!(code(d.to_str().unwrap()), "is_a_directory");
         assert_eq!(code("/dev/null"), "not_a_regular_file");
         assert_eq!(code(d.join("empty").to_str().unwrap()), "file_empty");
+        let empty = d.join("empty");
+        let growing = check(empty.to_str().unwrap(), "", &HashMap::new(), true);
+        assert_eq!(
+            growing.map(|a| a.identity.size),
+            Ok(0),
+            "a capture may start empty"
+        );
         let big = std::fs::File::create(d.join("big")).unwrap();
         big.set_len(wire::MAX_FILE_SIZE + 1).unwrap();
         assert_eq!(code(d.join("big").to_str().unwrap()), "file_too_large");
-        let ok = check(d.join("ok.bin").to_str().unwrap(), "", &HashMap::new()).unwrap();
+        let ok = check(
+            d.join("ok.bin").to_str().unwrap(),
+            "",
+            &HashMap::new(),
+            false,
+        )
+        .unwrap();
         assert_eq!(ok.target, "ok.bin");
         assert_eq!(ok.identity.size, 4);
         assert_eq!(
-            check(d.join("ok.bin").to_str().unwrap(), "../x", &HashMap::new())
-                .unwrap_err()
-                .code,
+            check(
+                d.join("ok.bin").to_str().unwrap(),
+                "../x",
+                &HashMap::new(),
+                false
+            )
+            .unwrap_err()
+            .code,
             "bad_target"
         );
     }

@@ -22,6 +22,8 @@ pub(super) enum Resumed {
     Ledger {
         ledger: Ledger,
         dispatched_until: u64,
+        /// CRC32C of acknowledged chunks (see `rescan`).
+        crcs: super::rescan::ChunkCrcs,
     },
 }
 
@@ -66,7 +68,11 @@ pub(super) async fn resume(
     }
     let verify = plan.verify;
     let mut ledger = plan.ledger;
-    let ledger = tokio::task::spawn_blocking(move || {
+    // CRC32C of the chunks vouched for (a live job's checkpoint keeps them) and of those
+    // verified now, for the re-scan before a live job completes.
+    let mut crcs = checkpoint.map(|c| c.crcs).unwrap_or_default();
+    crcs.retain(|offset, _| ledger.contains(*offset));
+    let (ledger, crcs) = tokio::task::spawn_blocking(move || {
         for c in verify {
             let (_, digest) = source
                 .read_chunk(c.offset, c.length)
@@ -81,14 +87,16 @@ pub(super) async fn resume(
                 ));
             }
             ledger.ack(c.offset, c.length, digest.sha256);
+            crcs.insert(c.offset, (c.length, digest.crc32c));
         }
-        Ok(ledger)
+        Ok((ledger, crcs))
     })
     .await
     .map_err(|e| Failure::permanent("internal", e.to_string()))??;
     Ok(Resumed::Ledger {
         ledger,
         dispatched_until: plan.dispatched_until,
+        crcs,
     })
 }
 
@@ -205,7 +213,7 @@ pub(super) async fn whole(
         .map_err(|e| Failure::permanent("internal", e.to_string()))?
         .map_err(read_failure)?;
     let completed = client
-        .complete(&created.upload_id, &root)
+        .complete(&created.upload_id, &root, None)
         .await
         .map_err(|e| failure(&e))?;
     Ok(WholeDone {
@@ -257,6 +265,8 @@ pub(super) fn failure(e: &CallError) -> Failure {
 pub(super) fn read_error_code(e: &ReadError) -> (&'static str, String) {
     match e {
         ReadError::Changed(_) => ("file_changed", e.to_string()),
+        ReadError::Truncated(_) => ("file_truncated", e.to_string()),
+        ReadError::Rewritten(_) => ("file_rewritten", e.to_string()),
         ReadError::Io(_) => ("read_failed", e.to_string()),
     }
 }

@@ -14,8 +14,8 @@
 //! shared between tasks but the read-only client.
 //!
 //! This file holds the loop, the job table and the records; `requests` starts the
-//! actions' I/O tasks, `outcomes` turns their results into events, and `reports` tells
-//! users (progress, retries, incidents).
+//! actions' I/O tasks, `outcomes` turns their results into events, `reports` tells
+//! users (progress, retries, incidents), and `growth` follows growing files and seals them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use uplink_proto::grpc::{self, job_event::Kind};
 use uplink_proto::integrity::ChunkDigest;
 use uplink_proto::wire::{UploadCompleted, UploadCreated};
 
+mod growth;
 mod outcomes;
 mod reports;
 mod requests;
@@ -43,12 +44,16 @@ use crate::events::Events;
 use crate::jobs::{JobDb, JobRecord, JobState, now_ms};
 use crate::server_api::{CallError, ChunkPayload, ErrorClass, ServerClient, SessionKeys};
 use crate::transport::progress::BodyProgress;
+use crate::validate::Invalid;
 
 /// Jobs handed to the core at once; the rest wait in the job store (the core admits
 /// its own share of these to the streams).
 const MAX_ADMITTED: usize = 64;
 /// How often available memory is sampled for the buffer pool.
 const MEMORY_EVERY: Duration = Duration::from_secs(2);
+/// How often growing files are looked at for new bytes (an fstat each): the delay it adds
+/// to reading a finished chunk is small beside the chunk's own time on the link.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
 /// What the manager asks of the driver.
 pub enum Command {
@@ -57,6 +62,8 @@ pub enum Command {
     /// Cancel this job (queued or running): answers with its cancelled record, or `None`
     /// if it had already ended or is unknown.
     Cancel(String, oneshot::Sender<Option<JobRecord>>),
+    /// Seal a growing job at this final size: answers with its record, or why not.
+    Seal(String, u64, oneshot::Sender<Result<JobRecord, Invalid>>),
 }
 
 /// What the driver shares with the rest of the daemon.
@@ -79,6 +86,8 @@ pub struct EngineStatus {
     pub snapshot: uplink_engine::Snapshot,
     /// While the circuit is open: when (Unix ms) a request will probe again.
     pub circuit_retry_ms: u64,
+    /// Jobs held whose file is still being written.
+    pub growing: u32,
 }
 
 /// One job the core holds.
@@ -97,6 +106,8 @@ struct Active {
     /// Chunks below this end were handed to senders by an earlier process.
     prior_dispatch: u64,
     started_reported: bool,
+    /// A growing file's size and bytes acknowledged as last written to the store, and when.
+    size_stored: ((u64, u64), Instant),
 }
 
 /// A finished read or request, back in the loop.
@@ -212,6 +223,8 @@ impl Driver {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
         let mut memory = tokio::time::interval(MEMORY_EVERY);
         memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut follow = tokio::time::interval(FOLLOW_EVERY);
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.refill {
                 self.refill = false;
@@ -231,9 +244,11 @@ impl Driver {
                 }
                 _ => 0,
             };
+            let growing = self.jobs.values().filter(|a| a.record.growing).count() as u32;
             *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(EngineStatus {
                 snapshot,
                 circuit_retry_ms,
+                growing,
             });
             let wake = self.engine.poll_timeout().map(|t| self.instant(t));
             tokio::select! {
@@ -243,6 +258,10 @@ impl Driver {
                     Some(Command::Wake) => self.refill = true,
                     Some(Command::Cancel(id, reply)) => {
                         let r = self.cancel(&id).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Seal(id, size, reply)) => {
+                        let r = self.seal(&id, size).await;
                         let _ = reply.send(r);
                     }
                     None => break,
@@ -258,6 +277,7 @@ impl Driver {
                     self.report_bodies(now);
                     self.engine.handle_timeout(now);
                 }
+                _ = follow.tick(), if growing > 0 => self.follow_growth(),
                 _ = memory.tick() => {
                     if let Some(bytes) = crate::memory::available() {
                         let now = self.now();
@@ -300,12 +320,18 @@ impl Driver {
             self.next_id += 1;
             self.ids.insert(job_id, id);
             let path = std::path::PathBuf::from(&record.path);
-            let identity = record.identity;
+            let mut identity = record.identity;
+            let growing = record.growing;
+            if growing {
+                // It has held this much since: less now is a truncation.
+                identity.size = record.size;
+            }
             self.tasks.spawn(async move {
-                let result =
-                    tokio::task::spawn_blocking(move || SourceFile::open(&path, &identity))
-                        .await
-                        .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
+                let result = tokio::task::spawn_blocking(move || {
+                    SourceFile::open(&path, &identity, growing)
+                })
+                .await
+                .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));
                 Done::Opened {
                     job: id,
                     record: Box::new(record),

@@ -92,6 +92,10 @@ pub struct Checkpoint {
     pub chunks_resent: u64,
     #[serde(default)]
     pub bytes_resent: u64,
+    /// A live job's acknowledged chunks with their CRC32C, for the re-scan before it
+    /// completes (empty for a job enqueued finished).
+    #[serde(default)]
+    pub crcs: super::rescan::ChunkCrcs,
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //! The file is the producer's; we cannot lock it (advisory locks stop nobody), so we
 //! detect change instead: device, inode, size and mtime are recorded at enqueue and
 //! checked before every chunk. A change fails the job with `file_changed`.
+//! A growing file (a capture still being written) is checked for device and inode only,
+//! and for holding every byte asked for (else `file_truncated`), until it is sealed; the
+//! chunks read meanwhile are re-scanned before completing (`rescan`).
 //! (A truncation racing between that check and the read would still fault the mapping —
 //! a risk every mmap reader carries; the check makes the window tiny.)
 
@@ -43,6 +46,10 @@ impl FileIdentity {
 pub enum ReadError {
     #[error("the file changed since it was enqueued ({0})")]
     Changed(String),
+    #[error("the file was truncated ({0})")]
+    Truncated(String),
+    #[error("the file was rewritten behind the upload ({0})")]
+    Rewritten(String),
     #[error("cannot read the file: {0}")]
     Io(String),
 }
@@ -51,11 +58,19 @@ pub enum ReadError {
 pub struct SourceFile {
     file: Arc<File>,
     identity: FileIdentity,
+    /// Still being written: `identity.size` is a floor, and mtime changes.
+    growing: bool,
     drop_cache: bool,
 }
 
 impl SourceFile {
-    pub fn open(path: &Path, expected: &FileIdentity) -> Result<SourceFile, ReadError> {
+    /// Opens the file enqueued with `expected`; `growing`: still being written, holding
+    /// at least `expected.size` bytes.
+    pub fn open(
+        path: &Path,
+        expected: &FileIdentity,
+        growing: bool,
+    ) -> Result<SourceFile, ReadError> {
         let file = File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ReadError::Changed("it no longer exists".into()),
             _ => ReadError::Io(e.to_string()),
@@ -63,22 +78,56 @@ impl SourceFile {
         let src = SourceFile {
             file: Arc::new(file),
             identity: *expected,
-            drop_cache: expected.size > DROP_CACHE_ABOVE,
+            growing,
+            // A growing file's pages are re-scanned at the seal: keep them cached.
+            drop_cache: !growing && expected.size > DROP_CACHE_ABOVE,
         };
         src.check()?;
         Ok(src)
     }
 
+    /// The same open file, sealed: from now on it must stay exactly as `identity` says.
+    pub fn sealed(&self, identity: FileIdentity) -> SourceFile {
+        SourceFile {
+            file: Arc::clone(&self.file),
+            identity,
+            growing: false,
+            drop_cache: false,
+        }
+    }
+
+    /// The open file (for reads outside the chunk path, like the seal's re-scan).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file's current metadata (through the open descriptor).
+    pub fn metadata(&self) -> Result<std::fs::Metadata, ReadError> {
+        self.file
+            .metadata()
+            .map_err(|e| ReadError::Io(e.to_string()))
+    }
+
     /// Fails if the open file is no longer the one that was enqueued.
     pub fn check(&self) -> Result<(), ReadError> {
-        let now = FileIdentity::of(
-            &self
-                .file
-                .metadata()
-                .map_err(|e| ReadError::Io(e.to_string()))?,
-        );
+        self.check_holds(0)
+    }
+
+    /// [`SourceFile::check`], and a growing file must hold at least `end` bytes.
+    fn check_holds(&self, end: u64) -> Result<(), ReadError> {
+        let now = FileIdentity::of(&self.metadata()?);
         if now.dev != self.identity.dev || now.ino != self.identity.ino {
             return Err(ReadError::Changed("it was replaced by another file".into()));
+        }
+        if self.growing {
+            let floor = end.max(self.identity.size);
+            if now.size < floor {
+                return Err(ReadError::Truncated(format!(
+                    "it holds {} bytes, {floor} were written before",
+                    now.size
+                )));
+            }
+            return Ok(());
         }
         if now.size != self.identity.size {
             return Err(ReadError::Changed(format!(
@@ -95,7 +144,7 @@ impl SourceFile {
     /// Maps `[offset, offset + len)` and hashes it (SHA-256 + CRC32C, one pass).
     /// Blocking: call from a blocking thread.
     pub fn read_chunk(&self, offset: u64, len: u64) -> Result<(Bytes, ChunkDigest), ReadError> {
-        self.check()?;
+        self.check_holds(offset + len)?;
         let page = page_size();
         let aligned = offset - offset % page;
         let delta = (offset - aligned) as usize;
@@ -208,7 +257,7 @@ mod tests {
         f.write_all(&data).unwrap();
         f.flush().unwrap();
         let id = FileIdentity::of(&f.as_file().metadata().unwrap());
-        let src = SourceFile::open(f.path(), &id).unwrap();
+        let src = SourceFile::open(f.path(), &id, false).unwrap();
         let (bytes, digest) = src.read_chunk(5000, 70_000).unwrap();
         assert_eq!(&bytes[..], &data[5000..75_000]);
         assert_eq!(digest, integrity::digest(&data[5000..75_000]));
@@ -220,9 +269,30 @@ mod tests {
         f.write_all(b"hello world").unwrap();
         f.flush().unwrap();
         let id = FileIdentity::of(&f.as_file().metadata().unwrap());
-        let src = SourceFile::open(f.path(), &id).unwrap();
+        let src = SourceFile::open(f.path(), &id, false).unwrap();
         f.write_all(b"!").unwrap();
         f.flush().unwrap();
         assert!(matches!(src.read_chunk(0, 4), Err(ReadError::Changed(_))));
+    }
+
+    #[test]
+    fn a_growing_file_may_grow_but_not_shrink() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"hello").unwrap();
+        f.flush().unwrap();
+        let id = FileIdentity::of(&f.as_file().metadata().unwrap());
+        let src = SourceFile::open(f.path(), &id, true).unwrap();
+        f.write_all(b" world").unwrap();
+        f.flush().unwrap();
+        let (bytes, _) = src.read_chunk(0, 11).unwrap();
+        assert_eq!(&bytes[..], b"hello world");
+        assert!(matches!(src.read_chunk(8, 8), Err(ReadError::Truncated(_))));
+        f.as_file().set_len(3).unwrap();
+        assert!(matches!(src.check(), Err(ReadError::Truncated(_))));
+        let sealed = src.sealed(FileIdentity::of(&f.as_file().metadata().unwrap()));
+        assert!(sealed.check().is_ok());
+        f.write_all(b"!").unwrap();
+        f.flush().unwrap();
+        assert!(matches!(sealed.check(), Err(ReadError::Changed(_))));
     }
 }

@@ -138,7 +138,7 @@ async fn a_chunk_cut_off_mid_body_resumes_from_what_the_server_has_and_arrives_i
 
     let root = uplink_proto::merkle::root_of([(0, size as u64, &chunk.sha256)]).unwrap();
     let done = c
-        .complete(&created.upload_id, &root)
+        .complete(&created.upload_id, &root, None)
         .await
         .expect("complete");
     assert_eq!(done.sha256, hex::encode(integrity::sha256(&data)));
@@ -197,7 +197,7 @@ async fn a_resume_is_refused_without_the_key_or_when_the_server_lost_the_bytes()
     assert!(!c.put_chunk(&keys, &chunk, 0).await.unwrap().duplicate);
     let root =
         uplink_proto::merkle::root_of([(0, chunk.data.len() as u64, &chunk.sha256)]).unwrap();
-    c.complete(&created.upload_id, &root)
+    c.complete(&created.upload_id, &root, None)
         .await
         .expect("complete");
     assert_eq!(std::fs::read(server.object("b.bin")).unwrap(), chunk.data);

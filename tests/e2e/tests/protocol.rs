@@ -87,7 +87,7 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
 
     // Complete refuses a gap, then a wrong Merkle root, then accepts the right one.
     refused_with(
-        c.complete(&created.upload_id, &[0; 32]).await,
+        c.complete(&created.upload_id, &[0; 32], None).await,
         409,
         "incomplete",
     );
@@ -98,7 +98,7 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
             .duplicate
     );
     refused_with(
-        c.complete(&created.upload_id, &[0; 32]).await,
+        c.complete(&created.upload_id, &[0; 32], None).await,
         422,
         "merkle_mismatch",
     );
@@ -107,7 +107,7 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
         (4, 4, &integrity::sha256(b"efgh")),
     ])
     .unwrap();
-    let done = c.complete(&created.upload_id, &root).await.unwrap();
+    let done = c.complete(&created.upload_id, &root, None).await.unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"abcdefgh")));
     assert_eq!(std::fs::read(server.object("p.bin")).unwrap(), b"abcdefgh");
 }

@@ -39,7 +39,7 @@ impl Driver {
                 if !self.ids.values().any(|v| *v == job) {
                     return; // cancelled while opening
                 }
-                let source = match result {
+                let mut source = match result {
                     Ok(s) => Arc::new(s),
                     Err(e) => {
                         let (code, message) = read_error_code(&e);
@@ -48,6 +48,17 @@ impl Driver {
                         return;
                     }
                 };
+                if record.growing {
+                    // A seal that came while the file was being opened is in the store.
+                    if let Ok(Some(stored)) = self.shared.db.get(&record.job_id)
+                        && !stored.growing
+                    {
+                        *record = stored;
+                        source = Arc::new(source.sealed(record.identity));
+                    } else if let Ok(meta) = source.metadata() {
+                        record.size = record.size.max(meta.len());
+                    }
+                }
                 record.state = JobState::Running;
                 // A wait from the run before (the daemon stopped while the job waited) is over.
                 record.waiting = None;
@@ -58,8 +69,9 @@ impl Driver {
                     size: record.size,
                     priority: 0,
                     has_session: record.upload_id.is_some(),
-                    growing: false,
+                    growing: record.growing,
                 };
+                let record_size = (record.size, record.bytes_acked);
                 self.jobs.insert(
                     job,
                     Active {
@@ -72,6 +84,7 @@ impl Driver {
                         sends: HashMap::new(),
                         prior_dispatch: 0,
                         started_reported: false,
+                        size_stored: (record_size, std::time::Instant::now()),
                     },
                 );
                 self.engine.handle(now, Event::JobAdded { job, spec });
@@ -139,6 +152,7 @@ impl Driver {
                     Resumed::Ledger {
                         ledger,
                         dispatched_until,
+                        crcs,
                     } => {
                         let Some(a) = self.jobs.get_mut(&job) else {
                             return;
@@ -171,6 +185,11 @@ impl Driver {
                             chunks_sent: a.record.chunks_sent,
                             chunks_resent: a.record.chunks_resent,
                             bytes_resent: a.record.bytes_resent,
+                            crcs: if a.record.live {
+                                crcs
+                            } else {
+                                Default::default()
+                            },
                         };
                         self.report_started(job);
                         self.engine.handle(now, Event::SessionReady { req, acked });
@@ -248,9 +267,11 @@ impl Driver {
                         if let Some(a) = self.jobs.get_mut(&job)
                             && let Some(p) = a.buffers.remove(&offset)
                         {
-                            a.checkpoint
-                                .ledger
-                                .ack(offset, p.data.len() as u64, p.sha256);
+                            let len = p.data.len() as u64;
+                            a.checkpoint.ledger.ack(offset, len, p.sha256);
+                            if a.record.live {
+                                a.checkpoint.crcs.insert(offset, (len, p.crc32c));
+                            }
                             a.record.chunks_acked = a.checkpoint.ledger.acked_chunks();
                             a.record.bytes_acked = a.checkpoint.ledger.acked_bytes();
                             // The answer came over the connection requests use now: if that

@@ -17,6 +17,7 @@ use crate::engine::calls::{WholeSend, failure, read_failure, resume, whole};
 use crate::engine::compress;
 use crate::engine::ledger::Checkpoint;
 use crate::engine::reader::ReadError;
+use crate::engine::rescan;
 use crate::transport::progress::BodyProgress;
 
 impl Driver {
@@ -35,9 +36,10 @@ impl Driver {
             let _ = self.shared.db.drop_checkpoint(&a.record.job_id);
         }
         a.record.attempts += 1;
+        // A growing file's length is named at completion.
         let body = CreateUpload {
-            deferred_length: false,
-            size: a.record.size,
+            deferred_length: a.record.growing,
+            size: if a.record.growing { 0 } else { a.record.size },
             name: a.record.target.clone(),
             metadata: a.record.metadata.clone(),
         };
@@ -229,16 +231,32 @@ impl Driver {
         };
         let client = Arc::clone(&self.shared.client);
         let source = Arc::clone(&a.source);
+        // A live job names its length (its session may have been created deferred) and
+        // has its chunks re-scanned: they were read while the file was being written.
+        let live = a
+            .record
+            .live
+            .then(|| (a.record.size, a.checkpoint.crcs.clone()));
         self.spawn_request(req, async move {
             let result = async {
+                let size = live.as_ref().map(|(size, _)| *size);
                 // The bytes acknowledged must still be the file's: it must not have
                 // changed since (the server checks the root against what it holds).
-                tokio::task::spawn_blocking(move || source.check())
-                    .await
-                    .map_err(|e| Failure::permanent("internal", e.to_string()))?
-                    .map_err(read_failure)?;
+                tokio::task::spawn_blocking(move || {
+                    source.check()?;
+                    match live.map(|(_, crcs)| rescan::first_changed(&source, &crcs)) {
+                        Some(Ok(Some(offset))) => Err(ReadError::Rewritten(format!(
+                            "the bytes at offset {offset} changed after they were uploaded"
+                        ))),
+                        Some(Err(e)) => Err(e),
+                        _ => Ok(()),
+                    }
+                })
+                .await
+                .map_err(|e| Failure::permanent("internal", e.to_string()))?
+                .map_err(read_failure)?;
                 client
-                    .complete(&upload_id, &root)
+                    .complete(&upload_id, &root, size)
                     .await
                     .map_err(|e| failure(&e))
             }

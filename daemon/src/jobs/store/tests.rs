@@ -52,6 +52,8 @@ fn job(n: u64, state: JobState) -> JobRecord {
         attempts: 0,
         used_0rtt: false,
         waiting: None,
+        live: false,
+        growing: false,
     }
 }
 
