@@ -25,6 +25,13 @@ pub struct DemoArgs {
     /// Print JSON lines instead of progress bars.
     #[arg(long)]
     json: bool,
+    /// Upload while capturing: write the capture at --rate, uploading as it grows, seal
+    /// it at the end, and report the seconds from the seal to the file verified.
+    #[arg(long)]
+    capture: bool,
+    /// The capture's write rate with --capture (bytes per second, or with K/M/G suffix).
+    #[arg(long, default_value = "30M", value_parser = parse_size)]
+    rate: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -192,16 +199,6 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
 
     let capture = tmp.join("demo-capture.ply");
     let size = args.size;
-    eprintln!(
-        "writing a synthetic {:.0} MiB capture…",
-        size as f64 / 1048576.0
-    );
-    let cap2 = capture.clone();
-    tokio::task::spawn_blocking(move || write_capture(&cap2, size))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot write the capture: {e}"))?;
-
     let mut client = connect(&socket).await.map_err(|e| e.to_string())?;
     let warm = client
         .prewarm(grpc::PrewarmRequest::default())
@@ -209,15 +206,52 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
         .map_err(|e| e.message().to_string())?
         .into_inner();
     eprintln!("prewarmed {} in {} ms", warm.protocol, warm.connect_ms);
+    let rate = args.capture.then_some(args.rate);
+    if !args.capture {
+        eprintln!(
+            "writing a synthetic {:.0} MiB capture…",
+            size as f64 / 1048576.0
+        );
+        let cap2 = capture.clone();
+        tokio::task::spawn_blocking(move || write_capture(&cap2, size, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write the capture: {e}"))?;
+    } else {
+        std::fs::File::create(&capture).map_err(|e| format!("cannot create the capture: {e}"))?;
+        eprintln!(
+            "capturing {:.0} MiB at {:.0} MB/s, uploading as it grows…",
+            size as f64 / 1048576.0,
+            args.rate as f64 / 1e6
+        );
+    }
     let started = Instant::now();
     let job = client
         .enqueue(grpc::EnqueueRequest {
             path: capture.to_string_lossy().into_owned(),
+            growing: args.capture,
             ..Default::default()
         })
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
+    // With --capture: the writer runs, then seals; the seal's moment is kept.
+    let sealer = rate.map(|rate| {
+        let (cap2, mut c, id) = (capture.clone(), client.clone(), job.job_id.clone());
+        tokio::spawn(async move {
+            tokio::task::spawn_blocking(move || write_capture(&cap2, size, Some(rate)))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot write the capture: {e}"))?;
+            let sealed_at = Instant::now();
+            let req = grpc::SealRequest {
+                job_id: id,
+                final_size: size,
+            };
+            c.seal(req).await.map_err(|e| e.message().to_string())?;
+            Ok::<Instant, String>(sealed_at)
+        })
+    });
     let render = if args.json {
         Render::Json
     } else {
@@ -226,6 +260,13 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
     let jobs = follow(&socket, std::slice::from_ref(&job.job_id), render)
         .await
         .map_err(|e| e.to_string())?;
+    let seal_to_verified = match sealer {
+        Some(task) => {
+            let sealed_at = task.await.map_err(|e| e.to_string())??;
+            Some(sealed_at.elapsed())
+        }
+        None => None,
+    };
     let elapsed = started.elapsed();
     let j = jobs.first().ok_or("no job record")?;
     if state_name(j.state) != "completed" {
@@ -256,6 +297,12 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
         j.size as f64 / 1048576.0
     );
     println!("time            {secs:.2} s (enqueue to completed)");
+    if let Some(d) = seal_to_verified {
+        println!(
+            "seal -> verified {:.2} s (the capture ended; the rest of it went while it was written)",
+            d.as_secs_f64()
+        );
+    }
     println!(
         "throughput      {:.1} MB/s",
         j.size as f64 / 1e6 / secs.max(1e-9)
@@ -275,9 +322,15 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
 }
 
 /// A point-cloud-like file of 16-byte points: the first half a smooth, structured scan
-/// (compressible), the second half sensor noise (not compressible).
-fn write_capture(path: &Path, size: u64) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
+/// (compressible), the second half sensor noise (not compressible). With `rate` (bytes/s)
+/// it is appended at that pace, 1 MiB at a time, as a capture app writes.
+fn write_capture(path: &Path, size: u64, rate: Option<u64>) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let start = Instant::now();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut point = [0u8; 16];
     let mut i = 0u64;
@@ -302,6 +355,13 @@ fn write_capture(path: &Path, size: u64) -> std::io::Result<()> {
         w.write_all(&point[..n])?;
         written += n as u64;
         i += 1;
+        if let Some(rate) = rate.filter(|_| written % (1 << 20) == 0) {
+            w.flush()?;
+            let due = Duration::from_secs_f64(written as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     w.flush()?;
     w.get_ref().sync_all()
