@@ -355,7 +355,7 @@ fn write_capture(path: &Path, size: u64, rate: Option<u64>) -> std::io::Result<(
         w.write_all(&point[..n])?;
         written += n as u64;
         i += 1;
-        if let Some(rate) = rate.filter(|_| written % (1 << 20) == 0) {
+        if let Some(rate) = rate.filter(|_| written.is_multiple_of(1 << 20)) {
             w.flush()?;
             let due = Duration::from_secs_f64(written as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
