@@ -178,3 +178,67 @@ fn a_sealed_job_is_a_plain_one_and_growth_reports_after_it_change_nothing() {
     assert_eq!(seen.reads, vec![(0, MIB), (MIB, MIB)]);
     assert!(seen.complete);
 }
+
+/// Largest chunk read for a 400 MiB job driven over a fast link (every request answered
+/// 10 ms after it went, in virtual time), growing or not.
+fn largest_chunk(mut growing: bool) -> u64 {
+    let mut e = Engine::new(Config::default(), 7);
+    let spec = JobSpec {
+        size: 400 * MIB,
+        priority: 0,
+        has_session: false,
+        growing,
+    };
+    e.handle(Time::ZERO, Event::JobAdded { job: 1, spec });
+    let mut now = Time::ZERO;
+    let mut largest = 0;
+    let mut out = std::collections::VecDeque::new();
+    for _ in 0..20_000 {
+        match e.poll_action() {
+            Some(Action::CreateSession { req, .. }) | Some(Action::PutChunk { req, .. }) => {
+                out.push_back(req)
+            }
+            Some(Action::Read { job, offset, len }) => {
+                largest = largest.max(len);
+                e.handle(
+                    now,
+                    Event::ReadDone {
+                        job,
+                        offset,
+                        saving: None,
+                    },
+                );
+            }
+            Some(Action::JobCompleted { .. }) => break,
+            Some(Action::Complete { req, .. }) => e.handle(now, Event::RequestDone { req }),
+            Some(_) => {}
+            None => match out.pop_front() {
+                Some(req) => {
+                    now = now + std::time::Duration::from_millis(10);
+                    e.handle(now, Event::RequestDone { req });
+                }
+                None if growing => {
+                    e.handle(
+                        now,
+                        Event::JobSealed {
+                            job: 1,
+                            size: 400 * MIB,
+                        },
+                    );
+                    growing = false;
+                }
+                None => break,
+            },
+        }
+    }
+    largest
+}
+
+#[test]
+fn a_growing_file_goes_in_chunks_of_at_most_4_mib_so_little_is_left_at_the_seal() {
+    assert!(
+        largest_chunk(false) > 4 * MIB,
+        "the fast link's tier picks big chunks"
+    );
+    assert!(largest_chunk(true) <= 4 * MIB);
+}

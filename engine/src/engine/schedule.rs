@@ -6,6 +6,9 @@ use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::time::Duration;
 
 use super::{COMPLETE_HASH_RATE, Engine, MIB, ReqKind};
+
+/// Largest chunk of a file still being written (see `growing_chunk_len`).
+const GROWING_CHUNK_MAX: u64 = 4 * MIB;
 use crate::io::{Action, JobId};
 use crate::job::{Chunk, ChunkState, Job, Phase};
 use crate::pool;
@@ -253,10 +256,15 @@ impl Engine {
         }
     }
 
-    /// A growing file's next chunk: only a whole one (the size the link calls for) behind
-    /// the writer's edge, never the region still being written; the tail waits for the seal.
+    /// A growing file's next chunk: only a whole one behind the writer's edge, never the
+    /// region still being written; the tail waits for the seal. At most
+    /// [`GROWING_CHUNK_MAX`]: what is written but not yet sent when the capture ends is
+    /// what the user waits for, and a writer (30 MB/s) is slower than the link anyway.
     fn growing_chunk_len(&self, gap: u64) -> Option<u64> {
-        let full = self.cfg.chunk_size.unwrap_or_else(|| self.chunk_target());
+        let full = match self.cfg.chunk_size {
+            Some(fixed) => fixed,
+            None => self.chunk_target().min(GROWING_CHUNK_MAX),
+        };
         (gap >= full).then_some(full)
     }
 
