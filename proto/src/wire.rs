@@ -37,6 +37,10 @@ pub const HDR_CHUNK_HMAC: &str = "x-chunk-hmac";
 /// On a chunk PUT: the body is the chunk's bytes from this offset on; the server holds
 /// the ones before (it said so in its [`ChunkResume`] answer). Not with `Content-Encoding`.
 pub const HDR_CHUNK_RESUME_FROM: &str = "x-chunk-resume-from";
+/// On a chunk PUT, `1`: these bytes replace the chunk the server holds at the same offset
+/// and length (a growing file's header, rewritten behind the upload and named at its seal).
+/// Accepted only before the upload completes; without it, other bytes there are a conflict.
+pub const HDR_CHUNK_REPLACE: &str = "x-chunk-replace";
 /// Optional on `PUT /v1/objects/{name}`: hex SHA-256 of the whole body, checked before commit.
 pub const HDR_CONTENT_SHA256: &str = "x-content-sha256";
 pub const HDR_CONTENT_ENCODING: &str = "content-encoding";

@@ -152,23 +152,28 @@ fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, Ap
         expect,
         resume_from,
     } = chunk_headers(&session, offset, h)?;
-    Ok(match session.begin_chunk(offset, length, &expect.sha256)? {
-        BeginChunk::Duplicate => Admitted::Duplicate { length },
-        BeginChunk::Reserved(reservation) => {
-            let prefix = match resume_from {
-                0 => Vec::new(),
-                from => session.resume_prefix(offset, length, &expect.sha256, from)?,
-            };
-            Admitted::Receive(Incoming {
-                session,
-                reservation,
-                length,
-                lz4,
-                expect,
-                prefix,
-            })
-        }
-    })
+    let replace = h
+        .get(wire::HDR_CHUNK_REPLACE)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    Ok(
+        match session.begin_chunk(offset, length, &expect.sha256, replace)? {
+            BeginChunk::Duplicate => Admitted::Duplicate { length },
+            BeginChunk::Reserved(reservation) => {
+                let prefix = match resume_from {
+                    0 => Vec::new(),
+                    from => session.resume_prefix(offset, length, &expect.sha256, from)?,
+                };
+                Admitted::Receive(Incoming {
+                    session,
+                    reservation,
+                    length,
+                    lz4,
+                    expect,
+                    prefix,
+                })
+            }
+        },
+    )
 }
 
 /// `POST /v1/uploads/{id}/chunks/{offset}/resume`: how much of this chunk the server has.

@@ -136,6 +136,18 @@ impl PartFile {
         }
     }
 
+    /// Bytes at `offset` were replaced: a running hash past them starts over (the next
+    /// [`Self::advance_hash`] catches up again from the page cache). Taking the lock waits
+    /// out an advancer that may be reading those very bytes.
+    pub fn rewind_hash(&self, offset: u64) {
+        let mut h = lock(&self.hash);
+        if offset < h.frontier || h.broken {
+            h.sha = Sha256::new();
+            h.frontier = 0;
+            h.broken = false;
+        }
+    }
+
     /// SHA-256 of the whole file of `size` bytes, using the running hash.
     pub fn finish_hash(&self, size: u64) -> std::io::Result<[u8; 32]> {
         let mut h = lock(&self.hash);

@@ -7,8 +7,13 @@ fn store(dir: &Path) -> Store {
 }
 
 fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {
+    put_as(s, offset, data, false)
+}
+
+/// A chunk PUT; `replace`: declared as replacing the chunk held there.
+fn put_as(s: &Arc<Session>, offset: u64, data: &[u8], replace: bool) -> Result<bool, ApiError> {
     let d = integrity::digest(data);
-    match s.begin_chunk(offset, data.len() as u64, &d.sha256)? {
+    match s.begin_chunk(offset, data.len() as u64, &d.sha256, replace)? {
         BeginChunk::Duplicate => Ok(true),
         BeginChunk::Reserved(r) => s
             .store_chunk(r, &[bytes::Bytes::copy_from_slice(data)], &d)
@@ -92,7 +97,7 @@ fn a_bad_digest_stores_nothing() {
     let st = store(tmp);
     let s = create(&st, 4);
     let good = integrity::digest(b"abcd");
-    let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256).unwrap() else {
+    let BeginChunk::Reserved(r) = s.begin_chunk(0, 4, &good.sha256, false).unwrap() else {
         panic!()
     };
     let err = s
@@ -160,17 +165,20 @@ fn the_same_chunk_may_be_received_twice_at_once_but_other_bytes_wait() {
     let st = store(tmp.path());
     let s = create(&st, 8);
     let d = integrity::digest(b"abcd");
-    let BeginChunk::Reserved(first) = s.begin_chunk(0, 4, &d.sha256).unwrap() else {
+    let BeginChunk::Reserved(first) = s.begin_chunk(0, 4, &d.sha256, false).unwrap() else {
         panic!()
     };
     // A retry of the same bytes (the first attempt's client gave up on it) proceeds.
-    let BeginChunk::Reserved(retry) = s.begin_chunk(0, 4, &d.sha256).unwrap() else {
+    let BeginChunk::Reserved(retry) = s.begin_chunk(0, 4, &d.sha256, false).unwrap() else {
         panic!()
     };
     // Other bytes for that range must wait.
     let other = integrity::digest(b"abcX");
     assert_eq!(
-        s.begin_chunk(0, 4, &other.sha256).err().unwrap().code,
+        s.begin_chunk(0, 4, &other.sha256, false)
+            .err()
+            .unwrap()
+            .code,
         code::CHUNK_IN_PROGRESS
     );
     s.store_chunk(retry, &[bytes::Bytes::from_static(b"abcd")], &d)
@@ -380,7 +388,7 @@ fn a_request_cut_differently_supersedes_an_abandoned_one_still_receiving() {
     let data: Vec<u8> = (0..64u8).collect();
     // A crashed run's request for 0..32 whose body never finished arriving.
     let old = match s
-        .begin_chunk(0, 32, &integrity::sha256(&data[..32]))
+        .begin_chunk(0, 32, &integrity::sha256(&data[..32]), false)
         .unwrap()
     {
         BeginChunk::Reserved(r) => r,
@@ -389,7 +397,7 @@ fn a_request_cut_differently_supersedes_an_abandoned_one_still_receiving() {
     // The restarted run cuts 0..8 and 8..40: neither waits for the abandoned request.
     assert!(!put(&s, 0, &data[..8]).unwrap());
     let new = match s
-        .begin_chunk(8, 32, &integrity::sha256(&data[8..40]))
+        .begin_chunk(8, 32, &integrity::sha256(&data[8..40]), false)
         .unwrap()
     {
         BeginChunk::Reserved(r) => r,
@@ -573,4 +581,54 @@ fn a_declared_length_cannot_be_changed_at_complete_nor_a_deferred_one_given_a_si
         )
         .unwrap_err();
     assert_eq!(err.code, code::BAD_REQUEST);
+}
+
+#[test]
+fn a_declared_replacement_is_taken_before_completion_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create_deferred(&st);
+    put(&s, 0, b"ply 0\n").unwrap();
+    put(&s, 6, b"points").unwrap();
+    // Undeclared, other bytes there are still a conflict; declared but cut differently too.
+    assert_eq!(
+        put(&s, 0, b"ply 2\n").unwrap_err().code,
+        code::CHUNK_CONFLICT
+    );
+    assert_eq!(
+        put_as(&s, 0, b"ply 2", true).unwrap_err().code,
+        code::CHUNK_CONFLICT
+    );
+    assert!(!put_as(&s, 0, b"ply 2\n", true).unwrap());
+    let id = s.id.clone();
+    drop((s, st));
+    let st = store(tmp.path());
+    let s = st.get(&id).unwrap();
+    let root = root_of(&[(0, b"ply 2\n"), (6, b"points")]);
+    let done = s.complete(st.objects_dir(), &root, Some(12)).unwrap();
+    assert_eq!(
+        done.sha256,
+        hex::encode(integrity::sha256(b"ply 2\npoints"))
+    );
+    assert_eq!(
+        std::fs::read(st.objects_dir().join("capture.ply")).unwrap(),
+        b"ply 2\npoints"
+    );
+    let after = put_as(&s, 0, b"ply 3\n", true).unwrap_err();
+    assert_eq!(after.code, code::ALREADY_COMPLETED);
+}
+
+#[test]
+fn a_replacement_behind_the_running_hash_gives_the_final_bytes_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = store(tmp.path());
+    let s = create_deferred(&st);
+    put(&s, 0, b"head").unwrap();
+    put(&s, 4, b"body").unwrap();
+    s.advance_hash(None);
+    assert!(!put_as(&s, 0, b"HEAD", true).unwrap());
+    s.advance_hash(None);
+    let root = root_of(&[(0, b"HEAD"), (4, b"body")]);
+    let done = s.complete(st.objects_dir(), &root, Some(8)).unwrap();
+    assert_eq!(done.sha256, hex::encode(integrity::sha256(b"HEADbody")));
 }

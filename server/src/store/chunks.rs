@@ -87,11 +87,14 @@ fn overlapping<V: Copy>(
 
 impl Session {
     /// Checks a chunk's place before its body is read, and reserves its range.
+    /// `replace`: the client declares new bytes for the chunk held at exactly this offset
+    /// and length (see [`wire::HDR_CHUNK_REPLACE`]).
     pub fn begin_chunk(
         self: &Arc<Self>,
         offset: u64,
         length: u64,
         sha256: &[u8; 32],
+        replace: bool,
     ) -> Result<BeginChunk, ApiError> {
         if length == 0 {
             return Err(ApiError::bad_header("X-Chunk-Length must be at least 1"));
@@ -133,11 +136,13 @@ impl Session {
                 st.duplicate_puts += 1;
                 return Ok(BeginChunk::Duplicate);
             }
-            return Err(ApiError::new(
-                409,
-                code::CHUNK_CONFLICT,
-                format!("the server holds a different chunk at {o}+{l}"),
-            ));
+            if !(replace && o == offset && l == length) {
+                return Err(ApiError::new(
+                    409,
+                    code::CHUNK_CONFLICT,
+                    format!("the server holds a different chunk at {o}+{l}"),
+                ));
+            }
         }
         let end = offset + length;
         let overlaps: Vec<(u64, InFlight)> = st
@@ -255,12 +260,17 @@ impl Session {
                 }
             }
         }
+        let replacing = lock(&self.state).chunks.contains_key(&res.offset);
         let part = self.part()?;
         part.write_durable(res.offset, parts)
             .map_err(|e| ApiError::io("writing the chunk", &e))?;
+        // The log's last line for an offset wins when it is read back.
         let line = chunk_log::line(res.offset, res.length, &got.sha256);
         part.log_durable(&line)
             .map_err(|e| ApiError::io("recording the chunk", &e))?;
+        if replacing {
+            part.rewind_hash(res.offset);
+        }
         let mut st = lock(&self.state);
         // A parallel request with the same bytes may have recorded it first.
         if st
