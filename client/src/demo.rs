@@ -247,6 +247,7 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
             let req = grpc::SealRequest {
                 job_id: id,
                 final_size: size,
+                rewritten: Vec::new(),
             };
             c.seal(req).await.map_err(|e| e.message().to_string())?;
             Ok::<Instant, String>(sealed_at)

@@ -53,6 +53,10 @@ enum Cmd {
         /// The file's final size in bytes (default: its size now).
         #[arg(long)]
         size: Option<u64>,
+        /// A range rewritten behind the upload, OFFSET+LENGTH (repeatable): e.g. a header
+        /// patched at the end. Changed chunks there go again; elsewhere they fail the job.
+        #[arg(long = "rewritten", value_parser = parse_range)]
+        rewritten: Vec<(u64, u64)>,
         /// Follow the job until it ends.
         #[arg(long)]
         wait: bool,
@@ -116,6 +120,12 @@ impl StateArg {
             StateArg::Cancelled => grpc::JobState::Cancelled,
         }
     }
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    s.split_once('+')
+        .and_then(|(o, l)| Some((o.parse().ok()?, l.parse().ok()?)))
+        .ok_or_else(|| format!("{s:?} is not OFFSET+LENGTH (bytes)"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -284,6 +294,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
         Cmd::Seal {
             job,
             size,
+            rewritten,
             wait,
             json: as_json,
         } => {
@@ -306,9 +317,14 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                     }
                 }
             };
+            let rewritten = rewritten
+                .into_iter()
+                .map(|(offset, length)| grpc::ByteRange { offset, length })
+                .collect();
             let req = grpc::SealRequest {
                 job_id: job.clone(),
                 final_size,
+                rewritten,
             };
             let j = c.seal(req).await?.into_inner();
             if !wait {

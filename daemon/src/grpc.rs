@@ -37,6 +37,7 @@ impl From<ManagerError> for Status {
             ManagerError::Invalid(i) => {
                 let code = match i.code {
                     "file_not_found" | "job_not_found" => Code::NotFound,
+                    "bad_range" => Code::InvalidArgument,
                     "not_growing" | "job_ended" | "size_mismatch" | "file_changed" => {
                         Code::FailedPrecondition
                     }
@@ -101,7 +102,8 @@ impl Uplink for Api {
 
     async fn seal(&self, req: Request<grpc::SealRequest>) -> Result<Response<grpc::Job>, Status> {
         let r = req.into_inner();
-        let job = self.mgr.seal(&r.job_id, r.final_size).await?;
+        let named = r.rewritten.iter().map(|b| (b.offset, b.length)).collect();
+        let job = self.mgr.seal(&r.job_id, r.final_size, named).await?;
         Ok(Response::new(job.to_proto()))
     }
 

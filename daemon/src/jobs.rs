@@ -90,6 +90,10 @@ pub struct JobRecord {
     /// Not sealed yet: `size` is the writer's edge so far.
     #[serde(default)]
     pub growing: bool,
+    /// Byte ranges (offset, length) the seal said were rewritten behind the upload: chunks
+    /// there that changed are sent again instead of failing the job.
+    #[serde(default)]
+    pub rewritten: Vec<(u64, u64)>,
 }
 
 /// Why a running job is on hold, and until when.

@@ -137,6 +137,7 @@ impl Manager {
             waiting: None,
             live: growing,
             growing,
+            rewritten: Vec::new(),
         };
         self.db.put(&job).await?;
         tracing::info!(job_id = %job.job_id, path = %job.path, size = job.size, "job queued");
@@ -223,7 +224,13 @@ impl Manager {
     }
 
     /// Seals a growing job at its final size (the driver holds running jobs' records).
-    pub async fn seal(&self, job_id: &str, size: u64) -> Result<JobRecord, ManagerError> {
+    /// `rewritten`: ranges (offset, length) rewritten behind the upload.
+    pub async fn seal(
+        &self,
+        job_id: &str,
+        size: u64,
+        rewritten: Vec<(u64, u64)>,
+    ) -> Result<JobRecord, ManagerError> {
         let job = self.get(job_id)?;
         if job.state.is_terminal() {
             return Err(ManagerError::Invalid(Invalid {
@@ -238,7 +245,7 @@ impl Manager {
                 message: "the daemon is stopping; seal again after it restarts".into(),
             })
         };
-        let command = Command::Seal(job_id.to_string(), size, tx);
+        let command = Command::Seal(job_id.to_string(), size, rewritten, tx);
         self.commands
             .send(command)
             .await

@@ -141,6 +141,8 @@ pub struct ChunkPayload {
     pub sha256: [u8; 32],
     pub crc32c: u32,
     pub data: Bytes,
+    /// Replaces the chunk the server holds here ([`wire::HDR_CHUNK_REPLACE`]).
+    pub replace: bool,
 }
 
 pub struct ServerClient {
@@ -450,6 +452,9 @@ impl ServerClient {
                 .push((wire::HDR_CHUNK_RESUME_FROM, from.to_string()));
         }
         req.headers.extend(chunk_headers(keys, chunk));
+        if chunk.replace {
+            req.headers.push((wire::HDR_CHUNK_REPLACE, "1".into()));
+        }
         req.headers
             .push(("content-type", "application/octet-stream".into()));
         req

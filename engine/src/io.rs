@@ -62,6 +62,11 @@ pub enum Failure {
     StateChanged,
     /// Retrying cannot help (auth, conflict, bad request): the job fails.
     Permanent { code: String, message: String },
+    /// Only for a complete: the server holds chunks whose bytes the file no longer has,
+    /// rewritten where the job's seal said they would be (a capture's header patched at
+    /// the end). These chunks (offset, length: the boundaries the server holds) go again,
+    /// replacing the old ones, then the complete. Not a failure of the link or the server.
+    Resend { chunks: Vec<(u64, u64)> },
 }
 
 impl Failure {
@@ -89,7 +94,7 @@ impl Failure {
     pub fn answered(&self) -> bool {
         match self {
             Failure::Transient { endpoint, .. } => *endpoint,
-            Failure::Stalled { .. } | Failure::Moved => false,
+            Failure::Stalled { .. } | Failure::Moved | Failure::Resend { .. } => false,
             Failure::Busy { .. }
             | Failure::SessionLost
             | Failure::StateChanged

@@ -74,6 +74,9 @@ pub struct Job {
     /// State re-reads after conflicts since the last acknowledgement: the first goes at
     /// once (a conflict is news, not trouble), later ones after the backoff.
     pub resyncs_since_ack: u32,
+    /// Acknowledged chunks to read and send again at these exact boundaries (offset,
+    /// length), before anything else of the job: see [`crate::Failure::Resend`].
+    pub resend: VecDeque<(u64, u64)>,
 }
 
 impl Job {
@@ -101,6 +104,7 @@ impl Job {
             acked_at: Time::ZERO,
             verify_all: false,
             resyncs_since_ack: 0,
+            resend: VecDeque::new(),
         }
     }
 

@@ -242,3 +242,55 @@ fn a_growing_file_goes_in_chunks_of_at_most_4_mib_so_little_is_left_at_the_seal(
     );
     assert!(largest_chunk(true) <= 4 * MIB);
 }
+
+#[test]
+fn a_complete_answered_with_resend_sends_those_chunks_again_then_completes() {
+    let mut e = engine();
+    let mut seen = Seen::default();
+    add_growing(&mut e, 3 * MIB);
+    e.handle(
+        Time::ZERO,
+        Event::JobSealed {
+            job: 1,
+            size: 3 * MIB,
+        },
+    );
+    // Up to the complete, which the driver answers: the header chunk was rewritten.
+    let mut complete = None;
+    for _ in 0..1000 {
+        match e.poll_action() {
+            Some(Action::CreateSession { req, .. }) | Some(Action::PutChunk { req, .. }) => {
+                e.handle(Time::ZERO, Event::RequestDone { req })
+            }
+            Some(Action::Read { job, offset, .. }) => {
+                let saving = None;
+                e.handle(
+                    Time::ZERO,
+                    Event::ReadDone {
+                        job,
+                        offset,
+                        saving,
+                    },
+                );
+            }
+            Some(Action::Complete { req, .. }) => {
+                complete = Some(req);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let req = complete.expect("a complete");
+    let failure = uplink_engine::Failure::Resend {
+        chunks: vec![(0, MIB)],
+    };
+    e.handle(Time::ZERO, Event::RequestFailed { req, failure });
+    run(&mut e, &mut seen);
+    assert_eq!(
+        seen.reads,
+        vec![(0, MIB)],
+        "the rewritten chunk, at its boundaries"
+    );
+    assert!(seen.complete && seen.failed.is_none());
+}

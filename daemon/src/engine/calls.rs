@@ -87,7 +87,12 @@ pub(super) async fn resume(
                 ));
             }
             ledger.ack(c.offset, c.length, digest.sha256);
-            crcs.insert(c.offset, (c.length, digest.crc32c));
+            let sent = super::rescan::Sent {
+                len: c.length,
+                crc32c: digest.crc32c,
+                sha256: digest.sha256,
+            };
+            crcs.insert(c.offset, sent);
         }
         Ok((ledger, crcs))
     })
@@ -182,6 +187,7 @@ pub(super) async fn whole(
         .session_keys(&created.upload_id, &created.nonce)
         .map_err(|e| failure(&e))?;
     let payload = ChunkPayload {
+        replace: false,
         offset: 0,
         sha256: digest.sha256,
         crc32c: digest.crc32c,

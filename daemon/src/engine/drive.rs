@@ -62,8 +62,14 @@ pub enum Command {
     /// Cancel this job (queued or running): answers with its cancelled record, or `None`
     /// if it had already ended or is unknown.
     Cancel(String, oneshot::Sender<Option<JobRecord>>),
-    /// Seal a growing job at this final size: answers with its record, or why not.
-    Seal(String, u64, oneshot::Sender<Result<JobRecord, Invalid>>),
+    /// Seal a growing job at this final size, with the ranges rewritten behind the upload:
+    /// answers with its record, or why not.
+    Seal(
+        String,
+        u64,
+        Vec<(u64, u64)>,
+        oneshot::Sender<Result<JobRecord, Invalid>>,
+    ),
 }
 
 /// What the driver shares with the rest of the daemon.
@@ -260,8 +266,8 @@ impl Driver {
                         let r = self.cancel(&id).await;
                         let _ = reply.send(r);
                     }
-                    Some(Command::Seal(id, size, reply)) => {
-                        let r = self.seal(&id, size).await;
+                    Some(Command::Seal(id, size, named, reply)) => {
+                        let r = self.seal(&id, size, named).await;
                         let _ = reply.send(r);
                     }
                     None => break,

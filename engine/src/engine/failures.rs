@@ -15,6 +15,16 @@ impl Engine {
     pub(super) fn request_failed(&mut self, r: Req, failure: Failure) {
         self.end_request_accounting(r.kind);
         let id = r.job;
+        if let Failure::Resend { chunks } = failure {
+            match r.kind {
+                ReqKind::Complete => self.resend(id, chunks),
+                _ => {
+                    let message = "a resend answered a request other than complete".into();
+                    self.fail_job(id, "internal".into(), message);
+                }
+            }
+            return;
+        }
         let stalled = matches!(failure, Failure::Stalled { .. });
         self.endpoint_failed(&r, &failure);
         let (code, message, retry_after) = match failure {
@@ -62,6 +72,7 @@ impl Engine {
                 ..
             } => (code, message, retry_after),
             Failure::Stalled { message } => ("stalled".to_string(), message, None),
+            Failure::Resend { .. } => return,
         };
         let cap = self.retry_cap(stalled);
         let now = self.now;
@@ -83,6 +94,19 @@ impl Engine {
             delay,
             waiting: job.backoff.waiting(),
         });
+    }
+
+    /// Chunks the server holds go again at their boundaries (see [`Failure::Resend`]):
+    /// no longer acknowledged, still claimed (nothing else cuts them), read first.
+    fn resend(&mut self, id: JobId, chunks: Vec<(u64, u64)>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.phase = Phase::Transfer;
+        for (offset, len) in chunks {
+            job.acked.remove(offset..offset + len);
+            job.resend.push_back((offset, len));
+        }
     }
 
     /// Tells the breaker (and the job's session watchdog) how a request ended badly.

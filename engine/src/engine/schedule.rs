@@ -276,6 +276,9 @@ impl Engine {
                 if job.phase != Phase::Transfer {
                     return None;
                 }
+                if let Some(&(start, len)) = job.resend.front() {
+                    return Some((id, start, len));
+                }
                 let (start, end) = job.next_unclaimed()?;
                 let len = match job.spec.growing {
                     true => self.growing_chunk_len(end - start)?,
@@ -288,6 +291,9 @@ impl Engine {
             let Some(job) = self.jobs.get_mut(&id) else {
                 break;
             };
+            if job.resend.front() == Some(&(offset, len)) {
+                job.resend.pop_front();
+            }
             job.claimed.insert(offset..offset + len);
             job.chunks.insert(
                 offset,

@@ -17,6 +17,7 @@ const MIB: usize = 1 << 20;
 fn payload(offset: u64, data: Vec<u8>) -> ChunkPayload {
     let d = integrity::digest(&data);
     ChunkPayload {
+        replace: false,
         offset,
         sha256: d.sha256,
         crc32c: d.crc32c,

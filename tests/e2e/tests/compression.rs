@@ -75,6 +75,7 @@ async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
     let raw = vec![b'z'; 4096];
     let d = integrity::digest(&raw);
     let chunk = ChunkPayload {
+        replace: false,
         offset: 0,
         sha256: d.sha256,
         crc32c: d.crc32c,

@@ -142,28 +142,56 @@ fn a_file_written_during_its_upload_arrives_whole_once_sealed() {
     );
 }
 
-#[test]
-fn a_header_patched_behind_the_upload_and_not_named_is_never_completed() {
-    let dir = workdir();
-    let server = Server::start(dir.path());
-    let daemon = daemon(dir.path(), &server);
-    let file = dir.path().join("scan.ply");
+/// A PLY capture whose header went to the server before the writer, at the end, fills in
+/// the vertex count (bytes 19..26), as PLY writers do. Returns the job, once sealed with
+/// `seal_args` (after the job id), and its final record.
+fn capture_with_patched_header(
+    dir: &Path,
+    server: &Server,
+    seal_args: &[&str],
+) -> (PathBuf, serde_json::Value) {
+    let daemon = daemon(dir, server);
+    let file = dir.join("scan.ply");
     std::fs::write(&file, b"ply\nelement vertex 0000000\nend_header\n").expect("create");
     let job = enqueue_growing(&daemon.socket, &file);
     let writing = writer(file.clone(), 24, 512 * KIB, Duration::from_millis(20));
     // Chunks are read in offset order: with 2 MiB acknowledged, the header went before.
     wait_acked_at_least(&daemon.socket, &job, 2 * MIB);
     writing.join().expect("writer");
-    // The capture app fills in the vertex count at the end, as PLY writers do.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(&file)
         .expect("open");
-    f.seek(SeekFrom::Start(15)).expect("seek");
+    f.seek(SeekFrom::Start(19)).expect("seek");
     f.write_all(b"1234567").expect("patch");
     drop(f);
+    let mut args = vec!["seal", job.as_str()];
+    args.extend_from_slice(seal_args);
+    args.extend_from_slice(&["--wait", "--json"]);
+    let out = uplink(&daemon.socket, &args);
+    let done = json_lines(&out).pop().expect("seal --wait printed nothing");
+    (file, done)
+}
 
-    let done = seal_wait(&daemon.socket, &job);
+#[test]
+fn a_header_patched_at_the_end_and_named_at_the_seal_is_sent_again_and_completes() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    let (file, done) = capture_with_patched_header(dir.path(), &server, &["--rewritten", "19+7"]);
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(done["chunks_resent"].as_u64().unwrap_or(0) >= 1, "{done}");
+    assert_eq!(done["server_sha256"], sha256_file(&file).as_str());
+    let stored = std::fs::read(server.object("scan.ply")).expect("object");
+    assert!(stored.starts_with(b"ply\nelement vertex 1234567\n"));
+    assert_eq!(sha256_file(&server.object("scan.ply")), sha256_file(&file));
+}
+
+#[test]
+fn a_header_patched_behind_the_upload_and_not_named_is_never_completed() {
+    let dir = workdir();
+    let server = Server::start(dir.path());
+    // The seal names a range in another chunk: the change at 19..26 is not covered.
+    let (_, done) = capture_with_patched_header(dir.path(), &server, &["--rewritten", "5000000+4"]);
     assert_eq!(done["state"], "failed", "{done}");
     assert_eq!(done["error_code"], "file_rewritten", "{done}");
     assert!(

@@ -10,6 +10,7 @@ use uplinkd::server_api::{ChunkPayload, SessionKeys};
 fn payload(offset: u64, data: &[u8]) -> ChunkPayload {
     let d = integrity::digest(data);
     ChunkPayload {
+        replace: false,
         offset,
         sha256: d.sha256,
         crc32c: d.crc32c,

@@ -56,7 +56,12 @@ impl Driver {
 
     /// Seals a growing job at `size`: held, the core sends the tail and completes; still
     /// queued, its record says so and it runs sealed. Durable before it answers.
-    pub(super) async fn seal(&mut self, job_id: &str, size: u64) -> Result<JobRecord, Invalid> {
+    pub(super) async fn seal(
+        &mut self,
+        job_id: &str,
+        size: u64,
+        named: Vec<(u64, u64)>,
+    ) -> Result<JobRecord, Invalid> {
         let held = self.ids.get(job_id).copied();
         let now = self.now();
         let store = |e: crate::jobs::DbError| invalid("state_store", e.to_string());
@@ -67,7 +72,7 @@ impl Driver {
                 .source
                 .metadata()
                 .map_err(|e| invalid("unreadable", e.to_string()))?;
-            if seal_record(&mut a.record, size, &meta)? {
+            if seal_record(&mut a.record, size, &named, &meta)? {
                 a.source = Arc::new(a.source.sealed(a.record.identity));
                 self.engine.handle(now, Event::JobSealed { job: id, size });
             }
@@ -87,20 +92,28 @@ impl Driver {
         };
         let meta = std::fs::metadata(&record.path)
             .map_err(|e| invalid("file_changed", format!("{}: {e}", record.path)))?;
-        seal_record(&mut record, size, &meta)?;
+        seal_record(&mut record, size, &named, &meta)?;
         self.shared.db.put(&record).await.map_err(store)?;
         tracing::info!(job_id, size, "growing job sealed before it ran");
         Ok(record)
     }
 }
 
-/// Marks `r` sealed at `size` if the file (`meta`) agrees; false if it already was (a
-/// repeated seal with the same size).
+/// Marks `r` sealed at `size`, with the ranges `named` rewritten, if the file (`meta`)
+/// agrees; false if it already was (a repeated seal with the same size).
 pub(super) fn seal_record(
     r: &mut JobRecord,
     size: u64,
+    named: &[(u64, u64)],
     meta: &std::fs::Metadata,
 ) -> Result<bool, Invalid> {
+    if let Some((o, l)) = named
+        .iter()
+        .find(|(o, l)| *l == 0 || o.checked_add(*l).is_none_or(|end| end > size))
+    {
+        let message = format!("rewritten range {o}+{l} is empty or lies past the {size} bytes");
+        return Err(invalid("bad_range", message));
+    }
     if !r.live {
         let message = format!("job {} was not enqueued as growing", r.job_id);
         return Err(invalid("not_growing", message));
@@ -127,5 +140,6 @@ pub(super) fn seal_record(
     r.growing = false;
     r.size = size;
     r.identity = now;
+    r.rewritten = named.to_vec();
     Ok(true)
 }

@@ -12,6 +12,7 @@ use uplink_proto::wire::UploadCompleted;
 use super::{Active, Done, Driver};
 use crate::engine::calls::{Resumed, failure, read_error_code};
 use crate::engine::ledger::Checkpoint;
+use crate::engine::rescan::Sent;
 use crate::jobs::{JobRecord, JobState, now_ms};
 use crate::server_api::ChunkPayload;
 
@@ -209,9 +210,12 @@ impl Driver {
                         return; // stale: its chunk was released meanwhile
                     }
                     a.pending_reads.remove(&offset);
+                    // Acknowledged before: a rewritten chunk going again (see `rescan`).
+                    let replace = a.checkpoint.crcs.contains_key(&offset);
                     a.buffers.insert(
                         offset,
                         ChunkPayload {
+                            replace,
                             offset,
                             sha256: digest.sha256,
                             crc32c: digest.crc32c,
@@ -270,7 +274,12 @@ impl Driver {
                             let len = p.data.len() as u64;
                             a.checkpoint.ledger.ack(offset, len, p.sha256);
                             if a.record.live {
-                                a.checkpoint.crcs.insert(offset, (len, p.crc32c));
+                                let sent = Sent {
+                                    len,
+                                    crc32c: p.crc32c,
+                                    sha256: p.sha256,
+                                };
+                                a.checkpoint.crcs.insert(offset, sent);
                             }
                             a.record.chunks_acked = a.checkpoint.ledger.acked_chunks();
                             a.record.bytes_acked = a.checkpoint.ledger.acked_bytes();

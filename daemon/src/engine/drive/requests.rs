@@ -146,8 +146,9 @@ impl Driver {
             };
             let length = payload.data.len() as u64;
             // (answer, bytes the server already had, body bytes sent)
-            let (result, resumed_from, wire_bytes) = match (lz4, again && length >= RESUME_AT_LEAST)
-            {
+            // A replacement asks nothing: the server's parked bytes are of the old chunk.
+            let resume = again && length >= RESUME_AT_LEAST && !payload.replace;
+            let (result, resumed_from, wire_bytes) = match (lz4, resume) {
                 (None, true) => match client
                     .put_chunk_resumed(&keys, &payload, lane, sharing, Some(progress))
                     .await
@@ -232,29 +233,34 @@ impl Driver {
         let client = Arc::clone(&self.shared.client);
         let source = Arc::clone(&a.source);
         // A live job names its length (its session may have been created deferred) and
-        // has its chunks re-scanned: they were read while the file was being written.
-        let live = a
-            .record
-            .live
-            .then(|| (a.record.size, a.checkpoint.crcs.clone()));
+        // has its chunks re-scanned: they were read while the file was being written. Its
+        // root is over the chunks as last sent (a rewritten one replaced its first send).
+        let live = a.record.live.then(|| {
+            let crcs = a.checkpoint.crcs.clone();
+            (a.record.size, crcs, a.record.rewritten.clone())
+        });
+        let root = match &live {
+            Some((size, crcs, _)) => rescan::root(crcs, *size).unwrap_or(root),
+            None => root,
+        };
         self.spawn_request(req, async move {
             let result = async {
-                let size = live.as_ref().map(|(size, _)| *size);
+                let size = live.as_ref().map(|(size, _, _)| *size);
                 // The bytes acknowledged must still be the file's: it must not have
                 // changed since (the server checks the root against what it holds).
-                tokio::task::spawn_blocking(move || {
+                let found = tokio::task::spawn_blocking(move || {
                     source.check()?;
-                    match live.map(|(_, crcs)| rescan::first_changed(&source, &crcs)) {
-                        Some(Ok(Some(offset))) => Err(ReadError::Rewritten(format!(
-                            "the bytes at offset {offset} changed after they were uploaded"
-                        ))),
-                        Some(Err(e)) => Err(e),
-                        _ => Ok(()),
+                    match live {
+                        Some((_, crcs, named)) => rescan::rescan(&source, &crcs, &named),
+                        None => Ok(rescan::Rescan::Same),
                     }
                 })
                 .await
                 .map_err(|e| Failure::permanent("internal", e.to_string()))?
                 .map_err(read_failure)?;
+                if let rescan::Rescan::Resend(chunks) = found {
+                    return Err(Failure::Resend { chunks });
+                }
                 client
                     .complete(&upload_id, &root, size)
                     .await

@@ -54,6 +54,7 @@ fn job(n: u64, state: JobState) -> JobRecord {
         waiting: None,
         live: false,
         growing: false,
+        rewritten: Vec::new(),
     }
 }
 
