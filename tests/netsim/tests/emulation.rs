@@ -229,5 +229,8 @@ fn drop_udp_blocks_udp_only() {
     drop(src);
     assert!(sim.stats(PathSel::All, DirSel::Up).drop_udp >= 2);
     sim.apply("drop-udp=off").unwrap();
-    assert!(p.ping(ms(500)).is_some());
+    // UDP flows again. The TCP flow's last packets may still fill the queue, so one ping
+    // may be late or lost: three tries, a second each (CI once missed a single 500 ms one).
+    let back = (0..3).any(|_| p.ping(ms(1000)).is_some());
+    assert!(back, "{}", sim.status());
 }
