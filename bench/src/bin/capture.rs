@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use netsim::{Impair, Sim, SimOpts};
 use uplink_bench::send;
-use uplink_e2e::{Daemon, Server, json_lines, random_file, sha256_file, uplink, workdir};
+use uplink_e2e::{
+    Daemon, Server, fill_random, json_lines, random_file, sha256_file, uplink, workdir,
+};
 
 /// Appends `secs` × `rate` pseudo-random bytes to `path` at `rate` bytes/s, 1 MiB at a time.
 fn write_at_rate(path: &Path, rate: u64, secs: u64) {
@@ -25,12 +27,7 @@ fn write_at_rate(path: &Path, rate: u64, secs: u64) {
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let (start, mut written) = (Instant::now(), 0u64);
     while written < total {
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
+        fill_random(&mut buf, &mut x);
         let n = (total - written).min(buf.len() as u64) as usize;
         f.write_all(&buf[..n]).expect("write capture");
         written += n as u64;

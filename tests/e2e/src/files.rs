@@ -3,6 +3,17 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+/// Fills `buf` with pseudo-random (incompressible) bytes from the xorshift state `x`,
+/// which it advances: successive calls continue one stream.
+pub fn fill_random(buf: &mut [u8], x: &mut u64) {
+    for b in buf.chunks_mut(8) {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+}
+
 /// Writes `size` pseudo-random (incompressible) bytes.
 pub fn random_file(path: &Path, size: u64) {
     let mut w =
@@ -11,12 +22,7 @@ pub fn random_file(path: &Path, size: u64) {
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
+        fill_random(&mut buf, &mut x);
         let n = left.min(buf.len() as u64) as usize;
         w.write_all(&buf[..n]).expect("write");
         left -= n as u64;

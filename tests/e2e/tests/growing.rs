@@ -42,12 +42,7 @@ fn writer(file: PathBuf, blocks: u64, block: u64, pause: Duration) -> JoinHandle
         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ blocks;
         let mut buf = vec![0u8; block as usize];
         for _ in 0..blocks {
-            for b in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-            }
+            fill_random(&mut buf, &mut x);
             f.write_all(&buf).expect("append");
             std::thread::sleep(pause);
         }
