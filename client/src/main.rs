@@ -46,6 +46,10 @@ enum Cmd {
         /// written as it grows, complete after `uplink seal`.
         #[arg(long)]
         growing: bool,
+        /// Replace objects of the same name on the server (without it, a name the server
+        /// already holds fails that job with `server_object_exists`).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// A growing job's file is finished: send the tail and complete it.
     Seal {
@@ -178,6 +182,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
             target,
             meta,
             growing,
+            overwrite,
         } => {
             if target.is_some() && files.len() > 1 {
                 eprintln!("uplink: --target names one object; give one file");
@@ -200,6 +205,7 @@ async fn run(cmd: Cmd, socket: PathBuf) -> Result<ExitCode, ClientError> {
                             target: target.clone().unwrap_or_default(),
                             metadata: metadata.clone(),
                             growing,
+                            overwrite,
                         };
                         let mut c = client.clone();
                         (path, tokio::spawn(async move { c.enqueue(req).await }))

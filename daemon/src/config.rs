@@ -57,6 +57,8 @@ pub struct Config {
     /// Derived from the token file: the bearer credential to send and the chunk secret
     /// to sign with (the file's secret itself is not kept).
     pub credentials: Credentials,
+    /// Read again when the server refuses the credential (a rotated secret).
+    pub token_file: PathBuf,
     /// PEM CA certificates to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
@@ -164,6 +166,7 @@ impl Config {
         Ok(Config {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             credentials,
+            token_file,
             ca_file: s.ca_file,
             state_dir,
             socket,

@@ -92,7 +92,7 @@ impl Uplink for Api {
         let r = req.into_inner();
         let job = self
             .mgr
-            .enqueue(r.path, r.target, r.metadata, r.growing)
+            .enqueue(r.path, r.target, r.metadata, r.growing, r.overwrite)
             .await?;
         Ok(Response::new(grpc::EnqueueResponse {
             job_id: job.job_id.clone(),

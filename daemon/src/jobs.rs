@@ -94,6 +94,9 @@ pub struct JobRecord {
     /// there that changed are sent again instead of failing the job.
     #[serde(default)]
     pub rewritten: Vec<(u64, u64)>,
+    /// Replace an object of this name on the server (else one there fails the job).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// Why a running job is on hold, and until when.

@@ -120,7 +120,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     let pool = H2Pool::new(endpoint, tls, cfg.connections as usize);
     let transport = transport::Transport::new(pool, h3, alt);
     tokio::spawn(transport::path_watch::run(Arc::downgrade(&transport)));
-    let client = Arc::new(ServerClient::new(transport, cfg.credentials.clone()));
+    let client = Arc::new(
+        ServerClient::new(transport, cfg.credentials.clone())
+            .with_token_file(cfg.token_file.clone()),
+    );
     let db = Arc::new(JobDb::open(&cfg.state_dir)?);
     let stop = CancellationToken::new();
     let socket = cfg.socket.clone();

@@ -87,6 +87,7 @@ impl Manager {
         target: String,
         metadata: HashMap<String, String>,
         growing: bool,
+        overwrite: bool,
     ) -> Result<JobRecord, ManagerError> {
         let (p, t, m) = (path.clone(), target.clone(), metadata.clone());
         let accepted = tokio::task::spawn_blocking(move || validate::check(&p, &t, &m, growing))
@@ -138,6 +139,7 @@ impl Manager {
             live: growing,
             growing,
             rewritten: Vec::new(),
+            overwrite,
         };
         self.db.put(&job).await?;
         tracing::info!(job_id = %job.job_id, path = %job.path, size = job.size, "job queued");

@@ -53,6 +53,10 @@ pub enum CallError {
     },
     #[error("server answer unreadable: {0}")]
     Decode(String),
+    /// The server refused the credential and the token file holds a new one: the same
+    /// request will pass with it.
+    #[error("the server refused the credential; the token file's new secret is in use now")]
+    CredentialsRenewed,
 }
 
 impl CallError {
@@ -60,7 +64,7 @@ impl CallError {
         match self {
             CallError::Transport(TransportError::Endpoint(_)) => ErrorClass::Permanent,
             CallError::Transport(_) => ErrorClass::Transient,
-            CallError::Decode(_) => ErrorClass::Transient,
+            CallError::Decode(_) | CallError::CredentialsRenewed => ErrorClass::Transient,
             CallError::Server { status, code, .. } => match (*status, code.as_str()) {
                 (404, wire::code::UNKNOWN_UPLOAD) | (410, _) => ErrorClass::UnknownUpload,
                 (409, wire::code::CHUNK_IN_PROGRESS | wire::code::PARTIAL_GONE) => {
@@ -106,8 +110,14 @@ impl CallError {
             CallError::Transport(_) => "network".into(),
             CallError::Server { code, .. } => format!("server_{code}"),
             CallError::Decode(_) => "bad_answer".into(),
+            CallError::CredentialsRenewed => "credentials_renewed".into(),
         }
     }
+}
+
+/// Whether an error answer's body carries `code`.
+fn is_code(body: &[u8], code: &str) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|e| e.code == code)
 }
 
 /// The session keys a chunk tag needs.
@@ -116,6 +126,8 @@ pub struct SessionKeys {
     pub upload_id: String,
     pub nonce: Vec<u8>,
     pub key: [u8; 32],
+    /// Which credentials they derive from ([`ServerClient::refresh_keys`]).
+    pub generation: u64,
 }
 
 impl SessionKeys {
@@ -130,6 +142,7 @@ impl SessionKeys {
             key: integrity::session_key(chunk_secret, &nonce, upload_id),
             upload_id: upload_id.to_string(),
             nonce,
+            generation: 0,
         })
     }
 }
@@ -147,7 +160,12 @@ pub struct ChunkPayload {
 
 pub struct ServerClient {
     transport: std::sync::Arc<Transport>,
-    credentials: Credentials,
+    /// Swapped when the token file changes (a rotated secret), noticed at a 401.
+    credentials: std::sync::RwLock<std::sync::Arc<Credentials>>,
+    /// Counts the swaps: session keys made before one are made again.
+    generation: std::sync::atomic::AtomicU64,
+    /// Read again when the server refuses the credential.
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl ServerClient {
@@ -160,14 +178,77 @@ impl ServerClient {
     pub fn new(transport: std::sync::Arc<Transport>, credentials: Credentials) -> ServerClient {
         ServerClient {
             transport,
-            credentials,
+            credentials: std::sync::RwLock::new(std::sync::Arc::new(credentials)),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            token_file: None,
         }
+    }
+
+    /// Where the credentials came from: read again when the server answers 401, so a
+    /// rotated secret is picked up at the first refusal.
+    pub fn with_token_file(mut self, path: std::path::PathBuf) -> ServerClient {
+        self.token_file = Some(path);
+        self
+    }
+
+    fn credentials(&self) -> std::sync::Arc<Credentials> {
+        std::sync::Arc::clone(&self.credentials.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reads the token file again; true if it now holds another secret (then in use).
+    fn reload_credentials(&self, refused_bearer: &str) -> bool {
+        let Some(path) = &self.token_file else {
+            return false;
+        };
+        let fresh = match Credentials::from_token_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the token file again");
+                return false;
+            }
+        };
+        let mut slot = self.credentials.write().unwrap_or_else(|p| p.into_inner());
+        if slot.bearer() != refused_bearer {
+            return true; // another request swapped them meanwhile
+        }
+        if fresh.bearer() == refused_bearer {
+            return false;
+        }
+        *slot = std::sync::Arc::new(fresh);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::info!("the token file holds a new secret: using it");
+        true
     }
 
     /// The keys that tag the chunks of one upload session (from the chunk secret, which
     /// never leaves this client).
     pub fn session_keys(&self, upload_id: &str, nonce_hex: &str) -> Result<SessionKeys, CallError> {
-        SessionKeys::new(self.credentials.chunk_secret(), upload_id, nonce_hex)
+        let generation = self.generation();
+        let mut keys = SessionKeys::new(self.credentials().chunk_secret(), upload_id, nonce_hex)?;
+        keys.generation = generation;
+        Ok(keys)
+    }
+
+    /// `keys` made again from the credentials now in use, if those changed since.
+    pub fn refresh_keys(&self, keys: &SessionKeys) -> Option<SessionKeys> {
+        let generation = self.generation();
+        if keys.generation == generation {
+            return None;
+        }
+        Some(SessionKeys {
+            key: integrity::session_key(
+                self.credentials().chunk_secret(),
+                &keys.nonce,
+                &keys.upload_id,
+            ),
+            generation,
+            ..keys.clone()
+        })
     }
 
     pub fn link(&self) -> LinkInfo {
@@ -209,7 +290,7 @@ impl ServerClient {
             path,
             headers: vec![(
                 wire::HDR_AUTHORIZATION,
-                format!("Bearer {}", self.credentials.bearer()),
+                format!("Bearer {}", self.credentials().bearer()),
             )],
             body,
             lane: 0,
@@ -219,9 +300,17 @@ impl ServerClient {
     }
 
     async fn call(&self, req: WireRequest) -> Result<WireResponse, CallError> {
+        let bearer = self.credentials();
         let resp = self.transport.request(req).await?;
         if resp.status.is_success() {
             return Ok(resp);
+        }
+        if resp.status == http::StatusCode::UNAUTHORIZED
+            && is_code(&resp.body, wire::code::UNAUTHORIZED)
+            && self.reload_credentials(bearer.bearer())
+        {
+            // A rotated secret: the request goes again (one retry) with the new one.
+            return Err(CallError::CredentialsRenewed);
         }
         let status = resp.status.as_u16();
         let retry_after = resp.retry_after;

@@ -41,6 +41,9 @@ pub const HDR_CHUNK_RESUME_FROM: &str = "x-chunk-resume-from";
 /// and length (a growing file's header, rewritten behind the upload and named at its seal).
 /// Accepted only before the upload completes; without it, other bytes there are a conflict.
 pub const HDR_CHUNK_REPLACE: &str = "x-chunk-replace";
+/// `X-Overwrite: 1` on `PUT /v1/objects/{name}`: replace an existing object (without it
+/// an existing name answers 409 `object_exists`).
+pub const HDR_OVERWRITE: &str = "x-overwrite";
 /// Optional on `PUT /v1/objects/{name}`: hex SHA-256 of the whole body, checked before commit.
 pub const HDR_CONTENT_SHA256: &str = "x-content-sha256";
 pub const HDR_CONTENT_ENCODING: &str = "content-encoding";
@@ -195,6 +198,10 @@ pub struct CreateUpload {
     pub name: String,
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Replace an object of this name if the tenant has one; without it, create (and
+    /// complete) answer 409 [`code::OBJECT_EXISTS`] rather than overwrite.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overwrite: bool,
 }
 
 /// Answer to create: the session.
@@ -381,6 +388,14 @@ pub mod code {
     /// data (0-RTT) before the handshake finished; retry it once the connection is up.
     pub const TOO_EARLY: &str = "too_early";
     pub const DISK_FULL: &str = "disk_full";
+    /// 409: the tenant already has an object of this name and the request did not ask to
+    /// overwrite it.
+    pub const OBJECT_EXISTS: &str = "object_exists";
+    /// 413: the tenant's byte quota (objects stored plus uploads open) would be exceeded.
+    pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
+    /// 429 with `Retry-After`: the tenant has as many uploads open as its quota allows;
+    /// one finishing makes room.
+    pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
     /// 503 with `Retry-After`: the server is short of a resource that frees up by itself
     /// (open files); the same request will succeed later.
     pub const UNAVAILABLE: &str = "unavailable";

@@ -1,16 +1,16 @@
 //! The wire protocol's request handling, independent of the HTTP version carrying it.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use uplink_proto::integrity;
 use uplink_proto::wire::{
     self, ChunkPageQuery, CompleteUpload, CreateUpload, ErrorBody, Route, code,
 };
 
 use crate::chunk_put;
+use crate::clients::{Client, ClientSource, Clients};
 use crate::error::ApiError;
 use crate::objects;
 use crate::store::Store;
@@ -23,8 +23,10 @@ pub type ResponseBody = Full<Bytes>;
 /// Shared state of all connections.
 pub struct App {
     pub store: Store,
-    /// The bearer credential to expect, and the chunk secret (the store holds a copy).
-    pub credentials: integrity::Credentials,
+    /// Who may call, by bearer credential; swapped whole on reload.
+    pub clients: RwLock<Arc<Clients>>,
+    /// Where the clients were read from (read again on SIGHUP).
+    pub client_source: ClientSource,
     /// `Alt-Svc` value advertised on responses (HTTP/3), if any.
     pub alt_svc: Option<String>,
 }
@@ -102,17 +104,21 @@ where
             _ => Err(not_allowed(&method, &path)),
         };
     }
-    authorize(app, req.headers())?;
+    let client = authorize(app, req.headers())?;
+    let tenant = client.id.as_str();
     match (route, method) {
         (Route::Uploads, Method::POST) => {
             let key = header_str(req.headers(), wire::HDR_IDEMPOTENCY_KEY)?.map(str::to_owned);
             let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
             let create: CreateUpload = parse_json(&body)?;
-            let app2 = Arc::clone(app);
-            let created = blocking(move || app2.store.create(key.as_deref(), &create)).await?;
+            let (app2, client2) = (Arc::clone(app), Arc::clone(&client));
+            let created =
+                blocking(move || app2.store.create(&client2.id, key.as_deref(), &create)).await?;
             Ok(json(StatusCode::CREATED, &created))
         }
-        (Route::Upload(id), Method::GET) => Ok(json(StatusCode::OK, &app.store.get(id)?.state())),
+        (Route::Upload(id), Method::GET) => {
+            Ok(json(StatusCode::OK, &app.store.get(tenant, id)?.state()))
+        }
         (Route::Chunks(id), Method::GET) => {
             let q = ChunkPageQuery::parse(req.uri().query()).ok_or_else(|| {
                 ApiError::new(
@@ -121,55 +127,40 @@ where
                     "the chunk list takes only from=<offset>&limit=<n>",
                 )
             })?;
-            Ok(json(StatusCode::OK, &app.store.get(id)?.chunk_page(&q)))
+            Ok(json(
+                StatusCode::OK,
+                &app.store.get(tenant, id)?.chunk_page(&q),
+            ))
         }
         (Route::Upload(id), Method::DELETE) => {
-            let (app2, id) = (Arc::clone(app), id.to_owned());
-            blocking(move || app2.store.delete(&id)).await?;
+            let (app2, id, client2) = (Arc::clone(app), id.to_owned(), Arc::clone(&client));
+            blocking(move || app2.store.delete(&client2.id, &id)).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Route::Complete(id), Method::POST) => {
-            let session = app.store.get(id)?;
+            let session = app.store.get(tenant, id)?;
             let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
             let complete: CompleteUpload = parse_json(&body)?;
             let app2 = Arc::clone(app);
             let done = blocking(move || {
-                session.complete(
-                    app2.store.objects_dir(),
-                    &complete.merkle_root,
-                    complete.size,
-                )
+                session.complete(&app2.store, &complete.merkle_root, complete.size)
             })
             .await?;
             Ok(json(StatusCode::OK, &done))
         }
-        (Route::Chunk(id, offset), Method::PUT) => chunk_put::put_chunk(app, id, offset, req).await,
+        (Route::Chunk(id, offset), Method::PUT) => {
+            chunk_put::put_chunk(app, &client, id, offset, req).await
+        }
         (Route::ChunkResume(id, offset), Method::POST) => {
-            chunk_put::resume_chunk(app, id, offset, req.headers())
+            chunk_put::resume_chunk(app, &client, id, offset, req.headers())
         }
-        (Route::Object(name), Method::PUT) => {
-            if !wire::is_valid_object_name(name) {
-                return Err(ApiError::new(
-                    400,
-                    code::BAD_NAME,
-                    format!("invalid object name {name:?}"),
-                ));
-            }
-            let expect = match header_str(req.headers(), wire::HDR_CONTENT_SHA256)? {
-                Some(h) => Some(uplink_proto::parse_hex32(h).ok_or_else(|| {
-                    ApiError::bad_header("X-Content-SHA256 must be 64 hex digits")
-                })?),
-                None => None,
-            };
-            let done =
-                objects::put_object(app.store.objects_dir(), name, expect, req.into_body()).await?;
-            Ok(json(StatusCode::CREATED, &done))
-        }
+        (Route::Object(name), Method::PUT) => objects::put(app, tenant, name, req).await,
         (_, method) => Err(not_allowed(&method, &path)),
     }
 }
 
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The client this request's bearer credential belongs to.
+fn authorize(app: &App, headers: &HeaderMap) -> Result<Arc<Client>, ApiError> {
     let unauthorized = || {
         ApiError::new(
             401,
@@ -186,11 +177,18 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
-    let expected = app.credentials.bearer().as_bytes();
-    if integrity::constant_time_eq(presented.trim().as_bytes(), expected) {
-        Ok(())
-    } else {
-        Err(unauthorized())
+    let clients = Arc::clone(&app.clients.read().unwrap_or_else(|p| p.into_inner()));
+    clients.authenticate(presented).ok_or_else(unauthorized)
+}
+
+impl App {
+    /// Reads the clients again (SIGHUP): a rotated or added secret takes effect, a
+    /// removed one stops working. On error the clients in use stay.
+    pub fn reload_clients(&self) -> Result<usize, String> {
+        let fresh = Clients::load(&self.client_source)?;
+        let n = fresh.len();
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(n)
     }
 }
 

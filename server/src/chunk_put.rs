@@ -14,6 +14,7 @@ use uplink_proto::wire::{self, ChunkResume, ChunkStored, code};
 use crate::api::{
     App, ResponseBody, blocking, header_str, interrupted, json, read_parts, required,
 };
+use crate::clients::Client;
 use crate::error::ApiError;
 use crate::store::{BeginChunk, Receipt, Reservation, Session, TakenOver};
 
@@ -25,6 +26,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// `PUT /v1/uploads/{id}/chunks/{offset}`.
 pub async fn put_chunk<B>(
     app: &Arc<App>,
+    client: &Client,
     id: &str,
     offset: u64,
     req: Request<B>,
@@ -36,7 +38,7 @@ where
     let (head, mut body) = req.into_parts();
     // Answered before the body is read (refused, or a replay): read a little of it first,
     // so a client still sending sees the answer rather than a reset stream.
-    match admit(app, id, offset, &head.headers) {
+    match admit(app, client, id, offset, &head.headers) {
         Ok(Admitted::Receive(chunk)) => receive(chunk, offset, body).await,
         Ok(Admitted::Duplicate { length }) => {
             drain(&mut body).await;
@@ -86,8 +88,14 @@ struct ChunkHeaders {
 }
 
 /// Parses a chunk's headers and checks its HMAC: only the session's key holder may store,
-/// or take over, a chunk.
-fn chunk_headers(session: &Session, offset: u64, h: &HeaderMap) -> Result<ChunkHeaders, ApiError> {
+/// or take over, a chunk. The key derives from the client's chunk secret (during a
+/// rotation, the current or the previous one).
+fn chunk_headers(
+    session: &Session,
+    client: &Client,
+    offset: u64,
+    h: &HeaderMap,
+) -> Result<ChunkHeaders, ApiError> {
     let lz4 = match header_str(h, wire::HDR_CONTENT_ENCODING)? {
         None | Some("identity") => false,
         Some(wire::CONTENT_ENCODING_LZ4) => true,
@@ -129,7 +137,11 @@ fn chunk_headers(session: &Session, offset: u64, h: &HeaderMap) -> Result<ChunkH
         upload_id: &session.id,
         nonce: session.nonce(),
     };
-    if !integrity::verify_chunk_tag(session.key(), &chunk, &tag) {
+    let authentic = client.chunk_secrets().any(|secret| {
+        let key = integrity::session_key(secret, session.nonce(), &session.id);
+        integrity::verify_chunk_tag(&key, &chunk, &tag)
+    });
+    if !authentic {
         return Err(ApiError::new(
             401,
             code::BAD_HMAC,
@@ -144,14 +156,20 @@ fn chunk_headers(session: &Session, offset: u64, h: &HeaderMap) -> Result<ChunkH
     })
 }
 
-fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, ApiError> {
-    let session = app.store.get(id)?;
+fn admit(
+    app: &App,
+    client: &Client,
+    id: &str,
+    offset: u64,
+    h: &HeaderMap,
+) -> Result<Admitted, ApiError> {
+    let session = app.store.get(&client.id, id)?;
     let ChunkHeaders {
         length,
         lz4,
         expect,
         resume_from,
-    } = chunk_headers(&session, offset, h)?;
+    } = chunk_headers(&session, client, offset, h)?;
     let replace = h
         .get(wire::HDR_CHUNK_REPLACE)
         .is_some_and(|v| v.as_bytes() == b"1");
@@ -179,12 +197,13 @@ fn admit(app: &App, id: &str, offset: u64, h: &HeaderMap) -> Result<Admitted, Ap
 /// `POST /v1/uploads/{id}/chunks/{offset}/resume`: how much of this chunk the server has.
 pub fn resume_chunk(
     app: &App,
+    client: &Client,
     id: &str,
     offset: u64,
     h: &HeaderMap,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let session = app.store.get(id)?;
-    let c = chunk_headers(&session, offset, h)?;
+    let session = app.store.get(&client.id, id)?;
+    let c = chunk_headers(&session, client, offset, h)?;
     let received = match c.lz4 {
         true => 0,
         false => session.take_over(offset, c.length, &c.expect.sha256),
@@ -313,7 +332,7 @@ fn decode_lz4(body: &[Bytes], length: u64) -> Result<Bytes, ApiError> {
 }
 
 /// Reads and drops up to [`DRAIN_LIMIT`] bytes of a body, for at most [`DRAIN_TIME`].
-async fn drain<B>(body: &mut B)
+pub(crate) async fn drain<B>(body: &mut B)
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {

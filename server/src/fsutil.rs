@@ -40,6 +40,44 @@ pub fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Moves `from` to `to`: replacing what is there with `overwrite`, else only if the name
+/// is free. Returns the size of the file replaced, or `None` when another file holds the
+/// name (and `from` stays).
+pub fn place(from: &Path, to: &Path, overwrite: bool) -> std::io::Result<Option<u64>> {
+    if overwrite {
+        let replaced = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+        rename_durable(from, to)?;
+        return Ok(Some(replaced));
+    }
+    if !link_new(from, to)? {
+        return Ok(None);
+    }
+    std::fs::remove_file(from)?;
+    Ok(Some(0))
+}
+
+/// Links `from` at `to` unless another file holds that name (returns false); a link an
+/// earlier attempt made is fine. The link is atomic: of two racing, one gets the name.
+pub fn link_new(from: &Path, to: &Path) -> std::io::Result<bool> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {
+            if let Some(d) = to.parent() {
+                sync_dir(d)?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => same_file(from, to),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether two paths name the same file (device and inode).
+pub fn same_file(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
 /// True when an I/O error means the disk is full (mapped to HTTP 507).
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()

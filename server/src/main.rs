@@ -3,6 +3,7 @@
 mod api;
 mod chunk_log;
 mod chunk_put;
+mod clients;
 mod early_data;
 mod error;
 mod fsutil;
@@ -23,6 +24,8 @@ use std::time::Duration;
 use clap::Parser;
 use uplink_proto::integrity::Credentials;
 
+use crate::clients::{ClientSource, Clients};
+
 /// Reference ingest server: verifies every chunk and assembles uploads (HTTP/3 and HTTP/2,
 /// TLS 1.3).
 #[derive(Parser, Debug)]
@@ -40,13 +43,26 @@ struct Args {
     data_dir: PathBuf,
     /// File holding the client secret (the daemon uses the same file). The bearer
     /// credential clients present and the key that checks chunk tags are derived from it;
-    /// the secret itself is never sent.
+    /// the secret itself is never sent. One client: objects go to DATA_DIR/objects.
+    #[arg(long, required_unless_present = "clients", conflicts_with = "clients")]
+    token_file: Option<PathBuf>,
+    /// Directory of clients (tenants): `<id>.token` holds client <id>'s secret (mode 0600),
+    /// `<id>.previous` the secret it replaces while devices switch. Each tenant sees only
+    /// its own uploads and objects (DATA_DIR/objects/<id>/). SIGHUP reads it again.
+    #[arg(long, value_name = "DIR")]
+    clients: Option<PathBuf>,
+    /// Per tenant: most bytes held (objects plus the declared sizes of open uploads).
+    /// A create past it answers 413 `quota_exceeded`.
     #[arg(long)]
-    token_file: PathBuf,
+    quota_bytes: Option<u64>,
+    /// Per tenant: most uploads open at once. A create past it answers 429
+    /// `too_many_sessions` with Retry-After.
+    #[arg(long)]
+    quota_sessions: Option<usize>,
     /// Print the bearer credential derived from --token-file (for plain HTTP clients:
     /// `curl -H "Authorization: Bearer $(uplink-server --token-file F --print-bearer)"`)
     /// and exit.
-    #[arg(long)]
+    #[arg(long, requires = "token_file")]
     print_bearer: bool,
     /// PEM certificate chain; with no --cert/--key a private CA and certificate are made
     /// in DATA_DIR/tls.
@@ -89,11 +105,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let credentials = Credentials::from_token_file(&args.token_file)?;
-    if args.print_bearer {
-        println!("{}", credentials.bearer());
+    let source = match (&args.clients, &args.token_file) {
+        (Some(dir), _) => ClientSource::Dir(dir.clone()),
+        (None, Some(file)) => ClientSource::TokenFile(file.clone()),
+        (None, None) => return Err("pass --token-file FILE or --clients DIR".into()),
+    };
+    if let (true, ClientSource::TokenFile(file)) = (args.print_bearer, &source) {
+        println!("{}", Credentials::from_token_file(file)?.bearer());
         return Ok(());
     }
+    let clients = Clients::load(&source)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", args.data_dir.display()))?;
@@ -123,8 +144,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Some(tls::quic_server_config(&files)?)
     };
-    let store = store::Store::open(&args.data_dir, credentials.chunk_secret().clone())
-        .map(|s| s.reserving_space(!args.no_reserve))
+    let quota = store::Quota {
+        bytes: args.quota_bytes,
+        sessions: args.quota_sessions,
+    };
+    let store = store::Store::open(&args.data_dir, source.per_tenant_objects())
+        .map(|s| s.reserving_space(!args.no_reserve).with_quota(quota))
         .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
     let sessions = store.session_count();
 
@@ -138,9 +163,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (Some(udp), Some(quic_tls)) => Some(http3::endpoint(udp, quic_tls)?),
             _ => None,
         };
+        let tenants = clients.len();
         let app = Arc::new(api::App {
             store,
-            credentials,
+            clients: std::sync::RwLock::new(Arc::new(clients)),
+            client_source: source,
             // Clients that start on HTTP/2 learn here that HTTP/3 is on the same port.
             alt_svc: endpoint
                 .as_ref()
@@ -150,9 +177,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(http3::serve(endpoint.clone(), Arc::clone(&app)));
         }
         tokio::spawn(sweep_sessions(Arc::clone(&app), args.completed_retention));
+        tokio::spawn(reload_on_sighup(Arc::clone(&app)));
         let ca = files.ca.as_ref().unwrap_or(&files.cert);
         let h3 = u8::from(endpoint.is_some());
-        tracing::info!(%addr, sessions, http3 = h3 == 1, "serving");
+        tracing::info!(%addr, sessions, tenants, http3 = h3 == 1, "serving");
         // One line on stdout that scripts and tests wait for.
         println!(
             "uplink-server ready addr={addr} ca={} h3={h3}",
@@ -185,6 +213,23 @@ async fn sweep_sessions(app: Arc<api::App>, retention_secs: u64) {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let _ = tokio::task::spawn_blocking(move || app.store.sweep(now, retention_secs)).await;
+    }
+}
+
+/// Reads the clients again on each SIGHUP (secret rotation, clients added or removed).
+async fn reload_on_sighup(app: Arc<api::App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: clients are read at start only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let app2 = Arc::clone(&app);
+        match tokio::task::spawn_blocking(move || app2.reload_clients()).await {
+            Ok(Ok(n)) => tracing::info!(clients = n, "clients reloaded"),
+            Ok(Err(e)) => tracing::error!(error = %e, "clients not reloaded; the old ones stay"),
+            Err(e) => tracing::error!(error = %e, "clients not reloaded"),
+        }
     }
 }
 

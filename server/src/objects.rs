@@ -1,34 +1,121 @@
 //! `PUT /v1/objects/{name}`: a whole file in one request (small files, `curl -T`).
 //!
 //! The body streams to a hidden temp file on a blocking thread that hashes as it writes;
-//! only a complete body whose SHA-256 matches the optional `X-Content-SHA256` is renamed
-//! into place, so a failed upload never leaves a partial object.
+//! only a complete body whose SHA-256 matches the optional `X-Content-SHA256` is moved
+//! into place, so a failed upload never leaves a partial object. An existing object is
+//! replaced only with `X-Overwrite: 1`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uplink_proto::wire::{self, UploadCompleted, code};
 
+use crate::api::{App, ResponseBody, header_str, json};
+use crate::chunk_put::drain;
 use crate::error::ApiError;
 use crate::fsutil;
 
 /// Frames queued between the network and the writer thread.
 const QUEUE_FRAMES: usize = 64;
 
-pub async fn put_object<B>(
-    objects_dir: &Path,
+/// `PUT /v1/objects/{name}` by `tenant`. A refusal known from the headers (bad name,
+/// existing object, quota) is answered after reading a little of the body, so a client
+/// still sending sees the answer rather than a reset stream.
+pub async fn put<B>(
+    app: &App,
+    tenant: &str,
     name: &str,
-    expect: Option<[u8; 32]>,
-    mut body: B,
-) -> Result<UploadCompleted, ApiError>
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let (head, mut body) = req.into_parts();
+    let put = match admit(app, tenant, name, &head.headers) {
+        Ok(put) => put,
+        Err(e) => {
+            drain(&mut body).await;
+            return Err(e);
+        }
+    };
+    let (done, replaced) = put_object(&put, body).await?;
+    app.store.note_stored(tenant, done.size, replaced);
+    Ok(json(StatusCode::CREATED, &done))
+}
+
+/// One admitted object PUT.
+struct PutObject<'a> {
+    /// The tenant's objects dir.
+    dir: PathBuf,
+    name: &'a str,
+    /// `X-Content-SHA256`, if sent.
+    expect: Option<[u8; 32]>,
+    overwrite: bool,
+}
+
+fn admit<'a>(
+    app: &App,
+    tenant: &str,
+    name: &'a str,
+    h: &HeaderMap,
+) -> Result<PutObject<'a>, ApiError> {
+    if !wire::is_valid_object_name(name) {
+        return Err(ApiError::new(
+            400,
+            code::BAD_NAME,
+            format!("invalid object name {name:?}"),
+        ));
+    }
+    let expect = match header_str(h, wire::HDR_CONTENT_SHA256)? {
+        Some(v) => Some(
+            uplink_proto::parse_hex32(v)
+                .ok_or_else(|| ApiError::bad_header("X-Content-SHA256 must be 64 hex digits"))?,
+        ),
+        None => None,
+    };
+    let overwrite = header_str(h, wire::HDR_OVERWRITE)? == Some("1");
+    let dir = app.store.objects_dir(tenant);
+    if !overwrite && dir.join(name).exists() {
+        return Err(taken(name));
+    }
+    // A body without Content-Length counts as empty here: the quota is checked at
+    // admission, not by cutting a body off midway.
+    let declared = header_str(h, http::header::CONTENT_LENGTH.as_str())?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    app.store.check_quota(tenant, declared, false)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
+    Ok(PutObject {
+        dir,
+        name,
+        expect,
+        overwrite,
+    })
+}
+
+fn taken(name: &str) -> ApiError {
+    ApiError::new(
+        409,
+        code::OBJECT_EXISTS,
+        format!("an object named {name:?} exists; send X-Overwrite: 1 to replace it"),
+    )
+}
+
+/// Receives the body and places the object; returns it and the size it replaced.
+async fn put_object<B>(put: &PutObject<'_>, mut body: B) -> Result<(UploadCompleted, u64), ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (objects_dir, name, expect) = (&put.dir, put.name, put.expect);
+    let dest = objects_dir.join(name);
     let mut raw = [0u8; 8];
     rand::rng().fill_bytes(&mut raw);
     let tmp = objects_dir.join(format!(".upload-{}", hex::encode(raw)));
@@ -84,17 +171,23 @@ where
                     "body does not match X-Content-SHA256",
                 ))
             } else {
-                let dest = objects_dir.join(name);
-                let (tmp2, dest2) = (tmp.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || fsutil::rename_durable(&tmp2, &dest2))
-                    .await
-                    .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?
-                    .map_err(|e| ApiError::io("moving the object into place", &e))?;
-                Ok(UploadCompleted {
-                    sha256: hex::encode(sha),
-                    size: n,
-                    location: wire::object_path(name),
-                })
+                let (tmp2, overwrite) = (tmp.clone(), put.overwrite);
+                let placed =
+                    tokio::task::spawn_blocking(move || fsutil::place(&tmp2, &dest, overwrite))
+                        .await
+                        .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?
+                        .map_err(|e| ApiError::io("moving the object into place", &e))?;
+                match placed {
+                    None => Err(taken(name)),
+                    Some(replaced) => Ok((
+                        UploadCompleted {
+                            sha256: hex::encode(sha),
+                            size: n,
+                            location: wire::object_path(name),
+                        },
+                        replaced,
+                    )),
+                }
             }
         }
     };

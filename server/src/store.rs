@@ -5,8 +5,12 @@
 //! sessions/<upload_id>/meta.json   the session (atomic writes)
 //! sessions/<upload_id>/data.part   the file being assembled, chunks written at their offsets
 //! sessions/<upload_id>/chunks.log  one JSON line per verified chunk, appended after its data is synced
-//! objects/<name>                   completed files
+//! objects/<name>                   completed files (`--token-file`: one tenant)
+//! objects/<tenant>/<name>          completed files (`--clients DIR`: one dir per tenant)
 //! ```
+//! Every session belongs to the tenant (client) that created it; to any other it does not
+//! exist (404), and its object lands in its tenant's directory. An object is replaced only
+//! when the upload asked to overwrite it.
 //! A chunk is acknowledged only after its bytes and its log line are both on disk, so a
 //! server restart (or power cut) never forgets an acknowledged chunk. A torn last log line
 //! is cut off on load.
@@ -29,7 +33,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use uplink_proto::integrity::{self, ChunkSecret};
 use uplink_proto::wire::{
     self, ChunkPage, ChunkPageQuery, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated,
     UploadState, code,
@@ -69,6 +72,12 @@ struct SessionMeta {
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     nonce: String,
+    /// The client that created it; empty in sessions from before tenants (the default).
+    #[serde(default)]
+    tenant: String,
+    /// Replace an existing object of this name at complete.
+    #[serde(default)]
+    overwrite: bool,
     idempotency_key: Option<String>,
     created_at: u64,
     expires_at: u64,
@@ -85,28 +94,43 @@ struct SessionMeta {
 pub struct Store {
     sessions_dir: PathBuf,
     objects_dir: PathBuf,
-    secret: ChunkSecret,
+    /// Each tenant's objects in `objects/<tenant>/` (else all in `objects/`).
+    per_tenant: bool,
     index: Mutex<Index>,
     /// Reserve each upload's size at create (fallocate), so a full disk shows there.
     reserve_space: bool,
+    quota: Quota,
+    /// Bytes of objects each tenant stores, counted on first need and kept up to date.
+    stored: Mutex<HashMap<String, u64>>,
+}
+
+/// What each tenant may hold (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quota {
+    /// Objects stored plus the declared sizes of uploads open.
+    pub bytes: Option<u64>,
+    /// Uploads open (created, not completed).
+    pub sessions: Option<usize>,
 }
 
 #[derive(Default)]
 struct Index {
     by_id: HashMap<String, Arc<Session>>,
-    by_key: HashMap<String, String>,
+    /// (tenant, idempotency key) -> upload id.
+    by_key: HashMap<(String, String), String>,
 }
 
 /// One upload session.
 pub struct Session {
     pub id: String,
+    /// The client it belongs to.
+    pub tenant: String,
     dir: PathBuf,
     /// The declared length; 0 when `deferred` (complete names it).
     size: u64,
     deferred: bool,
     name: String,
     nonce: Vec<u8>,
-    key: [u8; 32],
     /// The part file and log while open; `None` when closed (idle, completed, deleted).
     /// Requests hold an `Arc`, so closing never pulls a file from under a write.
     part: Mutex<Option<Arc<PartFile>>>,
@@ -152,8 +176,15 @@ impl Store {
         self
     }
 
-    /// Opens (or creates) the store and loads every live session.
-    pub fn open(data_dir: &Path, secret: ChunkSecret) -> std::io::Result<Store> {
+    /// Per-tenant limits.
+    pub fn with_quota(mut self, quota: Quota) -> Store {
+        self.quota = quota;
+        self
+    }
+
+    /// Opens (or creates) the store and loads every live session. With `per_tenant`,
+    /// each tenant's objects go to `objects/<tenant>/`.
+    pub fn open(data_dir: &Path, per_tenant: bool) -> std::io::Result<Store> {
         let sessions_dir = data_dir.join("sessions");
         let objects_dir = data_dir.join("objects");
         std::fs::create_dir_all(&sessions_dir)?;
@@ -161,9 +192,11 @@ impl Store {
         let store = Store {
             sessions_dir,
             objects_dir,
-            secret,
+            per_tenant,
             index: Mutex::new(Index::default()),
             reserve_space: true,
+            quota: Quota::default(),
+            stored: Mutex::default(),
         };
         let now = now_secs();
         for entry in std::fs::read_dir(&store.sessions_dir)? {
@@ -172,7 +205,7 @@ impl Store {
                 Ok(Some(s)) => {
                     let mut idx = lock(&store.index);
                     if let Some(k) = lock(&s.meta).idempotency_key.clone() {
-                        idx.by_key.insert(k, s.id.clone());
+                        idx.by_key.insert((s.tenant.clone(), k), s.id.clone());
                     }
                     idx.by_id.insert(s.id.clone(), s);
                 }
@@ -185,8 +218,17 @@ impl Store {
         Ok(store)
     }
 
-    pub fn objects_dir(&self) -> &Path {
-        &self.objects_dir
+    /// Where `tenant`'s objects live (made on first use).
+    pub fn objects_dir(&self, tenant: &str) -> PathBuf {
+        match self.per_tenant {
+            true => self.objects_dir.join(tenant),
+            false => self.objects_dir.clone(),
+        }
+    }
+
+    /// The path of `tenant`'s object `name`.
+    pub fn object_path(&self, tenant: &str, name: &str) -> PathBuf {
+        self.objects_dir(tenant).join(name)
     }
 
     pub fn session_count(&self) -> usize {
@@ -212,13 +254,19 @@ impl Store {
         }
         let nonce = hex::decode(&meta.nonce)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let tenant = match meta.tenant.as_str() {
+            "" => crate::clients::DEFAULT_TENANT.to_string(),
+            t => t.to_string(),
+        };
         let mut state = SessionState::default();
         if let Some(done) = &meta.completed {
-            // Completed: finish a rename a crash may have interrupted.
-            let object = self.objects_dir.join(&meta.name);
-            if dir.join(PART).exists() {
-                fsutil::rename_durable(&dir.join(PART), &object)?;
-            }
+            // Completed: finish placing the object if a crash interrupted it.
+            complete::place_object(
+                &dir.join(PART),
+                &self.object_path(&tenant, &meta.name),
+                meta.overwrite,
+            )
+            .map_err(|e| std::io::Error::other(e.message))?;
             state.received = done.size;
         } else {
             let (chunks, good_len) = chunk_log::read(&dir.join(LOG))?;
@@ -237,11 +285,11 @@ impl Store {
         }
         Ok(Some(Arc::new(Session {
             id: meta.upload_id.clone(),
+            tenant,
             dir: dir.to_path_buf(),
             size: meta.size,
             deferred: meta.deferred_length,
             name: meta.name.clone(),
-            key: integrity::session_key(&self.secret, &nonce, &meta.upload_id),
             nonce,
             part: Mutex::new(None),
             last_used: AtomicU64::new(now),
@@ -252,8 +300,14 @@ impl Store {
         })))
     }
 
-    /// `POST /v1/uploads`: a new session, or the one this idempotency key made before.
-    pub fn create(&self, key: Option<&str>, req: &CreateUpload) -> Result<UploadCreated, ApiError> {
+    /// `POST /v1/uploads` by `tenant`: a new session, or the one this idempotency key
+    /// made before.
+    pub fn create(
+        &self,
+        tenant: &str,
+        key: Option<&str>,
+        req: &CreateUpload,
+    ) -> Result<UploadCreated, ApiError> {
         if req.deferred_length && req.size != 0 {
             return Err(ApiError::new(
                 400,
@@ -279,8 +333,16 @@ impl Store {
                 format!("invalid object name {:?}", req.name),
             ));
         }
-        if let Some(answer) = self.created_for_key(key, req) {
+        if let Some(answer) = self.created_for_key(tenant, key, req) {
             return answer;
+        }
+        if !req.overwrite && self.object_path(tenant, &req.name).exists() {
+            return Err(object_exists(&req.name));
+        }
+        self.check_quota(tenant, req.size, true)?;
+        if self.per_tenant {
+            std::fs::create_dir_all(self.objects_dir(tenant))
+                .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
         }
         let mut raw = [0u8; 16];
         rand::rng().fill_bytes(&mut raw);
@@ -295,6 +357,8 @@ impl Store {
             name: req.name.clone(),
             metadata: req.metadata.clone(),
             nonce: hex::encode(nonce),
+            tenant: tenant.to_string(),
+            overwrite: req.overwrite,
             idempotency_key: key.map(str::to_owned),
             created_at: now,
             expires_at: now + wire::SESSION_MAX_AGE_SECS,
@@ -347,11 +411,11 @@ impl Store {
         };
         let session = Arc::new(Session {
             id: id.clone(),
+            tenant: tenant.to_string(),
             dir,
             size: req.size,
             deferred: req.deferred_length,
             name: req.name.clone(),
-            key: integrity::session_key(&self.secret, &nonce, &id),
             nonce: nonce.to_vec(),
             part: Mutex::new(Some(Arc::new(part))),
             last_used: AtomicU64::new(now),
@@ -363,11 +427,12 @@ impl Store {
         // The files were made without the index lock (their fsyncs must not hold up every
         // other request); a create with the same key may have won meanwhile.
         let mut idx = lock(&self.index);
-        if key.is_some_and(|k| idx.by_key.contains_key(k)) {
+        let scoped = key.map(|k| (tenant.to_string(), k.to_string()));
+        if scoped.as_ref().is_some_and(|k| idx.by_key.contains_key(k)) {
             drop(idx);
             session.close_files();
             let _ = std::fs::remove_dir_all(&session.dir);
-            return self.created_for_key(key, req).unwrap_or_else(|| {
+            return self.created_for_key(tenant, key, req).unwrap_or_else(|| {
                 Err(ApiError::new(
                     503,
                     code::UNAVAILABLE,
@@ -375,8 +440,8 @@ impl Store {
                 ))
             });
         }
-        if let Some(k) = key {
-            idx.by_key.insert(k.to_owned(), id.clone());
+        if let Some(k) = scoped {
+            idx.by_key.insert(k, id.clone());
         }
         idx.by_id.insert(id, session);
         Ok(created(&meta))
@@ -385,11 +450,13 @@ impl Store {
     /// The session an idempotency key already created, if any (or its mismatch).
     fn created_for_key(
         &self,
+        tenant: &str,
         key: Option<&str>,
         req: &CreateUpload,
     ) -> Option<Result<UploadCreated, ApiError>> {
         let idx = lock(&self.index);
-        let existing = idx.by_id.get(idx.by_key.get(key?)?)?;
+        let scoped = (tenant.to_string(), key?.to_string());
+        let existing = idx.by_id.get(idx.by_key.get(&scoped)?)?;
         let meta = lock(&existing.meta);
         if meta.size != req.size
             || meta.deferred_length != req.deferred_length
@@ -404,11 +471,13 @@ impl Store {
         Some(Ok(created(&meta)))
     }
 
-    /// The live session `id`.
-    pub fn get(&self, id: &str) -> Result<Arc<Session>, ApiError> {
+    /// The live session `id` of `tenant` (another tenant's is unknown, not forbidden:
+    /// its existence is not told).
+    pub fn get(&self, tenant: &str, id: &str) -> Result<Arc<Session>, ApiError> {
         let s = lock(&self.index)
             .by_id
             .get(id)
+            .filter(|s| s.tenant == tenant)
             .cloned()
             .ok_or_else(|| ApiError::unknown_upload(id))?;
         if lock(&s.meta).expires_at <= now_secs() {
@@ -423,14 +492,17 @@ impl Store {
 
     /// `DELETE /v1/uploads/{id}`: forget the session and free its space. A completed
     /// object stays.
-    pub fn delete(&self, id: &str) -> Result<(), ApiError> {
+    pub fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
         let mut idx = lock(&self.index);
+        if idx.by_id.get(id).is_none_or(|s| s.tenant != tenant) {
+            return Err(ApiError::unknown_upload(id));
+        }
         let s = idx
             .by_id
             .remove(id)
             .ok_or_else(|| ApiError::unknown_upload(id))?;
         if let Some(k) = &lock(&s.meta).idempotency_key {
-            idx.by_key.remove(k);
+            idx.by_key.remove(&(s.tenant.clone(), k.clone()));
         }
         drop(idx);
         s.close_files();
@@ -456,7 +528,7 @@ impl Store {
                     || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now);
                 if remove {
                     if let Some(k) = &meta.idempotency_key {
-                        by_key.remove(k);
+                        by_key.remove(&(s.tenant.clone(), k.clone()));
                     }
                     drop(meta);
                     gone.push(Arc::clone(s));
@@ -491,6 +563,14 @@ impl Store {
             .filter(|s| lock(&s.part).is_some())
             .count()
     }
+}
+
+fn object_exists(name: &str) -> ApiError {
+    ApiError::new(
+        409,
+        code::OBJECT_EXISTS,
+        format!("an object named {name:?} exists; ask to overwrite it to replace it"),
+    )
 }
 
 fn created(meta: &SessionMeta) -> UploadCreated {
@@ -549,10 +629,6 @@ impl Session {
         }
     }
 
-    pub fn key(&self) -> &[u8; 32] {
-        &self.key
-    }
-
     pub fn nonce(&self) -> &[u8] {
         &self.nonce
     }
@@ -600,11 +676,14 @@ impl Session {
 mod chunks;
 mod complete;
 mod partials;
+mod quota;
 
 use chunks::InFlight;
 pub use chunks::{BeginChunk, Reservation};
 pub use partials::{Receipt, TakenOver};
 
+#[cfg(test)]
+mod tenant_tests;
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;

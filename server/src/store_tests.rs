@@ -1,9 +1,13 @@
 //! Unit tests of the session store (real files in a temp dir).
 use super::*;
 use std::io::Write;
+use uplink_proto::integrity;
+
+/// The tenant of these tests.
+const T: &str = crate::clients::DEFAULT_TENANT;
 
 fn store(dir: &Path) -> Store {
-    Store::open(dir, ChunkSecret::from_bytes([7; 32])).unwrap()
+    Store::open(dir, false).unwrap()
 }
 
 fn put(s: &Arc<Session>, offset: u64, data: &[u8]) -> Result<bool, ApiError> {
@@ -29,16 +33,18 @@ fn create(st: &Store, size: u64) -> Arc<Session> {
 fn create_named(st: &Store, key: &str, size: u64, deferred: bool, name: &str) -> Arc<Session> {
     let c = st
         .create(
+            T,
             Some(key),
             &CreateUpload {
                 deferred_length: deferred,
                 size,
                 name: name.into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .unwrap();
-    st.get(&c.upload_id).unwrap()
+    st.get(T, &c.upload_id).unwrap()
 }
 
 #[test]
@@ -51,7 +57,7 @@ fn chunks_survive_a_restart_and_assemble_in_order() {
     let id = s.id.clone();
     drop((s, st));
     let st = store(tmp);
-    let s = st.get(&id).unwrap();
+    let s = st.get(T, &id).unwrap();
     assert_eq!(s.state().received_bytes, 6);
     assert!(!put(&s, 0, b"0123").unwrap());
     let root = uplink_proto::merkle::root_of([
@@ -59,20 +65,14 @@ fn chunks_survive_a_restart_and_assemble_in_order() {
         (4, 6, &integrity::sha256(b"456789")),
     ])
     .unwrap();
-    let done = s
-        .complete(st.objects_dir(), &hex::encode(root), None)
-        .unwrap();
+    let done = s.complete(&st, &hex::encode(root), None).unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
     assert_eq!(
-        std::fs::read(st.objects_dir().join("f.bin")).unwrap(),
+        std::fs::read(st.object_path(T, "f.bin")).unwrap(),
         b"0123456789"
     );
     // Idempotent.
-    assert_eq!(
-        s.complete(st.objects_dir(), &hex::encode(root), None)
-            .unwrap(),
-        done
-    );
+    assert_eq!(s.complete(&st, &hex::encode(root), None).unwrap(), done);
 }
 
 #[test]
@@ -126,12 +126,12 @@ fn a_torn_log_line_is_cut_off() {
         .write_all(b"{\"o\":4,\"l\"")
         .unwrap();
     let st = store(tmp);
-    let s = st.get(&id).unwrap();
+    let s = st.get(T, &id).unwrap();
     assert_eq!(s.state().chunk_count, 1);
     put(&s, 4, b"efgh").unwrap();
     drop((s, st));
     let st = store(tmp);
-    assert_eq!(st.get(&id).unwrap().state().chunk_count, 2);
+    assert_eq!(st.get(T, &id).unwrap().state().chunk_count, 2);
 }
 
 #[test]
@@ -144,19 +144,20 @@ fn idempotency_key_finds_the_same_session() {
         size: 5,
         name: "a".into(),
         metadata: Default::default(),
+        overwrite: false,
     };
-    let a = st.create(Some("job-1"), &req).unwrap();
-    assert_eq!(st.create(Some("job-1"), &req).unwrap(), a);
+    let a = st.create(T, Some("job-1"), &req).unwrap();
+    assert_eq!(st.create(T, Some("job-1"), &req).unwrap(), a);
     let other = CreateUpload {
         deferred_length: false,
         size: 6,
         ..req.clone()
     };
     assert_eq!(
-        st.create(Some("job-1"), &other).unwrap_err().code,
+        st.create(T, Some("job-1"), &other).unwrap_err().code,
         code::IDEMPOTENCY_MISMATCH
     );
-    assert_ne!(st.create(None, &req).unwrap().upload_id, a.upload_id);
+    assert_ne!(st.create(T, None, &req).unwrap().upload_id, a.upload_id);
 }
 
 #[test]
@@ -213,7 +214,7 @@ fn a_completed_session_holds_no_files_and_is_swept_after_retention() {
     let s = create(&st, 10);
     assert_eq!(st.open_sessions(), 1, "a fresh session has its files open");
     put(&s, 0, b"0123456789").unwrap();
-    s.complete(st.objects_dir(), &root_of(&[(0, b"0123456789")]), None)
+    s.complete(&st, &root_of(&[(0, b"0123456789")]), None)
         .unwrap();
     assert_eq!(st.open_sessions(), 0, "complete closes the files");
     let done_at = lock(&s.meta)
@@ -224,12 +225,12 @@ fn a_completed_session_holds_no_files_and_is_swept_after_retention() {
 
     // Within the retention a repeat of create (same key) finds the completed session.
     assert_eq!(st.sweep(done_at + 59, 60), 0);
-    assert!(st.get(&id).is_ok());
+    assert!(st.get(T, &id).is_ok());
     assert_eq!(st.sweep(done_at + 60, 60), 1);
-    assert!(st.get(&id).is_err(), "swept sessions are gone");
+    assert!(st.get(T, &id).is_err(), "swept sessions are gone");
     assert!(!tmp.path().join("sessions").join(&id).exists());
     assert_eq!(
-        std::fs::read(st.objects_dir().join("f.bin")).unwrap(),
+        std::fs::read(st.object_path(T, "f.bin")).unwrap(),
         b"0123456789",
         "the object stays"
     );
@@ -268,11 +269,7 @@ fn idle_files_close_and_reopen_when_the_upload_goes_on() {
     put(&s, 4, b"456789").unwrap();
     assert_eq!(st.open_sessions(), 1);
     let done = s
-        .complete(
-            st.objects_dir(),
-            &root_of(&[(0, b"0123"), (4, b"456789")]),
-            None,
-        )
+        .complete(&st, &root_of(&[(0, b"0123"), (4, b"456789")]), None)
         .unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"0123456789")));
 }
@@ -348,10 +345,11 @@ fn racing_creates_with_one_key_make_one_session() {
         size: 10,
         name: "race.bin".into(),
         metadata: Default::default(),
+        overwrite: false,
     };
     let ids: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| st.create(Some("same-key"), &req).unwrap().upload_id))
+            .map(|_| scope.spawn(|| st.create(T, Some("same-key"), &req).unwrap().upload_id))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -532,28 +530,28 @@ fn a_deferred_length_upload_takes_chunks_as_the_file_grows_and_complete_seals_it
     let id = s.id.clone();
     drop((s, st));
     let st = store(tmp.path());
-    let s = st.get(&id).unwrap();
+    let s = st.get(T, &id).unwrap();
     put(&s, 10, b" 3\n").unwrap();
     let root = root_of(&[(0, b"ply\n"), (4, b"vertex"), (10, b" 3\n")]);
-    let err = s.complete(st.objects_dir(), &root, None).unwrap_err();
+    let err = s.complete(&st, &root, None).unwrap_err();
     assert_eq!(err.code, code::BAD_REQUEST, "the length must be named");
-    let err = s.complete(st.objects_dir(), &root, Some(20)).unwrap_err();
+    let err = s.complete(&st, &root, Some(20)).unwrap_err();
     assert_eq!(err.code, code::INCOMPLETE, "bytes 13..20 were never sent");
-    let err = s.complete(st.objects_dir(), &root, Some(10)).unwrap_err();
+    let err = s.complete(&st, &root, Some(10)).unwrap_err();
     assert_eq!(err.code, code::LENGTH_MISMATCH, "a chunk lies past 10");
-    let done = s.complete(st.objects_dir(), &root, Some(13)).unwrap();
+    let done = s.complete(&st, &root, Some(13)).unwrap();
     assert_eq!(done.size, 13);
     assert_eq!(
         done.sha256,
         hex::encode(integrity::sha256(b"ply\nvertex 3\n"))
     );
     assert_eq!(
-        std::fs::read(st.objects_dir().join("capture.ply")).unwrap(),
+        std::fs::read(st.object_path(T, "capture.ply")).unwrap(),
         b"ply\nvertex 3\n"
     );
     assert_eq!(s.state().size, 13, "the state reports the sealed length");
     // A repeat of complete answers the same.
-    assert_eq!(s.complete(st.objects_dir(), &root, Some(13)).unwrap(), done);
+    assert_eq!(s.complete(&st, &root, Some(13)).unwrap(), done);
 }
 
 #[test]
@@ -563,20 +561,19 @@ fn a_declared_length_cannot_be_changed_at_complete_nor_a_deferred_one_given_a_si
     let s = create(&st, 4);
     put(&s, 0, b"0123").unwrap();
     let root = root_of(&[(0, b"0123")]);
-    let err = s.complete(st.objects_dir(), &root, Some(5)).unwrap_err();
+    let err = s.complete(&st, &root, Some(5)).unwrap_err();
     assert_eq!(err.code, code::LENGTH_MISMATCH);
-    assert_eq!(
-        s.complete(st.objects_dir(), &root, Some(4)).unwrap().size,
-        4
-    );
+    assert_eq!(s.complete(&st, &root, Some(4)).unwrap().size, 4);
     let err = st
         .create(
+            T,
             None,
             &CreateUpload {
                 deferred_length: true,
                 size: 7,
                 name: "x.bin".into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .unwrap_err();
@@ -603,15 +600,15 @@ fn a_declared_replacement_is_taken_before_completion_and_survives_a_restart() {
     let id = s.id.clone();
     drop((s, st));
     let st = store(tmp.path());
-    let s = st.get(&id).unwrap();
+    let s = st.get(T, &id).unwrap();
     let root = root_of(&[(0, b"ply 2\n"), (6, b"points")]);
-    let done = s.complete(st.objects_dir(), &root, Some(12)).unwrap();
+    let done = s.complete(&st, &root, Some(12)).unwrap();
     assert_eq!(
         done.sha256,
         hex::encode(integrity::sha256(b"ply 2\npoints"))
     );
     assert_eq!(
-        std::fs::read(st.objects_dir().join("capture.ply")).unwrap(),
+        std::fs::read(st.object_path(T, "capture.ply")).unwrap(),
         b"ply 2\npoints"
     );
     let after = put_as(&s, 0, b"ply 3\n", true).unwrap_err();
@@ -629,6 +626,6 @@ fn a_replacement_behind_the_running_hash_gives_the_final_bytes_hash() {
     assert!(!put_as(&s, 0, b"HEAD", true).unwrap());
     s.advance_hash(None);
     let root = root_of(&[(0, b"HEAD"), (4, b"body")]);
-    let done = s.complete(st.objects_dir(), &root, Some(8)).unwrap();
+    let done = s.complete(&st, &root, Some(8)).unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"HEADbody")));
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
-use super::{LOG, META, PART, Session, fsutil, lock, now_secs};
+use super::{LOG, META, PART, Session, Store, fsutil, lock, now_secs, object_exists};
 use crate::error::ApiError;
 
 impl Session {
@@ -50,25 +50,23 @@ impl Session {
     /// then assembles the object. Idempotent: a repeat answers the same result.
     pub fn complete(
         &self,
-        objects_dir: &Path,
+        store: &Store,
         merkle_root: &str,
         size: Option<u64>,
     ) -> Result<UploadCompleted, ApiError> {
+        let dest = store.object_path(&self.tenant, &self.name);
         let claimed = uplink_proto::parse_hex32(merkle_root).ok_or_else(|| {
             ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits")
         })?;
         let size = self.final_size(size)?;
         let _one = lock(&self.completing);
         let part_path = self.dir.join(PART);
-        {
+        let overwrite = {
             let meta = lock(&self.meta);
             if let Some(done) = &meta.completed {
                 if meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
                     // An earlier complete may have stopped before the object was in place.
-                    if part_path.exists() {
-                        fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
-                            .map_err(|e| ApiError::io("moving the object into place", &e))?;
-                    }
+                    place_object(&part_path, &dest, meta.overwrite)?;
                     return Ok(done.clone());
                 }
                 return Err(ApiError::new(
@@ -77,7 +75,8 @@ impl Session {
                     "upload completed with another Merkle root",
                 ));
             }
-        }
+            meta.overwrite
+        };
         // Checked under the state lock, which is released before the (long) hashing: once
         // every byte is stored, later PUTs can only be replays or conflicts.
         let st = lock(&self.state);
@@ -125,6 +124,11 @@ impl Session {
             size,
             location: wire::object_path(&self.name),
         };
+        // Without overwrite, the link that claims the name is the commit point: an object
+        // made meanwhile under this name wins, and this upload is told so.
+        if !overwrite {
+            link_new(&part_path, &dest)?;
+        }
         // Record completion first: a crash after this line finishes the rename on load.
         let mut meta = lock(&self.meta);
         let mut next_meta = meta.clone();
@@ -141,9 +145,36 @@ impl Session {
         drop(part);
         // Requests still holding the files only find their chunk already stored.
         self.close_files();
-        fsutil::rename_durable(&part_path, &objects_dir.join(&self.name))
-            .map_err(|e| ApiError::io("moving the object into place", &e))?;
+        let replaced = place_object(&part_path, &dest, overwrite)?;
+        store.note_stored(&self.tenant, size, replaced);
         let _ = std::fs::remove_file(self.dir.join(LOG));
         Ok(done)
     }
+}
+
+/// Puts a completed session's part file at `dest`, if it is not there already (a crash
+/// or a failed answer can interrupt this; it is repeated on load and on the next
+/// complete). Returns the size of the object it replaced.
+pub(super) fn place_object(part: &Path, dest: &Path, overwrite: bool) -> Result<u64, ApiError> {
+    if !part.exists() {
+        return Ok(0);
+    }
+    match fsutil::place(part, dest, overwrite) {
+        Ok(Some(replaced)) => Ok(replaced),
+        Ok(None) => Err(name_taken(dest)),
+        Err(e) => Err(ApiError::io("moving the object into place", &e)),
+    }
+}
+
+/// Claims `dest` for `part` with a link, unless another file holds that name.
+fn link_new(part: &Path, dest: &Path) -> Result<(), ApiError> {
+    match fsutil::link_new(part, dest) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(name_taken(dest)),
+        Err(e) => Err(ApiError::io("moving the object into place", &e)),
+    }
+}
+
+fn name_taken(dest: &Path) -> ApiError {
+    object_exists(&dest.file_name().unwrap_or_default().to_string_lossy())
 }

@@ -138,6 +138,8 @@ pub struct Server {
     pub extra: Vec<String>,
     /// Its open-files limit (`ulimit -n`), if the test set one.
     pub nofile: Option<u64>,
+    /// Started with `--clients DIR` (tenants) instead of `--token-file`.
+    pub clients: Option<PathBuf>,
 }
 
 /// The secret in the servers' (and daemons') token file; it never goes on the wire.
@@ -177,13 +179,31 @@ impl Server {
                 Self::start_at(
                     dir,
                     &listen,
-                    &token_file,
+                    Some(&token_file),
                     Some(sim.server_ns()),
                     extra,
                     None,
                 )
             }
-            None => Self::start_at(dir, "127.0.0.1:0", &token_file, None, extra, None),
+            None => Self::start_at(dir, "127.0.0.1:0", Some(&token_file), None, extra, None),
+        }
+    }
+
+    /// On loopback, serving the tenants of `clients` (`--clients DIR`), with extra flags.
+    /// `token_file` stays the one daemons of this test use by default.
+    pub fn start_tenants(dir: &Path, clients: &Path, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--clients".to_string(), clients.display().to_string()]);
+        let mut s = Self::start_at(dir, "127.0.0.1:0", None, None, extra, None);
+        s.clients = Some(clients.to_path_buf());
+        s
+    }
+
+    /// Sends the server SIGHUP (it reads its clients again).
+    pub fn hangup(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.proc.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::HUP);
         }
     }
 
@@ -194,7 +214,14 @@ impl Server {
         let token_file = dir.join("token");
         std::fs::write(&token_file, TOKEN).expect("token");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        Self::start_at(dir, "127.0.0.1:0", &token_file, None, extra, Some(nofile))
+        Self::start_at(
+            dir,
+            "127.0.0.1:0",
+            Some(&token_file),
+            None,
+            extra,
+            Some(nofile),
+        )
     }
 
     /// The number of file descriptors the server process has open now.
@@ -204,10 +231,11 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Without a `token_file`, `extra` names the clients (`--clients DIR`).
     fn start_at(
         dir: &Path,
         listen: &str,
-        token_file: &Path,
+        token_file: Option<&Path>,
         netns: Option<String>,
         extra: Vec<String>,
         nofile: Option<u64>,
@@ -228,9 +256,10 @@ impl Server {
         cmd.arg("--listen")
             .arg(listen)
             .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--token-file")
-            .arg(token_file);
+            .arg(&data_dir);
+        if let Some(token_file) = token_file {
+            cmd.arg("--token-file").arg(token_file);
+        }
         let proc = Proc::start(cmd, &dir.join("server.log"));
         let addr = proc.field("addr");
         let ca = PathBuf::from(proc.field("ca"));
@@ -240,10 +269,11 @@ impl Server {
             addr,
             ca,
             data_dir,
-            token_file: token_file.to_path_buf(),
+            token_file: token_file.map_or_else(|| dir.join("token"), Path::to_path_buf),
             dir: dir.to_path_buf(),
             extra,
             nofile,
+            clients: None,
         }
     }
 
@@ -256,14 +286,16 @@ impl Server {
 
     /// Starts a killed server again on the same port and data dir.
     pub fn start_again(&mut self) {
-        let again = Self::start_at(
+        let token_file = self.clients.is_none().then_some(self.token_file.as_path());
+        let mut again = Self::start_at(
             &self.dir,
             &self.addr,
-            &self.token_file,
+            token_file,
             self.netns.clone(),
             self.extra.clone(),
             self.nofile,
         );
+        again.clients = self.clients.take();
         *self = again;
     }
 
@@ -307,11 +339,21 @@ impl Daemon {
     /// The daemon inside a network namespace (netsim's client side); its socket is a
     /// file in `dir`, so the CLI reaches it from outside.
     pub fn command_in(dir: &Path, server: &Server, netns: Option<&str>) -> Command {
+        Self::command_as(dir, server, netns, &server.token_file)
+    }
+
+    /// With its own token file (a tenant's device).
+    pub fn command_as(
+        dir: &Path,
+        server: &Server,
+        netns: Option<&str>,
+        token_file: &Path,
+    ) -> Command {
         let mut cmd = in_netns(netns, "uplinkd");
         cmd.arg("--endpoint")
             .arg(server.url())
             .arg("--token-file")
-            .arg(&server.token_file)
+            .arg(token_file)
             .arg("--ca-file")
             .arg(&server.ca)
             .arg("--state-dir")

@@ -110,6 +110,7 @@ async fn a_chunk_cut_off_mid_body_resumes_from_what_the_server_has_and_arrives_i
                 size: size as u64,
                 name: "r.bin".into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .await
@@ -159,6 +160,7 @@ async fn a_resume_is_refused_without_the_key_or_when_the_server_lost_the_bytes()
                 size: (4 * MIB) as u64,
                 name: "b.bin".into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .await

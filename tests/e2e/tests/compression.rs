@@ -67,6 +67,7 @@ async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
                 size: 8192,
                 name: "z.bin".into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .await

@@ -31,6 +31,7 @@ async fn bad_chunks_are_refused_and_nothing_of_them_is_stored() {
                 size: 8,
                 name: "p.bin".into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .await
@@ -125,6 +126,7 @@ fn old_scheme_keys(sent: &str, upload_id: &str, nonce_hex: &str) -> SessionKeys 
         upload_id: upload_id.to_string(),
         nonce,
         key,
+        generation: 0,
     }
 }
 
@@ -165,6 +167,7 @@ async fn a_chunk_tagged_with_what_travels_is_refused() {
                 size: 8,
                 name: "f.bin".into(),
                 metadata: Default::default(),
+                overwrite: false,
             },
         )
         .await
@@ -224,6 +227,7 @@ async fn sessions_survive_a_server_restart_and_create_is_idempotent() {
         size: 8,
         name: "r.bin".into(),
         metadata: Default::default(),
+        overwrite: false,
     };
     let created = server_client(&server).create("job-r", &req).await.unwrap();
     let keys = server_client(&server)

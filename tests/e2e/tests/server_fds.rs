@@ -166,6 +166,7 @@ async fn out_of_file_descriptors_is_a_503_with_retry_after_and_the_server_recove
             size: 1000,
             name: format!("held-{n}.bin"),
             metadata: Default::default(),
+            overwrite: false,
         };
         match c.create(&format!("key-{n}"), &body).await {
             Ok(created) => open.push(created.upload_id),
@@ -199,6 +200,7 @@ async fn out_of_file_descriptors_is_a_503_with_retry_after_and_the_server_recove
         size: 1000,
         name: format!("held-{n}.bin"),
         metadata: Default::default(),
+        overwrite: false,
     };
     c.create(&format!("key-{n}"), &body)
         .await

@@ -42,6 +42,7 @@ impl Driver {
             size: if a.record.growing { 0 } else { a.record.size },
             name: a.record.target.clone(),
             metadata: a.record.metadata.clone(),
+            overwrite: a.record.overwrite,
         };
         let (client, key) = (Arc::clone(&self.shared.client), a.record.job_id.clone());
         self.spawn_request(req, async move {
@@ -108,6 +109,14 @@ impl Driver {
         let Some(a) = self.jobs.get_mut(&job) else {
             return;
         };
+        // Keys from before a rotated secret are made again from the new one.
+        if let Some(fresh) = a
+            .keys
+            .as_ref()
+            .and_then(|k| self.shared.client.refresh_keys(k))
+        {
+            a.keys = Some(Arc::new(fresh));
+        }
         let (Some(payload), Some(keys)) = (a.buffers.get(&offset).cloned(), a.keys.clone()) else {
             // The core sends only what was read, within a session: a broken promise.
             self.refuse(
@@ -200,6 +209,7 @@ impl Driver {
             size,
             name: a.record.target.clone(),
             metadata: a.record.metadata.clone(),
+            overwrite: a.record.overwrite,
         };
         self.spawn_request(req, async move {
             let mut wire_bytes = 0;

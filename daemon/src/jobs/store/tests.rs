@@ -55,6 +55,7 @@ fn job(n: u64, state: JobState) -> JobRecord {
         live: false,
         growing: false,
         rewritten: Vec::new(),
+        overwrite: false,
     }
 }
 

@@ -1,0 +1,90 @@
+//! Per-tenant quotas: bytes held (objects plus the declared sizes of open uploads) and
+//! uploads open. Checked at create, so a tenant over its quota is told before it sends a
+//! byte; an upload already admitted always completes.
+
+use std::path::Path;
+
+use uplink_proto::wire::code;
+
+use super::{Store, lock};
+use crate::error::ApiError;
+
+impl Store {
+    /// Refuses a new upload of `size` bytes that would take `tenant` past its quota (a
+    /// `session` also counts against the uploads open; a whole-object PUT does not).
+    pub fn check_quota(&self, tenant: &str, size: u64, session: bool) -> Result<(), ApiError> {
+        if self.quota.bytes.is_none() && self.quota.sessions.is_none() {
+            return Ok(());
+        }
+        let (open, open_bytes) = {
+            let idx = lock(&self.index);
+            idx.by_id
+                .values()
+                .filter(|s| s.tenant == tenant && lock(&s.meta).completed.is_none())
+                .fold((0usize, 0u64), |(n, b), s| (n + 1, b + s.size))
+        };
+        if let Some(max) = self.quota.sessions
+            && session
+            && open >= max
+        {
+            return Err(ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(
+                    429,
+                    code::TOO_MANY_SESSIONS,
+                    format!("{open} uploads open, the quota is {max}: one finishing makes room"),
+                )
+            });
+        }
+        if let Some(max) = self.quota.bytes {
+            let stored = self.stored_bytes(tenant)?;
+            let total = stored.saturating_add(open_bytes).saturating_add(size);
+            if total > max {
+                return Err(ApiError::new(
+                    413,
+                    code::QUOTA_EXCEEDED,
+                    format!(
+                        "{size} more bytes would hold {total}, the quota is {max} \
+                         ({stored} in objects, {open_bytes} in open uploads)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in `tenant`'s objects (counted once by listing, then kept up to date).
+    fn stored_bytes(&self, tenant: &str) -> Result<u64, ApiError> {
+        if let Some(n) = lock(&self.stored).get(tenant) {
+            return Ok(*n);
+        }
+        let n = dir_bytes(&self.objects_dir(tenant))
+            .map_err(|e| ApiError::io("counting the tenant's objects", &e))?;
+        Ok(*lock(&self.stored).entry(tenant.to_string()).or_insert(n))
+    }
+
+    /// An object of `added` bytes was placed, replacing one of `replaced` bytes.
+    pub fn note_stored(&self, tenant: &str, added: u64, replaced: u64) {
+        if let Some(n) = lock(&self.stored).get_mut(tenant) {
+            *n = n.saturating_add(added).saturating_sub(replaced);
+        }
+    }
+}
+
+/// Total size of the regular, visible files in `dir` (a missing dir holds nothing).
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
