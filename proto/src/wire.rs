@@ -396,6 +396,13 @@ pub mod code {
     /// 429 with `Retry-After`: the tenant has as many uploads open as its quota allows;
     /// one finishing makes room.
     pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
+    /// 503 with `Retry-After`: the server (or this connection) holds as many request
+    /// bytes in memory as it may; the same request will pass shortly.
+    pub const BUSY: &str = "busy";
+    /// 503 with `Retry-After`: the server has as many connections open as it may.
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+    /// 408: the request body sent nothing for the server's idle time; send it again.
+    pub const BODY_TIMEOUT: &str = "body_timeout";
     /// 503 with `Retry-After`: the server is short of a resource that frees up by itself
     /// (open files); the same request will succeed later.
     pub const UNAVAILABLE: &str = "unavailable";

@@ -12,6 +12,7 @@ use uplink_proto::wire::{
 use crate::chunk_put;
 use crate::clients::{Client, ClientSource, Clients};
 use crate::error::ApiError;
+use crate::limits::{self, Budget, Connections, IdleBody, Limits};
 use crate::objects;
 use crate::store::Store;
 
@@ -29,6 +30,11 @@ pub struct App {
     pub client_source: ClientSource,
     /// `Alt-Svc` value advertised on responses (HTTP/3), if any.
     pub alt_svc: Option<String>,
+    pub limits: Limits,
+    /// Request body bytes held in memory, all connections together.
+    pub buffered: Arc<Budget>,
+    /// Connections open, HTTP/2 and HTTP/3 together.
+    pub connections: Arc<Connections>,
 }
 
 /// Handles one request; never fails (errors become JSON error responses).
@@ -37,10 +43,12 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
+    let req = req.map(|body| IdleBody::new(body, app.limits.body_idle));
     let mut resp = match route(&app, req).await {
         Ok(r) => r,
         Err(e) => {
-            if e.status >= 500 {
+            // A 503 with Retry-After is a limit doing its job, not a failure.
+            if e.status >= 500 && e.retry_after.is_none() {
                 tracing::error!(error = %e, "request failed");
             } else {
                 tracing::debug!(error = %e, "request refused");
@@ -95,8 +103,10 @@ where
     B::Error: std::fmt::Display,
 {
     let path = req.uri().path().to_owned();
-    let route = wire::parse_route(&path)
-        .ok_or_else(|| ApiError::new(404, code::NOT_FOUND, format!("no such path {path}")))?;
+    let Some(route) = wire::parse_route(&path) else {
+        let e = ApiError::new(404, code::NOT_FOUND, format!("no such path {path}"));
+        return refuse(req, e).await;
+    };
     let method = req.method().clone();
     if route == Route::Ping {
         return match method {
@@ -104,7 +114,10 @@ where
             _ => Err(not_allowed(&method, &path)),
         };
     }
-    let client = authorize(app, req.headers())?;
+    let client = match authorize(app, req.headers()) {
+        Ok(client) => client,
+        Err(e) => return refuse(req, e).await,
+    };
     let tenant = client.id.as_str();
     match (route, method) {
         (Route::Uploads, Method::POST) => {
@@ -138,8 +151,8 @@ where
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Route::Complete(id), Method::POST) => {
-            let session = app.store.get(tenant, id)?;
             let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
+            let session = app.store.get(tenant, id)?;
             let complete: CompleteUpload = parse_json(&body)?;
             let app2 = Arc::clone(app);
             let done = blocking(move || {
@@ -157,6 +170,17 @@ where
         (Route::Object(name), Method::PUT) => objects::put(app, tenant, name, req).await,
         (_, method) => Err(not_allowed(&method, &path)),
     }
+}
+
+/// Answers `e` after reading a little of the body, so a client still sending it sees the
+/// answer rather than a reset stream.
+async fn refuse<B>(req: Request<B>, e: ApiError) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut body = req.into_body();
+    chunk_put::drain(&mut body).await;
+    Err(e)
 }
 
 /// The client this request's bearer credential belongs to.
@@ -221,6 +245,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// Reads a whole body of at most `limit` bytes, as the frames it arrived in (no copy).
 /// A request body that ended before its end (the client reset it or lost the connection).
 pub(crate) fn interrupted(e: impl std::fmt::Display) -> ApiError {
+    let e = e.to_string();
+    if limits::is_idle(&e) {
+        return ApiError::new(408, code::BODY_TIMEOUT, e);
+    }
     ApiError::new(
         400,
         code::BAD_REQUEST,

@@ -16,6 +16,7 @@ use crate::api::{
 };
 use crate::clients::Client;
 use crate::error::ApiError;
+use crate::limits::{self, ConnectionBudget, Held};
 use crate::store::{BeginChunk, Receipt, Reservation, Session, TakenOver};
 
 /// A refused request's body is read up to this much before the answer goes out.
@@ -38,7 +39,7 @@ where
     let (head, mut body) = req.into_parts();
     // Answered before the body is read (refused, or a replay): read a little of it first,
     // so a client still sending sees the answer rather than a reset stream.
-    match admit(app, client, id, offset, &head.headers) {
+    match admit(app, client, id, offset, &head) {
         Ok(Admitted::Receive(chunk)) => receive(chunk, offset, body).await,
         Ok(Admitted::Duplicate { length }) => {
             drain(&mut body).await;
@@ -76,6 +77,8 @@ struct Incoming {
     expect: ChunkDigest,
     /// The body's first bytes, received by an earlier request (a resumed PUT).
     prefix: Vec<Bytes>,
+    /// The memory its body may take, held until its bytes are stored and hashed.
+    held: (Held, Option<Held>),
 }
 
 /// A chunk PUT's headers, parsed and authenticated.
@@ -161,8 +164,9 @@ fn admit(
     client: &Client,
     id: &str,
     offset: u64,
-    h: &HeaderMap,
+    head: &http::request::Parts,
 ) -> Result<Admitted, ApiError> {
+    let h = &head.headers;
     let session = app.store.get(&client.id, id)?;
     let ChunkHeaders {
         length,
@@ -177,6 +181,13 @@ fn admit(
         match session.begin_chunk(offset, length, &expect.sha256, replace)? {
             BeginChunk::Duplicate => Admitted::Duplicate { length },
             BeginChunk::Reserved(reservation) => {
+                // An LZ4 body and what it decodes to are both in memory for a moment.
+                let bytes = if lz4 { 2 * length } else { length };
+                let held = limits::take_for_body(
+                    &app.buffered,
+                    head.extensions.get::<ConnectionBudget>(),
+                    bytes,
+                )?;
                 let prefix = match resume_from {
                     0 => Vec::new(),
                     from => session.resume_prefix(offset, length, &expect.sha256, from)?,
@@ -188,6 +199,7 @@ fn admit(
                     lz4,
                     expect,
                     prefix,
+                    held,
                 })
             }
         },
@@ -235,6 +247,7 @@ where
         lz4,
         expect,
         prefix,
+        held,
     } = chunk;
     let body = match lz4 {
         // A compressed body may be a little larger than its chunk when the data does not
@@ -262,7 +275,10 @@ where
     })
     .await?;
     // The running file hash catches up off the request's path: the ack does not wait.
-    tokio::task::spawn_blocking(move || session.advance_hash(Some((offset, &parts))));
+    tokio::task::spawn_blocking(move || {
+        session.advance_hash(Some((offset, &parts)));
+        drop(held);
+    });
     Ok(json(
         StatusCode::CREATED,
         &ChunkStored {

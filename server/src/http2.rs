@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, App};
+use crate::limits::{self, Budget, ConnectionBudget, Connections};
 
 /// Per-stream flow-control window: a 4 MiB chunk flows without waiting for updates.
 pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
@@ -17,6 +18,11 @@ pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 const MAX_FRAME: u32 = 1024 * 1024;
 const MAX_STREAMS: u32 = 256;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections past the limit are told so (503 on every request) for this long, then
+/// closed; at most [`OVERFLOW_CONNECTIONS`] of them at once, beyond that they are closed
+/// unanswered.
+const OVERFLOW_TIME: Duration = Duration::from_secs(5);
+const OVERFLOW_CONNECTIONS: usize = 64;
 
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
@@ -26,6 +32,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let overflow = Connections::new(OVERFLOW_CONNECTIONS);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -41,6 +48,16 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
+        let slot = match app.connections.try_open() {
+            Some(slot) => Ok(slot),
+            None => match overflow.try_open() {
+                Some(over) => Err(over),
+                None => {
+                    tracing::debug!(%peer, "connection limit and overflow reached: closed");
+                    continue;
+                }
+            },
+        };
         let (acceptor, app) = (acceptor.clone(), Arc::clone(&app));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -55,23 +72,43 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = service_fn(move |req| {
+            let _slot = match slot {
+                Ok(slot) => slot,
+                Err(_over) => {
+                    tracing::debug!(%peer, "over the connection limit: answering 503");
+                    let max = app.connections.max();
+                    let refuse = service_fn(move |_req| async move {
+                        let e = limits::too_many_connections(max);
+                        Ok::<_, std::convert::Infallible>(api::error_response(&e))
+                    });
+                    let conn = builder().serve_connection(TokioIo::new(tls), refuse);
+                    let _ = tokio::time::timeout(OVERFLOW_TIME, conn).await;
+                    return;
+                }
+            };
+            let budget = ConnectionBudget(Budget::new(app.limits.connection_buffered));
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(budget.clone());
                 let app = Arc::clone(&app);
                 async move { Ok::<_, std::convert::Infallible>(api::handle(app, req).await) }
             });
-            let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_frame_size(MAX_FRAME)
-                .max_concurrent_streams(MAX_STREAMS)
-                .max_send_buf_size(1024 * 1024)
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let result = builder().serve_connection(TokioIo::new(tls), service).await;
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// The HTTP/2 settings of every connection.
+fn builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buf_size(1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
 }

@@ -15,6 +15,7 @@ use crate::api::{self, App, ResponseBody};
 use crate::early_data::{self, Handshake};
 use crate::error::ApiError;
 use crate::http3_body::H3Body;
+use crate::limits::{Budget, ConnectionBudget};
 use crate::listen::UdpBound;
 
 /// Per-stream receive window. It also bounds what can wait behind a lost packet in one
@@ -91,10 +92,20 @@ pub fn endpoint(udp: UdpBound, tls: rustls::ServerConfig) -> Result<quinn::Endpo
 /// Largest UDP payload accepted (a 9000-byte jumbo frame less IP/UDP headers).
 const MAX_UDP_PAYLOAD: u16 = 8952;
 /// Accepts connections until the endpoint is closed.
+/// Past the connection limit a connection is refused (QUIC CONNECTION_REFUSED): the
+/// client tries again, or goes on over HTTP/2.
 pub async fn serve(endpoint: quinn::Endpoint, app: Arc<App>) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some(slot) = app.connections.try_open() else {
+            tracing::debug!(peer = %incoming.remote_address(), "over the connection limit: refused");
+            incoming.refuse();
+            continue;
+        };
         let app = Arc::clone(&app);
-        tokio::spawn(serve_connection(incoming, app));
+        tokio::spawn(async move {
+            serve_connection(incoming, app).await;
+            drop(slot);
+        });
     }
 }
 
@@ -135,11 +146,18 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<App>) {
             return;
         }
     };
+    let budget = ConnectionBudget(Budget::new(app.limits.connection_buffered));
     loop {
         match h3.accept().await {
             Ok(Some(resolver)) => {
                 let (app, handshake, conn) = (Arc::clone(&app), handshake.clone(), conn.clone());
-                tokio::spawn(serve_request(resolver, app, handshake, conn));
+                tokio::spawn(serve_request(
+                    resolver,
+                    app,
+                    handshake,
+                    conn,
+                    budget.clone(),
+                ));
             }
             Ok(None) => break,
             Err(e) => {
@@ -160,6 +178,7 @@ async fn serve_request(
     app: Arc<App>,
     handshake: Handshake,
     conn: quinn::Connection,
+    budget: ConnectionBudget,
 ) {
     let (req, stream) = match resolver.resolve_request().await {
         Ok(r) => r,
@@ -173,7 +192,8 @@ async fn serve_request(
     let resp = if handshake.is_complete()
         || early_data::allowed_in_early_data(req.method(), req.uri().path(), req.headers())
     {
-        let (parts, ()) = req.into_parts();
+        let (mut parts, ()) = req.into_parts();
+        parts.extensions.insert(budget);
         api::handle(app, Request::from_parts(parts, body)).await
     } else {
         tracing::info!(method = %req.method(), path = req.uri().path(), "refused in 0-RTT");

@@ -10,6 +10,7 @@ mod fsutil;
 mod http2;
 mod http3;
 mod http3_body;
+mod limits;
 mod listen;
 mod objects;
 mod part;
@@ -84,6 +85,21 @@ struct Args {
     /// create.
     #[arg(long)]
     no_reserve: bool,
+    /// Most connections open at once (HTTP/2 and HTTP/3 together). Past it, HTTP/2
+    /// requests are answered 503 `too_many_connections` and HTTP/3 connections refused.
+    #[arg(long, default_value_t = limits::Limits::default().max_connections)]
+    max_connections: usize,
+    /// Most bytes of request bodies held in memory at once, all connections together.
+    /// Past it a chunk is answered 503 `busy` with Retry-After before its body is read.
+    #[arg(long, default_value_t = limits::Limits::default().max_buffered)]
+    max_buffered_bytes: u64,
+    /// Most bytes of request bodies one connection may have held in memory at once.
+    #[arg(long, default_value_t = limits::Limits::default().connection_buffered)]
+    connection_buffered_bytes: u64,
+    /// Seconds a request body may deliver less than 16 KiB (silent, or trickling) before it
+    /// is answered 408 `body_timeout`.
+    #[arg(long, default_value_t = limits::Limits::default().body_idle.as_secs())]
+    body_timeout: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,10 +180,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             _ => None,
         };
         let tenants = clients.len();
+        let limits = limits::Limits {
+            max_connections: args.max_connections.max(1),
+            max_buffered: args.max_buffered_bytes,
+            connection_buffered: args.connection_buffered_bytes,
+            body_idle: Duration::from_secs(args.body_timeout.max(1)),
+        };
         let app = Arc::new(api::App {
             store,
             clients: std::sync::RwLock::new(Arc::new(clients)),
             client_source: source,
+            buffered: limits::Budget::new(limits.max_buffered),
+            connections: limits::Connections::new(limits.max_connections),
+            limits,
             // Clients that start on HTTP/2 learn here that HTTP/3 is on the same port.
             alt_svc: endpoint
                 .as_ref()

@@ -1,0 +1,238 @@
+//! The server's bounds, each with its clear, retryable answer: a body that goes silent is
+//! answered 408 `body_timeout` and frees what it held; chunk bodies held in memory are
+//! capped (503 `busy` with Retry-After, before any body byte is read); connections past
+//! the limit get 503 `too_many_connections`. After each, a good upload goes through.
+//! The stalled client is an HTTP/2 client (hyper) that sends a little body and then
+//! nothing; the over-limit client is `curl`.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use uplink_e2e::*;
+use uplink_proto::integrity::{self, ChunkId};
+use uplink_proto::wire::{self, CreateUpload};
+use uplinkd::server_api::{ChunkPayload, SessionKeys};
+
+const MIB: u64 = 1 << 20;
+
+fn payload(offset: u64, len: u64, seed: u64) -> ChunkPayload {
+    let mut data = vec![0u8; len as usize];
+    let mut x = 0x5851_F42D_4C95_7F2D ^ seed;
+    fill_random(&mut data, &mut x);
+    let d = integrity::digest(&data);
+    ChunkPayload {
+        replace: false,
+        offset,
+        sha256: d.sha256,
+        crc32c: d.crc32c,
+        data: Bytes::from(data),
+    }
+}
+
+/// A chunk PUT over HTTP/2 that sends the headers and 64 KiB of body, then nothing (the
+/// stream stays open): a client that stalls. Returns the server's answer (status, body).
+async fn stalled_put(server: &Server, keys: &SessionKeys, chunk: &ChunkPayload) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls =
+        uplinkd::transport::tls::client_config(Some(&server.ca), &[wire::ALPN_H2]).expect("tls");
+    let tcp = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let length = chunk.data.len() as u64;
+    let tag = integrity::chunk_tag(
+        &keys.key,
+        &ChunkId {
+            offset: chunk.offset,
+            length,
+            sha256: &chunk.sha256,
+            upload_id: &keys.upload_id,
+            nonce: &keys.nonce,
+        },
+    );
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let req = http::Request::put(format!(
+        "{}{}",
+        server.url(),
+        wire::chunk_path(&keys.upload_id, chunk.offset)
+    ))
+    .header("authorization", format!("Bearer {}", server.bearer()))
+    .header(wire::HDR_CHUNK_LENGTH, length)
+    .header(wire::HDR_CHUNK_SHA256, hex::encode(chunk.sha256))
+    .header(wire::HDR_CHUNK_CRC32C, format!("{:08x}", chunk.crc32c))
+    .header(wire::HDR_CHUNK_HMAC, hex::encode(tag))
+    .body(body)
+    .expect("request");
+    let answer = sender.send_request(req);
+    tx.send_data(chunk.data.slice(..64 * 1024))
+        .await
+        .expect("first bytes");
+    // `tx` stays alive and silent: the stream is open, nothing more comes.
+    let resp = tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("the server answers a stalled body within 20 s")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+    drop(tx);
+    (
+        status,
+        String::from_utf8_lossy(&body.unwrap_or_default()).into_owned(),
+    )
+}
+
+async fn session(c: &uplinkd::server_api::ServerClient, name: &str, size: u64) -> SessionKeys {
+    let created = c
+        .create(
+            name,
+            &CreateUpload {
+                deferred_length: false,
+                size,
+                name: name.into(),
+                metadata: Default::default(),
+                overwrite: false,
+            },
+        )
+        .await
+        .expect("create");
+    c.session_keys(&created.upload_id, &created.nonce)
+        .expect("keys")
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_and_memory_held_for_bodies_is_capped() {
+    let dir = workdir();
+    let cap = (8 * MIB).to_string();
+    let server = Server::start_opts(
+        dir.path(),
+        None,
+        &["--body-timeout", "2", "--max-buffered-bytes", &cap],
+    );
+    let c = server_client(&server);
+    let keys = session(&c, "slow.bin", 12 * MIB).await;
+    let first = payload(0, 6 * MIB, 1);
+    let second = payload(6 * MIB, 6 * MIB, 2);
+
+    // The stalled PUT holds 6 of the server's 8 MiB: another 6 MiB chunk is told to come
+    // back (503 busy + Retry-After) before it sends a byte of body. Until the stalled
+    // request is in, probes (each its own session) may pass; the attempts are bounded.
+    let probes = async {
+        for n in 0..50 {
+            let probe_keys = session(&c, &format!("probe-{n}.bin"), 6 * MIB).await;
+            let probe = payload(0, 6 * MIB, 100 + n);
+            if let Err(uplinkd::server_api::CallError::Server {
+                status: 503,
+                code,
+                retry_after,
+                ..
+            }) = c.put_chunk(&probe_keys, &probe, 0).await
+            {
+                return Some((code, retry_after));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    };
+    let ((status, body), refused) = tokio::join!(stalled_put(&server, &keys, &first), probes);
+    let (code, retry_after) = refused.expect("a chunk over the memory cap is refused with 503");
+    assert_eq!(code, "busy");
+    assert_eq!(retry_after, Some(Duration::from_secs(1)));
+
+    // The stalled body is answered 408 body_timeout (retryable), and lets go of its bytes.
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("body_timeout"), "{body}");
+    assert!(
+        !c.put_chunk(&keys, &second, 0)
+            .await
+            .expect("second chunk")
+            .duplicate
+    );
+    assert!(
+        !c.put_chunk(&keys, &first, 0)
+            .await
+            .expect("first chunk")
+            .duplicate
+    );
+
+    // And a whole upload by the daemon goes through the same server.
+    let daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("after.bin");
+    random_file(&file, 20 * MIB);
+    let record = send_wait(&daemon.socket, &file);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+}
+
+#[test]
+fn connections_past_the_limit_are_told_to_come_back() {
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), None, &["--max-connections", "8"]);
+    // Eight TLS connections held open (HTTP/2 offered, nothing sent): the limit.
+    let held: Vec<_> = (0..8).map(|_| tls_connection(&server)).collect();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+        ])
+        .arg("--cacert")
+        .arg(&server.ca)
+        .args(["-H", &format!("Authorization: Bearer {}", server.bearer())])
+        .arg(format!("{}/v1/uploads/{}", server.url(), "0".repeat(32)))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n503"), "{text}");
+    assert!(text.contains("too_many_connections"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+
+    // Once they close, the daemon uploads as usual.
+    drop(held);
+    let daemon = Daemon::start(dir.path(), &server);
+    let file = dir.path().join("f.bin");
+    random_file(&file, 3 * MIB);
+    let record = send_wait(&daemon.socket, &file);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+}
+
+/// A TLS 1.3 connection to the server with `h2` offered, handshake done, kept open.
+fn tls_connection(server: &Server) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config =
+        uplinkd::transport::tls::client_config(Some(&server.ca), &[wire::ALPN_H2]).expect("tls");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(config, name).expect("client connection");
+    let tcp = TcpStream::connect(&server.addr).expect("connect");
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake");
+    }
+    stream
+}
