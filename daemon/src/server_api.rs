@@ -552,7 +552,7 @@ impl ServerClient {
 
 /// A chunk's identity as the server checks it: length, digests and the HMAC tag over them
 /// (on its PUT, and on the question how much of it the server has).
-fn chunk_headers(keys: &SessionKeys, chunk: &ChunkPayload) -> [(&'static str, String); 4] {
+pub fn chunk_headers(keys: &SessionKeys, chunk: &ChunkPayload) -> [(&'static str, String); 4] {
     let length = chunk.data.len() as u64;
     let tag = integrity::chunk_tag(
         &keys.key,

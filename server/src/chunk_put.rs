@@ -77,7 +77,9 @@ struct Incoming {
     expect: ChunkDigest,
     /// The body's first bytes, received by an earlier request (a resumed PUT).
     prefix: Vec<Bytes>,
-    /// The memory its body may take, held until its bytes are stored and hashed.
+    /// The memory its body may take: the server's share, held until its bytes are stored
+    /// and hashed, and its connection's, held until the chunk is answered (the hash
+    /// catching up is the server's doing, not the client's).
     held: (Held, Option<Held>),
 }
 
@@ -247,7 +249,7 @@ where
         lz4,
         expect,
         prefix,
-        held,
+        held: (held, held_by_connection),
     } = chunk;
     let body = match lz4 {
         // A compressed body may be a little larger than its chunk when the data does not
@@ -279,6 +281,7 @@ where
         session.advance_hash(Some((offset, &parts)));
         drop(held);
     });
+    drop(held_by_connection);
     Ok(json(
         StatusCode::CREATED,
         &ChunkStored {

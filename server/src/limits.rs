@@ -40,9 +40,13 @@ impl Default for Limits {
         Limits {
             max_connections: 4096,
             max_buffered: 2 << 30,
-            // 12 streams of 32 MiB chunks (the daemon's fastest tier) and room to spare.
-            connection_buffered: 512 << 20,
-            body_idle: Duration::from_secs(30),
+            // 12 streams of 32 MiB chunks (the daemon's fastest tier), chunks sent again
+            // while their first try is still arriving, and room to spare.
+            connection_buffered: 1 << 30,
+            // Long enough for a handover's silence, short enough that the requests of a
+            // client that vanished (a killed process's QUIC connection is not closed)
+            // give back their memory soon.
+            body_idle: Duration::from_secs(10),
         }
     }
 }
@@ -190,7 +194,7 @@ pub fn too_many_connections(max: usize) -> ApiError {
     }
 }
 
-/// What a request body must deliver per idle time: 16 KiB in 30 s is ~550 B/s, far below
+/// What a request body must deliver per idle time: 16 KiB in 10 s is ~1.6 kB/s, far below
 /// any link that carries an upload, far above a client trickling bytes to hold memory.
 pub const PROGRESS_BYTES: usize = 16 * 1024;
 

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use bytes::Bytes;
 use uplink_e2e::*;
-use uplink_proto::integrity::{self, ChunkId};
+use uplink_proto::integrity;
 use uplink_proto::wire::{self, CreateUpload};
-use uplinkd::server_api::{ChunkPayload, SessionKeys};
+use uplinkd::server_api::{ChunkPayload, SessionKeys, chunk_headers};
 
 const MIB: usize = 1 << 20;
 
@@ -25,8 +25,8 @@ fn payload(offset: u64, data: Vec<u8>) -> ChunkPayload {
     }
 }
 
-/// `curl` PUT of `body` as chunk `chunk`'s bytes from `from` on (its headers and tag
-/// computed here), with `extra` arguments; the output carries the status on its last line.
+/// `curl` PUT of `body` as chunk `chunk`'s bytes from `from` on (its headers and tag as
+/// the daemon makes them), with `extra` arguments; the output carries the status on its last line.
 fn curl_chunk_put(
     server: &Server,
     keys: &SessionKeys,
@@ -37,24 +37,12 @@ fn curl_chunk_put(
 ) -> std::process::Output {
     let file = dir.join(format!("body-{from}.bin"));
     std::fs::write(&file, &chunk.data[from as usize..]).expect("write body");
-    let length = chunk.data.len() as u64;
-    let tag = integrity::chunk_tag(
-        &keys.key,
-        &ChunkId {
-            offset: chunk.offset,
-            length,
-            sha256: &chunk.sha256,
-            upload_id: &keys.upload_id,
-            nonce: &keys.nonce,
-        },
+    let mut headers = vec![format!("Authorization: Bearer {}", server.bearer())];
+    headers.extend(
+        chunk_headers(keys, chunk)
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}")),
     );
-    let mut headers = vec![
-        format!("Authorization: Bearer {}", server.bearer()),
-        format!("X-Chunk-Length: {length}"),
-        format!("X-Chunk-SHA256: {}", hex::encode(chunk.sha256)),
-        format!("X-Chunk-CRC32C: {:08x}", chunk.crc32c),
-        format!("X-Chunk-HMAC: {}", hex::encode(tag)),
-    ];
     if from > 0 {
         headers.push(format!("X-Chunk-Resume-From: {from}"));
     }

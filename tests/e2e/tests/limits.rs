@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use uplink_e2e::*;
-use uplink_proto::integrity::{self, ChunkId};
+use uplink_proto::integrity;
 use uplink_proto::wire::{self, CreateUpload};
-use uplinkd::server_api::{ChunkPayload, SessionKeys};
+use uplinkd::server_api::{ChunkPayload, SessionKeys, chunk_headers};
 
 const MIB: u64 = 1 << 20;
 
@@ -53,31 +53,18 @@ async fn stalled_put(server: &Server, keys: &SessionKeys, chunk: &ChunkPayload) 
     .await
     .expect("HTTP/2 handshake");
     tokio::spawn(conn);
-    let length = chunk.data.len() as u64;
-    let tag = integrity::chunk_tag(
-        &keys.key,
-        &ChunkId {
-            offset: chunk.offset,
-            length,
-            sha256: &chunk.sha256,
-            upload_id: &keys.upload_id,
-            nonce: &keys.nonce,
-        },
-    );
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
-    let req = http::Request::put(format!(
+    let mut req = http::Request::put(format!(
         "{}{}",
         server.url(),
         wire::chunk_path(&keys.upload_id, chunk.offset)
     ))
-    .header("authorization", format!("Bearer {}", server.bearer()))
-    .header(wire::HDR_CHUNK_LENGTH, length)
-    .header(wire::HDR_CHUNK_SHA256, hex::encode(chunk.sha256))
-    .header(wire::HDR_CHUNK_CRC32C, format!("{:08x}", chunk.crc32c))
-    .header(wire::HDR_CHUNK_HMAC, hex::encode(tag))
-    .body(body)
-    .expect("request");
+    .header("authorization", format!("Bearer {}", server.bearer()));
+    for (name, value) in chunk_headers(keys, chunk) {
+        req = req.header(name, value);
+    }
+    let req = req.body(body).expect("request");
     let answer = sender.send_request(req);
     tx.send_data(chunk.data.slice(..64 * 1024))
         .await

@@ -119,14 +119,15 @@ fn tenants_see_only_their_own_uploads_and_objects() {
         (Some("completed"), Some("completed"))
     );
     let objects = server.data_dir.join("objects");
-    assert_eq!(
-        sha256_file(&objects.join("alice/scan.bin")),
-        sha256_file(&a_file)
-    );
-    assert_eq!(
-        sha256_file(&objects.join("bob/scan.bin")),
-        sha256_file(&b_file)
-    );
+    let holds = |object: &str, file: &Path| {
+        assert_eq!(
+            sha256_file(&objects.join(object)),
+            sha256_file(file),
+            "{object}"
+        )
+    };
+    holds("alice/scan.bin", &a_file);
+    holds("bob/scan.bin", &b_file);
 
     // Alice's upload id is nothing to bob: every method answers 404 unknown_upload.
     let id = a["upload_id"].as_str().expect("upload id").to_string();
@@ -167,14 +168,8 @@ fn tenants_see_only_their_own_uploads_and_objects() {
     );
     let replaced = send(&alice, &a_file, &["--overwrite"]);
     assert_eq!(replaced["state"], "completed", "{replaced}");
-    assert_eq!(
-        sha256_file(&objects.join("alice/scan.bin")),
-        sha256_file(&a_file)
-    );
-    assert_eq!(
-        sha256_file(&objects.join("bob/scan.bin")),
-        sha256_file(&b_file)
-    );
+    holds("alice/scan.bin", &a_file);
+    holds("bob/scan.bin", &b_file);
 
     // The same for a whole object PUT (curl -T).
     let photo = dir.path().join("photo.jpg");
