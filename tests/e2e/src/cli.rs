@@ -105,6 +105,22 @@ pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
     uplinkd::server_api::ServerClient::new(transport, credentials())
 }
 
+/// A chunk of `data` at `offset`, its digests computed: what the daemon's client sends.
+pub fn chunk_payload(
+    offset: u64,
+    data: impl Into<bytes::Bytes>,
+) -> uplinkd::server_api::ChunkPayload {
+    let data = data.into();
+    let d = uplink_proto::integrity::digest(&data);
+    uplinkd::server_api::ChunkPayload {
+        replace: false,
+        offset,
+        sha256: d.sha256,
+        crc32c: d.crc32c,
+        data,
+    }
+}
+
 /// `uplink send FILE --json` (no waiting): the new job's id.
 pub fn enqueue(socket: &Path, file: &Path) -> String {
     let out = uplink(socket, &["send", &file.to_string_lossy(), "--json"]);

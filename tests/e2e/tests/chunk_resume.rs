@@ -6,24 +6,12 @@
 
 use std::process::Command;
 
-use bytes::Bytes;
 use uplink_e2e::*;
 use uplink_proto::integrity;
 use uplink_proto::wire::{self, CreateUpload};
 use uplinkd::server_api::{ChunkPayload, SessionKeys, chunk_headers};
 
 const MIB: usize = 1 << 20;
-
-fn payload(offset: u64, data: Vec<u8>) -> ChunkPayload {
-    let d = integrity::digest(&data);
-    ChunkPayload {
-        replace: false,
-        offset,
-        sha256: d.sha256,
-        crc32c: d.crc32c,
-        data: Bytes::from(data),
-    }
-}
 
 /// `curl` PUT of `body` as chunk `chunk`'s bytes from `from` on (its headers and tag as
 /// the daemon makes them), with `extra` arguments; the output carries the status on its last line.
@@ -105,7 +93,7 @@ async fn a_chunk_cut_off_mid_body_resumes_from_what_the_server_has_and_arrives_i
         .expect("create");
     let keys = c.session_keys(&created.upload_id, &created.nonce).unwrap();
     let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-    let chunk = payload(0, data.clone());
+    let chunk = chunk_payload(0, data.clone());
 
     curl_put_cut_off(&server, &keys, &chunk, dir.path());
     let had = c.resume_point(&keys, &chunk).await.expect("resume point");
@@ -154,7 +142,7 @@ async fn a_resume_is_refused_without_the_key_or_when_the_server_lost_the_bytes()
         .await
         .expect("create");
     let keys = c.session_keys(&created.upload_id, &created.nonce).unwrap();
-    let chunk = payload(0, vec![5u8; 4 * MIB]);
+    let chunk = chunk_payload(0, vec![5u8; 4 * MIB]);
     curl_put_cut_off(&server, &keys, &chunk, dir.path());
 
     // Someone without the session key can neither see nor take the bytes.
@@ -168,7 +156,7 @@ async fn a_resume_is_refused_without_the_key_or_when_the_server_lost_the_bytes()
     );
 
     // Other bytes at the same offset see nothing to build on.
-    let other = payload(0, vec![6u8; 4 * MIB]);
+    let other = chunk_payload(0, vec![6u8; 4 * MIB]);
     assert_eq!(c.resume_point(&keys, &other).await.unwrap(), 0);
 
     // The server restarted: the parked bytes are gone, and a PUT that builds on them is

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use uplink_e2e::*;
-use uplink_proto::integrity;
 use uplink_proto::wire::{self, CreateUpload};
 use uplinkd::server_api::{ChunkPayload, SessionKeys, chunk_headers};
 
@@ -21,14 +20,7 @@ fn payload(offset: u64, len: u64, seed: u64) -> ChunkPayload {
     let mut data = vec![0u8; len as usize];
     let mut x = 0x5851_F42D_4C95_7F2D ^ seed;
     fill_random(&mut data, &mut x);
-    let d = integrity::digest(&data);
-    ChunkPayload {
-        replace: false,
-        offset,
-        sha256: d.sha256,
-        crc32c: d.crc32c,
-        data: Bytes::from(data),
-    }
+    chunk_payload(offset, data)
 }
 
 /// A chunk PUT over HTTP/2 that sends the headers and 64 KiB of body, then nothing (the

@@ -8,14 +8,7 @@ use uplink_proto::wire::CreateUpload;
 use uplinkd::server_api::{ChunkPayload, SessionKeys};
 
 fn payload(offset: u64, data: &[u8]) -> ChunkPayload {
-    let d = integrity::digest(data);
-    ChunkPayload {
-        replace: false,
-        offset,
-        sha256: d.sha256,
-        crc32c: d.crc32c,
-        data: Bytes::copy_from_slice(data),
-    }
+    chunk_payload(offset, Bytes::copy_from_slice(data))
 }
 
 #[tokio::test]
