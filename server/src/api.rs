@@ -1,6 +1,7 @@
 //! The wire protocol's request handling, independent of the HTTP version carrying it.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -18,6 +19,10 @@ use crate::store::Store;
 
 /// Largest JSON request body.
 const MAX_JSON_BODY: u64 = 64 * 1024;
+/// A refused request's body is read up to this much before the answer goes out.
+const DRAIN_LIMIT: usize = 256 * 1024;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 pub type ResponseBody = Full<Bytes>;
 
@@ -179,7 +184,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     let mut body = req.into_body();
-    chunk_put::drain(&mut body).await;
+    drain(&mut body).await;
     Err(e)
 }
 
@@ -302,4 +307,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(500, code::INTERNAL, format!("worker failed: {e}")))?
+}
+
+/// Reads and drops up to [`DRAIN_LIMIT`] bytes of a body, for at most [`DRAIN_TIME`].
+pub(crate) async fn drain<B>(body: &mut B)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let read = async {
+        let mut seen = 0usize;
+        while seen < DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }

@@ -3,7 +3,6 @@
 //! stored.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -12,17 +11,12 @@ use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
 use uplink_proto::wire::{self, ChunkResume, ChunkStored, code};
 
 use crate::api::{
-    App, ResponseBody, blocking, header_str, interrupted, json, read_parts, required,
+    App, ResponseBody, blocking, drain, header_str, interrupted, json, read_parts, required,
 };
 use crate::clients::Client;
 use crate::error::ApiError;
 use crate::limits::{self, ConnectionBudget, Held};
 use crate::store::{BeginChunk, Receipt, Reservation, Session, TakenOver};
-
-/// A refused request's body is read up to this much before the answer goes out.
-const DRAIN_LIMIT: usize = 256 * 1024;
-/// ... and for at most this long.
-const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// `PUT /v1/uploads/{id}/chunks/{offset}`.
 pub async fn put_chunk<B>(
@@ -348,21 +342,4 @@ fn decode_lz4(body: &[Bytes], length: u64) -> Result<Bytes, ApiError> {
         )));
     }
     Ok(raw.into())
-}
-
-/// Reads and drops up to [`DRAIN_LIMIT`] bytes of a body, for at most [`DRAIN_TIME`].
-pub(crate) async fn drain<B>(body: &mut B)
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    let read = async {
-        let mut seen = 0usize;
-        while seen < DRAIN_LIMIT {
-            match body.frame().await {
-                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
-                _ => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }

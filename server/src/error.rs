@@ -21,6 +21,14 @@ impl ApiError {
         }
     }
 
+    /// The same error, telling the client when to try again (`Retry-After`).
+    pub fn retry_in(self, secs: u32) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..self
+        }
+    }
+
     pub fn bad_header(message: impl Into<String>) -> Self {
         Self::new(400, code::BAD_HEADER, message)
     }
@@ -36,14 +44,12 @@ impl ApiError {
         if crate::fsutil::is_disk_full(e) {
             Self::new(507, code::DISK_FULL, format!("{what}: disk full"))
         } else if crate::fsutil::is_out_of_files(e) {
-            Self {
-                retry_after: Some(1),
-                ..Self::new(
-                    503,
-                    code::UNAVAILABLE,
-                    format!("{what}: too many open files, try again shortly"),
-                )
-            }
+            Self::new(
+                503,
+                code::UNAVAILABLE,
+                format!("{what}: too many open files, try again shortly"),
+            )
+            .retry_in(1)
         } else {
             Self::new(500, code::INTERNAL, format!("{what}: {e}"))
         }

@@ -108,15 +108,15 @@ pub fn take_for_body(
     connection: Option<&ConnectionBudget>,
     n: u64,
 ) -> Result<(Held, Option<Held>), ApiError> {
-    let busy = |whose: &str, max: u64| ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
+    let busy = |whose: &str, max: u64| {
+        ApiError::new(
             503,
             code::BUSY,
             format!(
                 "{whose} holds as many request bytes as it may ({max}); send this chunk again shortly"
             ),
         )
+        .retry_in(1)
     };
     let cap = connection.map_or(total.max, |c| c.0.max.min(total.max));
     if n > cap {
@@ -184,14 +184,12 @@ impl Drop for ConnectionSlot {
 
 /// The answer to every request on a connection over the limit.
 pub fn too_many_connections(max: usize) -> ApiError {
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
-            503,
-            code::TOO_MANY_CONNECTIONS,
-            format!("the server has {max} connections open, its limit; connect again shortly"),
-        )
-    }
+    ApiError::new(
+        503,
+        code::TOO_MANY_CONNECTIONS,
+        format!("the server has {max} connections open, its limit; connect again shortly"),
+    )
+    .retry_in(1)
 }
 
 /// What a request body must deliver per idle time: 16 KiB in 10 s is ~1.6 kB/s, far below

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -15,8 +16,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uplink_proto::wire::{self, UploadCompleted, code};
 
-use crate::api::{App, ResponseBody, header_str, json};
-use crate::chunk_put::drain;
+use crate::api::{App, ResponseBody, blocking, drain, header_str, json};
 use crate::error::ApiError;
 use crate::fsutil;
 
@@ -27,7 +27,7 @@ const QUEUE_FRAMES: usize = 64;
 /// existing object, quota) is answered after reading a little of the body, so a client
 /// still sending sees the answer rather than a reset stream.
 pub async fn put<B>(
-    app: &App,
+    app: &Arc<App>,
     tenant: &str,
     name: &str,
     req: Request<B>,
@@ -37,7 +37,7 @@ where
     B::Error: std::fmt::Display,
 {
     let (head, mut body) = req.into_parts();
-    let put = match admit(app, tenant, name, &head.headers) {
+    let put = match admit(app, tenant, name, &head.headers).await {
         Ok(put) => put,
         Err(e) => {
             drain(&mut body).await;
@@ -50,21 +50,23 @@ where
 }
 
 /// One admitted object PUT.
-struct PutObject<'a> {
+struct PutObject {
     /// The tenant's objects dir.
     dir: PathBuf,
-    name: &'a str,
+    name: String,
     /// `X-Content-SHA256`, if sent.
     expect: Option<[u8; 32]>,
     overwrite: bool,
 }
 
-fn admit<'a>(
-    app: &App,
+/// Checks the headers, then (on a blocking thread: it touches the disk) the name, the
+/// quota and the tenant's directory.
+async fn admit(
+    app: &Arc<App>,
     tenant: &str,
-    name: &'a str,
+    name: &str,
     h: &HeaderMap,
-) -> Result<PutObject<'a>, ApiError> {
+) -> Result<PutObject, ApiError> {
     if !wire::is_valid_object_name(name) {
         return Err(ApiError::new(
             400,
@@ -80,24 +82,28 @@ fn admit<'a>(
         None => None,
     };
     let overwrite = header_str(h, wire::HDR_OVERWRITE)? == Some("1");
-    let dir = app.store.objects_dir(tenant);
-    if !overwrite && dir.join(name).exists() {
-        return Err(taken(name));
-    }
     // A body without Content-Length counts as empty here: the quota is checked at
     // admission, not by cutting a body off midway.
     let declared = header_str(h, http::header::CONTENT_LENGTH.as_str())?
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    app.store.check_quota(tenant, declared, false)?;
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
-    Ok(PutObject {
-        dir,
-        name,
-        expect,
-        overwrite,
+    let (app, tenant, name) = (Arc::clone(app), tenant.to_string(), name.to_string());
+    blocking(move || {
+        let dir = app.store.objects_dir(&tenant);
+        if !overwrite && dir.join(&name).exists() {
+            return Err(taken(&name));
+        }
+        app.store.check_quota(&tenant, declared, false)?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
+        Ok(PutObject {
+            dir,
+            name,
+            expect,
+            overwrite,
+        })
     })
+    .await
 }
 
 fn taken(name: &str) -> ApiError {
@@ -109,12 +115,12 @@ fn taken(name: &str) -> ApiError {
 }
 
 /// Receives the body and places the object; returns it and the size it replaced.
-async fn put_object<B>(put: &PutObject<'_>, mut body: B) -> Result<(UploadCompleted, u64), ApiError>
+async fn put_object<B>(put: &PutObject, mut body: B) -> Result<(UploadCompleted, u64), ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let (objects_dir, name, expect) = (&put.dir, put.name, put.expect);
+    let (objects_dir, name, expect) = (&put.dir, put.name.as_str(), put.expect);
     let dest = objects_dir.join(name);
     let mut raw = [0u8; 8];
     rand::rng().fill_bytes(&mut raw);

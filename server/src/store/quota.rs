@@ -27,14 +27,12 @@ impl Store {
             && session
             && open >= max
         {
-            return Err(ApiError {
-                retry_after: Some(5),
-                ..ApiError::new(
-                    429,
-                    code::TOO_MANY_SESSIONS,
-                    format!("{open} uploads open, the quota is {max}: one finishing makes room"),
-                )
-            });
+            return Err(ApiError::new(
+                429,
+                code::TOO_MANY_SESSIONS,
+                format!("{open} uploads open, the quota is {max}: one finishing makes room"),
+            )
+            .retry_in(5));
         }
         if let Some(max) = self.quota.bytes {
             let stored = self.stored_bytes(tenant)?;
