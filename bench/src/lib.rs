@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+pub use uplink_e2e::peak_rss;
 use uplink_e2e::{json_lines, uplink};
 
 /// `uplink send FILE --wait --json`, returning the final job record.
@@ -86,16 +87,4 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat(5); here 0-based after the name: 11, 12.
     (ticks(11) + ticks(12)) / rustix::param::clock_ticks_per_second() as f64
-}
-
-/// Peak resident set size of a process (VmHWM), bytes; 0 if unknown.
-pub fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
 }

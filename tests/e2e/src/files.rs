@@ -14,6 +14,22 @@ pub fn fill_random(buf: &mut [u8], x: &mut u64) {
     }
 }
 
+/// Writes `size` pseudo-random bytes from `seed`: different seeds, different files.
+pub fn seeded_file(path: &Path, size: u64, seed: u64) {
+    let mut buf = vec![0u8; size as usize];
+    let mut x = 0x2545_F491_4F6C_DD1D ^ seed;
+    fill_random(&mut buf, &mut x);
+    std::fs::write(path, &buf).expect("write file");
+}
+
+/// Writes a secret (token) file with mode 0600, atomically, as an operator's tool would.
+pub fn write_secret(path: &Path, secret: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, secret).expect("write secret");
+    crate::chmod(&tmp, 0o600);
+    std::fs::rename(&tmp, path).expect("rename secret");
+}
+
 /// Writes `size` pseudo-random (incompressible) bytes.
 pub fn random_file(path: &Path, size: u64) {
     let mut w =

@@ -13,14 +13,6 @@ use uplink_e2e::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// Writes a secret file with mode 0600 (atomically, as an operator's tool would).
-fn write_secret(path: &Path, secret: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, secret).expect("write secret");
-    chmod(&tmp, 0o600);
-    std::fs::rename(&tmp, path).expect("rename secret");
-}
-
 /// A clients dir with `alice` and `bob`; returns it.
 fn clients_dir(dir: &Path) -> PathBuf {
     let clients = dir.join("clients");
@@ -77,13 +69,6 @@ fn code_of(body: &str) -> String {
         .unwrap_or_default()
 }
 
-fn file_with(path: &Path, size: u64, seed: u64) {
-    let mut buf = vec![0u8; size as usize];
-    let mut x = 0x2545_F491_4F6C_DD1D ^ seed;
-    fill_random(&mut buf, &mut x);
-    std::fs::write(path, &buf).expect("write file");
-}
-
 /// `uplink send FILE [flags] --wait --json`: the final record.
 fn send(daemon: &Daemon, file: &Path, flags: &[&str]) -> serde_json::Value {
     let mut args = vec![
@@ -110,8 +95,8 @@ fn tenants_see_only_their_own_uploads_and_objects() {
     // The same object name from both: two objects, each in its tenant's place.
     let a_file = dir.path().join("alice").join("scan.bin");
     let b_file = dir.path().join("bob").join("scan.bin");
-    file_with(&a_file, 6 * MIB, 1);
-    file_with(&b_file, 3 * MIB, 2);
+    seeded_file(&a_file, 6 * MIB, 1);
+    seeded_file(&b_file, 3 * MIB, 2);
     let a = send(&alice, &a_file, &[]);
     let b = send(&bob, &b_file, &[]);
     assert_eq!(
@@ -158,7 +143,7 @@ fn tenants_see_only_their_own_uploads_and_objects() {
     assert_eq!(status, 200, "bob's DELETE removed nothing");
 
     // An existing name is not overwritten unless asked.
-    file_with(&a_file, 2 * MIB, 3);
+    seeded_file(&a_file, 2 * MIB, 3);
     let again = send(&alice, &a_file, &[]);
     assert_eq!(again["state"], "failed", "{again}");
     assert_eq!(again["error_code"], "server_object_exists", "{again}");
@@ -173,7 +158,7 @@ fn tenants_see_only_their_own_uploads_and_objects() {
 
     // The same for a whole object PUT (curl -T).
     let photo = dir.path().join("photo.jpg");
-    file_with(&photo, 200_000, 4);
+    seeded_file(&photo, 200_000, 4);
     let photo_arg = photo.to_str().expect("utf-8 path");
     let put = |extra: &[&str]| {
         let mut args = vec!["-T", photo_arg];
