@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, App};
+use crate::idle::Activity;
 use crate::limits::{self, Budget, ConnectionBudget, Connections};
 
 /// Per-stream flow-control window: a 4 MiB chunk flows without waiting for updates.
@@ -23,6 +24,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// unanswered.
 const OVERFLOW_TIME: Duration = Duration::from_secs(5);
 const OVERFLOW_CONNECTIONS: usize = 64;
+/// How long an idle connection told GOAWAY has to close before it is dropped.
+const GOAWAY_TIME: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
@@ -87,12 +90,35 @@ pub async fn serve(
                 }
             };
             let budget = ConnectionBudget(Budget::new(app.limits.connection_buffered));
+            let activity = Activity::new();
+            let limits = app.limits;
+            let requests = Arc::clone(&activity);
             let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let in_progress = requests.begin();
                 req.extensions_mut().insert(budget.clone());
                 let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(api::handle(app, req).await) }
+                async move {
+                    let response = api::handle(app, req).await;
+                    drop(in_progress);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
-            let result = builder().serve_connection(TokioIo::new(tls), service).await;
+            let conn = builder().serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            let result = loop {
+                let Some(left) = activity.time_left(limits.first_request, limits.idle_connection)
+                else {
+                    tracing::debug!(%peer, "no request in progress for too long: closing");
+                    conn.as_mut().graceful_shutdown();
+                    break tokio::time::timeout(GOAWAY_TIME, conn.as_mut())
+                        .await
+                        .unwrap_or(Ok(()));
+                };
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = tokio::time::sleep(left) => {}
+                }
+            };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -33,6 +33,10 @@ pub struct Limits {
     /// A request body that delivers less than [`PROGRESS_BYTES`] in this long is
     /// answered 408.
     pub body_idle: Duration,
+    /// A new HTTP/2 connection that sends no request in this long is closed.
+    pub first_request: Duration,
+    /// An HTTP/2 connection with no request in progress for this long is closed.
+    pub idle_connection: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +51,11 @@ impl Default for Limits {
             // client that vanished (a killed process's QUIC connection is not closed)
             // give back their memory soon.
             body_idle: Duration::from_secs(10),
+            // A daemon sends its first request (a prewarm's probe) right after connecting.
+            first_request: Duration::from_secs(30),
+            // nginx's `http2_idle_timeout` default: long enough that a prewarmed
+            // connection is still there when the capture ends.
+            idle_connection: Duration::from_secs(180),
         }
     }
 }

@@ -10,6 +10,7 @@ mod fsutil;
 mod http2;
 mod http3;
 mod http3_body;
+mod idle;
 mod limits;
 mod listen;
 mod objects;
@@ -100,6 +101,14 @@ struct Args {
     /// is answered 408 `body_timeout`.
     #[arg(long, default_value_t = limits::Limits::default().body_idle.as_secs())]
     body_timeout: u64,
+    /// Seconds a new HTTP/2 connection may take to send its first request; then it is
+    /// closed.
+    #[arg(long, default_value_t = limits::Limits::default().first_request.as_secs())]
+    header_timeout: u64,
+    /// Seconds an HTTP/2 connection may go with no request in progress; then it is closed
+    /// (GOAWAY; a client simply connects again).
+    #[arg(long, default_value_t = limits::Limits::default().idle_connection.as_secs())]
+    idle_timeout: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -185,6 +194,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_buffered: args.max_buffered_bytes,
             connection_buffered: args.connection_buffered_bytes,
             body_idle: Duration::from_secs(args.body_timeout.max(1)),
+            first_request: Duration::from_secs(args.header_timeout.max(1)),
+            idle_connection: Duration::from_secs(args.idle_timeout.max(1)),
         };
         let app = Arc::new(api::App {
             store,

@@ -1,7 +1,8 @@
 //! The server's bounds, each with its clear, retryable answer: a body that goes silent is
 //! answered 408 `body_timeout` and frees what it held; chunk bodies held in memory are
 //! capped (503 `busy` with Retry-After, before any body byte is read); connections past
-//! the limit get 503 `too_many_connections`. After each, a good upload goes through.
+//! the limit get 503 `too_many_connections`; connections that carry no request are
+//! closed. After each, a good upload goes through.
 //! The stalled client is an HTTP/2 client (hyper) that sends a little body and then
 //! nothing; the over-limit client is `curl`.
 
@@ -206,6 +207,86 @@ fn connections_past_the_limit_are_told_to_come_back() {
     let record = send_wait(&daemon.socket, &file);
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+}
+
+#[test]
+fn connections_that_carry_no_request_are_closed_and_a_daemon_connects_again() {
+    let dir = workdir();
+    let server = Server::start_opts(
+        dir.path(),
+        None,
+        // HTTP/2 only, so the daemon's connection is one these limits apply to.
+        &["--no-h3", "--header-timeout", "1", "--idle-timeout", "2"],
+    );
+    // Connected, handshake done, no request: closed after the header timeout.
+    let mut silent = tls_connection(&server);
+    let closed_after = until_closed(&mut silent);
+    assert!(
+        closed_after.is_some_and(|t| t >= Duration::from_millis(900)),
+        "a connection that never sent a request: closed after {closed_after:?} (header timeout 1 s)"
+    );
+
+    // A daemon's prewarmed connection goes idle and is closed; the upload after it opens
+    // a new one and completes.
+    let daemon = Daemon::start(dir.path(), &server);
+    let warm = uplink(&daemon.socket, &["prewarm"]);
+    assert!(warm.status.success(), "{warm:?}");
+    assert!(
+        server_connections(&server) >= 1,
+        "prewarm left no connection open"
+    );
+    let gone = wait_for(Duration::from_secs(10), || {
+        (server_connections(&server) == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the idle prewarmed connection is still open"
+    );
+    let file = dir.path().join("f.bin");
+    random_file(&file, 3 * MIB);
+    let record = send_wait(&daemon.socket, &file);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+}
+
+/// TCP connections established to the server's port (`ss`), its side of each.
+fn server_connections(server: &Server) -> usize {
+    let port = server.addr.rsplit_once(':').map_or("", |(_, p)| p);
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Reads (and discards) what the server sends until it closes the connection: how long
+/// that took, or `None` if it was still open after 15 s.
+fn until_closed(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+) -> Option<Duration> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < Duration::from_secs(15) {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            // A reset or a TLS close without close_notify: closed all the same.
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
 }
 
 /// A TLS 1.3 connection to the server with `h2` offered, handshake done, kept open.
