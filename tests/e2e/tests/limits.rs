@@ -1,8 +1,8 @@
 //! The server's bounds, each with its clear, retryable answer: a body that goes silent is
 //! answered 408 `body_timeout` and frees what it held; chunk bodies held in memory are
 //! capped (503 `busy` with Retry-After, before any body byte is read); connections past
-//! the limit get 503 `too_many_connections`; connections that carry no request are
-//! closed. After each, a good upload goes through.
+//! the limit get 503 `too_many_connections` (HTTP/2) or are refused (QUIC); connections
+//! that carry no request are closed. After each, a good upload goes through.
 //! The stalled client is an HTTP/2 client (hyper) that sends a little body and then
 //! nothing; the over-limit client is `curl`.
 
@@ -247,6 +247,46 @@ fn connections_that_carry_no_request_are_closed_and_a_daemon_connects_again() {
     let record = send_wait(&daemon.socket, &file);
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+}
+
+#[tokio::test]
+async fn quic_connections_past_the_limit_are_refused_until_one_closes() {
+    use uplinkd::transport::{Endpoint, h3::H3Client};
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), None, &["--max-connections", "2"]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Each its own TLS config: no session ticket shared, so no 0-RTT that would count as
+    // connected before the server's answer.
+    let client = || {
+        let tls = uplinkd::transport::tls::client_config(Some(&server.ca), &[wire::ALPN_H3])
+            .expect("tls");
+        let endpoint = Endpoint::parse(&server.url()).expect("endpoint");
+        H3Client::new(endpoint, &tls).expect("h3 client")
+    };
+    let (first, second, third) = (client(), client(), client());
+    first.warm().await.expect("first QUIC connection");
+    second.warm().await.expect("second QUIC connection");
+    let refused = third.warm().await;
+    let refused = format!("{refused:?}");
+    assert!(
+        refused.contains("Err") && refused.to_ascii_lowercase().contains("refused"),
+        "a third connection past --max-connections 2: {refused}"
+    );
+
+    // One closes; its slot comes back once the server has seen the close.
+    first.close().await;
+    let mut admitted = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if client().warm().await.is_ok() {
+            admitted = Some(());
+            break;
+        }
+    }
+    assert!(
+        admitted.is_some(),
+        "the slot freed by a closed connection was not given back"
+    );
 }
 
 /// TCP connections established to the server's port (`ss`), its side of each.
