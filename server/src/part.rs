@@ -84,6 +84,11 @@ impl PartFile {
     }
 
     /// Writes a chunk's bytes at `offset` and makes them durable.
+    ///
+    /// One `pwrite` per piece of the body (~16 KiB each over HTTP/2): measured against one
+    /// `pwritev` of 16 or 512 pieces, the vectored write cost the server 50 % more CPU
+    /// over HTTP/2 (the kernel's copy into the page cache grew from 21 % to 39 % of the
+    /// profile) and saved 10 % over HTTP/3.
     pub fn write_durable(&self, offset: u64, parts: &[Bytes]) -> std::io::Result<()> {
         let mut at = offset;
         for p in parts {
@@ -194,6 +199,22 @@ mod tests {
             .open(dir.join("l"))
             .unwrap();
         PartFile::new(f, log).unwrap()
+    }
+
+    #[test]
+    fn a_body_in_many_pieces_is_written_whole_at_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = part(dir.path(), 0);
+        // Many pieces of uneven sizes, some empty.
+        let pieces: Vec<Bytes> = (0..1500u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; (i % 7) as usize * 5]))
+            .collect();
+        let want: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
+        p.write_durable(100, &pieces).unwrap();
+        let got = std::fs::read(dir.path().join("p")).unwrap();
+        assert_eq!(got.len(), 100 + want.len());
+        assert!(got[..100].iter().all(|b| *b == 0));
+        assert_eq!(&got[100..], &want[..]);
     }
 
     #[test]
