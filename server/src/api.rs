@@ -216,6 +216,7 @@ impl App {
     pub fn reload_clients(&self) -> Result<usize, String> {
         let fresh = Clients::load(&self.client_source)?;
         let n = fresh.len();
+        self.store.set_tenant_quotas(fresh.quotas());
         *self.clients.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(n)
     }

@@ -13,6 +13,10 @@
 //! `<id>.previous` is removed and the server reloaded again, so devices switch to the new
 //! secret at their own pace without an upload failing.
 //!
+//! Quotas: `DIR/<id>.quota` (optional) gives one client its own, over the server's
+//! `--quota-bytes` / `--quota-sessions`: lines `bytes = N` and `sessions = N`, `#` starts a
+//! comment. Reloaded with the secrets at SIGHUP.
+//!
 //! Secret files must not be readable by group or others (mode 0600): a secret anyone on
 //! the host can read is not a secret, and the server refuses to start with one.
 //!
@@ -26,6 +30,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use uplink_proto::integrity::{ChunkSecret, ClientSecret, Credentials};
 
+use crate::store::Quota;
+
 /// The tenant of `--token-file`.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -34,6 +40,8 @@ pub struct Client {
     pub id: String,
     /// The current secret first; during a rotation the previous one after it.
     credentials: Vec<Credentials>,
+    /// Its own quota, where it has one.
+    quota: Option<Quota>,
 }
 
 impl Client {
@@ -70,6 +78,7 @@ impl Clients {
                 Clients::from_clients(vec![Client {
                     id: DEFAULT_TENANT.to_string(),
                     credentials: vec![creds],
+                    quota: None,
                 }])
             }
             ClientSource::Dir(dir) => Clients::from_clients(read_dir(dir)?),
@@ -97,6 +106,14 @@ impl Clients {
         self.by_bearer.get(&digest(presented)).cloned()
     }
 
+    /// The clients that have a quota of their own, by id.
+    pub fn quotas(&self) -> HashMap<String, Quota> {
+        self.by_bearer
+            .values()
+            .filter_map(|c| c.quota.map(|q| (c.id.clone(), q)))
+            .collect()
+    }
+
     /// How many clients (not counting a previous secret twice).
     pub fn len(&self) -> usize {
         let mut ids: Vec<&str> = self.by_bearer.values().map(|c| c.id.as_str()).collect();
@@ -104,6 +121,26 @@ impl Clients {
         ids.dedup();
         ids.len()
     }
+}
+
+/// `bytes = N` and `sessions = N` lines, either optional; `#` comments and blank lines.
+fn parse_quota(text: &str) -> Result<Quota, String> {
+    let mut quota = Quota::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || format!("line {}: expected `bytes = N` or `sessions = N`", n + 1);
+        let (key, value) = line.split_once('=').ok_or_else(bad)?;
+        let value = value.trim();
+        match key.trim() {
+            "bytes" => quota.bytes = Some(value.parse().map_err(|_| bad())?),
+            "sessions" => quota.sessions = Some(value.parse().map_err(|_| bad())?),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(quota)
 }
 
 fn digest(bearer: &str) -> [u8; 32] {
@@ -144,9 +181,19 @@ fn read_dir(dir: &Path) -> Result<Vec<Client>, String> {
         if previous.exists() {
             credentials.push(Credentials::derive(&read_secret(&previous, true)?));
         }
+        let quota_file = dir.join(format!("{id}.quota"));
+        let quota = match std::fs::read_to_string(&quota_file) {
+            Ok(text) => Some(
+                parse_quota(&text)
+                    .map_err(|e| format!("quota file {}: {e}", quota_file.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read {}: {e}", quota_file.display())),
+        };
         clients.push(Client {
             id: id.to_string(),
             credentials,
+            quota,
         });
     }
     if clients.is_empty() {
@@ -259,5 +306,42 @@ mod tests {
                 .unwrap()
                 .contains("client id")
         );
+    }
+
+    #[test]
+    fn a_client_quota_file_gives_that_client_its_own_quota() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "alice.token", "a-secret", 0o600);
+        write(d.path(), "bob.token", "b-secret", 0o600);
+        write(
+            d.path(),
+            "bob.quota",
+            "# more\nbytes = 5000\n\nsessions=3 # at once\n",
+            0o644,
+        );
+        let clients = Clients::load(&ClientSource::Dir(d.path().into())).unwrap();
+        let quotas = clients.quotas();
+        assert_eq!(quotas.len(), 1, "alice has none of her own");
+        let bob = quotas["bob"];
+        assert_eq!((bob.bytes, bob.sessions), (Some(5000), Some(3)));
+    }
+
+    #[test]
+    fn a_malformed_quota_file_is_refused_with_its_line() {
+        for (text, line) in [
+            ("bytes = lots", 1),
+            ("sessions = 2\nfiles = 9", 2),
+            ("bytes 5", 1),
+        ] {
+            let e = parse_quota(text).unwrap_err();
+            assert!(e.contains(&format!("line {line}:")), "{text:?}: {e}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "alice.token", "a-secret", 0o600);
+        write(d.path(), "alice.quota", "bytes = -1", 0o600);
+        let e = Clients::load(&ClientSource::Dir(d.path().into()))
+            .err()
+            .unwrap();
+        assert!(e.contains("alice.quota") && e.contains("line 1"), "{e}");
     }
 }

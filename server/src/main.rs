@@ -176,6 +176,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let store = store::Store::open(&args.data_dir, source.per_tenant_objects())
         .map(|s| s.reserving_space(!args.no_reserve).with_quota(quota))
         .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
+    store.set_tenant_quotas(clients.quotas());
     let sessions = store.session_count();
 
     let rt = tokio::runtime::Builder::new_multi_thread()

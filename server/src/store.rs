@@ -100,6 +100,8 @@ pub struct Store {
     /// Reserve each upload's size at create (fallocate), so a full disk shows there.
     reserve_space: bool,
     quota: Quota,
+    /// Tenants whose quota differs from [`Self::quota`] (`<id>.quota` in the clients dir).
+    tenant_quotas: std::sync::RwLock<HashMap<String, Quota>>,
     /// Bytes of objects each tenant stores, counted on first need and kept up to date.
     stored: Mutex<HashMap<String, u64>>,
 }
@@ -196,6 +198,7 @@ impl Store {
             index: Mutex::new(Index::default()),
             reserve_space: true,
             quota: Quota::default(),
+            tenant_quotas: std::sync::RwLock::default(),
             stored: Mutex::default(),
         };
         let now = now_secs();

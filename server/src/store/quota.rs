@@ -2,18 +2,44 @@
 //! uploads open. Checked at create, so a tenant over its quota is told before it sends a
 //! byte; an upload already admitted always completes.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use uplink_proto::wire::code;
 
-use super::{Store, lock};
+use super::{Quota, Store, lock};
 use crate::error::ApiError;
 
 impl Store {
+    /// Sets the tenants whose quota is their own (at start and at each reload); a field
+    /// they leave `None` is the server's.
+    pub fn set_tenant_quotas(&self, quotas: HashMap<String, Quota>) {
+        *self
+            .tenant_quotas
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = quotas;
+    }
+
+    /// The quota `tenant` runs under.
+    fn quota_of(&self, tenant: &str) -> Quota {
+        let own = self
+            .tenant_quotas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+            .unwrap_or_default();
+        Quota {
+            bytes: own.bytes.or(self.quota.bytes),
+            sessions: own.sessions.or(self.quota.sessions),
+        }
+    }
+
     /// Refuses a new upload of `size` bytes that would take `tenant` past its quota (a
     /// `session` also counts against the uploads open; a whole-object PUT does not).
     pub fn check_quota(&self, tenant: &str, size: u64, session: bool) -> Result<(), ApiError> {
-        if self.quota.bytes.is_none() && self.quota.sessions.is_none() {
+        let quota = self.quota_of(tenant);
+        if quota.bytes.is_none() && quota.sessions.is_none() {
             return Ok(());
         }
         let (open, open_bytes) = {
@@ -23,7 +49,7 @@ impl Store {
                 .filter(|s| s.tenant == tenant && lock(&s.meta).completed.is_none())
                 .fold((0usize, 0u64), |(n, b), s| (n + 1, b + s.size))
         };
-        if let Some(max) = self.quota.sessions
+        if let Some(max) = quota.sessions
             && session
             && open >= max
         {
@@ -34,7 +60,7 @@ impl Store {
             )
             .retry_in(5));
         }
-        if let Some(max) = self.quota.bytes {
+        if let Some(max) = quota.bytes {
             let stored = self.stored_bytes(tenant)?;
             let total = stored.saturating_add(open_bytes).saturating_add(size);
             if total > max {

@@ -184,6 +184,12 @@ fn tenants_see_only_their_own_uploads_and_objects() {
 fn quotas_answer_with_stable_codes() {
     let dir = workdir();
     let clients = clients_dir(dir.path());
+    // Bob has a quota of his own: more bytes than the server's, one upload at a time.
+    std::fs::write(
+        clients.join("bob.quota"),
+        "# bob pays for more\nbytes = 20000000\nsessions = 1\n",
+    )
+    .expect("bob.quota");
     let server = Server::start_tenants(
         dir.path(),
         &clients,
@@ -219,8 +225,12 @@ fn quotas_answer_with_stable_codes() {
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("too_many_sessions"), "{body}");
     assert!(body.to_ascii_lowercase().contains("retry-after:"), "{body}");
-    // Bob's quota is his own.
-    assert_eq!(create(&bob, "a", 9_000_000).0, 201);
+    // Bob's quota is his own: 15 MB is past the server's 10 MB but within his 20 MB,
+    // and his second upload is past his one session.
+    assert_eq!(create(&bob, "a", 15_000_000).0, 201);
+    let (status, body) = create(&bob, "b", 1);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_sessions"), "{body}");
 }
 
 #[test]
