@@ -15,6 +15,7 @@ use crate::api::{self, App, ResponseBody};
 use crate::early_data::{self, Handshake};
 use crate::error::ApiError;
 use crate::http3_body::H3Body;
+use crate::idle::Activity;
 use crate::limits::{Budget, ConnectionBudget};
 use crate::listen::UdpBound;
 
@@ -147,17 +148,29 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<App>) {
         }
     };
     let budget = ConnectionBudget(Budget::new(app.limits.connection_buffered));
+    // QUIC's idle timeout ends a silent connection; this ends one kept alive (pings) but
+    // carrying no request, as over HTTP/2. The idle time applies from the handshake on: a
+    // daemon's prewarmed QUIC connection carries no request until the capture ends.
+    let activity = Activity::new();
+    let idle = app.limits.idle_connection;
     loop {
-        match h3.accept().await {
+        let Some(left) = activity.time_left(idle, idle) else {
+            tracing::debug!(%peer, "no request in progress for too long: closing");
+            conn.close(H3_NO_ERROR.into(), b"idle");
+            break;
+        };
+        let accepted = tokio::select! {
+            a = h3.accept() => a,
+            _ = tokio::time::sleep(left) => continue,
+        };
+        match accepted {
             Ok(Some(resolver)) => {
                 let (app, handshake, conn) = (Arc::clone(&app), handshake.clone(), conn.clone());
-                tokio::spawn(serve_request(
-                    resolver,
-                    app,
-                    handshake,
-                    conn,
-                    budget.clone(),
-                ));
+                let (in_progress, budget) = (activity.begin(), budget.clone());
+                tokio::spawn(async move {
+                    serve_request(resolver, app, handshake, conn, budget).await;
+                    drop(in_progress);
+                });
             }
             Ok(None) => break,
             Err(e) => {
@@ -169,6 +182,9 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<App>) {
         }
     }
 }
+
+/// HTTP/3's H3_NO_ERROR: the connection closes because it is not needed.
+const H3_NO_ERROR: u32 = 0x100;
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;

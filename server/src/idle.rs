@@ -1,11 +1,12 @@
-//! HTTP/2 connections that carry no request are closed, so a client that connects and
-//! sends nothing, or whose last request ended long ago, does not keep a connection slot.
+//! Connections that carry no request are closed, so a client that connects and sends
+//! nothing, or whose last request ended long ago, does not keep a connection slot.
 //!
-//! A new connection must send its first request within the header timeout; after that,
-//! it may go the idle timeout without a request in progress. hyper's HTTP/2 server has
+//! A new HTTP/2 connection must send its first request within the header timeout; after
+//! that, it may go the idle timeout without a request in progress. A QUIC connection gets
+//! the idle timeout from its handshake on (the daemon prewarms QUIC without a request). hyper's HTTP/2 server has
 //! neither (its `header_read_timeout` is HTTP/1 only), and its keep-alive pings answer
-//! whether the peer is alive, not whether it is using the connection. HTTP/3 has QUIC's
-//! own idle timeout.
+//! whether the peer is alive, not whether it is using the connection. Over HTTP/3, QUIC's
+//! idle timeout ends a silent connection, but not one the client keeps alive with pings.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -35,7 +35,7 @@ pub struct Limits {
     pub body_idle: Duration,
     /// A new HTTP/2 connection that sends no request in this long is closed.
     pub first_request: Duration,
-    /// An HTTP/2 connection with no request in progress for this long is closed.
+    /// A connection with no request in progress for this long is closed.
     pub idle_connection: Duration,
 }
 

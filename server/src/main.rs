@@ -102,11 +102,12 @@ struct Args {
     #[arg(long, default_value_t = limits::Limits::default().body_idle.as_secs())]
     body_timeout: u64,
     /// Seconds a new HTTP/2 connection may take to send its first request; then it is
-    /// closed.
+    /// closed. (A QUIC connection gets the idle timeout: a prewarmed one waits for the
+    /// capture to end.)
     #[arg(long, default_value_t = limits::Limits::default().first_request.as_secs())]
     header_timeout: u64,
-    /// Seconds an HTTP/2 connection may go with no request in progress; then it is closed
-    /// (GOAWAY; a client simply connects again).
+    /// Seconds a connection (HTTP/2 or HTTP/3) may go with no request in progress; then it
+    /// is closed (a client simply connects again).
     #[arg(long, default_value_t = limits::Limits::default().idle_connection.as_secs())]
     idle_timeout: u64,
 }

@@ -289,6 +289,58 @@ async fn quic_connections_past_the_limit_are_refused_until_one_closes() {
     );
 }
 
+#[tokio::test]
+async fn a_quic_connection_kept_alive_but_carrying_no_request_is_closed() {
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), None, &["--idle-timeout", "2"]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls =
+        uplinkd::transport::tls::client_config(Some(&server.ca), &[wire::ALPN_H3]).expect("tls");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from((*tls).clone()).expect("quic");
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(quic));
+    // Pings every 200 ms: QUIC's own idle timeout never fires.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(200)));
+    config.transport_config(std::sync::Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let addr = server.addr.parse().expect("server addr");
+    let conn = endpoint
+        .connect_with(config, addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("QUIC handshake");
+    let started = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .expect("the server never closed a connection that sent no request");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "closed after {:?}, before the 2 s idle timeout",
+        started.elapsed()
+    );
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(u64::from(c.error_code), 0x100, "H3_NO_ERROR: {c:?}")
+        }
+        other => panic!("closed otherwise: {other:?}"),
+    }
+
+    // A daemon's prewarmed QUIC connection goes idle and is closed; its upload afterwards
+    // connects again and still goes over HTTP/3.
+    let daemon = Daemon::start(dir.path(), &server);
+    let warm = uplink(&daemon.socket, &["prewarm"]);
+    assert!(warm.status.success(), "{warm:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let file = dir.path().join("f.bin");
+    random_file(&file, 3 * MIB);
+    let socket = daemon.socket.clone();
+    let record = tokio::task::spawn_blocking(move || send_wait(&socket, &file))
+        .await
+        .expect("send");
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["protocol"], "h3", "{record}");
+}
+
 /// TCP connections established to the server's port (`ss`), its side of each.
 fn server_connections(server: &Server) -> usize {
     let port = server.addr.rsplit_once(':').map_or("", |(_, p)| p);
