@@ -156,7 +156,19 @@ async fn demo(args: &DemoArgs, tmp: &Path, procs: &mut Procs) -> Result<ExitCode
     let token = tmp.join("token");
     let mut raw = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
-    std::fs::write(&token, hex::encode(raw)).map_err(|e| e.to_string())?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A secret: readable by its owner only (the server and daemon refuse it otherwise).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token)
+            .map_err(|e| format!("cannot create {}: {e}", token.display()))?;
+        f.write_all(hex::encode(raw).as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", token.display()))?;
+    }
 
     let server_dir = tmp.join("server");
     let ready = start(

@@ -53,7 +53,24 @@ impl ClientSecret {
     }
 
     /// Reads the token file at `path`.
+    /// The file must not be readable by group or others (mode 0600): a secret anyone on
+    /// the host can read is not a secret.
     pub fn read_token_file(path: &Path) -> Result<ClientSecret, String> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "token file {} is readable by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+        }
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?,
@@ -258,6 +275,31 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_refused_naming_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("uplink-token-mode-{}", std::process::id()));
+        std::fs::write(&path, "a-secret").unwrap();
+        for (mode, ok) in [
+            (0o644, false),
+            (0o640, false),
+            (0o604, false),
+            (0o600, true),
+            (0o400, true),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match ClientSecret::read_token_file(&path) {
+                Ok(_) => assert!(ok, "mode {mode:o} accepted"),
+                Err(e) => {
+                    assert!(!ok, "mode {mode:o} refused: {e}");
+                    assert!(e.contains(&format!("(mode {mode:o}): chmod 600 it")), "{e}");
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn split_feeding_gives_the_same_digest() {

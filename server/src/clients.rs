@@ -74,7 +74,7 @@ impl Clients {
     pub fn load(source: &ClientSource) -> Result<Clients, String> {
         match source {
             ClientSource::TokenFile(path) => {
-                let creds = Credentials::derive(&read_secret(path, false)?);
+                let creds = Credentials::derive(&ClientSecret::read_token_file(path)?);
                 Clients::from_clients(vec![Client {
                     id: DEFAULT_TENANT.to_string(),
                     credentials: vec![creds],
@@ -176,10 +176,12 @@ fn read_dir(dir: &Path) -> Result<Vec<Client>, String> {
                 path.display()
             ));
         }
-        let mut credentials = vec![Credentials::derive(&read_secret(&path, true)?)];
+        let mut credentials = vec![Credentials::derive(&ClientSecret::read_token_file(&path)?)];
         let previous = dir.join(format!("{id}.previous"));
         if previous.exists() {
-            credentials.push(Credentials::derive(&read_secret(&previous, true)?));
+            credentials.push(Credentials::derive(&ClientSecret::read_token_file(
+                &previous,
+            )?));
         }
         let quota_file = dir.join(format!("{id}.quota"));
         let quota = match std::fs::read_to_string(&quota_file) {
@@ -206,24 +208,6 @@ fn read_dir(dir: &Path) -> Result<Vec<Client>, String> {
 }
 
 /// Reads a secret file; with `private`, refuses one that group or others may read.
-fn read_secret(path: &Path, private: bool) -> Result<ClientSecret, String> {
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| format!("cannot read client file {}: {e}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "client file {} is readable by others (mode {:o}): chmod 600 it",
-                path.display(),
-                mode & 0o777
-            ));
-        }
-    }
-    ClientSecret::read_token_file(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

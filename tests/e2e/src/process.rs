@@ -2,6 +2,8 @@
 //! guard drops, and where their logs go.
 
 use std::io::{BufRead, BufReader, Read};
+
+use crate::write_secret;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -182,8 +184,7 @@ impl Server {
     pub fn start_opts(dir: &Path, sim: Option<&netsim::Sim>, extra: &[&str]) -> Server {
         std::fs::create_dir_all(dir).expect("server dir");
         let token_file = dir.join("token");
-        std::fs::write(&token_file, TOKEN).expect("token");
-        chmod(&token_file, 0o644);
+        write_secret(&token_file, TOKEN);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         match sim {
             Some(sim) => {
@@ -224,7 +225,7 @@ impl Server {
     pub fn start_limited(dir: &Path, nofile: u64, extra: &[&str]) -> Server {
         std::fs::create_dir_all(dir).expect("server dir");
         let token_file = dir.join("token");
-        std::fs::write(&token_file, TOKEN).expect("token");
+        write_secret(&token_file, TOKEN);
         let extra = extra.iter().map(|s| s.to_string()).collect();
         Self::start_at(
             dir,

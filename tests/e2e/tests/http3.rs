@@ -136,7 +136,7 @@ fn http2_responses_advertise_http3_on_the_same_port() {
 fn no_h3_serves_http2_only_and_advertises_nothing() {
     let dir = workdir();
     let token = dir.path().join("token");
-    std::fs::write(&token, TOKEN).unwrap();
+    write_secret(&token, TOKEN);
     let mut cmd = Command::new(bin("uplink-server"));
     cmd.args(["--listen", "127.0.0.1:0", "--no-h3", "--data-dir"])
         .arg(dir.path().join("server-data"))

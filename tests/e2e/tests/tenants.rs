@@ -181,6 +181,38 @@ fn tenants_see_only_their_own_uploads_and_objects() {
 }
 
 #[test]
+fn a_token_file_others_can_read_is_refused_by_server_and_daemon() {
+    let dir = workdir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-secret-0123456789").expect("token");
+    chmod(&token, 0o644);
+    let server = Command::new(bin("uplink-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .expect("run uplink-server");
+    let daemon = Command::new(bin("uplinkd"))
+        .args(["--endpoint", "https://127.0.0.1:1", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(dir.path().join("d.sock"))
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .expect("run uplinkd");
+    for (who, out) in [("uplink-server", server), ("uplinkd", daemon)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{who} started with a 0644 secret");
+        assert!(
+            err.contains("is readable by others (mode 644): chmod 600 it"),
+            "{who}: {err}"
+        );
+    }
+}
+
+#[test]
 fn quotas_answer_with_stable_codes() {
     let dir = workdir();
     let clients = clients_dir(dir.path());
