@@ -77,7 +77,11 @@ fn an_unreadable_file_is_refused() {
     std::fs::create_dir(&state).unwrap();
     rustix::fs::chown(&state, Some(rustix::process::Uid::from_raw(NOBODY)), None).unwrap();
     chmod(&server.ca, 0o644);
-    let mut cmd = Daemon::command(d, &server);
+    // Its own copy of the secret, owned by the uid it runs as (a secret is 0600).
+    let token = d.join("daemon-token");
+    write_secret(&token, TOKEN);
+    rustix::fs::chown(&token, Some(rustix::process::Uid::from_raw(NOBODY)), None).unwrap();
+    let mut cmd = Daemon::command_as(d, &server, None, &token);
     std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY);
     std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY);
     cmd.env("HOME", "/");
