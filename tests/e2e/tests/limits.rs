@@ -161,11 +161,7 @@ async fn a_stalled_body_is_answered_408_and_memory_held_for_bodies_is_capped() {
 
     // And a whole upload by the daemon goes through the same server.
     let daemon = Daemon::start(dir.path(), &server);
-    let file = dir.path().join("after.bin");
-    random_file(&file, 20 * MIB);
-    let record = send_wait(&daemon.socket, &file);
-    assert_eq!(record["state"], "completed", "{record}");
-    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+    upload_intact(dir.path(), &daemon, 20 * MIB);
 }
 
 #[test]
@@ -202,11 +198,7 @@ fn connections_past_the_limit_are_told_to_come_back() {
     // Once they close, the daemon uploads as usual.
     drop(held);
     let daemon = Daemon::start(dir.path(), &server);
-    let file = dir.path().join("f.bin");
-    random_file(&file, 3 * MIB);
-    let record = send_wait(&daemon.socket, &file);
-    assert_eq!(record["state"], "completed", "{record}");
-    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+    upload_intact(dir.path(), &daemon, 3 * MIB);
 }
 
 #[test]
@@ -242,11 +234,7 @@ fn connections_that_carry_no_request_are_closed_and_a_daemon_connects_again() {
         gone.is_some(),
         "the idle prewarmed connection is still open"
     );
-    let file = dir.path().join("f.bin");
-    random_file(&file, 3 * MIB);
-    let record = send_wait(&daemon.socket, &file);
-    assert_eq!(record["state"], "completed", "{record}");
-    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+    upload_intact(dir.path(), &daemon, 3 * MIB);
 }
 
 #[tokio::test]
@@ -331,14 +319,22 @@ async fn a_quic_connection_kept_alive_but_carrying_no_request_is_closed() {
     let warm = uplink(&daemon.socket, &["prewarm"]);
     assert!(warm.status.success(), "{warm:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let file = dir.path().join("f.bin");
-    random_file(&file, 3 * MIB);
-    let socket = daemon.socket.clone();
-    let record = tokio::task::spawn_blocking(move || send_wait(&socket, &file))
+    let dir = dir.path().to_path_buf();
+    let record = tokio::task::spawn_blocking(move || upload_intact(&dir, &daemon, 3 * MIB))
         .await
         .expect("send");
-    assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["protocol"], "h3", "{record}");
+}
+
+/// After a limit: a fresh file of `size` random bytes goes through `daemon` and the server
+/// holds exactly it. Returns the job's final record.
+fn upload_intact(dir: &std::path::Path, daemon: &Daemon, size: u64) -> serde_json::Value {
+    let file = dir.join(format!("good-{size}.bin"));
+    random_file(&file, size);
+    let record = send_wait(&daemon.socket, &file);
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["server_sha256"], sha256_file(&file).as_str());
+    record
 }
 
 /// TCP connections established to the server's port (`ss`), its side of each.
