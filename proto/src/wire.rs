@@ -373,6 +373,8 @@ pub mod code {
     pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
     pub const ALREADY_COMPLETED: &str = "already_completed";
     pub const CHUNK_TOO_LARGE: &str = "chunk_too_large";
+    /// 413: a JSON request body (create, complete) past its limit.
+    pub const BODY_TOO_LARGE: &str = "body_too_large";
     pub const OUT_OF_RANGE: &str = "out_of_range";
     pub const LENGTH_MISMATCH: &str = "length_mismatch";
     /// A `Content-Encoding` the server does not take (415), or an LZ4 body that does not

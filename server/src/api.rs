@@ -294,7 +294,14 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let parts = read_parts(body, limit).await?;
+    let parts = read_parts(body, limit).await.map_err(|e| match e.code {
+        code::LENGTH_MISMATCH => ApiError::new(
+            413,
+            code::BODY_TOO_LARGE,
+            format!("a JSON request body is limited to {limit} bytes"),
+        ),
+        _ => e,
+    })?;
     if parts.len() == 1 {
         return Ok(parts.into_iter().next().unwrap_or_default());
     }

@@ -136,6 +136,16 @@ impl Session {
                 st.duplicate_puts += 1;
                 return Ok(BeginChunk::Duplicate);
             }
+            if replace && !self.deferred {
+                return Err(ApiError::new(
+                    409,
+                    code::CHUNK_CONFLICT,
+                    format!(
+                        "the server holds a different chunk at {o}+{l}; X-Chunk-Replace is \
+                         only for uploads whose length was deferred (a growing file)"
+                    ),
+                ));
+            }
             if !(replace && o == offset && l == length) {
                 return Err(ApiError::new(
                     409,

@@ -94,6 +94,14 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 /// A wire-protocol client for `server` (the daemon's own, used here to poke the server
 /// directly: bad chunks, replays, state).
 pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
+    server_client_as(server, credentials())
+}
+
+/// [`server_client`] holding another client's credentials (a tenant's).
+pub fn server_client_as(
+    server: &Server,
+    credentials: uplink_proto::integrity::Credentials,
+) -> uplinkd::server_api::ServerClient {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls =
         uplinkd::transport::tls::client_config(Some(&server.ca), &[uplink_proto::wire::ALPN_H2])
@@ -102,7 +110,7 @@ pub fn server_client(server: &Server) -> uplinkd::server_api::ServerClient {
     let alt = uplinkd::transport::alt_svc::AltSvcCache::load(None, &ep.authority);
     let pool = uplinkd::transport::h2::H2Pool::new(ep, tls, 1);
     let transport = uplinkd::transport::Transport::new(pool, None, alt);
-    uplinkd::server_api::ServerClient::new(transport, credentials())
+    uplinkd::server_api::ServerClient::new(transport, credentials)
 }
 
 /// A chunk of `data` at `offset`, its digests computed: what the daemon's client sends.
