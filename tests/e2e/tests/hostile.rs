@@ -30,6 +30,9 @@ enum Want {
     Reset,
 }
 
+/// Request headers as (name, raw value) pairs; values need not be UTF-8.
+type Headers = Vec<(&'static str, Vec<u8>)>;
+
 /// The server's answer to one request: status and error code, or the stream's error.
 type Got = Result<(u16, String), String>;
 
@@ -152,7 +155,7 @@ fn chunk(offset: u64, len: u64, seed: u64) -> ChunkPayload {
 }
 
 /// The four chunk headers as the daemon sends them, as owned (name, value) pairs.
-fn signed(keys: &SessionKeys, c: &ChunkPayload) -> Vec<(&'static str, Vec<u8>)> {
+fn signed(keys: &SessionKeys, c: &ChunkPayload) -> Headers {
     chunk_headers(keys, c)
         .into_iter()
         .map(|(n, v)| (n, v.into_bytes()))
@@ -165,8 +168,8 @@ fn with(
     headers: &[(&'static str, Vec<u8>)],
     name: &'static str,
     value: Option<&[u8]>,
-) -> Vec<(&'static str, Vec<u8>)> {
-    let mut out: Vec<(&'static str, Vec<u8>)> = headers
+) -> Headers {
+    let mut out: Headers = headers
         .iter()
         .filter(|(n, _)| *n != name)
         .cloned()
@@ -254,7 +257,7 @@ async fn malformed_forged_and_abusive_requests_are_refused_and_nothing_is_stored
     };
 
     // ---- Credentials and paths ----
-    let cases: Vec<(&str, Vec<(&'static str, Vec<u8>)>, &str, String, Want)> = vec![
+    let cases: Vec<(&str, Headers, &str, String, Want)> = vec![
         (
             "no credential",
             vec![],
@@ -558,7 +561,7 @@ async fn malformed_forged_and_abusive_requests_are_refused_and_nothing_is_stored
     let mut too_large = h(wire::HDR_CHUNK_LENGTH, Some(b"33554433"));
     too_large.retain(|(n, _)| *n != wire::HDR_CHUNK_HMAC);
     too_large.push((wire::HDR_CHUNK_HMAC, tag_for(&keys, &c1, HALF, 33_554_433)));
-    let puts: Vec<(&str, Vec<(&'static str, Vec<u8>)>, String, Bytes, Want)> = vec![
+    let puts: Vec<(&str, Headers, String, Bytes, Want)> = vec![
         (
             "chunk: no X-Chunk-Length",
             h(wire::HDR_CHUNK_LENGTH, None),
