@@ -24,11 +24,27 @@ pub const ERROR_CODE_KEY: &str = "uplink-error-code";
 /// A status whose message starts with the stable code (`code: sentence`), which is also
 /// in the `uplink-error-code` metadata for programs.
 pub fn status(code: Code, stable: &str, message: &str) -> Status {
-    let mut s = Status::new(code, format!("{stable}: {message}"));
+    let mut s = Status::new(code, format!("{stable}: {}", bounded(message)));
     if let Ok(v) = stable.parse() {
         s.metadata_mut().insert(ERROR_CODE_KEY, v);
     }
     s
+}
+
+/// Longest message a status carries. It travels in the `grpc-message` trailer, and a
+/// message echoing a caller's megabyte-long job id would pass any client's header limit:
+/// the caller would see a broken stream instead of its error.
+const MAX_MESSAGE: usize = 1024;
+
+fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE {
+        return message.into();
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &message[..end], message.len()).into()
 }
 
 impl From<ManagerError> for Status {

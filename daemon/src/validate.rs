@@ -30,6 +30,8 @@ pub struct Accepted {
 }
 
 const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest path taken: Linux's PATH_MAX (macOS's is 1024, and its kernel says so itself).
+const MAX_PATH: usize = 4096;
 const MAX_METADATA_KEY: usize = 128;
 const MAX_METADATA_VALUE: usize = 1024;
 
@@ -43,6 +45,18 @@ pub fn check(
 ) -> Result<Accepted, Invalid> {
     if path.is_empty() {
         return Err(invalid("path_required", "no file path given"));
+    }
+    if path.contains('\0') {
+        return Err(invalid("bad_path", "the path contains a NUL byte"));
+    }
+    if path.len() > MAX_PATH {
+        return Err(invalid(
+            "bad_path",
+            format!(
+                "the path is {} bytes; paths are at most {MAX_PATH}",
+                path.len()
+            ),
+        ));
     }
     let p = Path::new(path);
     if !p.is_absolute() {
