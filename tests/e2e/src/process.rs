@@ -154,6 +154,8 @@ pub struct Server {
     pub nofile: Option<u64>,
     /// Started with `--clients DIR` (tenants) instead of `--token-file`.
     pub clients: Option<PathBuf>,
+    /// Environment variables set for it (kept across restarts).
+    pub env: Vec<(String, String)>,
 }
 
 /// The secret in the servers' (and daemons') token file; it never goes on the wire.
@@ -196,9 +198,18 @@ impl Server {
                     Some(sim.server_ns()),
                     extra,
                     None,
+                    vec![],
                 )
             }
-            None => Self::start_at(dir, "127.0.0.1:0", Some(&token_file), None, extra, None),
+            None => Self::start_at(
+                dir,
+                "127.0.0.1:0",
+                Some(&token_file),
+                None,
+                extra,
+                None,
+                vec![],
+            ),
         }
     }
 
@@ -208,9 +219,31 @@ impl Server {
         std::fs::create_dir_all(dir).expect("server dir");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--clients".to_string(), clients.display().to_string()]);
-        let mut s = Self::start_at(dir, "127.0.0.1:0", None, None, extra, None);
+        let mut s = Self::start_at(dir, "127.0.0.1:0", None, None, extra, None, vec![]);
         s.clients = Some(clients.to_path_buf());
         s
+    }
+
+    /// On loopback with `--token-file`, extra flags and environment variables (e.g.
+    /// `UPLINK_LOG`).
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let token_file = dir.join("token");
+        write_secret(&token_file, TOKEN);
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_at(
+            dir,
+            "127.0.0.1:0",
+            Some(&token_file),
+            None,
+            extra,
+            None,
+            env,
+        )
     }
 
     /// Sends the server SIGHUP (it reads its clients again).
@@ -234,6 +267,7 @@ impl Server {
             None,
             extra,
             Some(nofile),
+            vec![],
         )
     }
 
@@ -252,6 +286,7 @@ impl Server {
         netns: Option<String>,
         extra: Vec<String>,
         nofile: Option<u64>,
+        env: Vec<(String, String)>,
     ) -> Server {
         let data_dir = dir.join("server-data");
         let mut cmd = match nofile {
@@ -266,6 +301,7 @@ impl Server {
             None => in_netns(netns.as_deref(), "uplink-server"),
         };
         cmd.args(&extra);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -287,6 +323,7 @@ impl Server {
             extra,
             nofile,
             clients: None,
+            env,
         }
     }
 
@@ -307,6 +344,7 @@ impl Server {
             self.netns.clone(),
             self.extra.clone(),
             self.nofile,
+            self.env.clone(),
         );
         again.clients = self.clients.take();
         *self = again;
