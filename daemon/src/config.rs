@@ -10,6 +10,7 @@ use uplink_proto::integrity::Credentials;
 pub use uplink_proto::paths::{SOCKET_ENV, default_state_dir};
 
 use crate::jobs::Retention;
+use crate::transport::pin::SpkiPin;
 
 /// Every setting, each optional: what the TOML file says, or what the flags say.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -18,6 +19,8 @@ pub struct Settings {
     pub endpoint: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    /// `sha256/<base64>` keys of CAs the server's chain must run through.
+    pub pin_spki: Option<Vec<String>>,
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub streams: Option<u32>,
@@ -36,6 +39,7 @@ impl Settings {
             endpoint: self.endpoint.or(other.endpoint),
             token_file: self.token_file.or(other.token_file),
             ca_file: self.ca_file.or(other.ca_file),
+            pin_spki: self.pin_spki.or(other.pin_spki),
             state_dir: self.state_dir.or(other.state_dir),
             socket: self.socket.or(other.socket),
             streams: self.streams.or(other.streams),
@@ -61,6 +65,8 @@ pub struct Config {
     pub token_file: PathBuf,
     /// PEM CA certificates to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// CA-level key pins (empty: none); see [`crate::transport::pin`].
+    pub pins: Vec<SpkiPin>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     /// Requests in flight at once; `None`: the speed tier's (4/8/12/12).
@@ -126,6 +132,12 @@ impl Config {
             .token_file
             .ok_or("no token: pass --token-file FILE or set `token_file` in the config file")?;
         let credentials = Credentials::from_token_file(&token_file)?;
+        let pins = s
+            .pin_spki
+            .unwrap_or_default()
+            .iter()
+            .map(|p| SpkiPin::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let state_dir = s.state_dir.unwrap_or_else(default_state_dir);
         let socket = s
             .socket
@@ -168,6 +180,7 @@ impl Config {
             credentials,
             token_file,
             ca_file: s.ca_file,
+            pins,
             state_dir,
             socket,
             streams,

@@ -18,7 +18,7 @@ use uplinkd::{grpc, ipc};
 #[derive(Parser, Debug)]
 #[command(name = "uplinkd", version)]
 struct Args {
-    /// TOML config file (keys: endpoint, token_file, ca_file, state_dir, socket, streams,
+    /// TOML config file (keys: endpoint, token_file, ca_file, pin_spki, state_dir, socket, streams,
     /// connections, chunk_size, keep_warm_seconds, keep_finished_jobs, keep_finished_days,
     /// sysfs_root);
     /// default ~/.config/uplink/uplinkd.toml if present.
@@ -34,6 +34,11 @@ struct Args {
     /// PEM CA certificate(s) to trust for the server (default: the system's roots).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Pin a CA: the server's chain must run through a CA with this key
+    /// (`sha256/<base64>` of its SubjectPublicKeyInfo; repeat for more, e.g. the next CA
+    /// during a rotation). Never the leaf's key: that changes at every renewal.
+    #[arg(long = "pin-spki", value_name = "sha256/BASE64")]
+    pin_spki: Vec<String>,
     /// Where jobs and checkpoints live.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -78,6 +83,7 @@ fn main() -> std::process::ExitCode {
         endpoint: a.endpoint,
         token_file: a.token_file,
         ca_file: a.ca_file,
+        pin_spki: (!a.pin_spki.is_empty()).then_some(a.pin_spki),
         state_dir: a.state_dir,
         socket: a.socket,
         streams: a.streams,
@@ -107,8 +113,11 @@ fn main() -> std::process::ExitCode {
 async fn run(cfg: Config) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = transport::Endpoint::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
-    let tls =
-        transport::tls::client_config(cfg.ca_file.as_deref(), &[uplink_proto::wire::ALPN_H2])?;
+    let tls = transport::tls::client_config_pinned(
+        cfg.ca_file.as_deref(),
+        &cfg.pins,
+        &[uplink_proto::wire::ALPN_H2],
+    )?;
     let h3 = match H3Client::new(endpoint.clone(), &tls) {
         Ok(c) => Some(c),
         Err(e) => {

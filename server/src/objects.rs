@@ -6,7 +6,7 @@
 //! replaced only with `X-Overwrite: 1`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,8 +44,7 @@ where
             return Err(e);
         }
     };
-    let (done, replaced) = put_object(&put, body).await?;
-    app.store.note_stored(tenant, done.size, replaced);
+    let done = put_object(app, tenant, put, body).await?;
     Ok(json(StatusCode::CREATED, &done))
 }
 
@@ -114,20 +113,39 @@ fn taken(name: &str) -> ApiError {
     )
 }
 
+/// What the network side hands the writer thread.
+enum Piece {
+    Data(Bytes),
+    /// The whole body arrived: verify it and move it into place.
+    End,
+}
+
 /// Receives the body and places the object; returns it and the size it replaced.
-async fn put_object<B>(put: &PutObject, mut body: B) -> Result<(UploadCompleted, u64), ApiError>
+///
+/// The writer thread owns the temp file from start to end: it places the object only on
+/// [`Piece::End`] and removes the file otherwise. A request future dropped midway (the
+/// client reset the stream) drops the sender, so the file goes too: an aborted PUT leaves
+/// nothing on disk, and a placed one is counted against the quota even if nobody is left
+/// to read the answer.
+async fn put_object<B>(
+    app: &Arc<App>,
+    tenant: &str,
+    put: PutObject,
+    mut body: B,
+) -> Result<UploadCompleted, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let (objects_dir, name, expect) = (&put.dir, put.name.as_str(), put.expect);
-    let dest = objects_dir.join(name);
-    let mut raw = [0u8; 8];
-    rand::rng().fill_bytes(&mut raw);
-    let tmp = objects_dir.join(format!(".upload-{}", hex::encode(raw)));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE_FRAMES);
-    let tmp2 = tmp.clone();
-    let writer = tokio::task::spawn_blocking(move || write_and_hash(&tmp2, rx));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(QUEUE_FRAMES);
+    let (app, tenant) = (Arc::clone(app), tenant.to_string());
+    let writer = tokio::task::spawn_blocking(move || {
+        let placed = write_and_place(&put, rx);
+        if let Ok((done, replaced)) = &placed {
+            app.store.note_stored(&tenant, done.size, *replaced);
+        }
+        placed.map(|(done, _)| done)
+    });
 
     let mut size = 0u64;
     let mut failure = None;
@@ -158,66 +176,99 @@ where
             ));
             break;
         }
-        if tx.send(data).await.is_err() {
+        if tx.send(Piece::Data(data)).await.is_err() {
             break; // the writer failed; its error is reported below
         }
     }
+    if failure.is_none() {
+        // Fails only if the writer already stopped on an error, reported below.
+        let _ = tx.send(Piece::End).await;
+    }
     drop(tx);
-    let written = writer
+    let placed = writer
         .await
         .map_err(|e| ApiError::new(500, code::INTERNAL, format!("writer failed: {e}")))
-        .and_then(|r| r.map_err(|e| ApiError::io("writing the object", &e)));
-    let result = match (failure, written) {
-        (Some(e), _) | (None, Err(e)) => Err(e),
-        (None, Ok((sha, n))) => {
-            if expect.is_some_and(|want| want != sha) {
-                Err(ApiError::new(
-                    422,
-                    code::SHA256_MISMATCH,
-                    "body does not match X-Content-SHA256",
-                ))
-            } else {
-                let (tmp2, overwrite) = (tmp.clone(), put.overwrite);
-                let placed =
-                    tokio::task::spawn_blocking(move || fsutil::place(&tmp2, &dest, overwrite))
-                        .await
-                        .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?
-                        .map_err(|e| ApiError::io("moving the object into place", &e))?;
-                match placed {
-                    None => Err(taken(name)),
-                    Some(replaced) => Ok((
-                        UploadCompleted {
-                            sha256: hex::encode(sha),
-                            size: n,
-                            location: wire::object_path(name),
-                        },
-                        replaced,
-                    )),
-                }
-            }
-        }
-    };
+        .and_then(|r| r);
+    match failure {
+        Some(e) => Err(e),
+        None => placed,
+    }
+}
+
+/// Writes and hashes the body into a hidden temp file, then places it if the body was
+/// whole and matches `X-Content-SHA256`; removes the temp file on every other path.
+fn write_and_place(
+    put: &PutObject,
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<(UploadCompleted, u64), ApiError> {
+    let mut raw = [0u8; 8];
+    rand::rng().fill_bytes(&mut raw);
+    let tmp = put.dir.join(format!(".upload-{}", hex::encode(raw)));
+    let result = write_and_hash(&tmp, rx).and_then(|written| place_verified(put, &tmp, written));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
 }
 
+fn place_verified(
+    put: &PutObject,
+    tmp: &Path,
+    written: Option<([u8; 32], u64)>,
+) -> Result<(UploadCompleted, u64), ApiError> {
+    let Some((sha, n)) = written else {
+        return Err(ApiError::new(
+            400,
+            code::BAD_REQUEST,
+            "the request ended before its body did",
+        ));
+    };
+    if put.expect.is_some_and(|want| want != sha) {
+        return Err(ApiError::new(
+            422,
+            code::SHA256_MISMATCH,
+            "body does not match X-Content-SHA256",
+        ));
+    }
+    let name = put.name.as_str();
+    let placed = fsutil::place(tmp, &put.dir.join(name), put.overwrite)
+        .map_err(|e| ApiError::io("moving the object into place", &e))?;
+    let Some(replaced) = placed else {
+        return Err(taken(name));
+    };
+    let done = UploadCompleted {
+        sha256: hex::encode(sha),
+        size: n,
+        location: wire::object_path(name),
+    };
+    Ok((done, replaced))
+}
+
+/// Streams the pieces into `path`; `None` if the sender went away before [`Piece::End`].
 fn write_and_hash(
-    path: &PathBuf,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::io::Result<([u8; 32], u64)> {
+    path: &Path,
+    mut rx: tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<Option<([u8; 32], u64)>, ApiError> {
+    let io = |e: std::io::Error| ApiError::io("writing the object", &e);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(path)?;
+        .open(path)
+        .map_err(io)?;
     let mut h = Sha256::new();
     let mut n = 0u64;
-    while let Some(data) = rx.blocking_recv() {
-        h.update(&data);
-        f.write_all(&data)?;
-        n += data.len() as u64;
+    while let Some(piece) = rx.blocking_recv() {
+        match piece {
+            Piece::Data(data) => {
+                h.update(&data);
+                f.write_all(&data).map_err(io)?;
+                n += data.len() as u64;
+            }
+            Piece::End => {
+                f.sync_all().map_err(io)?;
+                return Ok(Some((h.finalize().into(), n)));
+            }
+        }
     }
-    f.sync_all()?;
-    Ok((h.finalize().into(), n))
+    Ok(None)
 }

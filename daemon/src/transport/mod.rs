@@ -10,6 +10,7 @@ pub mod h3;
 pub mod happy;
 pub mod mptcp;
 pub mod path_watch;
+pub mod pin;
 pub mod progress;
 pub mod tcp_watch;
 pub mod tls;

@@ -30,6 +30,19 @@ pub fn write_secret(path: &Path, secret: &str) {
     std::fs::rename(&tmp, path).expect("rename secret");
 }
 
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        match p.is_dir() {
+            true => out.extend(files_under(&p)),
+            false => out.push(p),
+        }
+    }
+    out
+}
+
 /// Writes `size` pseudo-random (incompressible) bytes.
 pub fn random_file(path: &Path, size: u64) {
     let mut w =

@@ -184,9 +184,7 @@ impl Server {
 
     /// On loopback, or in `sim`'s server namespace, with extra flags (e.g. `--no-h3`).
     pub fn start_opts(dir: &Path, sim: Option<&netsim::Sim>, extra: &[&str]) -> Server {
-        std::fs::create_dir_all(dir).expect("server dir");
-        let token_file = dir.join("token");
-        write_secret(&token_file, TOKEN);
+        let token_file = Self::token_in(dir);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         match sim {
             Some(sim) => {
@@ -224,12 +222,18 @@ impl Server {
         s
     }
 
-    /// On loopback with `--token-file`, extra flags and environment variables (e.g.
-    /// `UPLINK_LOG`).
-    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    /// Makes `dir` and writes the test's token file there (0600); returns its path.
+    fn token_in(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(dir).expect("server dir");
         let token_file = dir.join("token");
         write_secret(&token_file, TOKEN);
+        token_file
+    }
+
+    /// On loopback with `--token-file`, extra flags and environment variables (e.g.
+    /// `UPLINK_LOG`).
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let token_file = Self::token_in(dir);
         let extra = extra.iter().map(|s| s.to_string()).collect();
         let env = env
             .iter()
@@ -256,9 +260,7 @@ impl Server {
     /// On loopback under `ulimit -n nofile` (what a systemd service or a shell gives it),
     /// with extra flags.
     pub fn start_limited(dir: &Path, nofile: u64, extra: &[&str]) -> Server {
-        std::fs::create_dir_all(dir).expect("server dir");
-        let token_file = dir.join("token");
-        write_secret(&token_file, TOKEN);
+        let token_file = Self::token_in(dir);
         let extra = extra.iter().map(|s| s.to_string()).collect();
         Self::start_at(
             dir,

@@ -4,8 +4,6 @@
 //! the server's data dir or the daemon's state store. A full run: uploads over HTTP/2
 //! and HTTP/3, and a daemon holding a wrong secret turned away with 401.
 
-use std::path::Path;
-
 use uplink_e2e::*;
 use uplink_proto::integrity::{ClientSecret, Credentials};
 
@@ -20,20 +18,6 @@ fn secrets_of(token: &str) -> Vec<String> {
         c.bearer().to_string(),
         hex::encode(c.chunk_secret().as_bytes()),
     ]
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
@@ -103,7 +87,7 @@ fn no_secret_reaches_a_log_the_cli_or_a_store() {
         .collect();
     let mut log_lines = 0;
     let mut stored = 0;
-    for f in files(d) {
+    for f in files_under(d) {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // The token files themselves are where the secret belongs.
         if name == "token" || f.extension().is_some_and(|e| e == "bin") {
