@@ -19,6 +19,7 @@ use uplink_proto::wire::{self, UploadCompleted, code};
 use crate::api::{App, ResponseBody, blocking, drain, header_str, json};
 use crate::error::ApiError;
 use crate::fsutil;
+use crate::store::OBJECT_TEMP_PREFIX;
 
 /// Frames queued between the network and the writer thread.
 const QUEUE_FRAMES: usize = 64;
@@ -203,7 +204,9 @@ fn write_and_place(
 ) -> Result<(UploadCompleted, u64), ApiError> {
     let mut raw = [0u8; 8];
     rand::rng().fill_bytes(&mut raw);
-    let tmp = put.dir.join(format!(".upload-{}", hex::encode(raw)));
+    let tmp = put
+        .dir
+        .join(format!("{OBJECT_TEMP_PREFIX}{}", hex::encode(raw)));
     let result = write_and_hash(&tmp, rx).and_then(|written| place_verified(put, &tmp, written));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

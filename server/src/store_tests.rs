@@ -629,3 +629,45 @@ fn a_replacement_behind_the_running_hash_gives_the_final_bytes_hash() {
     let done = s.complete(&st, &root, Some(8)).unwrap();
     assert_eq!(done.sha256, hex::encode(integrity::sha256(b"HEADbody")));
 }
+
+#[test]
+fn object_puts_a_crash_cut_off_are_swept_at_open_and_objects_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    std::fs::create_dir_all(objects.join("alice")).unwrap();
+    for (path, body) in [
+        (objects.join(".upload-0011223344556677"), "half"),
+        (
+            objects.join("alice").join(".upload-8899aabbccddeeff"),
+            "half",
+        ),
+        (objects.join("scan.ply"), "whole"),
+        (objects.join("alice").join("scan.ply"), "whole"),
+        (objects.join("alice").join(".hidden-but-mine"), "kept"),
+    ] {
+        std::fs::write(path, body).unwrap();
+    }
+    Store::open(dir.path(), true).unwrap();
+    let mut left: Vec<_> = walk(&objects)
+        .iter()
+        .map(|p| p.strip_prefix(&objects).unwrap().display().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["alice/.hidden-but-mine", "alice/scan.ply", "scan.ply"]
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
