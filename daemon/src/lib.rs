@@ -15,3 +15,6 @@ pub mod server_api;
 pub mod telemetry;
 pub mod transport;
 pub mod validate;
+
+#[cfg(test)]
+mod fuzz;

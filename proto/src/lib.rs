@@ -12,6 +12,9 @@ pub mod merkle;
 pub mod paths;
 pub mod wire;
 
+#[cfg(test)]
+mod fuzz;
+
 /// The generated gRPC types and service stubs (`uplink.v1`).
 pub mod grpc {
     #![allow(clippy::all, missing_docs)]

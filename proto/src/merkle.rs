@@ -92,6 +92,17 @@ impl MerkleBuilder {
         Ok(())
     }
 
+    /// Whether a builder read back from storage is one `push` could have made: subtree
+    /// heights strictly falling, their sizes summing to the leaf count, and an end
+    /// offset inside the largest file. (Code that continues a builder relies on it.)
+    pub fn is_consistent(&self) -> bool {
+        let falling = self.stack.windows(2).all(|w| w[0].0 > w[1].0);
+        let sizes = self.stack.iter().try_fold(0u64, |n, &(h, _)| {
+            (h < 64).then(|| n.checked_add(1u64 << h)).flatten()
+        });
+        falling && sizes == Some(self.leaves) && self.next_offset <= crate::wire::MAX_FILE_SIZE
+    }
+
     /// The tree hash of the leaves so far (SHA-256 of nothing for no leaves).
     pub fn root(&self) -> [u8; 32] {
         let mut iter = self.stack.iter().rev();

@@ -7,6 +7,8 @@ mod clients;
 mod early_data;
 mod error;
 mod fsutil;
+#[cfg(test)]
+mod fuzz;
 mod http2;
 mod http3;
 mod http3_body;
@@ -17,6 +19,7 @@ mod objects;
 mod part;
 mod store;
 mod tls;
+mod tls_sessions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +30,7 @@ use clap::Parser;
 use uplink_proto::integrity::Credentials;
 
 use crate::clients::{ClientSource, Clients};
+use crate::tls_sessions::SessionCache;
 
 /// Reference ingest server: verifies every chunk and assembles uploads (HTTP/3 and HTTP/2,
 /// TLS 1.3).
@@ -110,6 +114,10 @@ struct Args {
     /// is closed (a client simply connects again).
     #[arg(long, default_value_t = limits::Limits::default().idle_connection.as_secs())]
     idle_timeout: u64,
+    /// Seconds a TLS session may be resumed (and carry 0-RTT data) after it was issued;
+    /// then its secret is erased. The seed rotates ticket keys every 3600 s.
+    #[arg(long, default_value_t = tls_sessions::DEFAULT_LIFETIME.as_secs())]
+    tls_session_lifetime: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,11 +172,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tls::ensure_self_signed(&args.data_dir.join("tls"), &names)?
         }
     };
-    let tls_config = tls::server_config(&files, &[uplink_proto::wire::ALPN_H2])?;
+    let lifetime = Duration::from_secs(args.tls_session_lifetime.max(1));
+    let tcp_sessions = Arc::new(SessionCache::new(TLS_SESSIONS, lifetime));
+    let quic_sessions = Arc::new(SessionCache::new(TLS_SESSIONS, lifetime));
+    let tls_config = tls::server_config(
+        &files,
+        &[uplink_proto::wire::ALPN_H2],
+        Arc::clone(&tcp_sessions),
+    )?;
     let quic_tls = if args.no_h3 {
         None
     } else {
-        Some(tls::quic_server_config(&files)?)
+        Some(tls::quic_server_config(&files, Arc::clone(&quic_sessions))?)
     };
     let quota = store::Quota {
         bytes: args.quota_bytes,
@@ -216,6 +231,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::spawn(sweep_sessions(Arc::clone(&app), args.completed_retention));
         tokio::spawn(reload_on_sighup(Arc::clone(&app)));
+        tokio::spawn(purge_tls_sessions([tcp_sessions, quic_sessions]));
         let ca = files.ca.as_ref().unwrap_or(&files.cert);
         let h3 = u8::from(endpoint.is_some());
         tracing::info!(%addr, sessions, tenants, http3 = h3 == 1, "serving");
@@ -251,6 +267,24 @@ async fn sweep_sessions(app: Arc<api::App>, retention_secs: u64) {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let _ = tokio::task::spawn_blocking(move || app.store.sweep(now, retention_secs)).await;
+    }
+}
+
+/// TLS sessions the server remembers per transport (the oldest goes first past it).
+const TLS_SESSIONS: usize = 4096;
+
+/// Erases TLS sessions past their lifetime even when no handshake comes to do it, so no
+/// resumption secret outlives its lifetime by more than a tenth of it.
+async fn purge_tls_sessions(caches: [Arc<SessionCache>; 2]) {
+    let every = (caches[0].lifetime() / 10).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        for c in &caches {
+            c.purge(now);
+        }
     }
 }
 

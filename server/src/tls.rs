@@ -10,6 +10,8 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::tls_sessions::SessionCache;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
@@ -109,26 +111,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 }
 
 /// The rustls server configuration for HTTP/2 over TCP: TLS 1.3 only, the given ALPN
-/// protocols.
-pub fn server_config(files: &CertFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    Ok(Arc::new(build(files, alpn)?))
+/// protocols, sessions resumed from `sessions`.
+pub fn server_config(
+    files: &CertFiles,
+    alpn: &[&[u8]],
+    sessions: Arc<SessionCache>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = build(files, alpn)?;
+    cfg.session_storage = sessions;
+    Ok(Arc::new(cfg))
 }
-
-/// Resumption tickets the server remembers. Each is single-use (see `quic_server_config`).
-const SESSION_CACHE: usize = 4096;
 
 /// The rustls server configuration for HTTP/3 over QUIC: TLS 1.3, ALPN `h3`, and 0-RTT on.
 ///
 /// QUIC allows only 0 or `u32::MAX` as the early-data limit. Tickets are stateful (the
-/// default: no `ticketer`), so rustls *takes* a session out of the cache when a client
+/// default: no `ticketer`), so rustls *takes* a session out of `sessions` when a client
 /// resumes with it: one ticket admits early data at most once on this process, which bounds
 /// replays of a captured ClientHello. Requests that must not run twice are still refused in
 /// early data (`early_data.rs`): that bound is a property of this cache, and would be lost
 /// with stateless tickets or a ticket store shared by a fleet of servers.
-pub fn quic_server_config(files: &CertFiles) -> Result<ServerConfig, TlsError> {
+pub fn quic_server_config(
+    files: &CertFiles,
+    sessions: Arc<SessionCache>,
+) -> Result<ServerConfig, TlsError> {
     let mut cfg = build(files, &[uplink_proto::wire::ALPN_H3])?;
     cfg.max_early_data_size = u32::MAX;
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    cfg.session_storage = sessions;
     Ok(cfg)
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use uplink_proto::merkle::MerkleBuilder;
+use uplink_proto::wire::MAX_FILE_SIZE;
 
 /// One acknowledged chunk: length and SHA-256 as hashed by the daemon.
 pub type Leaf = (u64, [u8; 32]);
@@ -74,6 +75,26 @@ impl Ledger {
         self.acked_chunks
     }
 
+    /// Whether a ledger read back from storage is one `ack` could have made (see
+    /// [`Checkpoint::decode`]).
+    pub fn is_consistent(&self) -> bool {
+        let mut end = self.prefix_end();
+        let mut bytes = self.prefix_end();
+        for (&off, &(len, _)) in &self.pending {
+            match off.checked_add(len) {
+                Some(e) if off >= end && e <= MAX_FILE_SIZE => {
+                    end = e;
+                    bytes += len;
+                }
+                _ => return false,
+            }
+        }
+        self.merkle.is_consistent()
+            && self.acked_bytes == bytes
+            && self.merkle.leaves().checked_add(self.pending.len() as u64)
+                == Some(self.acked_chunks)
+    }
+
     /// The Merkle root once every byte of a `size`-byte file is acknowledged.
     pub fn root_if_complete(&self, size: u64) -> Option<[u8; 32]> {
         (self.pending.is_empty() && self.merkle.next_offset() == size).then(|| self.merkle.root())
@@ -98,9 +119,68 @@ pub struct Checkpoint {
     pub crcs: super::rescan::ChunkCrcs,
 }
 
+impl Checkpoint {
+    /// Reads a checkpoint back (JSON, once unsealed) and checks it is one the engine could
+    /// have written: a ledger that folds, chunks inside the largest file and not
+    /// overlapping. Code that resumes from it does arithmetic on these numbers.
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+        let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !cp.ledger.is_consistent() {
+            return Err("its ledger is not one acknowledgements could make".into());
+        }
+        if cp.dispatched_until > MAX_FILE_SIZE {
+            return Err(format!(
+                "it dispatched up to {}, past the largest file",
+                cp.dispatched_until
+            ));
+        }
+        let mut end = 0u64;
+        for (&off, sent) in &cp.crcs {
+            match off.checked_add(sent.len) {
+                Some(e) if off >= end && e <= MAX_FILE_SIZE => end = e,
+                _ => return Err(format!("its chunk at {off} overlaps or lies past the end")),
+            }
+        }
+        Ok(cp)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_decodes_only_if_acknowledgements_could_have_made_it() {
+        let mut ledger = Ledger::new();
+        ledger.ack(0, 10, [1; 32]);
+        ledger.ack(10, 10, [2; 32]);
+        ledger.ack(40, 10, [3; 32]);
+        let good = Checkpoint {
+            upload_id: "u".into(),
+            ledger,
+            dispatched_until: 50,
+            ..Checkpoint::default()
+        };
+        let json = serde_json::to_value(&good).unwrap();
+        assert_eq!(Checkpoint::decode(json.to_string().as_bytes()), Ok(good));
+        let altered = |path: &[&str], v: serde_json::Value| {
+            let mut j = json.clone();
+            let mut at = &mut j;
+            for key in path {
+                at = &mut at[*key];
+            }
+            *at = v;
+            Checkpoint::decode(j.to_string().as_bytes())
+        };
+        let max = serde_json::json!(u64::MAX);
+        assert!(altered(&["ledger", "acked_bytes"], max.clone()).is_err());
+        assert!(altered(&["ledger", "acked_chunks"], serde_json::json!(2)).is_err());
+        assert!(altered(&["ledger", "merkle", "next_offset"], max.clone()).is_err());
+        assert!(altered(&["ledger", "merkle", "leaves"], serde_json::json!(3)).is_err());
+        assert!(altered(&["dispatched_until"], max).is_err());
+        let overlapping = serde_json::json!({"15": [10, vec![3u8; 32]]});
+        assert!(altered(&["ledger", "pending"], overlapping).is_err());
+    }
 
     fn sha(i: u8) -> [u8; 32] {
         [i; 32]

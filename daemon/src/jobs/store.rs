@@ -516,7 +516,7 @@ impl JobDb {
             );
             return Ok(None);
         };
-        match serde_json::from_slice(&plain) {
+        match Checkpoint::decode(&plain) {
             Ok(cp) => Ok(Some(cp)),
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "checkpoint unreadable; ignoring it");

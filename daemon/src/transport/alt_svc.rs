@@ -27,6 +27,7 @@ pub fn parse(value: &str) -> Option<H3Offer> {
         let Some(port) = authority
             .strip_prefix(':')
             .and_then(|p| p.parse::<u16>().ok())
+            .filter(|&p| p != 0)
         else {
             continue;
         };
@@ -90,14 +91,15 @@ impl AltSvcCache {
         let fresh = Entry {
             authority: self.authority.clone(),
             port: offer.port,
-            expires_unix: now_unix() + offer.max_age.as_secs(),
+            // `ma` is the server's number: any u64 must not overflow the clock.
+            expires_unix: now_unix().saturating_add(offer.max_age.as_secs()),
         };
         let mut e = self.entry.lock().unwrap_or_else(|p| p.into_inner());
-        let is_new = e.as_ref().is_none_or(|old| old.port != fresh.port);
+        // An expired entry counts as none: the offer is new even on the same port.
+        let live = e.as_ref().filter(|old| old.expires_unix > now_unix());
+        let is_new = live.is_none_or(|old| old.port != fresh.port);
         // Re-write only when it changes noticeably (every response carries the header).
-        let stale = e
-            .as_ref()
-            .is_none_or(|old| fresh.expires_unix > old.expires_unix + 60);
+        let stale = live.is_none_or(|old| fresh.expires_unix > old.expires_unix.saturating_add(60));
         if is_new || stale {
             if let Some(p) = &self.path
                 && let Ok(json) = serde_json::to_vec(&fresh)
@@ -143,6 +145,16 @@ mod tests {
         assert_eq!(parse("clear"), None);
         assert_eq!(parse(r#"h3-29=":443""#), None);
         assert_eq!(parse(r#"h3="other.example:443""#), None);
+        assert_eq!(parse(r#"h3=":0""#), None, "port 0 is no port");
+    }
+
+    #[test]
+    fn a_max_age_at_the_end_of_time_is_kept_not_overflowed() {
+        let c = AltSvcCache::load(None, "a:1");
+        let forever = parse(r#"h3=":8443"; ma=18446744073709551615"#).unwrap();
+        assert!(c.learn(forever));
+        assert!(!c.learn(forever), "the same offer again is not new");
+        assert_eq!(c.port(), Some(8443));
     }
 
     #[test]
