@@ -10,7 +10,9 @@ use uplink_proto::integrity::Credentials;
 pub use uplink_proto::paths::{SOCKET_ENV, default_state_dir};
 
 use crate::jobs::Retention;
+use crate::transport::ct::LogList;
 use crate::transport::pin::SpkiPin;
+use crate::transport::tls::Trust;
 
 /// Every setting, each optional: what the TOML file says, or what the flags say.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -21,6 +23,11 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     /// `sha256/<base64>` keys of CAs the server's chain must run through.
     pub pin_spki: Option<Vec<String>>,
+    /// Certificate Transparency: `auto` (on when the server is trusted through the
+    /// system's CAs, off for a `ca_file`), `on` or `off`.
+    pub ct: Option<String>,
+    /// The CT log list (Google's `log_list.json`, v3).
+    pub ct_logs: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub streams: Option<u32>,
@@ -40,6 +47,8 @@ impl Settings {
             token_file: self.token_file.or(other.token_file),
             ca_file: self.ca_file.or(other.ca_file),
             pin_spki: self.pin_spki.or(other.pin_spki),
+            ct: self.ct.or(other.ct),
+            ct_logs: self.ct_logs.or(other.ct_logs),
             state_dir: self.state_dir.or(other.state_dir),
             socket: self.socket.or(other.socket),
             streams: self.streams.or(other.streams),
@@ -65,8 +74,8 @@ pub struct Config {
     pub token_file: PathBuf,
     /// PEM CA certificates to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
-    /// CA-level key pins (empty: none); see [`crate::transport::pin`].
-    pub pins: Vec<SpkiPin>,
+    /// CA-level key pins and Certificate Transparency; see [`crate::transport::tls`].
+    pub trust: Trust,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     /// Requests in flight at once; `None`: the speed tier's (4/8/12/12).
@@ -132,6 +141,12 @@ impl Config {
             .token_file
             .ok_or("no token: pass --token-file FILE or set `token_file` in the config file")?;
         let credentials = Credentials::from_token_file(&token_file)?;
+        let ct = certificate_transparency(
+            &endpoint,
+            s.ct.as_deref(),
+            s.ct_logs.as_deref(),
+            s.ca_file.is_some(),
+        )?;
         let pins = s
             .pin_spki
             .unwrap_or_default()
@@ -180,7 +195,7 @@ impl Config {
             credentials,
             token_file,
             ca_file: s.ca_file,
-            pins,
+            trust: Trust { pins, ct },
             state_dir,
             socket,
             streams,
@@ -191,6 +206,31 @@ impl Config {
             keep_finished_days,
             sysfs_root: s.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
         })
+    }
+}
+
+/// The CT log list to check the server's certificate against, if CT is on: by default
+/// for a server trusted through the system's CAs (a public endpoint), not for one with
+/// its own `ca_file` (a private CA issues no logged certificates).
+fn certificate_transparency(
+    endpoint: &str,
+    mode: Option<&str>,
+    logs: Option<&Path>,
+    own_ca: bool,
+) -> Result<Option<LogList>, String> {
+    let (on, why) = match mode.unwrap_or("auto") {
+        "on" => (true, "ct = on"),
+        "off" => (false, ""),
+        "auto" => (!own_ca, "it is trusted through the system's CAs"),
+        other => return Err(format!("ct {other:?} must be auto, on or off")),
+    };
+    match (on, logs) {
+        (false, _) => Ok(None),
+        (true, Some(path)) => LogList::load(path).map(Some),
+        (true, None) => Err(format!(
+            "Certificate Transparency is on for {endpoint} ({why}): pass --ct-logs FILE \
+             (Google's log_list.json, v3), or --ct off to go without it"
+        )),
     }
 }
 

@@ -136,7 +136,7 @@ fn fuzz_config_file_is_refused_with_an_error_never_a_panic() {
         f.write_all(b"fuzz-secret\n").expect("write token");
     }
     let good = format!(
-        "endpoint = \"https://upload.example.org:8443\"\ntoken_file = \"{}\"\n\
+        "endpoint = \"https://upload.example.org:8443\"\ntoken_file = \"{}\"\nct = \"off\"\n\
          streams = 12\nconnections = 4\nchunk_size = 4194304\nkeep_warm_seconds = 300\n\
          keep_finished_jobs = 1000\nkeep_finished_days = 7\n\
          pin_spki = [\"sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\"]\n",

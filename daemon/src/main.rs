@@ -18,7 +18,7 @@ use uplinkd::{grpc, ipc};
 #[derive(Parser, Debug)]
 #[command(name = "uplinkd", version)]
 struct Args {
-    /// TOML config file (keys: endpoint, token_file, ca_file, pin_spki, state_dir, socket, streams,
+    /// TOML config file (keys: endpoint, token_file, ca_file, pin_spki, ct, ct_logs, state_dir, socket, streams,
     /// connections, chunk_size, keep_warm_seconds, keep_finished_jobs, keep_finished_days,
     /// sysfs_root);
     /// default ~/.config/uplink/uplinkd.toml if present.
@@ -39,6 +39,15 @@ struct Args {
     /// during a rotation). Never the leaf's key: that changes at every renewal.
     #[arg(long = "pin-spki", value_name = "sha256/BASE64")]
     pin_spki: Vec<String>,
+    /// Certificate Transparency: require SCTs from 2 distinct logs of --ct-logs in the
+    /// server's certificate. `auto` (default): on when the server is trusted through the
+    /// system's CAs, off with --ca-file (a private CA's certificates are not logged).
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    ct: Option<String>,
+    /// The CT log list: Google's log_list.json (v3), e.g. from
+    /// https://www.gstatic.com/ct/log_list/v3/log_list.json
+    #[arg(long, value_name = "FILE")]
+    ct_logs: Option<PathBuf>,
     /// Where jobs and checkpoints live.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -84,6 +93,8 @@ fn main() -> std::process::ExitCode {
         token_file: a.token_file,
         ca_file: a.ca_file,
         pin_spki: (!a.pin_spki.is_empty()).then_some(a.pin_spki),
+        ct: a.ct,
+        ct_logs: a.ct_logs,
         state_dir: a.state_dir,
         socket: a.socket,
         streams: a.streams,
@@ -113,9 +124,9 @@ fn main() -> std::process::ExitCode {
 async fn run(cfg: Config) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = transport::Endpoint::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
-    let tls = transport::tls::client_config_pinned(
+    let tls = transport::tls::client_config_checked(
         cfg.ca_file.as_deref(),
-        &cfg.pins,
+        &cfg.trust,
         &[uplink_proto::wire::ALPN_H2],
     )?;
     let h3 = match H3Client::new(endpoint.clone(), &tls) {

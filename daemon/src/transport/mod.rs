@@ -5,6 +5,7 @@
 
 pub mod alt_svc;
 pub mod congestion;
+pub mod ct;
 pub mod h2;
 pub mod h3;
 pub mod happy;
