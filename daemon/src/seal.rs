@@ -19,7 +19,11 @@ impl Sealer {
     /// Loads `path`, or creates it with a fresh random key.
     pub fn load_or_create(path: &Path) -> std::io::Result<Sealer> {
         let key: Zeroizing<Vec<u8>> = match std::fs::read(path) {
-            Ok(k) => Zeroizing::new(k),
+            Ok(k) => {
+                uplink_proto::integrity::check_private_file(path, "checkpoint key")
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+                Zeroizing::new(k)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut k = Zeroizing::new(vec![0u8; 32]);
                 rand::rng().fill_bytes(&mut k);

@@ -56,21 +56,7 @@ impl ClientSecret {
     /// The file must not be readable by group or others (mode 0600): a secret anyone on
     /// the host can read is not a secret.
     pub fn read_token_file(path: &Path) -> Result<ClientSecret, String> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(format!(
-                    "token file {} is readable by others (mode {:o}): chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                ));
-            }
-        }
+        check_private_file(path, "token file")?;
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?,
@@ -78,6 +64,27 @@ impl ClientSecret {
         Self::from_token_text(&text)
             .ok_or_else(|| format!("token file {} is empty", path.display()))
     }
+}
+
+/// Refuses a secret file (`what`: "token file", "TLS key", …) that group or others may
+/// read: a secret anyone on the host can read is not a secret.
+pub fn check_private_file(path: &Path, what: &str) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{what} {} is readable by others (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for ClientSecret {

@@ -74,9 +74,13 @@ struct Args {
     /// in DATA_DIR/tls.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
-    /// PEM private key for --cert.
+    /// PEM private key for --cert (mode 0600, or it is refused).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// A DER OCSP response for --cert to staple to every TLS handshake (fetch it from
+    /// the CA's responder, e.g. `openssl ocsp ... -respout FILE`; restart to renew).
+    #[arg(long, requires = "cert", value_name = "FILE")]
+    ocsp: Option<PathBuf>,
     /// Extra DNS names or IP addresses for the generated certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -157,6 +161,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             cert: cert.clone(),
             key: key.clone(),
             ca: None,
+            ocsp: args.ocsp.clone(),
         },
         _ => {
             let mut names = vec![

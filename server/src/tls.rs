@@ -30,6 +30,8 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration refused: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    NotPrivate(String),
 }
 
 /// Where the certificate files are.
@@ -39,6 +41,8 @@ pub struct CertFiles {
     pub key: PathBuf,
     /// The CA a client should trust; `None` when the operator brought their own cert.
     pub ca: Option<PathBuf>,
+    /// A DER OCSP response for `cert`, stapled to every handshake.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// Makes (once) a private CA and a server certificate for `names` under `dir`.
@@ -47,6 +51,7 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles, Tls
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
         ca: Some(dir.join("ca.pem")),
+        ocsp: None,
     };
     if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
         return Ok(files);
@@ -160,6 +165,12 @@ fn build(files: &CertFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
             what: "certificate",
         });
     }
+    let ocsp = match &files.ocsp {
+        Some(path) => read(path)?,
+        None => Vec::new(),
+    };
+    uplink_proto::integrity::check_private_file(&files.key, "TLS key")
+        .map_err(TlsError::NotPrivate)?;
     let key_pem = read(&files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
         path: files.key.clone(),
@@ -167,7 +178,7 @@ fn build(files: &CertFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     })?;
     let mut cfg = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert_with_ocsp(certs, key, ocsp)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
 }

@@ -16,13 +16,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+
+use super::der;
+use super::verify::{CertCheck, Presented};
 
 /// SCTs from this many distinct known logs are required.
 pub const MIN_LOGS: usize = 2;
@@ -117,7 +117,7 @@ impl LogList {
             .unwrap_or_default();
         let issuer_hashes: Vec<[u8; 32]> = issuers
             .iter()
-            .filter_map(|c| spki_of(c))
+            .filter_map(|c| der::spki_of(c))
             .map(|spki| Sha256::digest(spki).into())
             .collect();
         let mut v = CtVerdict {
@@ -263,7 +263,7 @@ fn verify_sct(sct: &Sct, log: &Log, issuer_key_hash: &[u8; 32], tbs: &[u8]) -> b
     signed.extend_from_slice(tbs);
     signed.extend_from_slice(&ext_len.to_be_bytes());
     signed.extend_from_slice(&sct.extensions);
-    let Some(key) = spki_key_bits(&log.key) else {
+    let Some(key) = der::spki_key_bits(&log.key) else {
         return false;
     };
     let alg: &dyn ring::signature::VerificationAlgorithm = match (sct.hash_alg, sct.sig_alg) {
@@ -276,227 +276,76 @@ fn verify_sct(sct: &Sct, log: &Log, issuer_key_hash: &[u8; 32], tbs: &[u8]) -> b
         .is_ok()
 }
 
-// ---- DER, as much as the check needs ----
-
-/// One DER element: its tag, its whole encoding and its contents.
-struct Tlv<'a> {
-    tag: u8,
-    whole: &'a [u8],
-    contents: &'a [u8],
-}
-
-/// Splits the first DER element off `input`.
-fn tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), String> {
-    let bad = || "the certificate's DER is malformed".to_string();
-    let tag = *input.first().ok_or_else(bad)?;
-    let first = *input.get(1).ok_or_else(bad)?;
-    let (len, header) = match first {
-        0..=0x7f => (usize::from(first), 2),
-        0x81..=0x84 => {
-            let n = usize::from(first & 0x7f);
-            let bytes = input.get(2..2 + n).ok_or_else(bad)?;
-            let len = bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            (len, 2 + n)
-        }
-        _ => return Err(bad()),
-    };
-    let end = header.checked_add(len).ok_or_else(bad)?;
-    let whole = input.get(..end).ok_or_else(bad)?;
-    Ok((
-        Tlv {
-            tag,
-            whole,
-            contents: &whole[header..],
-        },
-        &input[end..],
-    ))
-}
-
-fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(contents.len() + 6);
-    out.push(tag);
-    let len = contents.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(contents);
-    out
-}
-
 /// The certificate's `TBSCertificate` with the SCT list extension taken out (what the
 /// logs signed), and that extension's TLS-encoded list, if present.
 fn precert_tbs(cert: &[u8]) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
-    let (certificate, _) = tlv(cert)?;
-    let (tbs, _) = tlv(certificate.contents)?;
+    let (tbs, _) = der::tbs_fields(cert)?;
     let mut fields = Vec::with_capacity(tbs.contents.len());
     let mut list = None;
-    let mut rest = tbs.contents;
-    while !rest.is_empty() {
-        let (field, next) = tlv(rest)?;
-        rest = next;
+    for field in der::children(tbs.contents)? {
         if field.tag != 0xa3 {
             fields.extend_from_slice(field.whole);
             continue;
         }
         // [3] EXPLICIT Extensions: SEQUENCE OF Extension.
-        let (exts, _) = tlv(field.contents)?;
+        let (exts, _) = der::tlv(field.contents)?;
         let mut kept = Vec::with_capacity(exts.contents.len());
-        let mut e_rest = exts.contents;
-        while !e_rest.is_empty() {
-            let (ext, next) = tlv(e_rest)?;
-            e_rest = next;
-            if ext.contents.starts_with(SCT_LIST_OID) {
-                // extnValue OCTET STRING, itself holding an OCTET STRING of the list.
-                let mut parts = &ext.contents[SCT_LIST_OID.len()..];
-                let (mut value, after) = tlv(parts)?;
-                if value.tag == 0x01 {
-                    parts = after; // the critical flag
-                    value = tlv(parts)?.0;
-                }
-                let (inner, _) = tlv(value.contents)?;
-                list = Some(inner.contents.to_vec());
-            } else {
+        for ext in der::children(exts.contents)? {
+            if !ext.contents.starts_with(SCT_LIST_OID) {
                 kept.extend_from_slice(ext.whole);
+                continue;
             }
+            // extnID, critical (optional), extnValue: an OCTET STRING holding an OCTET
+            // STRING of the TLS-encoded list.
+            let parts = der::children(&ext.contents[SCT_LIST_OID.len()..])?;
+            let value = parts
+                .iter()
+                .find(|t| t.tag == 0x04)
+                .ok_or("the SCT extension has no value")?;
+            let (inner, _) = der::tlv(value.contents)?;
+            list = Some(inner.contents.to_vec());
         }
         if !kept.is_empty() {
-            fields.extend_from_slice(&der(0xa3, &der(0x30, &kept)));
+            fields.extend_from_slice(&der::encode(0xa3, &der::encode(0x30, &kept)));
         }
     }
-    Ok((der(0x30, &fields), list))
+    Ok((der::encode(0x30, &fields), list))
 }
 
-/// The SubjectPublicKeyInfo DER of a certificate.
-fn spki_of(cert: &[u8]) -> Option<&[u8]> {
-    let (certificate, _) = tlv(cert).ok()?;
-    let (tbs, _) = tlv(certificate.contents).ok()?;
-    let mut rest = tbs.contents;
-    // version [0] (optional), serial, signature, issuer, validity, subject, spki
-    let (first, after) = tlv(rest).ok()?;
-    if first.tag == 0xa0 {
-        rest = after;
-    }
-    for _ in 0..5 {
-        rest = tlv(rest).ok()?.1;
-    }
-    Some(tlv(rest).ok()?.0.whole)
-}
-
-/// The key bits of a SubjectPublicKeyInfo (what ring takes).
-fn spki_key_bits(spki: &[u8]) -> Option<&[u8]> {
-    let (seq, _) = tlv(spki).ok()?;
-    let (_alg, rest) = tlv(seq.contents).ok()?;
-    let (bits, _) = tlv(rest).ok()?;
-    // BIT STRING: the first content byte counts unused bits (0 for keys).
-    (bits.tag == 0x03 && bits.contents.first() == Some(&0)).then(|| &bits.contents[1..])
-}
-
-/// A verifier that runs `inner` (WebPKI, pins), then the CT check.
+/// The CT check, on the verified chain.
 #[derive(Debug)]
-pub struct CtVerifier {
-    inner: Arc<dyn ServerCertVerifier>,
+pub struct CtCheck {
     logs: LogList,
+    /// Trusted roots: the issuer of a leaf the server sent alone.
     roots: Vec<CertificateDer<'static>>,
 }
 
-impl CtVerifier {
-    pub fn new(
-        inner: Arc<dyn ServerCertVerifier>,
-        logs: LogList,
-        roots: Vec<CertificateDer<'static>>,
-    ) -> CtVerifier {
-        CtVerifier { inner, logs, roots }
+impl CtCheck {
+    pub fn new(logs: LogList, roots: Vec<CertificateDer<'static>>) -> CtCheck {
+        CtCheck { logs, roots }
     }
 }
 
-/// The CT check failed; the message says how.
-#[derive(Debug)]
-struct CtError(String);
-
-impl std::fmt::Display for CtError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CtError {}
-
-impl ServerCertVerifier for CtVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
-        let issuers: Vec<&[u8]> = intermediates
+impl CertCheck for CtCheck {
+    fn check(&self, p: &Presented<'_>) -> Result<(), String> {
+        let issuers: Vec<&[u8]> = p
+            .intermediates
             .iter()
             .map(|c| c.as_ref())
             .chain(self.roots.iter().map(|c| c.as_ref()))
             .collect();
-        let now_ms = now.as_secs().saturating_mul(1000);
-        let why = match self.logs.check(end_entity.as_ref(), &issuers, now_ms) {
-            Ok(v) if v.passes() => return Ok(verified),
-            Ok(v) => v.why(),
-            Err(e) => format!("Certificate Transparency check failed: {e}"),
-        };
-        Err(Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(CtError(why))),
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        let now_ms = p.now.as_secs().saturating_mul(1000);
+        match self.logs.check(p.end_entity.as_ref(), &issuers, now_ms) {
+            Ok(v) if v.passes() => Ok(()),
+            Ok(v) => Err(v.why()),
+            Err(e) => Err(format!("Certificate Transparency check failed: {e}")),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn der_lengths_round_trip_through_the_reader() {
-        for n in [0usize, 1, 127, 128, 255, 256, 70_000] {
-            let enc = der(0x04, &vec![7u8; n]);
-            let (t, rest) = tlv(&enc).unwrap();
-            assert_eq!((t.tag, t.contents.len(), rest.len()), (0x04, n, 0));
-        }
-        assert!(tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err(), "5-byte lengths");
-        assert!(tlv(&[0x30, 0x05, 1]).is_err(), "cut short");
-    }
 
     #[test]
     fn a_log_list_needs_operators_and_skips_rejected_logs() {
@@ -531,11 +380,7 @@ mod tests {
             .unwrap();
         let (tbs, list) = precert_tbs(cert.der()).unwrap();
         assert!(list.is_none());
-        let (certificate, _) = tlv(cert.der()).unwrap();
-        assert_eq!(tbs, tlv(certificate.contents).unwrap().0.whole);
-        assert_eq!(
-            spki_of(cert.der()),
-            Some(&rcgen::PublicKeyData::subject_public_key_info(&key)[..])
-        );
+        let (certificate, _) = der::tlv(cert.der()).unwrap();
+        assert_eq!(tbs, der::tlv(certificate.contents).unwrap().0.whole);
     }
 }

@@ -6,15 +6,18 @@
 pub mod alt_svc;
 pub mod congestion;
 pub mod ct;
+pub mod der;
 pub mod h2;
 pub mod h3;
 pub mod happy;
 pub mod mptcp;
+pub mod ocsp;
 pub mod path_watch;
 pub mod pin;
 pub mod progress;
 pub mod tcp_watch;
 pub mod tls;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

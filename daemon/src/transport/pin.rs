@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use base64::Engine;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+
+use super::der;
+use super::verify::{CertCheck, Presented, webpki_verifier};
 
 /// The SHA-256 of a DER SubjectPublicKeyInfo.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,14 +37,7 @@ impl SpkiPin {
 
     /// The pin of a certificate's public key; `None` if it does not parse.
     pub fn of(cert: &CertificateDer<'_>) -> Option<SpkiPin> {
-        let anchor = webpki::anchor_from_trusted_cert(cert).ok()?;
-        // webpki hands out the SPKI's contents; the pin is over the whole DER SEQUENCE.
-        let body: &[u8] = anchor.subject_public_key_info.as_ref();
-        let mut der = Vec::with_capacity(body.len() + 4);
-        der.push(0x30);
-        der_length(body.len(), &mut der);
-        der.extend_from_slice(body);
-        Some(SpkiPin(Sha256::digest(&der).into()))
+        der::spki_of(cert).map(|spki| SpkiPin(Sha256::digest(spki).into()))
     }
 }
 
@@ -53,114 +48,55 @@ impl std::fmt::Debug for SpkiPin {
     }
 }
 
-fn der_length(len: usize, out: &mut Vec<u8>) {
-    match len {
-        0..=0x7f => out.push(len as u8),
-        _ => {
-            let bytes = len.to_be_bytes();
-            let skip = bytes.iter().take_while(|&&b| b == 0).count();
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
-        }
-    }
-}
-
-/// WebPKI verification, then the pin check.
+/// The pin check: the verified chain runs through a CA with a pinned key.
 #[derive(Debug)]
-pub struct PinnedVerifier {
-    /// Every trusted root: the chain must be valid first.
-    all: Arc<WebPkiServerVerifier>,
+pub struct PinCheck {
     /// Only the trusted roots whose key is pinned (`None`: no root is).
     pinned_roots: Option<Arc<WebPkiServerVerifier>>,
     pins: Vec<SpkiPin>,
 }
 
-impl PinnedVerifier {
+impl PinCheck {
     /// `roots`: the trusted CA certificates; `pins`: at least one.
-    pub fn new(
-        roots: &[CertificateDer<'static>],
-        pins: Vec<SpkiPin>,
-    ) -> Result<PinnedVerifier, String> {
-        let store = |certs: &mut dyn Iterator<Item = &CertificateDer<'static>>| {
-            let mut s = rustls::RootCertStore::empty();
-            for c in certs {
-                let _ = s.add(c.clone());
-            }
-            s
-        };
-        let build = |s: rustls::RootCertStore| {
-            WebPkiServerVerifier::builder_with_provider(
-                Arc::new(s),
-                Arc::new(rustls::crypto::ring::default_provider()),
-            )
-            .build()
-            .map_err(|e| format!("TLS verifier: {e}"))
-        };
-        let all = build(store(&mut roots.iter()))?;
-        let pinned: Vec<&CertificateDer<'static>> = roots
+    pub fn new(roots: &[CertificateDer<'static>], pins: Vec<SpkiPin>) -> Result<PinCheck, String> {
+        let pinned: Vec<CertificateDer<'static>> = roots
             .iter()
             .filter(|c| SpkiPin::of(c).is_some_and(|p| pins.contains(&p)))
+            .cloned()
             .collect();
+        if pinned.is_empty() {
+            // Not fatal: the pinned CA may be an intermediate the server sends.
+            tracing::info!(
+                ?pins,
+                "no trusted root has a pinned key; an intermediate the server sends must"
+            );
+        }
         let pinned_roots = match pinned.is_empty() {
             true => None,
-            false => Some(build(store(&mut pinned.into_iter()))?),
+            false => Some(webpki_verifier(&pinned)?),
         };
-        Ok(PinnedVerifier {
-            all,
-            pinned_roots,
-            pins,
-        })
-    }
-
-    fn refuse(&self, why: String) -> Error {
-        Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PinError(why)))))
+        Ok(PinCheck { pinned_roots, pins })
     }
 }
 
-/// The pin check failed; the message names it.
-#[derive(Debug)]
-struct PinError(String);
-
-impl std::fmt::Display for PinError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PinError {}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let verified = self.all.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+impl CertCheck for PinCheck {
+    fn check(&self, p: &Presented<'_>) -> Result<(), String> {
         // A pinned intermediate the server sent: the chain runs through it (webpki built
         // the path from what was sent; a pinned CA that is not on the path fails below).
         let pinned =
-            |c: &CertificateDer<'_>| SpkiPin::of(c).is_some_and(|p| self.pins.contains(&p));
-        if intermediates.iter().any(pinned) {
-            return Ok(verified);
+            |c: &CertificateDer<'_>| SpkiPin::of(c).is_some_and(|pin| self.pins.contains(&pin));
+        if p.intermediates.iter().any(pinned) {
+            return Ok(());
         }
         // A pinned root: the chain must build to one of the pinned roots alone.
         if let Some(roots) = &self.pinned_roots
             && roots
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .verify_server_cert(p.end_entity, p.intermediates, p.server_name, p.ocsp, p.now)
                 .is_ok()
         {
-            return Ok(verified);
+            return Ok(());
         }
-        let why = match pinned(end_entity) {
+        Err(match pinned(p.end_entity) {
             true => "SPKI pin check failed: the pin names the server's own (leaf) key; pin a \
                      CA's key instead (a leaf key changes at every renewal)"
                 .to_string(),
@@ -168,30 +104,7 @@ impl ServerCertVerifier for PinnedVerifier {
                 "SPKI pin check failed: no CA in the server's chain has a pinned key (pins: {:?})",
                 self.pins
             ),
-        };
-        Err(self.refuse(why))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.all.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.all.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.all.supported_verify_schemes()
+        })
     }
 }
 
@@ -218,19 +131,6 @@ mod tests {
         ] {
             assert!(SpkiPin::parse(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn der_lengths_use_the_short_form_below_128_and_the_long_form_above() {
-        let enc = |n| {
-            let mut v = Vec::new();
-            der_length(n, &mut v);
-            v
-        };
-        assert_eq!(enc(5), [5]);
-        assert_eq!(enc(127), [127]);
-        assert_eq!(enc(128), [0x81, 128]);
-        assert_eq!(enc(294), [0x82, 0x01, 0x26]);
     }
 
     #[test]

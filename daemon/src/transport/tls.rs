@@ -1,18 +1,18 @@
 //! The client's TLS: 1.3 only, the server's CA from a file or the system's roots, and
 //! optionally CA-level key pins ([`super::pin`]) and Certificate Transparency
-//! ([`super::ct`]).
+//! ([`super::ct`]); a stapled OCSP response is read always ([`super::ocsp`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::ClientConfig;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::ct::{CtVerifier, LogList};
-use super::pin::{PinnedVerifier, SpkiPin};
+use super::ct::{CtCheck, LogList};
+use super::ocsp::OcspCheck;
+use super::pin::{PinCheck, SpkiPin};
+use super::verify::{CertCheck, CheckedVerifier};
 
 pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
     client_config_checked(ca_file, &Trust::default(), alpn)
@@ -27,52 +27,26 @@ pub struct Trust {
     pub ct: Option<LogList>,
 }
 
-/// [`client_config`] with the checks `trust` asks for.
+/// [`client_config`] with the checks `trust` asks for, and OCSP (soft-fail) always.
 pub fn client_config_checked(
     ca_file: Option<&Path>,
     trust: &Trust,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, String> {
-    let certs = trusted_roots(ca_file)?;
-    let builder = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13]);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in &certs {
-        let _ = roots.add(cert.clone());
+    let roots = trusted_roots(ca_file)?;
+    let mut checks: Vec<Box<dyn CertCheck>> = Vec::new();
+    if !trust.pins.is_empty() {
+        checks.push(Box::new(PinCheck::new(&roots, trust.pins.clone())?));
     }
-    let mut cfg = match (&trust.pins[..], &trust.ct) {
-        ([], None) => builder.with_root_certificates(roots).with_no_client_auth(),
-        (pins, ct) => {
-            let chain: Arc<dyn ServerCertVerifier> = match pins {
-                [] => WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    Arc::new(rustls::crypto::ring::default_provider()),
-                )
-                .build()
-                .map_err(|e| format!("TLS verifier: {e}"))?,
-                pins => {
-                    if !certs
-                        .iter()
-                        .any(|c| SpkiPin::of(c).is_some_and(|p| pins.contains(&p)))
-                    {
-                        // Not fatal: the pinned CA may be an intermediate the server sends.
-                        tracing::info!(
-                            ?pins,
-                            "no trusted root has a pinned key; an intermediate the server sends must"
-                        );
-                    }
-                    Arc::new(PinnedVerifier::new(&certs, pins.to_vec())?)
-                }
-            };
-            let verifier: Arc<dyn ServerCertVerifier> = match ct {
-                Some(logs) => Arc::new(CtVerifier::new(chain, logs.clone(), certs.clone())),
-                None => chain,
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
-        }
-    };
+    if let Some(logs) = &trust.ct {
+        checks.push(Box::new(CtCheck::new(logs.clone(), roots.clone())));
+    }
+    checks.push(Box::new(OcspCheck::new(roots.clone())));
+    let verifier = CheckedVerifier::new(&roots, checks)?;
+    let mut cfg = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

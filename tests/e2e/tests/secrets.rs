@@ -128,3 +128,56 @@ fn no_secret_reaches_a_log_the_cli_or_a_store() {
         found.join("\n")
     );
 }
+
+/// Key files, like token files, are refused when group or others may read them: the
+/// server's TLS key (`--key`) and the daemon's checkpoint key in its state dir.
+#[test]
+fn key_files_others_can_read_are_refused() {
+    let dir = workdir();
+    let d = dir.path();
+    let server = Server::start(&d.join("server"));
+    let tls = server.data_dir.join("tls");
+    let key = d.join("open.key");
+    std::fs::copy(tls.join("key.pem"), &key).expect("copy key");
+    chmod(&key, 0o644);
+    let out = std::process::Command::new(bin("uplink-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(d.join("server-2"))
+        .arg("--token-file")
+        .arg(&server.token_file)
+        .arg("--cert")
+        .arg(tls.join("cert.pem"))
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("run uplink-server");
+    assert!(
+        !out.status.success(),
+        "a server started with a 0644 TLS key"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS key") && err.contains("(mode 644): chmod 600 it"),
+        "{err}"
+    );
+
+    let home = d.join("device");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut daemon = Daemon::start(&home, &server);
+    daemon.proc.kill9();
+    let ckey = daemon.state_dir.join("checkpoint.key");
+    assert!(ckey.exists(), "the daemon made its checkpoint key");
+    chmod(&ckey, 0o640);
+    let out = Daemon::command(&home, &server)
+        .output()
+        .expect("run uplinkd");
+    assert!(
+        !out.status.success(),
+        "a daemon started with a 0640 checkpoint key"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("checkpoint key") && err.contains("(mode 640): chmod 600 it"),
+        "{err}"
+    );
+}

@@ -1,8 +1,12 @@
-//! Certificate Transparency (`uplinkd --ct on --ct-logs FILE`): the real server serves a
-//! certificate this test issued from its own CA with SCTs its own two "logs" signed
-//! (RFC 6962 precertificate SCTs, embedded). A daemon accepts the server only with valid
-//! SCTs from 2 distinct logs of its list: one SCT, two from one log, a bad signature or
-//! a log missing from the list are each refused, with a message that says which.
+//! The daemon's checks of the server's certificate beyond WebPKI, against the real
+//! server serving certificates this test issues from its own CA:
+//! - Certificate Transparency (`uplinkd --ct on --ct-logs FILE`): SCTs signed by the
+//!   test's own two "logs" (RFC 6962 precertificate SCTs, embedded). Accepted only with
+//!   valid SCTs from 2 distinct logs of the list: one SCT, two from one log, a bad
+//!   signature or a log missing from the list are each refused, saying which.
+//! - OCSP stapling, soft-fail (`uplink-server --ocsp FILE`): a stapled response the
+//!   issuer signed saying *good* passes and *revoked* refuses; a stale one, or one the
+//!   issuer did not sign, is ignored (logged) and the upload goes on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -155,7 +159,12 @@ fn der_len(d: &[u8]) -> (usize, usize) {
 }
 
 fn der_octet_string(contents: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x04];
+    der(0x04, contents)
+}
+
+/// One DER element (lengths below 64 KiB).
+fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
     match contents.len() {
         n @ 0..=0x7f => out.push(n as u8),
         n @ 0x80..=0xff => out.extend_from_slice(&[0x81, n as u8]),
@@ -189,7 +198,8 @@ fn log_list(dir: &Path, name: &str, logs: &[(&str, &KeyPair)]) -> PathBuf {
     path
 }
 
-fn ct_daemon(dir: &Path, name: &str, server: &Server, ca: &Path, logs: &Path) -> Daemon {
+/// A daemon trusting `ca` for `server`, with `extra` flags.
+fn daemon_with(dir: &Path, name: &str, server: &Server, ca: &Path, extra: &[&str]) -> Daemon {
     let home = dir.join(name);
     std::fs::create_dir_all(&home).expect("daemon dir");
     let mut cmd = Command::new(bin("uplinkd"));
@@ -199,13 +209,36 @@ fn ct_daemon(dir: &Path, name: &str, server: &Server, ca: &Path, logs: &Path) ->
         .arg(&server.token_file)
         .arg("--ca-file")
         .arg(ca)
-        .args(["--ct", "on", "--ct-logs"])
-        .arg(logs)
+        .args(extra)
         .arg("--state-dir")
         .arg(home.join("daemon-state"))
         .arg("--socket")
         .arg(home.join("uplinkd.sock"));
     Daemon::start_cmd(&home, cmd)
+}
+
+/// The server on loopback with `cert`/`key` and, if given, an OCSP response to staple.
+fn serve(dir: &Path, cert: &Path, key: &Path, ocsp: Option<&Path>) -> Server {
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let mut args = vec!["--cert", &cert, "--key", &key];
+    let ocsp = ocsp.map(|p| p.to_string_lossy().into_owned());
+    if let Some(o) = &ocsp {
+        args.extend(["--ocsp", o.as_str()]);
+    }
+    Server::start_opts(dir, None, &args)
+}
+
+/// A 3 MiB upload through `daemon` arrives whole.
+fn uploads_intact(dir: &Path, daemon: &Daemon, server: &Server, case: &str) {
+    let file = dir.join("capture.bin");
+    seeded_file(&file, 3 << 20, 7);
+    let record = send_wait(&daemon.socket, &file);
+    assert_eq!(record["state"], "completed", "{case}: {record}");
+    assert_eq!(
+        sha256_file(&server.object("capture.bin")),
+        sha256_file(&file),
+        "{case}"
+    );
 }
 
 /// `uplink prewarm`'s combined output and whether it succeeded.
@@ -271,29 +304,20 @@ fn only_a_certificate_with_scts_from_two_known_logs_is_accepted() {
         let sdir = d.join(format!("server-{i}"));
         std::fs::create_dir_all(&sdir).expect("server dir");
         let (cert, key) = pki.issue(&sdir, "leaf", &stamps);
-        let server = Server::start_opts(
-            &sdir,
-            None,
-            &[
-                "--cert",
-                &cert.to_string_lossy(),
-                "--key",
-                &key.to_string_lossy(),
-            ],
+        let server = serve(&sdir, &cert, &key, None);
+        let list = list.to_string_lossy();
+        let daemon = daemon_with(
+            d,
+            &format!("daemon-{i}"),
+            &server,
+            &pki.ca_pem,
+            &["--ct", "on", "--ct-logs", &list],
         );
-        let daemon = ct_daemon(d, &format!("daemon-{i}"), &server, &pki.ca_pem, list);
         let (ok, text) = prewarm(&daemon);
         match refusal {
             None => {
                 assert!(ok, "{case}: refused: {text}");
-                let file = d.join("capture.bin");
-                seeded_file(&file, 3 << 20, 7);
-                let record = send_wait(&daemon.socket, &file);
-                assert_eq!(record["state"], "completed", "{case}: {record}");
-                assert_eq!(
-                    sha256_file(&server.object("capture.bin")),
-                    sha256_file(&file)
-                );
+                uploads_intact(d, &daemon, &server, case);
             }
             Some(why) => {
                 assert!(!ok, "{case}: accepted: {text}");
@@ -328,4 +352,136 @@ fn only_a_certificate_with_scts_from_two_known_logs_is_accepted() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--ct-logs FILE"), "{err}");
+}
+
+/// What a stapled OCSP response says, and how it was made.
+struct Staple<'a> {
+    revoked: bool,
+    next_update: &'a str,
+    signer: &'a KeyPair,
+}
+
+/// An RFC 6960 OCSPResponse (basic) for the leaf's serial, naming `pki`'s CA by the
+/// SHA-256 of its key, signed by `s.signer` (ECDSA P-256).
+fn ocsp_response(pki: &Pki, s: &Staple<'_>) -> Vec<u8> {
+    let seq = |parts: &[&[u8]]| der(0x30, &parts.concat());
+    let time = |t: &str| der(0x18, t.as_bytes());
+    let sha256_oid = [
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+    ];
+    let cert_id = seq(&[
+        &seq(&[&sha256_oid, &[0x05, 0x00]]),
+        &der(0x04, &[0u8; 32]), // issuerNameHash: not what clients match on
+        &der(0x04, &Sha256::digest(pki.ca_key.public_key_raw())),
+        &der(0x02, &[0x42, 0x17]),
+    ]);
+    let status = match s.revoked {
+        true => der(0xa1, &time("20260101000000Z")),
+        false => vec![0x80, 0x00],
+    };
+    let single = seq(&[
+        &cert_id,
+        &status,
+        &time("20260101000000Z"),
+        &der(0xa0, &time(s.next_update)),
+    ]);
+    let responder = der(0xa2, &der(0x04, &[1u8; 20]));
+    let tbs = seq(&[&responder, &time("20260101000000Z"), &seq(&[&single])]);
+    let sig = s.signer.sign(&tbs).expect("sign the response");
+    let ecdsa_sha256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    let basic = seq(&[
+        &tbs,
+        &seq(&[&ecdsa_sha256]),
+        &der(0x03, &[&[0u8][..], &sig].concat()),
+    ]);
+    let ocsp_basic = [
+        0x06, 0x09, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01,
+    ];
+    seq(&[
+        &[0x0a, 0x01, 0x00],
+        &der(0xa0, &seq(&[&ocsp_basic, &der(0x04, &basic)])),
+    ])
+}
+
+#[test]
+fn a_stapled_revocation_refuses_and_anything_less_is_soft_failed() {
+    let dir = workdir();
+    let d = dir.path();
+    let pki = Pki::new(d);
+    let stranger = KeyPair::generate().expect("another key");
+    let fresh = "20990101000000Z";
+    // (case, staple, refused?, what the daemon logs)
+    let cases = [
+        (
+            "good",
+            Staple {
+                revoked: false,
+                next_update: fresh,
+                signer: &pki.ca_key,
+            },
+            false,
+            None,
+        ),
+        (
+            "revoked",
+            Staple {
+                revoked: true,
+                next_update: fresh,
+                signer: &pki.ca_key,
+            },
+            true,
+            None,
+        ),
+        (
+            "revoked but stale",
+            Staple {
+                revoked: true,
+                next_update: "20260102000000Z",
+                signer: &pki.ca_key,
+            },
+            false,
+            Some("stale"),
+        ),
+        (
+            "revoked but not signed by the issuer",
+            Staple {
+                revoked: true,
+                next_update: fresh,
+                signer: &stranger,
+            },
+            false,
+            Some("not signed by the certificate's issuer"),
+        ),
+    ];
+    for (i, (case, staple, refused, logged)) in cases.iter().enumerate() {
+        let sdir = d.join(format!("ocsp-server-{i}"));
+        std::fs::create_dir_all(&sdir).expect("server dir");
+        let (cert, key) = pki.issue(&sdir, "leaf", &[]);
+        let response = sdir.join("ocsp.der");
+        std::fs::write(&response, ocsp_response(&pki, staple)).expect("write response");
+        let server = serve(&sdir, &cert, &key, Some(&response));
+        let daemon = daemon_with(d, &format!("ocsp-daemon-{i}"), &server, &pki.ca_pem, &[]);
+        let (ok, text) = prewarm(&daemon);
+        if *refused {
+            assert!(!ok, "{case}: accepted: {text}");
+            assert!(
+                text.contains("OCSP check failed") && text.contains("revoked"),
+                "{case}: {text}"
+            );
+            continue;
+        }
+        assert!(ok, "{case}: refused: {text}");
+        uploads_intact(d, &daemon, &server, case);
+        let lines = daemon.log_lines("stapled OCSP response ignored");
+        match logged {
+            Some(why) => assert!(
+                lines.iter().any(|l| l.contains(why)),
+                "{case}: the daemon did not say why it ignored the staple: {lines:?}"
+            ),
+            None => assert!(
+                lines.is_empty(),
+                "{case}: a good staple was ignored: {lines:?}"
+            ),
+        }
+    }
 }
