@@ -123,18 +123,7 @@ fn fuzz_sealed_checkpoints_open_only_unaltered() {
 fn fuzz_config_file_is_refused_with_an_error_never_a_panic() {
     let dir = tempfile::tempdir().expect("temp dir");
     let token = dir.path().join("token");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&token)
-            .expect("token");
-        f.write_all(b"fuzz-secret\n").expect("write token");
-    }
+    uplink_proto::integrity::write_private_file(&token, b"fuzz-secret\n").expect("token");
     let good = format!(
         "endpoint = \"https://upload.example.org:8443\"\ntoken_file = \"{}\"\nct = \"off\"\n\
          streams = 12\nconnections = 4\nchunk_size = 4194304\nkeep_warm_seconds = 300\n\

@@ -87,6 +87,20 @@ pub fn check_private_file(path: &Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a secret file readable by its owner only (mode 0600 from the first byte, not
+/// chmod after), replacing what was there.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
 impl std::fmt::Debug for ClientSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientSecret(..)")

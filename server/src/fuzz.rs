@@ -39,18 +39,7 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let token = dir.path().join("token");
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&token)
-                .expect("token file");
-            f.write_all(b"fuzz-secret").expect("write token");
-        }
+        uplink_proto::integrity::write_private_file(&token, b"fuzz-secret").expect("token");
         let source = ClientSource::TokenFile(token.clone());
         let clients = Clients::load(&source).expect("clients");
         let credentials = Credentials::from_token_file(&token).expect("credentials");

@@ -97,19 +97,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| TlsError::Write {
-            path: path.into(),
-            source,
-        })?;
-    f.write_all(bytes).map_err(|source| TlsError::Write {
+    uplink_proto::integrity::write_private_file(path, bytes).map_err(|source| TlsError::Write {
         path: path.into(),
         source,
     })

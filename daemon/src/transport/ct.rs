@@ -328,12 +328,7 @@ impl CtCheck {
 
 impl CertCheck for CtCheck {
     fn check(&self, p: &Presented<'_>) -> Result<(), String> {
-        let issuers: Vec<&[u8]> = p
-            .intermediates
-            .iter()
-            .map(|c| c.as_ref())
-            .chain(self.roots.iter().map(|c| c.as_ref()))
-            .collect();
+        let issuers = p.issuers(&self.roots);
         let now_ms = p.now.as_secs().saturating_mul(1000);
         match self.logs.check(p.end_entity.as_ref(), &issuers, now_ms) {
             Ok(v) if v.passes() => Ok(()),

@@ -234,12 +234,7 @@ impl OcspCheck {
 
 impl CertCheck for OcspCheck {
     fn check(&self, p: &Presented<'_>) -> Result<(), String> {
-        let issuers: Vec<&[u8]> = p
-            .intermediates
-            .iter()
-            .map(|c| c.as_ref())
-            .chain(self.roots.iter().map(|c| c.as_ref()))
-            .collect();
+        let issuers = p.issuers(&self.roots);
         match read(p.ocsp, p.end_entity, &issuers, p.now.as_secs()) {
             Stapled::Absent | Stapled::Good => Ok(()),
             Stapled::Revoked => Err("OCSP check failed: the server's stapled OCSP response, \

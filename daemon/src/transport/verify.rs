@@ -20,6 +20,18 @@ pub struct Presented<'a> {
     pub now: UnixTime,
 }
 
+impl Presented<'_> {
+    /// The certificates that may have issued the server's: what it sent after its own,
+    /// then the trusted `roots` (a server may send its leaf alone).
+    pub fn issuers<'b>(&'b self, roots: &'b [CertificateDer<'static>]) -> Vec<&'b [u8]> {
+        self.intermediates
+            .iter()
+            .map(|c| c.as_ref())
+            .chain(roots.iter().map(|c| c.as_ref()))
+            .collect()
+    }
+}
+
 /// One check beyond WebPKI; `Err` says what failed, starting with the check's name.
 pub trait CertCheck: std::fmt::Debug + Send + Sync {
     fn check(&self, presented: &Presented<'_>) -> Result<(), String>;

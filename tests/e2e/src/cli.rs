@@ -203,3 +203,14 @@ pub fn upload_through(
     assert_eq!(record["server_sha256"], sha256_file(file).as_str());
     lines
 }
+
+/// `uplink prewarm`'s combined output and whether it succeeded (a TLS refusal says why).
+pub fn prewarm_output(daemon: &Daemon) -> (bool, String) {
+    let out = uplink(&daemon.socket, &["prewarm"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -241,17 +241,6 @@ fn uploads_intact(dir: &Path, daemon: &Daemon, server: &Server, case: &str) {
     );
 }
 
-/// `uplink prewarm`'s combined output and whether it succeeded.
-fn prewarm(daemon: &Daemon) -> (bool, String) {
-    let out = uplink(&daemon.socket, &["prewarm"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn only_a_certificate_with_scts_from_two_known_logs_is_accepted() {
     let dir = workdir();
@@ -313,7 +302,7 @@ fn only_a_certificate_with_scts_from_two_known_logs_is_accepted() {
             &pki.ca_pem,
             &["--ct", "on", "--ct-logs", &list],
         );
-        let (ok, text) = prewarm(&daemon);
+        let (ok, text) = prewarm_output(&daemon);
         match refusal {
             None => {
                 assert!(ok, "{case}: refused: {text}");
@@ -461,7 +450,7 @@ fn a_stapled_revocation_refuses_and_anything_less_is_soft_failed() {
         std::fs::write(&response, ocsp_response(&pki, staple)).expect("write response");
         let server = serve(&sdir, &cert, &key, Some(&response));
         let daemon = daemon_with(d, &format!("ocsp-daemon-{i}"), &server, &pki.ca_pem, &[]);
-        let (ok, text) = prewarm(&daemon);
+        let (ok, text) = prewarm_output(&daemon);
         if *refused {
             assert!(!ok, "{case}: accepted: {text}");
             assert!(

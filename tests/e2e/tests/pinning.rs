@@ -32,17 +32,6 @@ fn pinned_daemon(dir: &Path, name: &str, server: &Server, pin: &str) -> Daemon {
     Daemon::start_cmd(&home, cmd)
 }
 
-/// `uplink prewarm`'s combined output and whether it succeeded.
-fn prewarm(daemon: &Daemon) -> (bool, String) {
-    let out = uplink(&daemon.socket, &["prewarm"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn only_a_chain_through_a_pinned_ca_is_accepted() {
     let dir = workdir();
@@ -62,12 +51,12 @@ fn only_a_chain_through_a_pinned_ca_is_accepted() {
         sha256_file(&server.object("capture.bin")),
         sha256_file(&file)
     );
-    let (ok, text) = prewarm(&good);
+    let (ok, text) = prewarm_output(&good);
     assert!(ok, "{text}");
 
     // Pinned to the leaf: refused, and told to pin a CA.
     let leaf = pinned_daemon(d, "leaf-pinned", &server, &leaf_pin);
-    let (ok, text) = prewarm(&leaf);
+    let (ok, text) = prewarm_output(&leaf);
     assert!(!ok, "a leaf pin connected: {text}");
     assert!(
         text.contains("SPKI pin check failed") && text.contains("leaf"),
@@ -81,7 +70,7 @@ fn only_a_chain_through_a_pinned_ca_is_accepted() {
         &server,
         "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
     );
-    let (ok, text) = prewarm(&stranger);
+    let (ok, text) = prewarm_output(&stranger);
     assert!(!ok, "an unknown pin connected: {text}");
     assert!(
         text.contains("no CA in the server's chain has a pinned key"),
