@@ -78,7 +78,8 @@ struct Args {
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// A DER OCSP response for --cert to staple to every TLS handshake (fetch it from
-    /// the CA's responder, e.g. `openssl ocsp ... -respout FILE`; restart to renew).
+    /// the CA's responder, e.g. `openssl ocsp ... -respout FILE`; SIGHUP reads it again,
+    /// with the certificate and key).
     #[arg(long, requires = "cert", value_name = "FILE")]
     ocsp: Option<PathBuf>,
     /// Extra DNS names or IP addresses for the generated certificate.
@@ -180,15 +181,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let lifetime = Duration::from_secs(args.tls_session_lifetime.max(1));
     let tcp_sessions = Arc::new(SessionCache::new(TLS_SESSIONS, lifetime));
     let quic_sessions = Arc::new(SessionCache::new(TLS_SESSIONS, lifetime));
+    let certs = tls::Certs::load(files.clone())?;
     let tls_config = tls::server_config(
-        &files,
+        Arc::clone(&certs),
         &[uplink_proto::wire::ALPN_H2],
         Arc::clone(&tcp_sessions),
-    )?;
+    );
     let quic_tls = if args.no_h3 {
         None
     } else {
-        Some(tls::quic_server_config(&files, Arc::clone(&quic_sessions))?)
+        Some(tls::quic_server_config(
+            Arc::clone(&certs),
+            Arc::clone(&quic_sessions),
+        ))
     };
     let quota = store::Quota {
         bytes: args.quota_bytes,
@@ -235,7 +240,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(http3::serve(endpoint.clone(), Arc::clone(&app)));
         }
         tokio::spawn(sweep_sessions(Arc::clone(&app), args.completed_retention));
-        tokio::spawn(reload_on_sighup(Arc::clone(&app)));
+        tokio::spawn(reload_on_sighup(Arc::clone(&app), certs));
         tokio::spawn(purge_tls_sessions([tcp_sessions, quic_sessions]));
         let ca = files.ca.as_ref().unwrap_or(&files.cert);
         let h3 = u8::from(endpoint.is_some());
@@ -293,14 +298,23 @@ async fn purge_tls_sessions(caches: [Arc<SessionCache>; 2]) {
     }
 }
 
-/// Reads the clients again on each SIGHUP (secret rotation, clients added or removed).
-async fn reload_on_sighup(app: Arc<api::App>) {
+/// Reads the clients (secret rotation, clients added or removed) and the certificate, key
+/// and OCSP staple again on each SIGHUP.
+async fn reload_on_sighup(app: Arc<api::App>, certs: Arc<tls::Certs>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: clients are read at start only");
+        tracing::warn!("cannot listen for SIGHUP: clients and certificates are read at start only");
         return;
     };
     while hup.recv().await.is_some() {
+        let certs2 = Arc::clone(&certs);
+        match tokio::task::spawn_blocking(move || certs2.reload()).await {
+            Ok(Ok(())) => tracing::info!("certificate, key and OCSP staple reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "certificate not reloaded; the old one stays")
+            }
+            Err(e) => tracing::error!(error = %e, "certificate not reloaded"),
+        }
         let app2 = Arc::clone(&app);
         match tokio::task::spawn_blocking(move || app2.reload_clients()).await {
             Ok(Ok(n)) => tracing::info!(clients = n, "clients reloaded"),

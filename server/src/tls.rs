@@ -4,9 +4,11 @@
 //! in `DATA_DIR/tls/` on first start and reuses them afterwards; clients trust `ca.pem`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -103,16 +105,51 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     })
 }
 
+/// The server's certificate chain, key and OCSP staple, read again on SIGHUP: a renewed
+/// certificate or a fresh staple (OCSP responses expire in days) reaches new handshakes
+/// without a restart. A reload that fails keeps what was there.
+pub struct Certs {
+    files: CertFiles,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certs {
+    pub fn load(files: CertFiles) -> Result<Arc<Certs>, TlsError> {
+        let current = RwLock::new(Arc::new(read_certified(&files)?));
+        Ok(Arc::new(Certs { files, current }))
+    }
+
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(read_certified(&self.files)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs").field("files", &self.files).finish()
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
+
 /// The rustls server configuration for HTTP/2 over TCP: TLS 1.3 only, the given ALPN
 /// protocols, sessions resumed from `sessions`.
 pub fn server_config(
-    files: &CertFiles,
+    certs: Arc<Certs>,
     alpn: &[&[u8]],
     sessions: Arc<SessionCache>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut cfg = build(files, alpn)?;
+) -> Arc<ServerConfig> {
+    let mut cfg = build(certs, alpn);
     cfg.session_storage = sessions;
-    Ok(Arc::new(cfg))
+    Arc::new(cfg)
 }
 
 /// The rustls server configuration for HTTP/3 over QUIC: TLS 1.3, ALPN `h3`, and 0-RTT on.
@@ -123,17 +160,24 @@ pub fn server_config(
 /// replays of a captured ClientHello. Requests that must not run twice are still refused in
 /// early data (`early_data.rs`): that bound is a property of this cache, and would be lost
 /// with stateless tickets or a ticket store shared by a fleet of servers.
-pub fn quic_server_config(
-    files: &CertFiles,
-    sessions: Arc<SessionCache>,
-) -> Result<ServerConfig, TlsError> {
-    let mut cfg = build(files, &[uplink_proto::wire::ALPN_H3])?;
+pub fn quic_server_config(certs: Arc<Certs>, sessions: Arc<SessionCache>) -> ServerConfig {
+    let mut cfg = build(certs, &[uplink_proto::wire::ALPN_H3]);
     cfg.max_early_data_size = u32::MAX;
     cfg.session_storage = sessions;
-    Ok(cfg)
+    cfg
 }
 
-fn build(files: &CertFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+fn build(certs: Arc<Certs>, alpn: &[&[u8]]) -> ServerConfig {
+    let mut cfg = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+/// Reads the chain, the key (which must be 0600 and match the chain's leaf) and the
+/// staple.
+fn read_certified(files: &CertFiles) -> Result<CertifiedKey, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.into(),
@@ -153,10 +197,6 @@ fn build(files: &CertFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
             what: "certificate",
         });
     }
-    let ocsp = match &files.ocsp {
-        Some(path) => read(path)?,
-        None => Vec::new(),
-    };
     uplink_proto::integrity::check_private_file(&files.key, "TLS key")
         .map_err(TlsError::NotPrivate)?;
     let key_pem = read(&files.key)?;
@@ -164,9 +204,13 @@ fn build(files: &CertFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
         path: files.key.clone(),
         what: "private key",
     })?;
-    let mut cfg = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-        .with_no_client_auth()
-        .with_single_cert_with_ocsp(certs, key, ocsp)?;
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(cfg)
+    let key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)?;
+    let mut certified = CertifiedKey::new(certs, key);
+    certified.keys_match()?;
+    if let Some(path) = &files.ocsp {
+        certified.ocsp = Some(read(path)?);
+    }
+    Ok(certified)
 }

@@ -473,4 +473,45 @@ fn a_stapled_revocation_refuses_and_anything_less_is_soft_failed() {
             ),
         }
     }
+
+    // A renewed staple reaches new handshakes at SIGHUP, without a restart. (A new daemon:
+    // a resumed TLS session does not show the certificate again.)
+    let sdir = d.join("ocsp-renewed");
+    std::fs::create_dir_all(&sdir).expect("server dir");
+    let (cert, key) = pki.issue(&sdir, "leaf", &[]);
+    let response = sdir.join("ocsp.der");
+    let good = Staple {
+        revoked: false,
+        next_update: fresh,
+        signer: &pki.ca_key,
+    };
+    std::fs::write(&response, ocsp_response(&pki, &good)).expect("write response");
+    let server = serve(&sdir, &cert, &key, Some(&response));
+    let before = daemon_with(d, "renew-before", &server, &pki.ca_pem, &[]);
+    let (ok, text) = prewarm_output(&before);
+    assert!(ok, "the good staple: {text}");
+    let revoked = Staple {
+        revoked: true,
+        next_update: fresh,
+        signer: &pki.ca_key,
+    };
+    std::fs::write(&response, ocsp_response(&pki, &revoked)).expect("renew response");
+    server.hangup();
+    // Once the server says it reloaded (a daemon connecting before would keep its
+    // connection, and the old staple with it).
+    let reloaded = (0..100).any(|_| {
+        let log = std::fs::read_to_string(&server.proc.log).unwrap_or_default();
+        let done = log.contains("certificate, key and OCSP staple reloaded");
+        if !done {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        done
+    });
+    assert!(reloaded, "the server did not reload at SIGHUP");
+    let after = daemon_with(d, "renew-after", &server, &pki.ca_pem, &[]);
+    let (ok, text) = prewarm_output(&after);
+    assert!(
+        !ok && text.contains("OCSP check failed") && text.contains("revoked"),
+        "the renewed (revoked) staple did not reach a new handshake: {text}"
+    );
 }
