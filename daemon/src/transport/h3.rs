@@ -252,9 +252,35 @@ impl H3Client {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Connects (bounded by [`QUIC_CONNECT_TIMEOUT`]) without sending a request.
+    /// Connects (bounded by [`QUIC_CONNECT_TIMEOUT`]) without sending a request, and
+    /// reports success only once the server has taken the connection. With a ticket the
+    /// connection is usable at once (0-RTT), before the server has said anything; a server
+    /// at its connection limit refuses it a moment later, and "warm" would have been a
+    /// false report.
     pub async fn warm(&self) -> Result<(), TransportError> {
-        self.sender().await.map(|_| ())
+        let started = Instant::now();
+        self.sender().await?;
+        while self.last_handshake().is_none() && started.elapsed() < QUIC_CONNECT_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let conn = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let refused = |message: String| TransportError::Connect {
+            addr: format!("udp {}", self.endpoint.authority),
+            message,
+        };
+        match conn.and_then(|c| c.close_reason()) {
+            Some(reason) => Err(refused(format!(
+                "the server closed the connection during its handshake: {reason}"
+            ))),
+            None if self.last_handshake().is_none() => {
+                Err(refused("QUIC handshake timed out".into()))
+            }
+            None => Ok(()),
+        }
     }
 
     async fn connect(&self) -> Result<Live, TransportError> {

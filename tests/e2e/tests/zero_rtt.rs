@@ -78,3 +78,40 @@ async fn early_data_the_server_refuses_is_not_reported_as_0_rtt() {
     let _ = ping(&h3).await;
     assert_eq!(settled_handshake(&h3).await, Some(Handshake::Full));
 }
+
+#[tokio::test]
+async fn warm_over_0rtt_is_reported_only_once_the_server_took_the_connection() {
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), None, &["--max-connections", "1"]);
+    let h3 = h3_client(&server);
+    h3.warm()
+        .await
+        .expect("a first warm: a full handshake, which leaves a ticket");
+    assert_eq!(h3.last_handshake(), Some(Handshake::Full));
+    tokio::time::sleep(Duration::from_millis(300)).await; // the ticket lands
+    h3.close().await;
+    // Another client takes the one connection the server allows (once the closed one
+    // has left it).
+    let other = h3_client(&server);
+    let mut taken = false;
+    for _ in 0..50 {
+        if other.warm().await.is_ok() {
+            taken = true;
+            break;
+        }
+        other.reconnect().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        taken,
+        "the other client never got the server's one connection"
+    );
+    // With its ticket the first client's connection is usable at once (0-RTT), and the
+    // server refuses it: warm must say so, not report a connection that is not there.
+    let got = h3.warm().await;
+    assert!(
+        got.is_err(),
+        "warm reported success against a full server: {got:?}"
+    );
+    other.close().await;
+}
