@@ -90,3 +90,24 @@ pub fn is_out_of_files(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
         || code == rustix::io::Errno::NFILE.raw_os_error())
 }
+
+/// Removes the regular files named `prefix…` in `dir` and in its subdirectories one
+/// level down (a tenant's objects dir).
+pub fn remove_temp_files(dir: &Path, prefix: &str) -> std::io::Result<()> {
+    let is_temp = |e: &std::fs::DirEntry| e.file_name().to_string_lossy().starts_with(prefix);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            for inner in std::fs::read_dir(entry.path())? {
+                let inner = inner?;
+                if inner.file_type()?.is_file() && is_temp(&inner) {
+                    std::fs::remove_file(inner.path())?;
+                }
+            }
+        } else if kind.is_file() && is_temp(&entry) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}

@@ -47,6 +47,9 @@ const META: &str = "meta.json";
 const PART: &str = "data.part";
 const LOG: &str = "chunks.log";
 
+/// The name prefix of an object PUT's temp file, beside the objects it becomes.
+pub const OBJECT_TEMP_PREFIX: &str = ".upload-";
+
 /// A session's files close after this long without a request.
 pub const IDLE_CLOSE_SECS: u64 = 30;
 
@@ -201,7 +204,9 @@ impl Store {
             tenant_quotas: std::sync::RwLock::default(),
             stored: Mutex::default(),
         };
-        sweep_interrupted_puts(&store.objects_dir)?;
+        // At open no PUT is in flight: every object PUT temp file left is one a crash or a
+        // kill cut off.
+        crate::fsutil::remove_temp_files(&store.objects_dir, OBJECT_TEMP_PREFIX)?;
         let now = now_secs();
         for entry in std::fs::read_dir(&store.sessions_dir)? {
             let dir = entry?.path();
@@ -691,31 +696,3 @@ mod tenant_tests;
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
-
-/// The name prefix of an object PUT's temp file, beside the objects it becomes.
-pub const OBJECT_TEMP_PREFIX: &str = ".upload-";
-
-/// Removes the temp files of object PUTs a crash or kill cut off: at open no PUT is in
-/// flight, so each one left in `objects/` or a tenant's dir under it is dead.
-fn sweep_interrupted_puts(objects_dir: &Path) -> std::io::Result<()> {
-    let is_temp = |e: &std::fs::DirEntry| {
-        e.file_name()
-            .to_string_lossy()
-            .starts_with(OBJECT_TEMP_PREFIX)
-    };
-    for entry in std::fs::read_dir(objects_dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            for inner in std::fs::read_dir(entry.path())? {
-                let inner = inner?;
-                if inner.file_type()?.is_file() && is_temp(&inner) {
-                    std::fs::remove_file(inner.path())?;
-                }
-            }
-        } else if kind.is_file() && is_temp(&entry) {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
