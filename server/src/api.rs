@@ -135,7 +135,10 @@ where
             Ok(json(StatusCode::CREATED, &created))
         }
         (Route::Upload(id), Method::GET) => {
-            Ok(json(StatusCode::OK, &app.store.get(tenant, id)?.state()))
+            let (app2, id, client2) = (Arc::clone(app), id.to_owned(), Arc::clone(&client));
+            let state =
+                blocking(move || Ok(app2.store.get_fresh(&client2.id, &id)?.state())).await?;
+            Ok(json(StatusCode::OK, &state))
         }
         (Route::Chunks(id), Method::GET) => {
             let q = ChunkPageQuery::parse(req.uri().query()).ok_or_else(|| {
@@ -145,10 +148,10 @@ where
                     "the chunk list takes only from=<offset>&limit=<n>",
                 )
             })?;
-            Ok(json(
-                StatusCode::OK,
-                &app.store.get(tenant, id)?.chunk_page(&q),
-            ))
+            let (app2, id, client2) = (Arc::clone(app), id.to_owned(), Arc::clone(&client));
+            let page = blocking(move || Ok(app2.store.get_fresh(&client2.id, &id)?.chunk_page(&q)))
+                .await?;
+            Ok(json(StatusCode::OK, &page))
         }
         (Route::Upload(id), Method::DELETE) => {
             let (app2, id, client2) = (Arc::clone(app), id.to_owned(), Arc::clone(&client));

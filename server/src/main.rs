@@ -17,6 +17,7 @@ mod limits;
 mod listen;
 mod objects;
 mod part;
+mod s3;
 mod store;
 mod tls;
 mod tls_sessions;
@@ -47,6 +48,13 @@ struct Args {
     /// Where sessions, objects and the generated certificate live.
     #[arg(long, default_value = "uplink-data")]
     data_dir: PathBuf,
+    /// Keep sessions and objects in an S3-compatible object store instead of DATA_DIR:
+    /// `s3://bucket/prefix`. Endpoint, region and credentials come from the usual AWS
+    /// environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...) or
+    /// ~/.aws/{config,credentials}. Several servers given the same store, certificate and
+    /// clients serve the same uploads: any of them takes any request.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// File holding the client secret (the daemon uses the same file). The bearer
     /// credential clients present and the key that checks chunk tags are derived from it;
     /// the secret itself is never sent. One client: objects go to DATA_DIR/objects.
@@ -199,9 +207,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         bytes: args.quota_bytes,
         sessions: args.quota_sessions,
     };
-    let store = store::Store::open(&args.data_dir, source.per_tenant_objects())
-        .map(|s| s.reserving_space(!args.no_reserve).with_quota(quota))
-        .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
+    let per_tenant = source.per_tenant_objects();
+    let store = match &args.store {
+        None => store::Store::open(&args.data_dir, per_tenant),
+        Some(url) => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let config = s3::Config::from_env(url, &env)?;
+            let prefix = config.prefix.clone();
+            let remote = store::Remote::new(s3::S3::new(config)?, &prefix, per_tenant);
+            remote.probe()?;
+            store::Store::open_remote(&args.data_dir, per_tenant, remote)
+        }
+    }
+    .map(|s| s.reserving_space(!args.no_reserve).with_quota(quota))
+    .map_err(|e| format!("cannot open data dir {}: {e}", args.data_dir.display()))?;
     store.set_tenant_quotas(clients.quotas());
     let sessions = store.session_count();
 

@@ -51,8 +51,10 @@ where
 
 /// One admitted object PUT.
 struct PutObject {
-    /// The tenant's objects dir.
+    /// The tenant's objects dir (with an object store, where the body waits until whole).
     dir: PathBuf,
+    /// In the object store: the tenant, and the store.
+    remote: Option<(String, Arc<crate::store::Remote>)>,
     name: String,
     /// `X-Content-SHA256`, if sent.
     expect: Option<[u8; 32]>,
@@ -90,7 +92,12 @@ async fn admit(
     let (app, tenant, name) = (Arc::clone(app), tenant.to_string(), name.to_string());
     blocking(move || {
         let dir = app.store.objects_dir(&tenant);
-        if !overwrite && dir.join(&name).exists() {
+        let remote = app.store.remote();
+        let exists = match remote {
+            Some(r) => r.object_exists(&tenant, &name)?,
+            None => dir.join(&name).exists(),
+        };
+        if !overwrite && exists {
             return Err(taken(&name));
         }
         app.store.check_quota(&tenant, declared, false)?;
@@ -98,6 +105,7 @@ async fn admit(
             .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
         Ok(PutObject {
             dir,
+            remote: remote.map(|r| (tenant.clone(), Arc::clone(r))),
             name,
             expect,
             overwrite,
@@ -234,8 +242,15 @@ fn place_verified(
         ));
     }
     let name = put.name.as_str();
-    let placed = fsutil::place(tmp, &put.dir.join(name), put.overwrite)
-        .map_err(|e| ApiError::io("moving the object into place", &e))?;
+    let placed = match &put.remote {
+        Some((tenant, remote)) => {
+            let placed = remote.put_file(tenant, name, tmp, put.overwrite);
+            let _ = std::fs::remove_file(tmp);
+            placed?
+        }
+        None => fsutil::place(tmp, &put.dir.join(name), put.overwrite)
+            .map_err(|e| ApiError::io("moving the object into place", &e))?,
+    };
     let Some(replaced) = placed else {
         return Err(taken(name));
     };

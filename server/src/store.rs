@@ -107,6 +107,8 @@ pub struct Store {
     tenant_quotas: std::sync::RwLock<HashMap<String, Quota>>,
     /// Bytes of objects each tenant stores, counted on first need and kept up to date.
     stored: Mutex<HashMap<String, u64>>,
+    /// Sessions and objects in an object store instead of the data dir (`--store s3://`).
+    remote: Option<Arc<Remote>>,
 }
 
 /// What each tenant may hold (`None`: no limit).
@@ -147,6 +149,8 @@ pub struct Session {
     meta: Mutex<SessionMeta>,
     /// Chunk bodies being received, and those cut off, for resumed PUTs.
     partials: Mutex<partials::Partials>,
+    /// Where the session lives when not in the data dir (then `dir` and `part` are unused).
+    remote: Option<Arc<Remote>>,
 }
 
 #[derive(Default)]
@@ -203,6 +207,7 @@ impl Store {
             quota: Quota::default(),
             tenant_quotas: std::sync::RwLock::default(),
             stored: Mutex::default(),
+            remote: None,
         };
         // At open no PUT is in flight: every object PUT temp file left is one a crash or a
         // kill cut off.
@@ -225,6 +230,24 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// A store whose sessions and objects live in an object store (`remote`); the data dir
+    /// only holds whole-object PUTs while they arrive. Sessions are read from the object
+    /// store when a request first names them, so nothing is loaded here.
+    pub fn open_remote(
+        data_dir: &Path,
+        per_tenant: bool,
+        remote: Remote,
+    ) -> std::io::Result<Store> {
+        let mut store = Store::open(&data_dir.join("spool"), per_tenant)?;
+        store.remote = Some(Arc::new(remote));
+        Ok(store)
+    }
+
+    /// The object store, if sessions live there.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     /// Where `tenant`'s objects live (made on first use).
@@ -306,6 +329,7 @@ impl Store {
             state: Mutex::new(state),
             partials: Mutex::default(),
             meta: Mutex::new(meta),
+            remote: None,
         })))
     }
 
@@ -345,11 +369,15 @@ impl Store {
         if let Some(answer) = self.created_for_key(tenant, key, req) {
             return answer;
         }
-        if !req.overwrite && self.object_path(tenant, &req.name).exists() {
+        let exists = match &self.remote {
+            Some(r) => r.object_exists(tenant, &req.name)?,
+            None => self.object_path(tenant, &req.name).exists(),
+        };
+        if !req.overwrite && exists {
             return Err(object_exists(&req.name));
         }
         self.check_quota(tenant, req.size, true)?;
-        if self.per_tenant {
+        if self.per_tenant && self.remote.is_none() {
             std::fs::create_dir_all(self.objects_dir(tenant))
                 .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
         }
@@ -375,6 +403,9 @@ impl Store {
             merkle_root: None,
             completed_at: None,
         };
+        if let Some(remote) = &self.remote {
+            remote.save_meta(&meta)?;
+        }
         let dir = self.sessions_dir.join(&id);
         let make = || -> std::io::Result<PartFile> {
             std::fs::create_dir(&dir)?;
@@ -411,12 +442,15 @@ impl Store {
             fsutil::sync_dir(&self.sessions_dir)?;
             PartFile::new(part, log)
         };
-        let part = match make() {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(ApiError::io("creating the upload session", &e));
-            }
+        let part = match &self.remote {
+            Some(_) => None,
+            None => match make() {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(ApiError::io("creating the upload session", &e));
+                }
+            },
         };
         let session = Arc::new(Session {
             id: id.clone(),
@@ -426,12 +460,13 @@ impl Store {
             deferred: req.deferred_length,
             name: req.name.clone(),
             nonce: nonce.to_vec(),
-            part: Mutex::new(Some(Arc::new(part))),
+            part: Mutex::new(part),
             last_used: AtomicU64::new(now),
             completing: Mutex::new(()),
             state: Mutex::new(SessionState::default()),
             partials: Mutex::default(),
             meta: Mutex::new(meta.clone()),
+            remote: self.remote.clone(),
         });
         // The files were made without the index lock (their fsyncs must not hold up every
         // other request); a create with the same key may have won meanwhile.
@@ -440,7 +475,7 @@ impl Store {
         if scoped.as_ref().is_some_and(|k| idx.by_key.contains_key(k)) {
             drop(idx);
             session.close_files();
-            let _ = std::fs::remove_dir_all(&session.dir);
+            session.remove_stored();
             return self.created_for_key(tenant, key, req).unwrap_or_else(|| {
                 Err(ApiError::new(
                     503,
@@ -483,12 +518,15 @@ impl Store {
     /// The live session `id` of `tenant` (another tenant's is unknown, not forbidden:
     /// its existence is not told).
     pub fn get(&self, tenant: &str, id: &str) -> Result<Arc<Session>, ApiError> {
-        let s = lock(&self.index)
-            .by_id
-            .get(id)
-            .filter(|s| s.tenant == tenant)
-            .cloned()
-            .ok_or_else(|| ApiError::unknown_upload(id))?;
+        let known = lock(&self.index).by_id.get(id).cloned();
+        let s = match (known, &self.remote) {
+            (Some(s), _) => Some(s),
+            // Another node may have created it.
+            (None, Some(remote)) => blocking_here(|| self.load_remote(remote, id))?,
+            (None, None) => None,
+        }
+        .filter(|s| s.tenant == tenant)
+        .ok_or_else(|| ApiError::unknown_upload(id))?;
         if lock(&s.meta).expires_at <= now_secs() {
             return Err(ApiError::new(
                 410,
@@ -515,6 +553,9 @@ impl Store {
         }
         drop(idx);
         s.close_files();
+        if let Some(remote) = &s.remote {
+            return remote.delete_session(&s.id);
+        }
         std::fs::remove_dir_all(&s.dir).map_err(|e| ApiError::io("deleting the session", &e))?;
         fsutil::sync_dir(&self.sessions_dir).map_err(|e| ApiError::io("deleting the session", &e))
     }
@@ -535,26 +576,29 @@ impl Store {
                     .map(|_| meta.completed_at.unwrap_or(meta.created_at));
                 let remove = meta.expires_at <= now
                     || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now);
+                // A node forgets an idle session of the object store (another node may be
+                // serving it now); the next request reads it afresh.
+                let forget = s.remote.is_some()
+                    && s.last_used.load(Ordering::Relaxed) + IDLE_CLOSE_SECS <= now;
+                if (remove || forget)
+                    && let Some(k) = &meta.idempotency_key
+                {
+                    by_key.remove(&(s.tenant.clone(), k.clone()));
+                }
+                drop(meta);
                 if remove {
-                    if let Some(k) = &meta.idempotency_key {
-                        by_key.remove(&(s.tenant.clone(), k.clone()));
-                    }
-                    drop(meta);
                     gone.push(Arc::clone(s));
                 } else {
-                    drop(meta);
                     s.close_if_idle(now);
                 }
-                !remove
+                !(remove || forget)
             });
         }
         for s in &gone {
             s.close_files();
-            if let Err(e) = std::fs::remove_dir_all(&s.dir) {
-                tracing::warn!(upload_id = %s.id, error = %e, "cannot remove a finished session");
-            }
+            s.remove_stored();
         }
-        if !gone.is_empty() {
+        if !gone.is_empty() && self.remote.is_none() {
             if let Err(e) = fsutil::sync_dir(&self.sessions_dir) {
                 tracing::warn!(error = %e, "cannot sync the sessions dir");
             }
@@ -622,6 +666,17 @@ impl Session {
         Ok(p)
     }
 
+    /// Removes what the session stored (its dir, or its keys in the object store).
+    fn remove_stored(&self) {
+        let removed = match &self.remote {
+            Some(remote) => remote.delete_session(&self.id).map_err(|e| e.message),
+            None => std::fs::remove_dir_all(&self.dir).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(upload_id = %self.id, error = %e, "cannot remove a finished session");
+        }
+    }
+
     /// Drops the session's handle on its files; they close when the last request using
     /// them ends.
     fn close_files(&self) {
@@ -686,6 +741,20 @@ mod chunks;
 mod complete;
 mod partials;
 mod quota;
+mod remote;
+
+pub use remote::Remote;
+
+/// Runs `f`, which blocks on the object store, from wherever `get` was called: on a
+/// runtime worker it tells the runtime first, so other tasks move to other workers.
+fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
 
 use chunks::InFlight;
 pub use chunks::{BeginChunk, Reservation};

@@ -270,16 +270,26 @@ impl Session {
                 }
             }
         }
-        let replacing = lock(&self.state).chunks.contains_key(&res.offset);
-        let part = self.part()?;
-        part.write_durable(res.offset, parts)
-            .map_err(|e| ApiError::io("writing the chunk", &e))?;
-        // The log's last line for an offset wins when it is read back.
-        let line = chunk_log::line(res.offset, res.length, &got.sha256);
-        part.log_durable(&line)
-            .map_err(|e| ApiError::io("recording the chunk", &e))?;
-        if replacing {
-            part.rewind_hash(res.offset);
+        let replaced = lock(&self.state).chunks.get(&res.offset).copied();
+        match &self.remote {
+            Some(remote) => {
+                remote.put_chunk(&self.id, res.offset, res.length, &got.sha256, parts)?;
+                if let Some((length, sha)) = replaced {
+                    remote.delete_chunk(&self.id, res.offset, length, &sha)?;
+                }
+            }
+            None => {
+                let part = self.part()?;
+                part.write_durable(res.offset, parts)
+                    .map_err(|e| ApiError::io("writing the chunk", &e))?;
+                // The log's last line for an offset wins when it is read back.
+                let line = chunk_log::line(res.offset, res.length, &got.sha256);
+                part.log_durable(&line)
+                    .map_err(|e| ApiError::io("recording the chunk", &e))?;
+                if replaced.is_some() {
+                    part.rewind_hash(res.offset);
+                }
+            }
         }
         let mut st = lock(&self.state);
         // A parallel request with the same bytes may have recorded it first.

@@ -2,6 +2,7 @@
 //! for a deferred one), and `complete` itself — contiguity, the Merkle root, the
 //! whole-file hash, then the object moved into place.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use uplink_proto::wire::{self, UploadCompleted, code};
@@ -59,6 +60,9 @@ impl Session {
             ApiError::new(400, code::BAD_REQUEST, "merkle_root must be 64 hex digits")
         })?;
         let size = self.final_size(size)?;
+        if let Some(remote) = &self.remote {
+            return self.complete_remote(store, remote, claimed, size);
+        }
         let _one = lock(&self.completing);
         let part_path = self.dir.join(PART);
         let overwrite = {
@@ -80,40 +84,7 @@ impl Session {
         // Checked under the state lock, which is released before the (long) hashing: once
         // every byte is stored, later PUTs can only be replays or conflicts.
         let st = lock(&self.state);
-        let mut next = 0u64;
-        for (o, (l, _)) in &st.chunks {
-            if *o != next {
-                break;
-            }
-            next = o + l;
-        }
-        if next < size {
-            return Err(ApiError::new(
-                409,
-                code::INCOMPLETE,
-                format!("bytes {next}.. of {size} are missing"),
-            ));
-        }
-        // Only a deferred length can meet this: chunks past the length it seals.
-        if next > size || st.chunks.len() != st.chunks.range(..size).count() {
-            return Err(ApiError::new(
-                409,
-                code::LENGTH_MISMATCH,
-                format!("chunks reach past the sealed length of {size} bytes"),
-            ));
-        }
-        let root = uplink_proto::merkle::root_of(st.chunks.iter().map(|(o, (l, s))| (*o, *l, s)))
-            .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
-        if root != claimed {
-            return Err(ApiError::new(
-                422,
-                code::MERKLE_MISMATCH,
-                format!(
-                    "Merkle root of the received chunks is {}",
-                    hex::encode(root)
-                ),
-            ));
-        }
+        check_tiling(&st.chunks, size, &claimed)?;
         drop(st);
         let part = self.part()?;
         let sha = part
@@ -177,4 +148,48 @@ fn link_new(part: &Path, dest: &Path) -> Result<(), ApiError> {
 
 fn name_taken(dest: &Path) -> ApiError {
     object_exists(&dest.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// The chunks must cover `[0, size)` exactly, end to end, and hash to the claimed Merkle
+/// root.
+pub(super) fn check_tiling(
+    chunks: &BTreeMap<u64, (u64, [u8; 32])>,
+    size: u64,
+    claimed: &[u8; 32],
+) -> Result<(), ApiError> {
+    let mut next = 0u64;
+    for (o, (l, _)) in chunks {
+        if *o != next {
+            break;
+        }
+        next = o + l;
+    }
+    if next < size {
+        return Err(ApiError::new(
+            409,
+            code::INCOMPLETE,
+            format!("bytes {next}.. of {size} are missing"),
+        ));
+    }
+    // Only a deferred length can meet this: chunks past the length it seals.
+    if next > size || chunks.len() != chunks.range(..size).count() {
+        return Err(ApiError::new(
+            409,
+            code::LENGTH_MISMATCH,
+            format!("chunks reach past the sealed length of {size} bytes"),
+        ));
+    }
+    let root = uplink_proto::merkle::root_of(chunks.iter().map(|(o, (l, s))| (*o, *l, s)))
+        .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+    if root != *claimed {
+        return Err(ApiError::new(
+            422,
+            code::MERKLE_MISMATCH,
+            format!(
+                "Merkle root of the received chunks is {}",
+                hex::encode(root)
+            ),
+        ));
+    }
+    Ok(())
 }

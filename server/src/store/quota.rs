@@ -82,8 +82,11 @@ impl Store {
         if let Some(n) = lock(&self.stored).get(tenant) {
             return Ok(*n);
         }
-        let n = dir_bytes(&self.objects_dir(tenant))
-            .map_err(|e| ApiError::io("counting the tenant's objects", &e))?;
+        let n = match &self.remote {
+            Some(remote) => remote.stored_bytes(tenant)?,
+            None => dir_bytes(&self.objects_dir(tenant))
+                .map_err(|e| ApiError::io("counting the tenant's objects", &e))?,
+        };
         Ok(*lock(&self.stored).entry(tenant.to_string()).or_insert(n))
     }
 

@@ -7,9 +7,11 @@ mod cli;
 mod files;
 mod interop;
 mod process;
+mod s3;
 
 pub use cgroup::*;
 pub use cli::*;
 pub use files::*;
 pub use interop::*;
 pub use process::*;
+pub use s3::*;

@@ -250,6 +250,18 @@ impl Server {
         )
     }
 
+    /// At `listen` (e.g. another node's address) with `--token-file`, extra flags and
+    /// environment variables.
+    pub fn start_on(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let token_file = Self::token_in(dir);
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_at(dir, listen, Some(&token_file), None, extra, None, env)
+    }
+
     /// Sends the server SIGHUP (it reads its clients again).
     pub fn hangup(&self) {
         if let Some(pid) = rustix::process::Pid::from_raw(self.proc.child.id() as i32) {

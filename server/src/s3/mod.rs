@@ -1,0 +1,667 @@
+//! A small S3 client for the object-store backend (`--store s3://bucket/prefix`).
+//!
+//! Only what the store needs: put, get, head, delete, list, and multipart uploads, each a
+//! SigV4-signed HTTP/1.1 request (hyper; TLS by rustls with the system's roots). The store
+//! calls it from blocking threads, so the calls block: each request runs on a small runtime
+//! of its own and the caller waits for the answer. One attempt per call — except a
+//! pooled connection the server had closed, which is replaced once — because the store
+//! answers a failure with a retryable status and the daemon's one retry policy takes over.
+//!
+//! Configuration comes from where every AWS tool reads it: `AWS_ENDPOINT_URL_S3` /
+//! `AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the profile (`AWS_PROFILE`, default
+//! `default`) in `~/.aws/credentials` and `~/.aws/config`. A custom endpoint is addressed
+//! path-style (`endpoint/bucket/key`), AWS itself virtual-hosted
+//! (`bucket.s3.region.amazonaws.com/key`).
+
+mod config;
+pub mod sigv4;
+pub mod writer;
+pub mod xml;
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+pub use config::Config;
+use sigv4::{Credentials, Signable, UNSIGNED_PAYLOAD};
+
+/// How long one S3 request may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Idle connections kept for reuse.
+const POOL: usize = 16;
+
+/// A failed S3 call: the HTTP status and S3's error code when the server answered.
+#[derive(Debug, Clone)]
+pub struct S3Error {
+    pub status: Option<u16>,
+    pub code: String,
+    pub message: String,
+}
+
+impl S3Error {
+    fn transport(message: impl Into<String>) -> S3Error {
+        S3Error {
+            status: None,
+            code: "Transport".into(),
+            message: message.into(),
+        }
+    }
+
+    /// The store's precondition (`If-None-Match: *`) did not hold: the key exists.
+    pub fn is_precondition_failed(&self) -> bool {
+        self.status == Some(412) || self.code == "PreconditionFailed"
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status == Some(404)
+    }
+
+    /// Worth trying again later: no answer, throttling, or a server error.
+    pub fn is_transient(&self) -> bool {
+        self.status.is_none_or(|s| s >= 500 || s == 429 || s == 408)
+            || self.code == "SlowDown"
+            || self.code == "RequestTimeout"
+    }
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "S3 answered {s} {}: {}", self.code, self.message),
+            None => write!(f, "S3 unreachable: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+/// An answer: status, headers, whole body.
+pub struct Answer {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An object's size and user metadata (`x-amz-meta-*`, names without the prefix).
+pub struct Head {
+    pub size: u64,
+    pub metadata: HashMap<String, String>,
+}
+
+/// One key of a listing.
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// ISO 8601, so it sorts as text.
+    pub last_modified: String,
+}
+
+/// A request body of several buffers (a chunk as it arrived), sent without joining them.
+pub struct Parts {
+    parts: VecDeque<Bytes>,
+    left: u64,
+}
+
+impl Parts {
+    pub fn new(parts: Vec<Bytes>) -> Parts {
+        let left = parts.iter().map(|p| p.len() as u64).sum();
+        Parts {
+            parts: parts.into(),
+            left,
+        }
+    }
+}
+
+impl http_body::Body for Parts {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.parts.pop_front();
+        if let Some(b) = &next {
+            self.left -= b.len() as u64;
+        }
+        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+/// A client for one bucket.
+#[derive(Clone)]
+pub struct S3 {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    https: bool,
+    /// `host[:port]` to connect to and sign.
+    authority: String,
+    /// `/bucket` for path-style addressing, else empty.
+    bucket_path: String,
+    bucket: String,
+    region: String,
+    creds: Credentials,
+    tls: Option<tokio_rustls::TlsConnector>,
+    pool: Mutex<Vec<SendRequest<Parts>>>,
+    rt: &'static tokio::runtime::Runtime,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl S3 {
+    pub fn new(config: Config) -> Result<S3, String> {
+        // The runtime lives as long as the process: dropping a runtime from inside another
+        // (the server's, when the store goes) is not allowed.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3-client")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the S3 client's runtime: {e}"))?;
+        let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
+        let tls = match config.https {
+            true => Some(tls_connector(config.ca_bundle.as_deref())?),
+            false => None,
+        };
+        let (authority, bucket_path) = match config.path_style {
+            true => (config.authority, format!("/{}", config.bucket)),
+            false => (
+                format!("{}.{}", config.bucket, config.authority),
+                String::new(),
+            ),
+        };
+        Ok(S3 {
+            inner: Arc::new(Inner {
+                https: config.https,
+                authority,
+                bucket_path,
+                bucket: config.bucket,
+                region: config.region,
+                creds: config.credentials,
+                tls,
+                pool: Mutex::new(Vec::new()),
+                rt,
+            }),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.inner.bucket
+    }
+
+    /// Stores `body` at `key`. `sha256`: the body's hash if known (it is then signed);
+    /// `create_only`: fail with 412 if the key exists.
+    pub fn put(
+        &self,
+        key: &str,
+        body: Vec<Bytes>,
+        sha256: Option<[u8; 32]>,
+        create_only: bool,
+        metadata: &[(&str, &str)],
+    ) -> Result<(), S3Error> {
+        let mut headers = checksum_header(&body);
+        if create_only {
+            headers.push(("if-none-match".into(), "*".into()));
+        }
+        for (k, v) in metadata {
+            headers.push((format!("x-amz-meta-{k}"), v.to_string()));
+        }
+        self.call(Method::PUT, key, Vec::new(), headers, body, sha256)
+            .map(drop)
+    }
+
+    /// The object at `key`, `None` if there is none.
+    pub fn get(&self, key: &str) -> Result<Option<Bytes>, S3Error> {
+        match self.call(Method::GET, key, Vec::new(), Vec::new(), Vec::new(), None) {
+            Ok(a) => Ok(Some(a.body)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The size and metadata of the object at `key`, `None` if there is none.
+    pub fn head(&self, key: &str) -> Result<Option<Head>, S3Error> {
+        let a = match self.call(Method::HEAD, key, Vec::new(), Vec::new(), Vec::new(), None) {
+            Ok(a) => a,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = a
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let metadata = a
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.as_str().strip_prefix("x-amz-meta-")?;
+                Some((name.to_string(), v.to_str().ok()?.to_string()))
+            })
+            .collect();
+        Ok(Some(Head { size, metadata }))
+    }
+
+    /// Deletes `key` (deleting a missing key succeeds, as in S3).
+    pub fn delete(&self, key: &str) -> Result<(), S3Error> {
+        match self.call(
+            Method::DELETE,
+            key,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            None,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every key under `prefix`, in key order (ListObjectsV2, page by page).
+    pub fn list(&self, prefix: &str) -> Result<Vec<Listed>, S3Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        // Bounded: a listing of more than 10 million keys is not one this store makes.
+        for _ in 0..10_000 {
+            let mut query = vec![
+                ("list-type".to_string(), "2".to_string()),
+                ("prefix".to_string(), prefix.to_string()),
+            ];
+            if let Some(t) = &token {
+                query.push(("continuation-token".into(), t.clone()));
+            }
+            let a = self.call(Method::GET, "", query, Vec::new(), Vec::new(), None)?;
+            let xml = String::from_utf8_lossy(&a.body);
+            for item in xml::blocks(&xml, "Contents") {
+                let (Some(key), Some(size)) = (xml::first(item, "Key"), xml::first(item, "Size"))
+                else {
+                    continue;
+                };
+                out.push(Listed {
+                    key,
+                    size: size.parse().unwrap_or(0),
+                    last_modified: xml::first(item, "LastModified").unwrap_or_default(),
+                });
+            }
+            token = match xml::first(&xml, "IsTruncated").as_deref() {
+                Some("true") => xml::first(&xml, "NextContinuationToken"),
+                _ => None,
+            };
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+        Err(S3Error::transport(format!(
+            "listing {prefix} did not end after 10000 pages"
+        )))
+    }
+
+    /// Starts a multipart upload to `key`; returns its upload id.
+    pub fn create_multipart(
+        &self,
+        key: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<String, S3Error> {
+        let headers = metadata
+            .iter()
+            .map(|(k, v)| (format!("x-amz-meta-{k}"), v.to_string()))
+            .chain([("x-amz-checksum-algorithm".to_string(), "CRC32C".to_string())])
+            .collect();
+        let query = vec![("uploads".to_string(), String::new())];
+        let a = self.call(Method::POST, key, query, headers, Vec::new(), None)?;
+        xml::first(&String::from_utf8_lossy(&a.body), "UploadId")
+            .ok_or_else(|| S3Error::transport("CreateMultipartUpload answered no UploadId"))
+    }
+
+    /// Uploads part `number` (1-based) of `upload_id`; returns its ETag and CRC32C.
+    pub fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Vec<Bytes>,
+    ) -> Result<(String, String), S3Error> {
+        let query = vec![
+            ("partNumber".to_string(), number.to_string()),
+            ("uploadId".to_string(), upload_id.to_string()),
+        ];
+        let headers = checksum_header(&body);
+        let crc = headers[0].1.clone();
+        let a = self.call(Method::PUT, key, query, headers, body, None)?;
+        let etag = a
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| S3Error::transport("UploadPart answered no ETag"))?;
+        Ok((etag.to_string(), crc))
+    }
+
+    /// Completes `upload_id` from its `(number, etag, crc32c)` parts. `create_only`: fail
+    /// with 412 if `key` exists.
+    pub fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String, String)],
+        create_only: bool,
+    ) -> Result<(), S3Error> {
+        let mut body = String::from("<CompleteMultipartUpload>");
+        for (n, etag, crc) in parts {
+            body.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag>\
+                 <ChecksumCRC32C>{crc}</ChecksumCRC32C></Part>",
+                xml::escape(etag)
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let body = Bytes::from(body);
+        let sha: [u8; 32] = sha2::Sha256::digest_bytes(&body);
+        let mut headers = Vec::new();
+        if create_only {
+            headers.push(("if-none-match".to_string(), "*".to_string()));
+        }
+        let query = vec![("uploadId".to_string(), upload_id.to_string())];
+        let a = self.call(Method::POST, key, query, headers, vec![body], Some(sha))?;
+        // CompleteMultipartUpload may answer 200 with an error in the body.
+        let xml = String::from_utf8_lossy(&a.body);
+        if let Some(code) = xml::first(&xml, "Code") {
+            return Err(S3Error {
+                status: Some(200),
+                message: xml::first(&xml, "Message").unwrap_or_default(),
+                code,
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops `upload_id` and its parts.
+    pub fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        let query = vec![("uploadId".to_string(), upload_id.to_string())];
+        match self.call(Method::DELETE, key, query, Vec::new(), Vec::new(), None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Signs and sends one request, and waits for its answer. A non-2xx answer is an error
+    /// carrying S3's code and message.
+    fn call(
+        &self,
+        method: Method,
+        key: &str,
+        query: Vec<(String, String)>,
+        mut headers: Vec<(String, String)>,
+        body: Vec<Bytes>,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<Answer, S3Error> {
+        let inner = &self.inner;
+        let path = format!("{}/{}", inner.bucket_path, sigv4::uri_encode(key, false));
+        let payload_hash = match sha256 {
+            Some(h) => hex::encode(h),
+            None if body.is_empty() => hex::encode(sha2::Sha256::digest_bytes(b"")),
+            None => UNSIGNED_PAYLOAD.to_string(),
+        };
+        let amz_date = sigv4::amz_date(now_secs());
+        headers.push(("host".into(), inner.authority.clone()));
+        headers.push(("x-amz-date".into(), amz_date.clone()));
+        headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
+        if let Some(t) = &inner.creds.session_token {
+            headers.push(("x-amz-security-token".into(), t.clone()));
+        }
+        let auth = sigv4::authorization(
+            &inner.creds,
+            &inner.region,
+            &amz_date,
+            &Signable {
+                method: method.as_str(),
+                path: &path,
+                query: &query,
+                headers: &headers,
+                payload_hash: &payload_hash,
+            },
+        );
+        let query = sigv4::canonical_query(&query);
+        let uri = match query.is_empty() {
+            true => path,
+            false => format!("{path}?{query}"),
+        };
+        let len: u64 = body.iter().map(|b| b.len() as u64).sum();
+        let build = move || -> Result<Request<Parts>, S3Error> {
+            let mut req = Request::builder().method(method.clone()).uri(uri.as_str());
+            for (k, v) in &headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            req.header(http::header::AUTHORIZATION, auth.as_str())
+                .header(http::header::CONTENT_LENGTH, len)
+                .body(Parts::new(body.clone()))
+                .map_err(|e| S3Error::transport(format!("building the request: {e}")))
+        };
+        let inner2 = Arc::clone(inner);
+        let head_only = build()?.method() == Method::HEAD;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        inner.rt.spawn(async move {
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, inner2.roundtrip(build)).await;
+            let answer = answer.unwrap_or_else(|_| {
+                Err(S3Error::transport(format!(
+                    "no answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                )))
+            });
+            let _ = tx.send(answer);
+        });
+        let (status, headers, body) = rx
+            .recv()
+            .map_err(|_| S3Error::transport("the S3 request task stopped"))??;
+        if (200..300).contains(&status) {
+            return Ok(Answer { headers, body });
+        }
+        let xml = String::from_utf8_lossy(&body);
+        let code = match head_only {
+            // A HEAD answer has no body to name the error.
+            true => format!("Http{status}"),
+            false => xml::first(&xml, "Code").unwrap_or_else(|| format!("Http{status}")),
+        };
+        Err(S3Error {
+            status: Some(status),
+            code,
+            message: xml::first(&xml, "Message").unwrap_or_default(),
+        })
+    }
+}
+
+impl Inner {
+    /// Sends on a pooled connection (replacing it once if the server had closed it) or a
+    /// new one; returns status, headers and the whole body.
+    async fn roundtrip(
+        &self,
+        build: impl Fn() -> Result<Request<Parts>, S3Error>,
+    ) -> Result<(u16, HeaderMap, Bytes), S3Error> {
+        let mut pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(sender) = &mut pooled
+            && sender.ready().await.is_err()
+        {
+            pooled = None;
+        }
+        let resp = match pooled {
+            Some(mut sender) => {
+                match sender.send_request(build()?).await {
+                    Ok(r) => Ok((r, sender)),
+                    // Closed under us before an answer: once more on a fresh connection.
+                    Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                        Err(())
+                    }
+                    Err(e) => return Err(S3Error::transport(format!("request failed: {e}"))),
+                }
+            }
+            None => Err(()),
+        };
+        let (resp, sender) = match resp {
+            Ok(pair) => pair,
+            Err(()) => {
+                let mut sender = self.connect().await?;
+                let r = sender
+                    .send_request(build()?)
+                    .await
+                    .map_err(|e| S3Error::transport(format!("request failed: {e}")))?;
+                (r, sender)
+            }
+        };
+        let status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| S3Error::transport(format!("reading the answer: {e}")))?
+            .to_bytes();
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL && !sender.is_closed() {
+            pool.push(sender);
+        }
+        Ok((status, parts.headers, body))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Parts>, S3Error> {
+        let fail = |e: std::io::Error| {
+            S3Error::transport(format!("cannot connect to {}: {e}", self.authority))
+        };
+        let addr = match self.authority.contains(':') {
+            true => self.authority.clone(),
+            false => format!("{}:{}", self.authority, if self.https { 443 } else { 80 }),
+        };
+        let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(fail)?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some(tls) => {
+                let host = self.authority.split(':').next().unwrap_or_default();
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| S3Error::transport(format!("bad S3 host {host}: {e}")))?;
+                let stream = tls.connect(name, tcp).await.map_err(fail)?;
+                handshake(stream).await
+            }
+        }
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<SendRequest<Parts>, S3Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| S3Error::transport(format!("HTTP handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// `x-amz-checksum-crc32c` for a body: S3 verifies the bytes it received against it.
+fn checksum_header(body: &[Bytes]) -> Vec<(String, String)> {
+    let crc = body.iter().fold(0u32, |c, b| crc32c::crc32c_append(c, b));
+    vec![(
+        "x-amz-checksum-crc32c".to_string(),
+        base64_encode(&crc.to_be_bytes()),
+    )]
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn tls_connector(
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_bundle {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read AWS_CA_BUNDLE {}: {e}", path.display()))?;
+            use rustls_pki_types::pem::PemObject;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificates for the S3 endpoint (set AWS_CA_BUNDLE)".into());
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// SHA-256 of a byte slice as an array.
+trait DigestBytes {
+    fn digest_bytes(data: &[u8]) -> [u8; 32];
+}
+
+impl DigestBytes for sha2::Sha256 {
+    fn digest_bytes(data: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(data).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_of_a_crc() {
+        assert_eq!(base64_encode(&[0, 0, 0, 0]), "AAAAAA==");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+    }
+}

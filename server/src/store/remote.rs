@@ -1,0 +1,537 @@
+//! Sessions kept in an S3-compatible object store (`--store s3://bucket/prefix`), so that
+//! several `uplink-server` nodes behind one name serve the same uploads.
+//!
+//! Layout under the prefix:
+//! ```text
+//! sessions/<id>/meta.json                          the session (as on disk)
+//! sessions/<id>/chunks/<offset:020>.<len>.<sha256> one verified chunk: its bytes, its record in its name
+//! objects/<name> | objects/<tenant>/<name>         completed files
+//! ```
+//! A chunk is acknowledged once its PUT returned: S3 made it durable, and its key *is* the
+//! chunk log, so whichever node the client reaches next lists the same chunks. A node
+//! knows a session it did not create by reading it on first request ([`Store::get`]);
+//! `complete` lists the chunks again, so chunks another node took count.
+//!
+//! `complete` reads the chunks in order into the object — one multipart upload of fixed
+//! parts ([`crate::s3::writer`]), hashing as it goes (the whole-file SHA-256 comes from
+//! that same pass) — and makes it visible with `If-None-Match: *` unless the upload asked
+//! to overwrite, so of two uploads of one name exactly one wins. The object carries the
+//! upload id in its metadata, so a complete repeated after a crash recognises its own
+//! object. The chunk objects go once completion is recorded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use uplink_proto::wire::{self, UploadCompleted, code};
+
+use super::{Session, SessionMeta, SessionState, Store, lock, now_secs};
+use crate::error::ApiError;
+use crate::s3::writer::ObjectWriter;
+use crate::s3::{S3, S3Error};
+
+/// Object metadata naming the upload that made an object.
+const META_UPLOAD: &str = "uplink-upload";
+
+/// The S3 side of a store.
+pub struct Remote {
+    pub s3: S3,
+    prefix: String,
+    per_tenant: bool,
+}
+
+/// A failed S3 call as the client sees it: retryable (503) when the store may recover,
+/// else a 500 naming what went wrong (a missing bucket, refused credentials).
+pub fn s3_error(what: &str, e: &S3Error) -> ApiError {
+    match e.is_transient() {
+        true => ApiError::new(503, code::UNAVAILABLE, format!("{what}: {e}")).retry_in(1),
+        false => ApiError::new(500, code::INTERNAL, format!("{what}: {e}")),
+    }
+}
+
+impl Remote {
+    pub fn new(s3: S3, prefix: &str, per_tenant: bool) -> Remote {
+        Remote {
+            s3,
+            prefix: prefix.trim_matches('/').to_string(),
+            per_tenant,
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        match self.prefix.is_empty() {
+            true => rest.to_string(),
+            false => format!("{}/{rest}", self.prefix),
+        }
+    }
+
+    fn meta_key(&self, id: &str) -> String {
+        self.key(&format!("sessions/{id}/meta.json"))
+    }
+
+    fn chunks_prefix(&self, id: &str) -> String {
+        self.key(&format!("sessions/{id}/chunks/"))
+    }
+
+    fn chunk_key(&self, id: &str, offset: u64, length: u64, sha256: &[u8; 32]) -> String {
+        format!(
+            "{}{offset:020}.{length}.{}",
+            self.chunks_prefix(id),
+            hex::encode(sha256)
+        )
+    }
+
+    /// The prefix of `tenant`'s objects.
+    pub fn objects_prefix(&self, tenant: &str) -> String {
+        match self.per_tenant {
+            true => self.key(&format!("objects/{tenant}/")),
+            false => self.key("objects/"),
+        }
+    }
+
+    /// The key of `tenant`'s object `name`.
+    pub fn object_key(&self, tenant: &str, name: &str) -> String {
+        format!("{}{name}", self.objects_prefix(tenant))
+    }
+
+    /// Checks the bucket answers with these credentials (at start, so a wrong setting
+    /// stops the server rather than every upload).
+    pub fn probe(&self) -> Result<(), String> {
+        self.s3
+            .head(&self.key("sessions/.probe"))
+            .map(drop)
+            .map_err(|e| format!("bucket {}: {e}", self.s3.bucket()))
+    }
+
+    pub(super) fn save_meta(&self, meta: &SessionMeta) -> Result<(), ApiError> {
+        let json = serde_json::to_vec_pretty(meta)
+            .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
+        self.s3
+            .put(
+                &self.meta_key(&meta.upload_id),
+                vec![Bytes::from(json)],
+                None,
+                false,
+                &[],
+            )
+            .map_err(|e| s3_error("recording the session", &e))
+    }
+
+    pub(super) fn load_meta(&self, id: &str) -> Result<Option<SessionMeta>, ApiError> {
+        // Ids are 32 hex digits; anything else cannot name a session (nor a key elsewhere).
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let Some(bytes) = self
+            .s3
+            .get(&self.meta_key(id))
+            .map_err(|e| s3_error("reading the session", &e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            ApiError::new(500, code::INTERNAL, format!("session {id} unreadable: {e}"))
+        })
+    }
+
+    /// The chunks stored for session `id`. Of two records at one offset (a chunk replaced
+    /// in a growing file, the old record not yet deleted) the newer wins.
+    pub(super) fn chunks(&self, id: &str) -> Result<BTreeMap<u64, (u64, [u8; 32])>, ApiError> {
+        let prefix = self.chunks_prefix(id);
+        let listed = self
+            .s3
+            .list(&prefix)
+            .map_err(|e| s3_error("listing the upload's chunks", &e))?;
+        let mut newest: BTreeMap<u64, (String, u64, [u8; 32])> = BTreeMap::new();
+        for item in listed {
+            let Some((offset, length, sha)) =
+                item.key.strip_prefix(&prefix).and_then(parse_chunk_name)
+            else {
+                tracing::warn!(key = %item.key, "ignoring an unknown key among the chunks");
+                continue;
+            };
+            if newest
+                .get(&offset)
+                .is_none_or(|(at, _, _)| *at <= item.last_modified)
+            {
+                newest.insert(offset, (item.last_modified, length, sha));
+            }
+        }
+        Ok(newest
+            .into_iter()
+            .map(|(o, (_, l, s))| (o, (l, s)))
+            .collect())
+    }
+
+    /// Stores a verified chunk; it is durable when this returns.
+    pub(super) fn put_chunk(
+        &self,
+        id: &str,
+        offset: u64,
+        length: u64,
+        sha256: &[u8; 32],
+        parts: &[Bytes],
+    ) -> Result<(), ApiError> {
+        let key = self.chunk_key(id, offset, length, sha256);
+        self.s3
+            .put(&key, parts.to_vec(), Some(*sha256), false, &[])
+            .map_err(|e| s3_error("storing the chunk", &e))
+    }
+
+    /// Removes a chunk's record (replaced by another at its offset).
+    pub(super) fn delete_chunk(
+        &self,
+        id: &str,
+        offset: u64,
+        length: u64,
+        sha256: &[u8; 32],
+    ) -> Result<(), ApiError> {
+        self.s3
+            .delete(&self.chunk_key(id, offset, length, sha256))
+            .map_err(|e| s3_error("replacing the chunk", &e))
+    }
+
+    /// Removes every key of session `id`.
+    pub(super) fn delete_session(&self, id: &str) -> Result<(), ApiError> {
+        let all = self
+            .s3
+            .list(&self.key(&format!("sessions/{id}/")))
+            .map_err(|e| s3_error("listing the session", &e))?;
+        // The meta goes last: while it exists, the session can be found and deleted again.
+        let meta = self.meta_key(id);
+        for item in all.iter().filter(|i| i.key != meta) {
+            self.s3
+                .delete(&item.key)
+                .map_err(|e| s3_error("deleting the session", &e))?;
+        }
+        self.s3
+            .delete(&meta)
+            .map_err(|e| s3_error("deleting the session", &e))
+    }
+
+    pub fn object_exists(&self, tenant: &str, name: &str) -> Result<bool, ApiError> {
+        self.s3
+            .head(&self.object_key(tenant, name))
+            .map(|h| h.is_some())
+            .map_err(|e| s3_error("looking up the object", &e))
+    }
+
+    /// Bytes in `tenant`'s objects.
+    pub fn stored_bytes(&self, tenant: &str) -> Result<u64, ApiError> {
+        let prefix = self.objects_prefix(tenant);
+        let listed = self
+            .s3
+            .list(&prefix)
+            .map_err(|e| s3_error("counting the tenant's objects", &e))?;
+        // Without per-tenant dirs other tenants' dirs do not exist; skip nested keys anyway.
+        Ok(listed
+            .iter()
+            .filter(|i| !i.key[prefix.len()..].contains('/'))
+            .map(|i| i.size)
+            .sum())
+    }
+
+    /// Writes the file at `file` as `tenant`'s object `name` (a whole-object PUT, already
+    /// verified). Returns the size of the object it replaced, `None` if the name is taken.
+    pub fn put_file(
+        &self,
+        tenant: &str,
+        name: &str,
+        file: &std::path::Path,
+        overwrite: bool,
+    ) -> Result<Option<u64>, ApiError> {
+        use std::io::Read;
+        let key = self.object_key(tenant, name);
+        let replaced = match overwrite {
+            true => self
+                .s3
+                .head(&key)
+                .map_err(|e| s3_error("looking up the object", &e))?
+                .map_or(0, |h| h.size),
+            false => 0,
+        };
+        let io = |e: std::io::Error| ApiError::io("reading the object back", &e);
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        let size = f.metadata().map_err(io)?.len();
+        let mut w = ObjectWriter::new(&self.s3, &key, size, &[]);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n])
+                .map_err(|e| s3_error("storing the object", &e))?;
+        }
+        match w.finish(!overwrite) {
+            Ok(_) => Ok(Some(replaced)),
+            Err(e) if e.is_precondition_failed() => Ok(None),
+            Err(e) => Err(s3_error("storing the object", &e)),
+        }
+    }
+}
+
+/// `<offset:020>.<len>.<sha256 hex>` -> its parts.
+fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32])> {
+    let mut it = name.split('.');
+    let offset = it.next()?.parse().ok()?;
+    let length = it.next()?.parse().ok()?;
+    let sha = uplink_proto::parse_hex32(it.next()?)?;
+    match it.next() {
+        None => Some((offset, length, sha)),
+        Some(_) => None,
+    }
+}
+
+impl Store {
+    /// Session `id` as the object store has it, made known to this node; `None` when it
+    /// does not exist (or expired).
+    pub(super) fn load_remote(
+        &self,
+        remote: &Arc<Remote>,
+        id: &str,
+    ) -> Result<Option<Arc<Session>>, ApiError> {
+        let Some(meta) = remote.load_meta(id)? else {
+            return Ok(None);
+        };
+        let now = now_secs();
+        if meta.expires_at <= now {
+            return Ok(None);
+        }
+        let mut state = SessionState::default();
+        match &meta.completed {
+            Some(done) => state.received = done.size,
+            None => {
+                state.chunks = remote.chunks(id)?;
+                state.received = state.chunks.values().map(|(l, _)| *l).sum();
+            }
+        }
+        let nonce = hex::decode(&meta.nonce)
+            .map_err(|e| ApiError::new(500, code::INTERNAL, format!("session {id}: {e}")))?;
+        let tenant = match meta.tenant.as_str() {
+            "" => crate::clients::DEFAULT_TENANT.to_string(),
+            t => t.to_string(),
+        };
+        let session = Arc::new(Session {
+            id: meta.upload_id.clone(),
+            tenant,
+            dir: std::path::PathBuf::new(),
+            size: meta.size,
+            deferred: meta.deferred_length,
+            name: meta.name.clone(),
+            nonce,
+            part: std::sync::Mutex::new(None),
+            last_used: AtomicU64::new(now),
+            completing: std::sync::Mutex::new(()),
+            state: std::sync::Mutex::new(state),
+            partials: std::sync::Mutex::default(),
+            meta: std::sync::Mutex::new(meta),
+            remote: Some(Arc::clone(remote)),
+        });
+        let mut idx = lock(&self.index);
+        // Another request may have loaded it meanwhile: keep that one.
+        let kept = idx
+            .by_id
+            .entry(session.id.clone())
+            .or_insert_with(|| Arc::clone(&session))
+            .clone();
+        if let Some(k) = lock(&kept.meta).idempotency_key.clone() {
+            idx.by_key.insert((kept.tenant.clone(), k), kept.id.clone());
+        }
+        Ok(Some(kept))
+    }
+}
+
+impl Store {
+    /// Session `id` of `tenant` as it is now, for a request that reports it (state, chunk
+    /// pages): with an object store, other nodes may have stored chunks, completed or
+    /// deleted it since this node last looked, so it is read again (blocking).
+    pub fn get_fresh(&self, tenant: &str, id: &str) -> Result<Arc<Session>, ApiError> {
+        let s = self.get(tenant, id)?;
+        let Some(remote) = &s.remote else {
+            return Ok(s);
+        };
+        let Some(meta) = remote.load_meta(id)? else {
+            self.forget(id);
+            return Err(ApiError::unknown_upload(id));
+        };
+        if meta.completed.is_none() {
+            let listed = remote.chunks(id)?;
+            let mut st = lock(&s.state);
+            for (offset, chunk) in listed {
+                if st.chunks.insert(offset, chunk).is_none() {
+                    st.received += chunk.0;
+                }
+            }
+        }
+        *lock(&s.meta) = meta;
+        Ok(s)
+    }
+
+    /// Drops session `id` from this node's index (it is gone from the store).
+    fn forget(&self, id: &str) {
+        let mut idx = lock(&self.index);
+        if let Some(s) = idx.by_id.remove(id)
+            && let Some(k) = &lock(&s.meta).idempotency_key
+        {
+            idx.by_key.remove(&(s.tenant.clone(), k.clone()));
+        }
+    }
+}
+
+impl Session {
+    /// `complete` on the object store (blocking): the chunks as S3 lists them now must
+    /// tile the file and match the Merkle root; then the object is written from them.
+    pub(super) fn complete_remote(
+        &self,
+        store: &Store,
+        remote: &Remote,
+        claimed: [u8; 32],
+        size: u64,
+    ) -> Result<UploadCompleted, ApiError> {
+        let _one = lock(&self.completing);
+        // Another node may have completed (or deleted) it.
+        match remote.load_meta(&self.id)? {
+            Some(fresh) => *lock(&self.meta) = fresh,
+            None => return Err(ApiError::unknown_upload(&self.id)),
+        }
+        let overwrite = {
+            let meta = lock(&self.meta);
+            if let Some(done) = &meta.completed {
+                return match meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
+                    true => Ok(done.clone()),
+                    false => Err(ApiError::new(
+                        422,
+                        code::MERKLE_MISMATCH,
+                        "upload completed with another Merkle root",
+                    )),
+                };
+            }
+            meta.overwrite
+        };
+        // Chunks another node stored count too.
+        let listed = remote.chunks(&self.id)?;
+        {
+            let mut st = lock(&self.state);
+            st.received = listed.values().map(|(l, _)| *l).sum();
+            st.chunks = listed.clone();
+        }
+        super::complete::check_tiling(&listed, size, &claimed)?;
+        let key = remote.object_key(&self.tenant, &self.name);
+        let mut w = ObjectWriter::new(&remote.s3, &key, size, &[(META_UPLOAD, &self.id)]);
+        for (&offset, &(length, sha)) in &listed {
+            let chunk_key = remote.chunk_key(&self.id, offset, length, &sha);
+            let bytes = remote
+                .s3
+                .get(&chunk_key)
+                .map_err(|e| s3_error("reading a chunk back", &e))?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        500,
+                        code::INTERNAL,
+                        format!("chunk {offset}+{length} vanished from the store"),
+                    )
+                })?;
+            if bytes.len() as u64 != length {
+                return Err(ApiError::new(
+                    500,
+                    code::INTERNAL,
+                    format!(
+                        "chunk {offset}+{length} reads back as {} bytes",
+                        bytes.len()
+                    ),
+                ));
+            }
+            w.write(&bytes)
+                .map_err(|e| s3_error("writing the object", &e))?;
+        }
+        let written = match w.finish(!overwrite) {
+            Ok(written) => written,
+            Err(e) if e.is_precondition_failed() => {
+                // Ours, if an earlier attempt of this complete placed it before a crash.
+                let head = remote
+                    .s3
+                    .head(&key)
+                    .map_err(|e| s3_error("looking up the object", &e))?;
+                if head.is_none_or(|h| h.metadata.get(META_UPLOAD) != Some(&self.id)) {
+                    return Err(super::object_exists(&self.name));
+                }
+                self.rehash(remote, &listed)?
+            }
+            Err(e) => return Err(s3_error("writing the object", &e)),
+        };
+        if written.size != size {
+            return Err(ApiError::new(
+                500,
+                code::INTERNAL,
+                format!("the chunks held {} bytes, not {size}", written.size),
+            ));
+        }
+        let done = UploadCompleted {
+            sha256: hex::encode(written.sha256),
+            size,
+            location: wire::object_path(&self.name),
+        };
+        let mut meta = lock(&self.meta);
+        let mut next = meta.clone();
+        next.completed = Some(done.clone());
+        next.size = size;
+        next.merkle_root = Some(hex::encode(claimed));
+        next.completed_at = Some(now_secs());
+        remote.save_meta(&next)?;
+        *meta = next;
+        drop(meta);
+        store.note_stored(&self.tenant, size, 0);
+        for (&offset, &(length, sha)) in &listed {
+            if let Err(e) = remote
+                .s3
+                .delete(&remote.chunk_key(&self.id, offset, length, &sha))
+            {
+                // The session's keys all go when it is swept.
+                tracing::warn!(upload_id = %self.id, error = %e, "cannot delete a chunk object");
+            }
+        }
+        Ok(done)
+    }
+
+    /// The whole-file hash from the chunks (the rare path: an earlier complete placed the
+    /// object, then stopped before recording it).
+    fn rehash(
+        &self,
+        remote: &Remote,
+        chunks: &BTreeMap<u64, (u64, [u8; 32])>,
+    ) -> Result<crate::s3::writer::Written, ApiError> {
+        use sha2::Digest;
+        let mut sha = sha2::Sha256::new();
+        let mut size = 0;
+        for (&offset, &(length, s)) in chunks {
+            let bytes = remote
+                .s3
+                .get(&remote.chunk_key(&self.id, offset, length, &s))
+                .map_err(|e| s3_error("reading a chunk back", &e))?
+                .unwrap_or_default();
+            sha.update(&bytes);
+            size += bytes.len() as u64;
+        }
+        Ok(crate::s3::writer::Written {
+            sha256: sha.finalize().into(),
+            size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_names_round_trip() {
+        let sha = [7u8; 32];
+        let name = format!("{:020}.{}.{}", 4096u64, 1024u64, hex::encode(sha));
+        assert_eq!(parse_chunk_name(&name), Some((4096, 1024, sha)));
+        assert_eq!(parse_chunk_name("12.3"), None);
+        assert_eq!(parse_chunk_name(&format!("{name}.x")), None);
+        assert_eq!(parse_chunk_name("x.1.00"), None);
+    }
+}

@@ -1,0 +1,80 @@
+"""What an operator does with boto3 around uplink-server's S3 store, for the e2e tests.
+
+  s3_admin.py setup ENDPOINT BUCKET          -> {"access_key_id": ..., "secret_access_key": ...}
+      (moto started with INITIAL_NO_AUTH_ACTION_COUNT=3: an IAM user allowed s3:*, its
+      access key, then the bucket made with that key; every later request must be signed
+      with it, so a wrong signature is refused)
+  s3_admin.py sha ENDPOINT KEY SECRET BUCKET OBJECT   -> "<sha256 hex> <size>" or "missing"
+  s3_admin.py list ENDPOINT KEY SECRET BUCKET PREFIX  -> the keys, one per line
+  s3_admin.py uploads ENDPOINT KEY SECRET BUCKET      -> multipart uploads in progress, one per line
+"""
+import hashlib
+import json
+import sys
+
+import boto3
+import botocore
+
+
+def client(endpoint, key, secret):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    )
+
+
+def main(argv):
+    cmd = argv[1]
+    if cmd == "setup":
+        endpoint, bucket = argv[2], argv[3]
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
+            region_name="us-east-1",
+        )
+        iam.create_user(UserName="uplink")
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="uplink", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        k = iam.create_access_key(UserName="uplink")["AccessKey"]
+        client(endpoint, k["AccessKeyId"], k["SecretAccessKey"]).create_bucket(Bucket=bucket)
+        print(json.dumps({"access_key_id": k["AccessKeyId"], "secret_access_key": k["SecretAccessKey"]}))
+        return 0
+    endpoint, key, secret, bucket = argv[2:6]
+    s3 = client(endpoint, key, secret)
+    if cmd == "sha":
+        try:
+            body = s3.get_object(Bucket=bucket, Key=argv[6])["Body"]
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                print("missing")
+                return 0
+            raise
+        h, n = hashlib.sha256(), 0
+        for piece in iter(lambda: body.read(1 << 20), b""):
+            h.update(piece)
+            n += len(piece)
+        print(h.hexdigest(), n)
+    elif cmd == "list":
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=argv[6])
+        for page in pages:
+            for item in page.get("Contents", []):
+                print(item["Key"])
+    elif cmd == "uploads":
+        for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            print(u["Key"], u["UploadId"])
+    else:
+        print(f"unknown command {cmd}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,124 @@
+//! A real S3-compatible server for the object-store backend's tests: moto (installed by
+//! `scripts/test` into `.deps/venv`) on a loopback port, with IAM auth on so every request
+//! must carry a valid SigV4 signature, and boto3 (the operator's view) to read what it holds.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::interop::{interop_file, interop_python};
+
+/// A running moto S3 server with one bucket and the credentials of a user allowed to use it.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl S3Server {
+    pub fn start(dir: &Path, bucket: &str) -> S3Server {
+        let python = interop_python();
+        let moto = python.with_file_name("moto_server");
+        assert!(
+            moto.is_file(),
+            "{} is missing: run scripts/test",
+            moto.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log = std::fs::File::create(dir.join("moto.log")).expect("moto log");
+        let child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // The first three requests (the IAM setup) go unauthenticated; then SigV4 is
+            // checked on every request.
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start moto_server");
+        let mut server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: bucket.to_string(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = server.admin(&["setup", &server.endpoint.clone(), bucket]);
+        let keys: serde_json::Value = serde_json::from_str(&out).expect("setup output");
+        server.access_key_id = keys["access_key_id"].as_str().expect("key id").into();
+        server.secret_access_key = keys["secret_access_key"].as_str().expect("secret").into();
+        server
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(interop_python())
+            .arg(interop_file("s3_admin.py"))
+            .args(args)
+            .output()
+            .expect("run s3_admin.py");
+        assert!(
+            out.status.success(),
+            "s3_admin.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn with_keys(&self, cmd: &str, rest: &[&str]) -> String {
+        let mut args = vec![
+            cmd,
+            &self.endpoint,
+            &self.access_key_id,
+            &self.secret_access_key,
+            &self.bucket,
+        ];
+        args.extend_from_slice(rest);
+        self.admin(&args)
+    }
+
+    /// SHA-256 (hex) and size of the object at `key`, `None` if there is none.
+    pub fn object_sha(&self, key: &str) -> Option<(String, u64)> {
+        let out = self.with_keys("sha", &[key]);
+        let (sha, size) = out.split_once(' ')?;
+        Some((sha.to_string(), size.parse().expect("size")))
+    }
+
+    /// The keys under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.with_keys("list", &[prefix]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_multipart_uploads(&self) -> Vec<String> {
+        let out = self.with_keys("uploads", &[]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// The environment `uplink-server --store` reads, as an operator would set it.
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.as_str()),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

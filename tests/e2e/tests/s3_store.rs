@@ -1,0 +1,181 @@
+//! `uplink-server --store s3://bucket/prefix`: sessions and objects in an S3-compatible
+//! object store (moto, with SigV4 signatures checked), so several server nodes serve the
+//! same uploads. A node killed mid-upload loses nothing: the daemon finishes through
+//! another node that shares only the store, the certificate and the clients.
+
+use uplink_e2e::*;
+use uplink_proto::wire::CreateUpload;
+
+const BUCKET: &str = "captures";
+const STORE: &str = "s3://captures/uplink";
+const MIB: u64 = 1 << 20;
+
+/// Starts a node of the store in `dir`, at `listen`, serving the certificate in
+/// `tls_from` (another node's generated one) if given.
+fn node(dir: &std::path::Path, listen: &str, s3: &S3Server, tls_from: Option<&Server>) -> Server {
+    if let Some(other) = tls_from {
+        let to = dir.join("server-data/tls");
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["cert.pem", "key.pem", "ca.pem"] {
+            std::fs::copy(other.data_dir.join("tls").join(f), to.join(f)).unwrap();
+        }
+        chmod(&to.join("key.pem"), 0o600);
+    }
+    Server::start_on(dir, listen, &["--store", STORE], &s3.env())
+}
+
+#[test]
+fn a_node_killed_mid_upload_and_the_daemon_finishes_through_another() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let mut a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None);
+    let file = dir.path().join("scan.bin");
+    random_file(&file, 96 * MIB);
+    let device = dir.path().join("device");
+    std::fs::create_dir_all(&device).unwrap();
+    let daemon = Daemon::start(&device, &a);
+    let job = enqueue(&daemon.socket, &file);
+    let before = wait_acked(&daemon.socket, &job, 8 * MIB);
+    assert_eq!(before["state"], "running", "{before}");
+    let upload_id = before["upload_id"].as_str().expect("upload id").to_string();
+    a.proc.kill9();
+
+    // Node B: a fresh data dir, the same address (what a load balancer or DNS name gives
+    // the daemon), the same certificate and store.
+    let b = node(&dir.path().join("node-b"), &a.addr, &s3, Some(&a));
+    assert!(
+        !b.data_dir.join("sessions").join(&upload_id).exists(),
+        "node B starts with nothing of the upload on its own disk"
+    );
+    let done = wait_done(&daemon.socket, &job);
+    assert_eq!(done["state"], "completed", "{done}");
+    let want = sha256_file(&file);
+    assert_eq!(done["server_sha256"], want, "{done}");
+    assert_eq!(
+        s3.object_sha("uplink/objects/scan.bin"),
+        Some((want, 96 * MIB)),
+        "the store holds the file's exact bytes"
+    );
+    // Chunks were acknowledged before the kill and never sent again in full: the daemon
+    // resumed from what the store held.
+    let resent = done["bytes_resent"].as_u64().unwrap_or(0);
+    eprintln!(
+        "acknowledged when node A was killed: {} bytes; re-sent through node B: {resent} bytes",
+        before["bytes_acked"]
+    );
+    assert!(resent < 96 * MIB / 2, "{done}");
+    // Nothing of the upload is left but its record (kept for a repeated complete).
+    let left = s3.keys(&format!("uplink/sessions/{upload_id}/"));
+    assert_eq!(left, [format!("uplink/sessions/{upload_id}/meta.json")]);
+    assert!(s3.open_multipart_uploads().is_empty());
+    drop(b);
+}
+
+fn create(name: &str, size: u64) -> CreateUpload {
+    CreateUpload {
+        deferred_length: false,
+        size,
+        name: name.into(),
+        metadata: Default::default(),
+        overwrite: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None);
+    let b = node(&dir.path().join("node-b"), "127.0.0.1:0", &s3, Some(&a));
+    let (api_a, api_b) = (server_client(&a), server_client(&b));
+
+    // Two uploads of one name, each begun on a different node, their chunks alternating
+    // between the nodes, each finished on the node that did not create it.
+    let size = 12 * MIB;
+    let chunk = 4 * MIB as usize;
+    let mut uploads = Vec::new();
+    for (seed, api) in [(1u64, &api_a), (2, &api_b)] {
+        let mut data = vec![0u8; size as usize];
+        fill_random(&mut data, &mut (seed * 7919));
+        let created = api
+            .create(&format!("race-{seed}"), &create("race.bin", size))
+            .await
+            .expect("create");
+        let keys = api
+            .session_keys(&created.upload_id, &created.nonce)
+            .unwrap();
+        uploads.push((created.upload_id, keys, data));
+    }
+    let mut leaves = [Vec::new(), Vec::new()];
+    for (i, (_, keys, data)) in uploads.iter().enumerate() {
+        for (n, piece) in data.chunks(chunk).enumerate() {
+            let api = if (n + i) % 2 == 0 { &api_a } else { &api_b };
+            let payload = chunk_payload((n * chunk) as u64, piece.to_vec());
+            api.put_chunk(keys, &payload, 0)
+                .await
+                .expect("chunk stored");
+            leaves[i].push((payload.offset, piece.len() as u64, payload.sha256));
+        }
+    }
+    // Each node sees every chunk of each upload, whichever node took it.
+    for (id, _, _) in &uploads {
+        for api in [&api_a, &api_b] {
+            let st = api.state(id).await.expect("state");
+            assert_eq!(st.received_bytes, size, "{st:?}");
+        }
+    }
+    let root = |i: usize| {
+        uplink_proto::merkle::root_of(leaves[i].iter().map(|(o, l, s)| (*o, *l, s))).unwrap()
+    };
+    let first = api_b.complete(&uploads[0].0, &root(0), None).await;
+    let second = api_a.complete(&uploads[1].0, &root(1), None).await;
+    let first = first.expect("the first complete wins the name");
+    refused_with(second, 409, "object_exists");
+    let want = hex::encode(uplink_proto::integrity::sha256(&uploads[0].2));
+    assert_eq!(first.sha256, want);
+    assert_eq!(s3.object_sha("uplink/objects/race.bin"), Some((want, size)));
+    // Completing again answers the same result, on either node.
+    let again = api_a
+        .complete(&uploads[0].0, &root(0), None)
+        .await
+        .expect("a repeated complete");
+    assert_eq!(again.sha256, first.sha256);
+    assert!(s3.open_multipart_uploads().is_empty());
+    // A new upload of the taken name is refused at create, before any byte.
+    refused_with(
+        api_a.create("race-3", &create("race.bin", 10)).await,
+        409,
+        "object_exists",
+    );
+    // Deleting the losing session on one node removes it for both.
+    api_b.delete(&uploads[1].0).await.expect("delete");
+    assert!(
+        s3.keys(&format!("uplink/sessions/{}/", uploads[1].0))
+            .is_empty()
+    );
+    refused_with(api_a.state(&uploads[1].0).await, 404, "unknown_upload");
+}
+
+#[test]
+fn a_wrong_secret_stops_the_server_at_start_with_the_stores_answer() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let token = dir.path().join("token");
+    write_secret(&token, TOKEN);
+    let out = std::process::Command::new(bin("uplink-server"))
+        .args(["--listen", "127.0.0.1:0", "--store", STORE, "--token-file"])
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .output()
+        .expect("run uplink-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bucket captures") && err.contains("403"),
+        "{err}"
+    );
+}
