@@ -214,10 +214,24 @@ impl Server {
     /// On loopback, serving the tenants of `clients` (`--clients DIR`), with extra flags.
     /// `token_file` stays the one daemons of this test use by default.
     pub fn start_tenants(dir: &Path, clients: &Path, extra: &[&str]) -> Server {
+        Self::start_tenants_env(dir, clients, extra, &[])
+    }
+
+    /// [`Self::start_tenants`] with environment variables.
+    pub fn start_tenants_env(
+        dir: &Path,
+        clients: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(dir).expect("server dir");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--clients".to_string(), clients.display().to_string()]);
-        let mut s = Self::start_at(dir, "127.0.0.1:0", None, None, extra, None, vec![]);
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut s = Self::start_at(dir, "127.0.0.1:0", None, None, extra, None, env);
         s.clients = Some(clients.to_path_buf());
         s
     }

@@ -87,14 +87,46 @@ fn tenants_see_only_their_own_uploads_and_objects() {
     let dir = workdir();
     let clients = clients_dir(dir.path());
     let server = Server::start_tenants(dir.path(), &clients, &[]);
-    let (alice, _) = device(dir.path(), &server, "alice", "alice-secret-1");
-    let (bob, _) = device(dir.path(), &server, "bob", "bob-secret-1");
+    let objects = server.data_dir.join("objects");
+    let object_sha = |object: &str| {
+        let path = objects.join(object);
+        path.exists().then(|| sha256_file(&path))
+    };
+    tenants_are_isolated(dir.path(), &server, &clients, &object_sha);
+}
+
+/// The same with the sessions and objects in an S3-compatible store (moto).
+#[test]
+fn tenants_see_only_their_own_uploads_and_objects_on_an_object_store() {
+    let dir = workdir();
+    let clients = clients_dir(dir.path());
+    let s3 = S3Server::start(dir.path(), "tenants");
+    let server = Server::start_tenants_env(
+        dir.path(),
+        &clients,
+        &["--store", "s3://tenants/t"],
+        &s3.env(),
+    );
+    let object_sha = |object: &str| s3.object_sha(&format!("t/objects/{object}")).map(|o| o.0);
+    tenants_are_isolated(dir.path(), &server, &clients, &object_sha);
+}
+
+/// Alice and bob, each with a device, upload the same names; `object_sha` reads a stored
+/// object (`<tenant>/<name>`) where the server keeps them.
+fn tenants_are_isolated(
+    dir: &Path,
+    server: &Server,
+    clients: &Path,
+    object_sha: &dyn Fn(&str) -> Option<String>,
+) {
+    let (alice, _) = device(dir, server, "alice", "alice-secret-1");
+    let (bob, _) = device(dir, server, "bob", "bob-secret-1");
     let alice_bearer = bearer_of(&clients.join("alice.token"));
     let bob_bearer = bearer_of(&clients.join("bob.token"));
 
     // The same object name from both: two objects, each in its tenant's place.
-    let a_file = dir.path().join("alice").join("scan.bin");
-    let b_file = dir.path().join("bob").join("scan.bin");
+    let a_file = dir.join("alice").join("scan.bin");
+    let b_file = dir.join("bob").join("scan.bin");
     seeded_file(&a_file, 6 * MIB, 1);
     seeded_file(&b_file, 3 * MIB, 2);
     let a = send(&alice, &a_file, &[]);
@@ -103,13 +135,8 @@ fn tenants_see_only_their_own_uploads_and_objects() {
         (a["state"].as_str(), b["state"].as_str()),
         (Some("completed"), Some("completed"))
     );
-    let objects = server.data_dir.join("objects");
     let holds = |object: &str, file: &Path| {
-        assert_eq!(
-            sha256_file(&objects.join(object)),
-            sha256_file(file),
-            "{object}"
-        )
+        assert_eq!(object_sha(object), Some(sha256_file(file)), "{object}")
     };
     holds("alice/scan.bin", &a_file);
     holds("bob/scan.bin", &b_file);
@@ -117,7 +144,7 @@ fn tenants_see_only_their_own_uploads_and_objects() {
     // Alice's upload id is nothing to bob: every method answers 404 unknown_upload.
     let id = a["upload_id"].as_str().expect("upload id").to_string();
     let path = format!("/v1/uploads/{id}");
-    let (status, _) = curl(&server, &alice_bearer, "GET", &path, &[]);
+    let (status, _) = curl(server, &alice_bearer, "GET", &path, &[]);
     assert_eq!(status, 200, "alice reads her own upload");
     for (method, p) in [
         ("GET", path.clone()),
@@ -132,14 +159,14 @@ fn tenants_see_only_their_own_uploads_and_objects() {
             "{\"merkle_root\":\"00\"}",
         ];
         let extra: &[&str] = if method == "POST" { &body } else { &[] };
-        let (status, body) = curl(&server, &bob_bearer, method, &p, extra);
+        let (status, body) = curl(server, &bob_bearer, method, &p, extra);
         assert_eq!(
             (status, code_of(&body).as_str()),
             (404, "unknown_upload"),
             "{method} {p}: {body}"
         );
     }
-    let (status, _) = curl(&server, &alice_bearer, "GET", &path, &[]);
+    let (status, _) = curl(server, &alice_bearer, "GET", &path, &[]);
     assert_eq!(status, 200, "bob's DELETE removed nothing");
 
     // An existing name is not overwritten unless asked.
@@ -147,23 +174,20 @@ fn tenants_see_only_their_own_uploads_and_objects() {
     let again = send(&alice, &a_file, &[]);
     assert_eq!(again["state"], "failed", "{again}");
     assert_eq!(again["error_code"], "server_object_exists", "{again}");
-    assert_ne!(
-        sha256_file(&objects.join("alice/scan.bin")),
-        sha256_file(&a_file)
-    );
+    assert_ne!(object_sha("alice/scan.bin"), Some(sha256_file(&a_file)));
     let replaced = send(&alice, &a_file, &["--overwrite"]);
     assert_eq!(replaced["state"], "completed", "{replaced}");
     holds("alice/scan.bin", &a_file);
     holds("bob/scan.bin", &b_file);
 
     // The same for a whole object PUT (curl -T).
-    let photo = dir.path().join("photo.jpg");
+    let photo = dir.join("photo.jpg");
     seeded_file(&photo, 200_000, 4);
     let photo_arg = photo.to_str().expect("utf-8 path");
     let put = |extra: &[&str]| {
         let mut args = vec!["-T", photo_arg];
         args.extend_from_slice(extra);
-        curl(&server, &bob_bearer, "PUT", "/v1/objects/photo.jpg", &args)
+        curl(server, &bob_bearer, "PUT", "/v1/objects/photo.jpg", &args)
     };
     assert_eq!(put(&[]).0, 201);
     let (status, body) = put(&[]);
@@ -173,10 +197,11 @@ fn tenants_see_only_their_own_uploads_and_objects() {
         "{body}"
     );
     assert_eq!(put(&["-H", "X-Overwrite: 1"]).0, 201);
-    assert!(!objects.join("alice/photo.jpg").exists());
+    assert_eq!(object_sha("bob/photo.jpg"), Some(sha256_file(&photo)));
+    assert_eq!(object_sha("alice/photo.jpg"), None);
 
     // No credential, or a made-up one: 401.
-    let (status, body) = curl(&server, "0123", "GET", &path, &[]);
+    let (status, body) = curl(server, "0123", "GET", &path, &[]);
     assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"));
 }
 
