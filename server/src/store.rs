@@ -366,6 +366,15 @@ impl Store {
                 format!("invalid object name {:?}", req.name),
             ));
         }
+        if let (Some(remote), Some(key)) = (&self.remote, key) {
+            // The key may have created an upload through another node.
+            if let Some(id) = remote.key_owner(tenant, key)?
+                && self.load_remote(remote, &id)?.is_none()
+            {
+                // Its upload is gone (deleted, expired): the key is free again.
+                remote.release_key(tenant, key)?;
+            }
+        }
         if let Some(answer) = self.created_for_key(tenant, key, req) {
             return answer;
         }
@@ -405,6 +414,23 @@ impl Store {
         };
         if let Some(remote) = &self.remote {
             remote.save_meta(&meta)?;
+            if let Some(key) = key
+                && let Some(winner) = remote.claim_key(tenant, key, &id)?
+            {
+                // Another node's create with this key won: this one never existed.
+                remote.delete_session(&id, None)?;
+                self.load_remote(remote, &winner)?;
+                return self
+                    .created_for_key(tenant, Some(key), req)
+                    .unwrap_or_else(|| {
+                        Err(ApiError::new(
+                            503,
+                            code::UNAVAILABLE,
+                            "the upload this key created was deleted meanwhile; try again",
+                        )
+                        .retry_in(1))
+                    });
+            }
         }
         let dir = self.sessions_dir.join(&id);
         let make = || -> std::io::Result<PartFile> {
@@ -554,7 +580,7 @@ impl Store {
         drop(idx);
         s.close_files();
         if let Some(remote) = &s.remote {
-            return remote.delete_session(&s.id);
+            return remote.delete_session(&s.id, Some(&s));
         }
         std::fs::remove_dir_all(&s.dir).map_err(|e| ApiError::io("deleting the session", &e))?;
         fsutil::sync_dir(&self.sessions_dir).map_err(|e| ApiError::io("deleting the session", &e))
@@ -669,7 +695,9 @@ impl Session {
     /// Removes what the session stored (its dir, or its keys in the object store).
     fn remove_stored(&self) {
         let removed = match &self.remote {
-            Some(remote) => remote.delete_session(&self.id).map_err(|e| e.message),
+            Some(remote) => remote
+                .delete_session(&self.id, Some(self))
+                .map_err(|e| e.message),
             None => std::fs::remove_dir_all(&self.dir).map_err(|e| e.to_string()),
         };
         if let Err(e) = removed {

@@ -192,8 +192,62 @@ impl Remote {
             .map_err(|e| s3_error("replacing the chunk", &e))
     }
 
-    /// Removes every key of session `id`.
-    pub(super) fn delete_session(&self, id: &str) -> Result<(), ApiError> {
+    /// The key naming which upload an idempotency key created (a hash: keys are the
+    /// client's text).
+    fn idempotency_object(&self, tenant: &str, key: &str) -> String {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(format!("{tenant}\n{key}").as_bytes());
+        self.key(&format!("keys/{}", hex::encode(h)))
+    }
+
+    /// The upload `tenant`'s idempotency key created, on any node.
+    pub(super) fn key_owner(&self, tenant: &str, key: &str) -> Result<Option<String>, ApiError> {
+        let owner = self
+            .s3
+            .get(&self.idempotency_object(tenant, key))
+            .map_err(|e| s3_error("looking up the idempotency key", &e))?;
+        Ok(owner.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Claims an idempotency key for upload `id`; `Some(other)` when another node's create
+    /// claimed it first.
+    pub(super) fn claim_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        id: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let object = self.idempotency_object(tenant, key);
+        let body = vec![Bytes::from(id.to_string())];
+        match self.s3.put(&object, body, None, true, &[]) {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_precondition_failed() => self.key_owner(tenant, key),
+            Err(e) => Err(s3_error("recording the idempotency key", &e)),
+        }
+    }
+
+    /// Forgets which upload an idempotency key created.
+    pub(super) fn release_key(&self, tenant: &str, key: &str) -> Result<(), ApiError> {
+        self.s3
+            .delete(&self.idempotency_object(tenant, key))
+            .map_err(|e| s3_error("deleting the idempotency key", &e))
+    }
+
+    /// Removes every key of session `id` (and the idempotency key that names it, if
+    /// `session` tells it).
+    pub(super) fn delete_session(
+        &self,
+        id: &str,
+        session: Option<&Session>,
+    ) -> Result<(), ApiError> {
+        if let Some(s) = session {
+            let key = lock(&s.meta).idempotency_key.clone();
+            if let Some(key) = key
+                && self.key_owner(&s.tenant, &key)?.as_deref() == Some(id)
+            {
+                self.release_key(&s.tenant, &key)?;
+            }
+        }
         let all = self
             .s3
             .list(&self.key(&format!("sessions/{id}/")))

@@ -94,7 +94,7 @@ async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
     let size = 12 * MIB;
     let chunk = 4 * MIB as usize;
     let mut uploads = Vec::new();
-    for (seed, api) in [(1u64, &api_a), (2, &api_b)] {
+    for (seed, api) in [(1u64, &api_a), (2u64, &api_b)] {
         let mut data = vec![0u8; size as usize];
         fill_random(&mut data, &mut (seed * 7919));
         let created = api
@@ -105,6 +105,15 @@ async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
             .session_keys(&created.upload_id, &created.nonce)
             .unwrap();
         uploads.push((created.upload_id, keys, data));
+    }
+    // A create repeated with its idempotency key through the other node (the daemon
+    // retrying after losing the answer) gets the same upload, not a second one.
+    for (seed, api) in [(1, &api_b), (2, &api_a)] {
+        let again = api
+            .create(&format!("race-{seed}"), &create("race.bin", size))
+            .await
+            .expect("create again");
+        assert_eq!(again.upload_id, uploads[seed - 1].0);
     }
     let mut leaves = [Vec::new(), Vec::new()];
     for (i, (_, keys, data)) in uploads.iter().enumerate() {
