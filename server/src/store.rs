@@ -50,6 +50,10 @@ const LOG: &str = "chunks.log";
 /// The name prefix of an object PUT's temp file, beside the objects it becomes.
 pub const OBJECT_TEMP_PREFIX: &str = ".upload-";
 
+/// How often, at most, a node looks through the object store's sessions for expired ones
+/// (a listing and a read per session: not every sweep).
+const REMOTE_SWEEP_SECS: u64 = 300;
+
 /// A session's files close after this long without a request.
 pub const IDLE_CLOSE_SECS: u64 = 30;
 
@@ -109,6 +113,8 @@ pub struct Store {
     stored: Mutex<HashMap<String, u64>>,
     /// Sessions and objects in an object store instead of the data dir (`--store s3://`).
     remote: Option<Arc<Remote>>,
+    /// When [`Store::sweep`] last looked through the object store's sessions.
+    remote_swept: Mutex<u64>,
 }
 
 /// What each tenant may hold (`None`: no limit).
@@ -208,6 +214,7 @@ impl Store {
             tenant_quotas: std::sync::RwLock::default(),
             stored: Mutex::default(),
             remote: None,
+            remote_swept: Mutex::new(0),
         };
         // At open no PUT is in flight: every object PUT temp file left is one a crash or a
         // kill cut off.
@@ -580,7 +587,8 @@ impl Store {
         drop(idx);
         s.close_files();
         if let Some(remote) = &s.remote {
-            return remote.delete_session(&s.id, Some(&s));
+            let meta = lock(&s.meta).clone();
+            return remote.delete_session(&s.id, Some(&meta));
         }
         std::fs::remove_dir_all(&s.dir).map_err(|e| ApiError::io("deleting the session", &e))?;
         fsutil::sync_dir(&self.sessions_dir).map_err(|e| ApiError::io("deleting the session", &e))
@@ -623,6 +631,18 @@ impl Store {
         for s in &gone {
             s.close_files();
             s.remove_stored();
+        }
+        if let Some(remote) = &self.remote {
+            let mut last = lock(&self.remote_swept);
+            let every = (retention_secs / 2).clamp(1, REMOTE_SWEEP_SECS);
+            if *last + every <= now {
+                *last = now;
+                drop(last);
+                let removed = self.sweep_remote(remote, now, retention_secs);
+                if removed > 0 {
+                    tracing::info!(removed, "swept expired and completed sessions of the store");
+                }
+            }
         }
         if !gone.is_empty() && self.remote.is_none() {
             if let Err(e) = fsutil::sync_dir(&self.sessions_dir) {
@@ -695,9 +715,12 @@ impl Session {
     /// Removes what the session stored (its dir, or its keys in the object store).
     fn remove_stored(&self) {
         let removed = match &self.remote {
-            Some(remote) => remote
-                .delete_session(&self.id, Some(self))
-                .map_err(|e| e.message),
+            Some(remote) => {
+                let meta = lock(&self.meta).clone();
+                remote
+                    .delete_session(&self.id, Some(&meta))
+                    .map_err(|e| e.message)
+            }
             None => std::fs::remove_dir_all(&self.dir).map_err(|e| e.to_string()),
         };
         if let Err(e) = removed {

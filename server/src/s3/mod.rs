@@ -285,7 +285,18 @@ impl S3 {
 
     /// Every key under `prefix`, in key order (ListObjectsV2, page by page).
     pub fn list(&self, prefix: &str) -> Result<Vec<Listed>, S3Error> {
+        self.list_with(prefix, false).map(|(keys, _)| keys)
+    }
+
+    /// The "directories" right under `prefix` (`prefix<name>/`, the common prefixes of a
+    /// listing delimited by `/`), without listing what is inside them.
+    pub fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        self.list_with(prefix, true).map(|(_, dirs)| dirs)
+    }
+
+    fn list_with(&self, prefix: &str, dirs: bool) -> Result<(Vec<Listed>, Vec<String>), S3Error> {
         let mut out = Vec::new();
+        let mut common = Vec::new();
         let mut token: Option<String> = None;
         // Bounded: a listing of more than 10 million keys is not one this store makes.
         for _ in 0..10_000 {
@@ -295,6 +306,9 @@ impl S3 {
             ];
             if let Some(t) = &token {
                 query.push(("continuation-token".into(), t.clone()));
+            }
+            if dirs {
+                query.push(("delimiter".into(), "/".into()));
             }
             let a = self.call(Method::GET, "", query, Vec::new(), Vec::new(), None)?;
             let xml = String::from_utf8_lossy(&a.body);
@@ -309,12 +323,15 @@ impl S3 {
                     last_modified: xml::first(item, "LastModified").unwrap_or_default(),
                 });
             }
+            for item in xml::blocks(&xml, "CommonPrefixes") {
+                common.extend(xml::first(item, "Prefix"));
+            }
             token = match xml::first(&xml, "IsTruncated").as_deref() {
                 Some("true") => xml::first(&xml, "NextContinuationToken"),
                 _ => None,
             };
             if token.is_none() {
-                return Ok(out);
+                return Ok((out, common));
             }
         }
         Err(S3Error::transport(format!(

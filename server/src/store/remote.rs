@@ -234,19 +234,17 @@ impl Remote {
     }
 
     /// Removes every key of session `id` (and the idempotency key that names it, if
-    /// `session` tells it).
+    /// `meta` tells it).
     pub(super) fn delete_session(
         &self,
         id: &str,
-        session: Option<&Session>,
+        meta: Option<&SessionMeta>,
     ) -> Result<(), ApiError> {
-        if let Some(s) = session {
-            let key = lock(&s.meta).idempotency_key.clone();
-            if let Some(key) = key
-                && self.key_owner(&s.tenant, &key)?.as_deref() == Some(id)
-            {
-                self.release_key(&s.tenant, &key)?;
-            }
+        if let Some(meta) = meta
+            && let Some(key) = &meta.idempotency_key
+            && self.key_owner(&meta.tenant, key)?.as_deref() == Some(id)
+        {
+            self.release_key(&meta.tenant, key)?;
         }
         let all = self
             .s3
@@ -421,6 +419,59 @@ impl Store {
         }
         *lock(&s.meta) = meta;
         Ok(s)
+    }
+
+    /// Removes the sessions of the object store that expired, or completed more than
+    /// `retention_secs` ago, whichever node made them (a node that died leaves its
+    /// sessions to the others). Sessions this node holds are swept with its index.
+    /// Returns how many it removed.
+    pub(super) fn sweep_remote(&self, remote: &Remote, now: u64, retention_secs: u64) -> usize {
+        let ids = match remote.s3.list_dirs(&remote.key("sessions/")) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the store's sessions");
+                return 0;
+            }
+        };
+        let mut removed = 0;
+        for dir in ids {
+            let id = dir
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            if lock(&self.index).by_id.contains_key(id) {
+                continue;
+            }
+            let meta = match remote.load_meta(id) {
+                Ok(Some(meta)) => meta,
+                // Keys without a session record: a create that failed half-way, or a
+                // delete cut short.
+                Ok(None) => {
+                    let _ = remote.delete_session(id, None);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(upload_id = %id, error = %e.message, "cannot read a session");
+                    continue;
+                }
+            };
+            let done_at = meta
+                .completed
+                .as_ref()
+                .map(|_| meta.completed_at.unwrap_or(meta.created_at));
+            let over = meta.expires_at <= now
+                || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now);
+            if over {
+                match remote.delete_session(id, Some(&meta)) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(upload_id = %id, error = %e.message, "cannot remove a session")
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// Drops session `id` from this node's index (it is gone from the store).

@@ -163,6 +163,27 @@ async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
             .is_empty()
     );
     refused_with(api_a.state(&uploads[1].0).await, 404, "unknown_upload");
+
+    // A node that never saw the winner's session still sweeps it once its retention is
+    // over (its own node may be gone); the object stays.
+    let c = Server::start_on(
+        &dir.path().join("node-c"),
+        "127.0.0.1:0",
+        &["--store", STORE, "--completed-retention", "1"],
+        &s3.env(),
+    );
+    let swept = wait_for(std::time::Duration::from_secs(20), || {
+        let left = s3.keys("uplink/sessions/").len() + s3.keys("uplink/keys/").len();
+        (left == 0).then_some(())
+    });
+    assert!(
+        swept.is_some(),
+        "left: {:?} {:?}",
+        s3.keys("uplink/sessions/"),
+        s3.keys("uplink/keys/")
+    );
+    assert_eq!(s3.keys("uplink/objects/"), ["uplink/objects/race.bin"]);
+    drop(c);
 }
 
 #[test]
