@@ -21,8 +21,12 @@
 //! without a request. The sweep also removes expired sessions and, after the retention
 //! time, completed ones, while the server runs.
 //!
-//! This file keeps the sessions (create, load, get, delete, sweep, state, complete);
-//! `store/chunks.rs` receives chunks into them (reserve, verify, write).
+//! With `--store s3://…` the sessions and objects live in an object store instead
+//! (`store/remote.rs`), so several nodes serve the same uploads.
+//!
+//! This file keeps the sessions (open, load, get, delete, state); `store/create.rs` makes
+//! them, `store/chunks.rs` receives chunks into them (reserve, verify, write),
+//! `store/complete.rs` seals them, `store/sweep.rs` removes the finished ones.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -31,11 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uplink_proto::wire::{
-    self, ChunkPage, ChunkPageQuery, ChunkRecord, CreateUpload, UploadCompleted, UploadCreated,
-    UploadState, code,
+    ChunkPage, ChunkPageQuery, ChunkRecord, UploadCompleted, UploadState, code,
 };
 
 use crate::chunk_log;
@@ -49,10 +51,6 @@ const LOG: &str = "chunks.log";
 
 /// The name prefix of an object PUT's temp file, beside the objects it becomes.
 pub const OBJECT_TEMP_PREFIX: &str = ".upload-";
-
-/// How often, at most, a node looks through the object store's sessions for expired ones
-/// (a listing and a read per session: not every sweep).
-const REMOTE_SWEEP_SECS: u64 = 300;
 
 /// A session's files close after this long without a request.
 pub const IDLE_CLOSE_SECS: u64 = 30;
@@ -95,6 +93,29 @@ struct SessionMeta {
     /// When `complete` succeeded (retention counts from here).
     #[serde(default)]
     completed_at: Option<u64>,
+}
+
+impl SessionMeta {
+    /// Whether the session is to be removed at `now`: expired, or completed more than
+    /// `retention_secs` ago.
+    fn outlived(&self, now: u64, retention_secs: u64) -> bool {
+        let done_at = self
+            .completed
+            .as_ref()
+            .map(|_| self.completed_at.unwrap_or(self.created_at));
+        self.expires_at <= now || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now)
+    }
+
+    /// This session completed as `done` (sealed at `size`, with Merkle root `root`), now.
+    fn completed_with(&self, done: &UploadCompleted, size: u64, root: &[u8; 32]) -> SessionMeta {
+        SessionMeta {
+            completed: Some(done.clone()),
+            size,
+            merkle_root: Some(hex::encode(root)),
+            completed_at: Some(now_secs()),
+            ..self.clone()
+        }
+    }
 }
 
 /// All sessions of one data dir.
@@ -340,214 +361,6 @@ impl Store {
         })))
     }
 
-    /// `POST /v1/uploads` by `tenant`: a new session, or the one this idempotency key
-    /// made before.
-    pub fn create(
-        &self,
-        tenant: &str,
-        key: Option<&str>,
-        req: &CreateUpload,
-    ) -> Result<UploadCreated, ApiError> {
-        if req.deferred_length && req.size != 0 {
-            return Err(ApiError::new(
-                400,
-                code::BAD_REQUEST,
-                "a deferred-length upload declares size 0 (complete names the length)",
-            ));
-        }
-        if !req.deferred_length && (req.size == 0 || req.size > wire::MAX_FILE_SIZE) {
-            return Err(ApiError::new(
-                400,
-                code::BAD_REQUEST,
-                format!(
-                    "size must be 1..={} bytes, got {}",
-                    wire::MAX_FILE_SIZE,
-                    req.size
-                ),
-            ));
-        }
-        if !wire::is_valid_object_name(&req.name) {
-            return Err(ApiError::new(
-                400,
-                code::BAD_NAME,
-                format!("invalid object name {:?}", req.name),
-            ));
-        }
-        if let (Some(remote), Some(key)) = (&self.remote, key) {
-            // The key may have created an upload through another node.
-            if let Some(id) = remote.key_owner(tenant, key)?
-                && self.load_remote(remote, &id)?.is_none()
-            {
-                // Its upload is gone (deleted, expired): the key is free again.
-                remote.release_key(tenant, key)?;
-            }
-        }
-        if let Some(answer) = self.created_for_key(tenant, key, req) {
-            return answer;
-        }
-        let exists = match &self.remote {
-            Some(r) => r.object_exists(tenant, &req.name)?,
-            None => self.object_path(tenant, &req.name).exists(),
-        };
-        if !req.overwrite && exists {
-            return Err(object_exists(&req.name));
-        }
-        self.check_quota(tenant, req.size, true)?;
-        if self.per_tenant && self.remote.is_none() {
-            std::fs::create_dir_all(self.objects_dir(tenant))
-                .map_err(|e| ApiError::io("making the tenant's objects dir", &e))?;
-        }
-        let mut raw = [0u8; 16];
-        rand::rng().fill_bytes(&mut raw);
-        let id = hex::encode(raw);
-        let mut nonce = [0u8; 16];
-        rand::rng().fill_bytes(&mut nonce);
-        let now = now_secs();
-        let meta = SessionMeta {
-            upload_id: id.clone(),
-            size: req.size,
-            deferred_length: req.deferred_length,
-            name: req.name.clone(),
-            metadata: req.metadata.clone(),
-            nonce: hex::encode(nonce),
-            tenant: tenant.to_string(),
-            overwrite: req.overwrite,
-            idempotency_key: key.map(str::to_owned),
-            created_at: now,
-            expires_at: now + wire::SESSION_MAX_AGE_SECS,
-            completed: None,
-            merkle_root: None,
-            completed_at: None,
-        };
-        if let Some(remote) = &self.remote {
-            remote.save_meta(&meta)?;
-            if let Some(key) = key
-                && let Some(winner) = remote.claim_key(tenant, key, &id)?
-            {
-                // Another node's create with this key won: this one never existed.
-                remote.delete_session(&id, None)?;
-                self.load_remote(remote, &winner)?;
-                return self
-                    .created_for_key(tenant, Some(key), req)
-                    .unwrap_or_else(|| {
-                        Err(ApiError::new(
-                            503,
-                            code::UNAVAILABLE,
-                            "the upload this key created was deleted meanwhile; try again",
-                        )
-                        .retry_in(1))
-                    });
-            }
-        }
-        let dir = self.sessions_dir.join(&id);
-        let make = || -> std::io::Result<PartFile> {
-            std::fs::create_dir(&dir)?;
-            let part = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(dir.join(PART))?;
-            // Reserve the space now so a full disk is reported at create, not mid-upload.
-            // (A deferred length has nothing to reserve: the file grows with its chunks.)
-            let reserved = req.deferred_length
-                || self.reserve_space
-                    && match rustix::fs::fallocate(
-                        &part,
-                        rustix::fs::FallocateFlags::empty(),
-                        0,
-                        req.size,
-                    ) {
-                        Ok(()) => true,
-                        Err(rustix::io::Errno::NOSPC) => {
-                            return Err(rustix::io::Errno::NOSPC.into());
-                        }
-                        Err(_) => false,
-                    };
-            if !reserved {
-                part.set_len(req.size)?;
-            }
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(LOG))?;
-            let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
-            fsutil::write_atomic(&dir, META, &json)?;
-            fsutil::sync_dir(&self.sessions_dir)?;
-            PartFile::new(part, log)
-        };
-        let part = match &self.remote {
-            Some(_) => None,
-            None => match make() {
-                Ok(p) => Some(Arc::new(p)),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(ApiError::io("creating the upload session", &e));
-                }
-            },
-        };
-        let session = Arc::new(Session {
-            id: id.clone(),
-            tenant: tenant.to_string(),
-            dir,
-            size: req.size,
-            deferred: req.deferred_length,
-            name: req.name.clone(),
-            nonce: nonce.to_vec(),
-            part: Mutex::new(part),
-            last_used: AtomicU64::new(now),
-            completing: Mutex::new(()),
-            state: Mutex::new(SessionState::default()),
-            partials: Mutex::default(),
-            meta: Mutex::new(meta.clone()),
-            remote: self.remote.clone(),
-        });
-        // The files were made without the index lock (their fsyncs must not hold up every
-        // other request); a create with the same key may have won meanwhile.
-        let mut idx = lock(&self.index);
-        let scoped = key.map(|k| (tenant.to_string(), k.to_string()));
-        if scoped.as_ref().is_some_and(|k| idx.by_key.contains_key(k)) {
-            drop(idx);
-            session.close_files();
-            session.remove_stored();
-            return self.created_for_key(tenant, key, req).unwrap_or_else(|| {
-                Err(ApiError::new(
-                    503,
-                    code::UNAVAILABLE,
-                    "the upload this key created was deleted meanwhile; try again",
-                ))
-            });
-        }
-        if let Some(k) = scoped {
-            idx.by_key.insert(k, id.clone());
-        }
-        idx.by_id.insert(id, session);
-        Ok(created(&meta))
-    }
-
-    /// The session an idempotency key already created, if any (or its mismatch).
-    fn created_for_key(
-        &self,
-        tenant: &str,
-        key: Option<&str>,
-        req: &CreateUpload,
-    ) -> Option<Result<UploadCreated, ApiError>> {
-        let idx = lock(&self.index);
-        let scoped = (tenant.to_string(), key?.to_string());
-        let existing = idx.by_id.get(idx.by_key.get(&scoped)?)?;
-        let meta = lock(&existing.meta);
-        if meta.size != req.size
-            || meta.deferred_length != req.deferred_length
-            || meta.name != req.name
-        {
-            return Some(Err(ApiError::new(
-                409,
-                code::IDEMPOTENCY_MISMATCH,
-                "this Idempotency-Key created an upload with another size or name",
-            )));
-        }
-        Some(Ok(created(&meta)))
-    }
-
     /// The live session `id` of `tenant` (another tenant's is unknown, not forbidden:
     /// its existence is not told).
     pub fn get(&self, tenant: &str, id: &str) -> Result<Arc<Session>, ApiError> {
@@ -594,65 +407,6 @@ impl Store {
         fsutil::sync_dir(&self.sessions_dir).map_err(|e| ApiError::io("deleting the session", &e))
     }
 
-    /// Housekeeping while the server runs (blocking): removes expired sessions and
-    /// completed ones older than `retention_secs`, and closes the files of sessions idle
-    /// for [`IDLE_CLOSE_SECS`]. Returns how many sessions were removed.
-    pub fn sweep(&self, now: u64, retention_secs: u64) -> usize {
-        let mut gone = Vec::new();
-        {
-            let mut idx = lock(&self.index);
-            let Index { by_id, by_key } = &mut *idx;
-            by_id.retain(|_, s| {
-                let meta = lock(&s.meta);
-                let done_at = meta
-                    .completed
-                    .as_ref()
-                    .map(|_| meta.completed_at.unwrap_or(meta.created_at));
-                let remove = meta.expires_at <= now
-                    || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now);
-                // A node forgets an idle session of the object store (another node may be
-                // serving it now); the next request reads it afresh.
-                let forget = s.remote.is_some()
-                    && s.last_used.load(Ordering::Relaxed) + IDLE_CLOSE_SECS <= now;
-                if (remove || forget)
-                    && let Some(k) = &meta.idempotency_key
-                {
-                    by_key.remove(&(s.tenant.clone(), k.clone()));
-                }
-                drop(meta);
-                if remove {
-                    gone.push(Arc::clone(s));
-                } else {
-                    s.close_if_idle(now);
-                }
-                !(remove || forget)
-            });
-        }
-        for s in &gone {
-            s.close_files();
-            s.remove_stored();
-        }
-        if let Some(remote) = &self.remote {
-            let mut last = lock(&self.remote_swept);
-            let every = (retention_secs / 2).clamp(1, REMOTE_SWEEP_SECS);
-            if *last + every <= now {
-                *last = now;
-                drop(last);
-                let removed = self.sweep_remote(remote, now, retention_secs);
-                if removed > 0 {
-                    tracing::info!(removed, "swept expired and completed sessions of the store");
-                }
-            }
-        }
-        if !gone.is_empty() && self.remote.is_none() {
-            if let Err(e) = fsutil::sync_dir(&self.sessions_dir) {
-                tracing::warn!(error = %e, "cannot sync the sessions dir");
-            }
-            tracing::info!(removed = gone.len(), "swept expired and completed sessions");
-        }
-        gone.len()
-    }
-
     /// Sessions whose part file and log are open right now.
     #[cfg(test)]
     pub fn open_sessions(&self) -> usize {
@@ -670,14 +424,6 @@ fn object_exists(name: &str) -> ApiError {
         code::OBJECT_EXISTS,
         format!("an object named {name:?} exists; ask to overwrite it to replace it"),
     )
-}
-
-fn created(meta: &SessionMeta) -> UploadCreated {
-    UploadCreated {
-        upload_id: meta.upload_id.clone(),
-        nonce: meta.nonce.clone(),
-        expires_at: meta.expires_at,
-    }
 }
 
 impl Session {
@@ -790,9 +536,12 @@ impl Session {
 
 mod chunks;
 mod complete;
+mod create;
 mod partials;
 mod quota;
 mod remote;
+mod remote_sessions;
+mod sweep;
 
 pub use remote::Remote;
 

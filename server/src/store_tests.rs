@@ -2,6 +2,7 @@
 use super::*;
 use std::io::Write;
 use uplink_proto::integrity;
+use uplink_proto::wire::{self, CreateUpload};
 
 /// The tenant of these tests.
 const T: &str = crate::clients::DEFAULT_TENANT;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
-use super::{LOG, META, PART, Session, Store, fsutil, lock, now_secs, object_exists};
+use super::{LOG, META, PART, Session, Store, fsutil, lock, object_exists};
 use crate::error::ApiError;
 
 impl Session {
@@ -102,11 +102,7 @@ impl Session {
         }
         // Record completion first: a crash after this line finishes the rename on load.
         let mut meta = lock(&self.meta);
-        let mut next_meta = meta.clone();
-        next_meta.completed = Some(done.clone());
-        next_meta.size = size;
-        next_meta.merkle_root = Some(hex::encode(claimed));
-        next_meta.completed_at = Some(now_secs());
+        let next_meta = meta.completed_with(&done, size, &claimed);
         let json = serde_json::to_vec_pretty(&next_meta)
             .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;
         fsutil::write_atomic(&self.dir, META, &json)

@@ -20,19 +20,17 @@
 //! object. The chunk objects go once completion is recorded.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use uplink_proto::wire::{self, UploadCompleted, code};
+use uplink_proto::wire::code;
 
-use super::{Session, SessionMeta, SessionState, Store, lock, now_secs};
+use super::SessionMeta;
 use crate::error::ApiError;
 use crate::s3::writer::ObjectWriter;
 use crate::s3::{S3, S3Error};
 
 /// Object metadata naming the upload that made an object.
-const META_UPLOAD: &str = "uplink-upload";
+pub(super) const META_UPLOAD: &str = "uplink-upload";
 
 /// The S3 side of a store.
 pub struct Remote {
@@ -59,7 +57,7 @@ impl Remote {
         }
     }
 
-    fn key(&self, rest: &str) -> String {
+    pub(super) fn key(&self, rest: &str) -> String {
         match self.prefix.is_empty() {
             true => rest.to_string(),
             false => format!("{}/{rest}", self.prefix),
@@ -74,7 +72,13 @@ impl Remote {
         self.key(&format!("sessions/{id}/chunks/"))
     }
 
-    fn chunk_key(&self, id: &str, offset: u64, length: u64, sha256: &[u8; 32]) -> String {
+    pub(super) fn chunk_key(
+        &self,
+        id: &str,
+        offset: u64,
+        length: u64,
+        sha256: &[u8; 32],
+    ) -> String {
         format!(
             "{}{offset:020}.{length}.{}",
             self.chunks_prefix(id),
@@ -333,296 +337,6 @@ fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32])> {
     match it.next() {
         None => Some((offset, length, sha)),
         Some(_) => None,
-    }
-}
-
-impl Store {
-    /// Session `id` as the object store has it, made known to this node; `None` when it
-    /// does not exist (or expired).
-    pub(super) fn load_remote(
-        &self,
-        remote: &Arc<Remote>,
-        id: &str,
-    ) -> Result<Option<Arc<Session>>, ApiError> {
-        let Some(meta) = remote.load_meta(id)? else {
-            return Ok(None);
-        };
-        let now = now_secs();
-        if meta.expires_at <= now {
-            return Ok(None);
-        }
-        let mut state = SessionState::default();
-        match &meta.completed {
-            Some(done) => state.received = done.size,
-            None => {
-                state.chunks = remote.chunks(id)?;
-                state.received = state.chunks.values().map(|(l, _)| *l).sum();
-            }
-        }
-        let nonce = hex::decode(&meta.nonce)
-            .map_err(|e| ApiError::new(500, code::INTERNAL, format!("session {id}: {e}")))?;
-        let tenant = match meta.tenant.as_str() {
-            "" => crate::clients::DEFAULT_TENANT.to_string(),
-            t => t.to_string(),
-        };
-        let session = Arc::new(Session {
-            id: meta.upload_id.clone(),
-            tenant,
-            dir: std::path::PathBuf::new(),
-            size: meta.size,
-            deferred: meta.deferred_length,
-            name: meta.name.clone(),
-            nonce,
-            part: std::sync::Mutex::new(None),
-            last_used: AtomicU64::new(now),
-            completing: std::sync::Mutex::new(()),
-            state: std::sync::Mutex::new(state),
-            partials: std::sync::Mutex::default(),
-            meta: std::sync::Mutex::new(meta),
-            remote: Some(Arc::clone(remote)),
-        });
-        let mut idx = lock(&self.index);
-        // Another request may have loaded it meanwhile: keep that one.
-        let kept = idx
-            .by_id
-            .entry(session.id.clone())
-            .or_insert_with(|| Arc::clone(&session))
-            .clone();
-        if let Some(k) = lock(&kept.meta).idempotency_key.clone() {
-            idx.by_key.insert((kept.tenant.clone(), k), kept.id.clone());
-        }
-        Ok(Some(kept))
-    }
-}
-
-impl Store {
-    /// Session `id` of `tenant` as it is now, for a request that reports it (state, chunk
-    /// pages): with an object store, other nodes may have stored chunks, completed or
-    /// deleted it since this node last looked, so it is read again (blocking).
-    pub fn get_fresh(&self, tenant: &str, id: &str) -> Result<Arc<Session>, ApiError> {
-        let s = self.get(tenant, id)?;
-        let Some(remote) = &s.remote else {
-            return Ok(s);
-        };
-        let Some(meta) = remote.load_meta(id)? else {
-            self.forget(id);
-            return Err(ApiError::unknown_upload(id));
-        };
-        if meta.completed.is_none() {
-            let listed = remote.chunks(id)?;
-            let mut st = lock(&s.state);
-            for (offset, chunk) in listed {
-                if st.chunks.insert(offset, chunk).is_none() {
-                    st.received += chunk.0;
-                }
-            }
-        }
-        *lock(&s.meta) = meta;
-        Ok(s)
-    }
-
-    /// Removes the sessions of the object store that expired, or completed more than
-    /// `retention_secs` ago, whichever node made them (a node that died leaves its
-    /// sessions to the others). Sessions this node holds are swept with its index.
-    /// Returns how many it removed.
-    pub(super) fn sweep_remote(&self, remote: &Remote, now: u64, retention_secs: u64) -> usize {
-        let ids = match remote.s3.list_dirs(&remote.key("sessions/")) {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the store's sessions");
-                return 0;
-            }
-        };
-        let mut removed = 0;
-        for dir in ids {
-            let id = dir
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default();
-            if lock(&self.index).by_id.contains_key(id) {
-                continue;
-            }
-            let meta = match remote.load_meta(id) {
-                Ok(Some(meta)) => meta,
-                // Keys without a session record: a create that failed half-way, or a
-                // delete cut short.
-                Ok(None) => {
-                    let _ = remote.delete_session(id, None);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(upload_id = %id, error = %e.message, "cannot read a session");
-                    continue;
-                }
-            };
-            let done_at = meta
-                .completed
-                .as_ref()
-                .map(|_| meta.completed_at.unwrap_or(meta.created_at));
-            let over = meta.expires_at <= now
-                || done_at.is_some_and(|t| t.saturating_add(retention_secs) <= now);
-            if over {
-                match remote.delete_session(id, Some(&meta)) {
-                    Ok(()) => removed += 1,
-                    Err(e) => {
-                        tracing::warn!(upload_id = %id, error = %e.message, "cannot remove a session")
-                    }
-                }
-            }
-        }
-        removed
-    }
-
-    /// Drops session `id` from this node's index (it is gone from the store).
-    fn forget(&self, id: &str) {
-        let mut idx = lock(&self.index);
-        if let Some(s) = idx.by_id.remove(id)
-            && let Some(k) = &lock(&s.meta).idempotency_key
-        {
-            idx.by_key.remove(&(s.tenant.clone(), k.clone()));
-        }
-    }
-}
-
-impl Session {
-    /// `complete` on the object store (blocking): the chunks as S3 lists them now must
-    /// tile the file and match the Merkle root; then the object is written from them.
-    pub(super) fn complete_remote(
-        &self,
-        store: &Store,
-        remote: &Remote,
-        claimed: [u8; 32],
-        size: u64,
-    ) -> Result<UploadCompleted, ApiError> {
-        let _one = lock(&self.completing);
-        // Another node may have completed (or deleted) it.
-        match remote.load_meta(&self.id)? {
-            Some(fresh) => *lock(&self.meta) = fresh,
-            None => return Err(ApiError::unknown_upload(&self.id)),
-        }
-        let overwrite = {
-            let meta = lock(&self.meta);
-            if let Some(done) = &meta.completed {
-                return match meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
-                    true => Ok(done.clone()),
-                    false => Err(ApiError::new(
-                        422,
-                        code::MERKLE_MISMATCH,
-                        "upload completed with another Merkle root",
-                    )),
-                };
-            }
-            meta.overwrite
-        };
-        // Chunks another node stored count too.
-        let listed = remote.chunks(&self.id)?;
-        {
-            let mut st = lock(&self.state);
-            st.received = listed.values().map(|(l, _)| *l).sum();
-            st.chunks = listed.clone();
-        }
-        super::complete::check_tiling(&listed, size, &claimed)?;
-        let key = remote.object_key(&self.tenant, &self.name);
-        let mut w = ObjectWriter::new(&remote.s3, &key, size, &[(META_UPLOAD, &self.id)]);
-        for (&offset, &(length, sha)) in &listed {
-            let chunk_key = remote.chunk_key(&self.id, offset, length, &sha);
-            let bytes = remote
-                .s3
-                .get(&chunk_key)
-                .map_err(|e| s3_error("reading a chunk back", &e))?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        500,
-                        code::INTERNAL,
-                        format!("chunk {offset}+{length} vanished from the store"),
-                    )
-                })?;
-            if bytes.len() as u64 != length {
-                return Err(ApiError::new(
-                    500,
-                    code::INTERNAL,
-                    format!(
-                        "chunk {offset}+{length} reads back as {} bytes",
-                        bytes.len()
-                    ),
-                ));
-            }
-            w.write(&bytes)
-                .map_err(|e| s3_error("writing the object", &e))?;
-        }
-        let written = match w.finish(!overwrite) {
-            Ok(written) => written,
-            Err(e) if e.is_precondition_failed() => {
-                // Ours, if an earlier attempt of this complete placed it before a crash.
-                let head = remote
-                    .s3
-                    .head(&key)
-                    .map_err(|e| s3_error("looking up the object", &e))?;
-                if head.is_none_or(|h| h.metadata.get(META_UPLOAD) != Some(&self.id)) {
-                    return Err(super::object_exists(&self.name));
-                }
-                self.rehash(remote, &listed)?
-            }
-            Err(e) => return Err(s3_error("writing the object", &e)),
-        };
-        if written.size != size {
-            return Err(ApiError::new(
-                500,
-                code::INTERNAL,
-                format!("the chunks held {} bytes, not {size}", written.size),
-            ));
-        }
-        let done = UploadCompleted {
-            sha256: hex::encode(written.sha256),
-            size,
-            location: wire::object_path(&self.name),
-        };
-        let mut meta = lock(&self.meta);
-        let mut next = meta.clone();
-        next.completed = Some(done.clone());
-        next.size = size;
-        next.merkle_root = Some(hex::encode(claimed));
-        next.completed_at = Some(now_secs());
-        remote.save_meta(&next)?;
-        *meta = next;
-        drop(meta);
-        store.note_stored(&self.tenant, size, 0);
-        for (&offset, &(length, sha)) in &listed {
-            if let Err(e) = remote
-                .s3
-                .delete(&remote.chunk_key(&self.id, offset, length, &sha))
-            {
-                // The session's keys all go when it is swept.
-                tracing::warn!(upload_id = %self.id, error = %e, "cannot delete a chunk object");
-            }
-        }
-        Ok(done)
-    }
-
-    /// The whole-file hash from the chunks (the rare path: an earlier complete placed the
-    /// object, then stopped before recording it).
-    fn rehash(
-        &self,
-        remote: &Remote,
-        chunks: &BTreeMap<u64, (u64, [u8; 32])>,
-    ) -> Result<crate::s3::writer::Written, ApiError> {
-        use sha2::Digest;
-        let mut sha = sha2::Sha256::new();
-        let mut size = 0;
-        for (&offset, &(length, s)) in chunks {
-            let bytes = remote
-                .s3
-                .get(&remote.chunk_key(&self.id, offset, length, &s))
-                .map_err(|e| s3_error("reading a chunk back", &e))?
-                .unwrap_or_default();
-            sha.update(&bytes);
-            size += bytes.len() as u64;
-        }
-        Ok(crate::s3::writer::Written {
-            sha256: sha.finalize().into(),
-            size,
-        })
     }
 }
 

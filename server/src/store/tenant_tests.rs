@@ -1,6 +1,7 @@
 //! Tenants, conditional create and quotas, read like the rules they check.
 use super::*;
 use uplink_proto::integrity;
+use uplink_proto::wire::CreateUpload;
 
 fn req(name: &str, size: u64, overwrite: bool) -> CreateUpload {
     CreateUpload {

@@ -247,21 +247,7 @@ impl Server {
     /// On loopback with `--token-file`, extra flags and environment variables (e.g.
     /// `UPLINK_LOG`).
     pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let token_file = Self::token_in(dir);
-        let extra = extra.iter().map(|s| s.to_string()).collect();
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self::start_at(
-            dir,
-            "127.0.0.1:0",
-            Some(&token_file),
-            None,
-            extra,
-            None,
-            env,
-        )
+        Self::start_on(dir, "127.0.0.1:0", extra, env)
     }
 
     /// At `listen` (e.g. another node's address) with `--token-file`, extra flags and
