@@ -162,8 +162,24 @@ where
             let body = read_body(req.into_body(), MAX_JSON_BODY).await?;
             let session = app.store.get(tenant, id)?;
             let complete: CompleteUpload = parse_json(&body)?;
+            // Writing the object from an object store holds chunks in memory: they count
+            // with request bodies against the server's budget.
+            let held = match app.store.remote() {
+                Some(_) => Some(app.buffered.try_take(session.assembly_bytes()).ok_or_else(
+                    || {
+                        ApiError::new(
+                            503,
+                            code::BUSY,
+                            "the server holds as many bytes as it may; complete again shortly",
+                        )
+                        .retry_in(2)
+                    },
+                )?),
+                None => None,
+            };
             let app2 = Arc::clone(app);
             let done = blocking(move || {
+                let _held = held;
                 session.complete(&app2.store, &complete.merkle_root, complete.size)
             })
             .await?;

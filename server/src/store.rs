@@ -131,7 +131,9 @@ pub struct Store {
     /// Tenants whose quota differs from [`Self::quota`] (`<id>.quota` in the clients dir).
     tenant_quotas: std::sync::RwLock<HashMap<String, Quota>>,
     /// Bytes of objects each tenant stores, counted on first need and kept up to date.
-    stored: Mutex<HashMap<String, u64>>,
+    /// With an object store: (bytes, when counted), counted again after a while since
+    /// other nodes add objects too.
+    stored: Mutex<HashMap<String, (u64, u64)>>,
     /// Sessions and objects in an object store instead of the data dir (`--store s3://`).
     remote: Option<Arc<Remote>>,
     /// When [`Store::sweep`] last looked through the object store's sessions.

@@ -101,16 +101,21 @@ impl<'a> ObjectWriter<'a> {
     }
 
     /// Makes the object visible. `create_only`: fail with 412 (and leave nothing) if the
-    /// key exists by then.
-    pub fn finish(mut self, create_only: bool) -> Result<Written, S3Error> {
-        let sha256: [u8; 32] = std::mem::take(&mut self.sha).finalize().into();
-        let size = self.len;
+    /// key exists by then. What was written (its hash, its size) is known either way.
+    pub fn finish(mut self, create_only: bool) -> (Written, Result<(), S3Error>) {
+        let written = Written {
+            sha256: std::mem::take(&mut self.sha).finalize().into(),
+            size: self.len,
+        };
+        let placed = self.place(create_only);
+        (written, placed)
+    }
+
+    fn place(&mut self, create_only: bool) -> Result<(), S3Error> {
         if self.upload_id.is_none() {
             let body = std::mem::take(&mut self.buf).freeze();
             let meta = self.metadata();
-            self.s3
-                .put(&self.key, vec![body], None, create_only, &meta)?;
-            return Ok(Written { sha256, size });
+            return self.s3.put(&self.key, vec![body], None, create_only, &meta);
         }
         if !self.buf.is_empty() {
             self.upload_part()?;
@@ -119,7 +124,7 @@ impl<'a> ObjectWriter<'a> {
         self.s3
             .complete_multipart(&self.key, &upload_id, &self.parts, create_only)?;
         self.upload_id = None;
-        Ok(Written { sha256, size })
+        Ok(())
     }
 }
 

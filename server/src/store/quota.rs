@@ -10,6 +10,9 @@ use uplink_proto::wire::code;
 use super::{Quota, Store, lock};
 use crate::error::ApiError;
 
+/// How long a node trusts its count of a tenant's bytes in an object store.
+const RECOUNT_SECS: u64 = 30;
+
 impl Store {
     /// Sets the tenants whose quota is their own (at start and at each reload); a field
     /// they leave `None` is the server's.
@@ -77,9 +80,12 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes in `tenant`'s objects (counted once by listing, then kept up to date).
+    /// Bytes in `tenant`'s objects (counted once by listing, then kept up to date; from an
+    /// object store, counted again after [`RECOUNT_SECS`], as other nodes add objects).
     fn stored_bytes(&self, tenant: &str) -> Result<u64, ApiError> {
-        if let Some(n) = lock(&self.stored).get(tenant) {
+        let now = super::now_secs();
+        let fresh = |at: u64| self.remote.is_none() || at + RECOUNT_SECS > now;
+        if let Some((n, _)) = lock(&self.stored).get(tenant).filter(|(_, at)| fresh(*at)) {
             return Ok(*n);
         }
         let n = match &self.remote {
@@ -87,12 +93,13 @@ impl Store {
             None => dir_bytes(&self.objects_dir(tenant))
                 .map_err(|e| ApiError::io("counting the tenant's objects", &e))?,
         };
-        Ok(*lock(&self.stored).entry(tenant.to_string()).or_insert(n))
+        lock(&self.stored).insert(tenant.to_string(), (n, now));
+        Ok(n)
     }
 
     /// An object of `added` bytes was placed, replacing one of `replaced` bytes.
     pub fn note_stored(&self, tenant: &str, added: u64, replaced: u64) {
-        if let Some(n) = lock(&self.stored).get_mut(tenant) {
+        if let Some((n, _)) = lock(&self.stored).get_mut(tenant) {
             *n = n.saturating_add(added).saturating_sub(replaced);
         }
     }

@@ -320,8 +320,8 @@ impl Remote {
             w.write(&buf[..n])
                 .map_err(|e| s3_error("storing the object", &e))?;
         }
-        match w.finish(!overwrite) {
-            Ok(_) => Ok(Some(replaced)),
+        match w.finish(!overwrite).1 {
+            Ok(()) => Ok(Some(replaced)),
             Err(e) if e.is_precondition_failed() => Ok(None),
             Err(e) => Err(s3_error("storing the object", &e)),
         }

@@ -3,16 +3,18 @@
 //! reads it again for requests that report it, and completes it from the chunks the store
 //! lists (whichever node took them).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
 use super::remote::{META_UPLOAD, Remote, s3_error};
+
+/// Chunks read ahead while `complete` writes the object (each up to 32 MiB).
+const PREFETCH: usize = 2;
 use super::{Session, SessionState, Store, lock, now_secs};
 use crate::error::ApiError;
-use crate::s3::writer::{ObjectWriter, Written};
+use crate::s3::writer::ObjectWriter;
 
 impl Store {
     /// Session `id` as the object store has it, made known to this node; `None` when it
@@ -150,34 +152,29 @@ impl Session {
         super::complete::check_tiling(&listed, size, &claimed)?;
         let key = remote.object_key(&self.tenant, &self.name);
         let mut w = ObjectWriter::new(&remote.s3, &key, size, &[(META_UPLOAD, &self.id)]);
-        for (&offset, &(length, sha)) in &listed {
-            let chunk_key = remote.chunk_key(&self.id, offset, length, &sha);
-            let bytes = remote
-                .s3
-                .get(&chunk_key)
-                .map_err(|e| s3_error("reading a chunk back", &e))?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        500,
-                        code::INTERNAL,
-                        format!("chunk {offset}+{length} vanished from the store"),
-                    )
-                })?;
-            if bytes.len() as u64 != length {
-                return Err(ApiError::new(
-                    500,
-                    code::INTERNAL,
-                    format!(
-                        "chunk {offset}+{length} reads back as {} bytes",
-                        bytes.len()
-                    ),
-                ));
+        // The next chunks are read while this one is hashed and uploaded.
+        std::thread::scope(|scope| -> Result<(), ApiError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
+            scope.spawn(|| {
+                for (&offset, &(length, sha)) in &listed {
+                    let chunk = self.read_chunk(remote, offset, length, &sha);
+                    let failed = chunk.is_err();
+                    // The receiver went away (a write failed): stop reading.
+                    if tx.send(chunk).is_err() || failed {
+                        break;
+                    }
+                }
+                drop(tx);
+            });
+            for chunk in rx {
+                w.write(&chunk?)
+                    .map_err(|e| s3_error("writing the object", &e))?;
             }
-            w.write(&bytes)
-                .map_err(|e| s3_error("writing the object", &e))?;
-        }
-        let written = match w.finish(!overwrite) {
-            Ok(written) => written,
+            Ok(())
+        })?;
+        let (written, placed) = w.finish(!overwrite);
+        match placed {
+            Ok(()) => {}
             Err(e) if e.is_precondition_failed() => {
                 // Ours, if an earlier attempt of this complete placed it before a crash.
                 let head = remote
@@ -187,10 +184,9 @@ impl Session {
                 if head.is_none_or(|h| h.metadata.get(META_UPLOAD) != Some(&self.id)) {
                     return Err(super::object_exists(&self.name));
                 }
-                self.rehash(remote, &listed)?
             }
             Err(e) => return Err(s3_error("writing the object", &e)),
-        };
+        }
         if written.size != size {
             return Err(ApiError::new(
                 500,
@@ -221,28 +217,43 @@ impl Session {
         Ok(done)
     }
 
-    /// The whole-file hash from the chunks (the rare path: an earlier complete placed the
-    /// object, then stopped before recording it).
-    fn rehash(
+    /// Memory `complete` holds while it writes the object from the store: the chunks read
+    /// ahead, the one being written, and a part.
+    pub fn assembly_bytes(&self) -> u64 {
+        let size = self.bound();
+        let chunk = size.min(wire::MAX_CHUNK_SIZE);
+        chunk * (PREFETCH as u64 + 1) + crate::s3::writer::part_size(size).min(size)
+    }
+
+    /// A stored chunk's bytes, checked to be as long as its record says.
+    fn read_chunk(
         &self,
         remote: &Remote,
-        chunks: &BTreeMap<u64, (u64, [u8; 32])>,
-    ) -> Result<Written, ApiError> {
-        use sha2::Digest;
-        let mut sha = sha2::Sha256::new();
-        let mut size = 0;
-        for (&offset, &(length, s)) in chunks {
-            let bytes = remote
-                .s3
-                .get(&remote.chunk_key(&self.id, offset, length, &s))
-                .map_err(|e| s3_error("reading a chunk back", &e))?
-                .unwrap_or_default();
-            sha.update(&bytes);
-            size += bytes.len() as u64;
+        offset: u64,
+        length: u64,
+        sha256: &[u8; 32],
+    ) -> Result<bytes::Bytes, ApiError> {
+        let bytes = remote
+            .s3
+            .get(&remote.chunk_key(&self.id, offset, length, sha256))
+            .map_err(|e| s3_error("reading a chunk back", &e))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    500,
+                    code::INTERNAL,
+                    format!("chunk {offset}+{length} vanished from the store"),
+                )
+            })?;
+        if bytes.len() as u64 != length {
+            return Err(ApiError::new(
+                500,
+                code::INTERNAL,
+                format!(
+                    "chunk {offset}+{length} reads back as {} bytes",
+                    bytes.len()
+                ),
+            ));
         }
-        Ok(Written {
-            sha256: sha.finalize().into(),
-            size,
-        })
+        Ok(bytes)
     }
 }
