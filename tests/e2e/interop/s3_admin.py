@@ -5,6 +5,7 @@
       access key, then the bucket made with that key; every later request must be signed
       with it, so a wrong signature is refused)
   s3_admin.py sha ENDPOINT KEY SECRET BUCKET OBJECT   -> "<sha256 hex> <size>" or "missing"
+  s3_admin.py shas ENDPOINT KEY SECRET BUCKET PREFIX  -> "<key> <sha256 hex> <size>" per object
   s3_admin.py list ENDPOINT KEY SECRET BUCKET PREFIX  -> the keys, one per line
   s3_admin.py uploads ENDPOINT KEY SECRET BUCKET      -> multipart uploads in progress, one per line
 """
@@ -24,6 +25,14 @@ def client(endpoint, key, secret):
         aws_secret_access_key=secret,
         region_name="us-east-1",
     )
+
+
+def digest(body):
+    h, n = hashlib.sha256(), 0
+    for piece in iter(lambda: body.read(1 << 20), b""):
+        h.update(piece)
+        n += len(piece)
+    return h.hexdigest(), n
 
 
 def main(argv):
@@ -57,11 +66,13 @@ def main(argv):
                 print("missing")
                 return 0
             raise
-        h, n = hashlib.sha256(), 0
-        for piece in iter(lambda: body.read(1 << 20), b""):
-            h.update(piece)
-            n += len(piece)
-        print(h.hexdigest(), n)
+        print(*digest(body))
+    elif cmd == "shas":
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=argv[6])
+        for page in pages:
+            for item in page.get("Contents", []):
+                sha, n = digest(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"])
+                print(item["Key"], sha, n)
     elif cmd == "list":
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=argv[6])
         for page in pages:

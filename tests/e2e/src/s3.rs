@@ -93,6 +93,18 @@ impl S3Server {
         Some((sha.to_string(), size.parse().expect("size")))
     }
 
+    /// SHA-256 (hex) and size of every object under `prefix`, by key (one boto3 run).
+    pub fn object_shas(&self, prefix: &str) -> std::collections::HashMap<String, (String, u64)> {
+        let out = self.with_keys("shas", &[prefix]);
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split(' ');
+                let (key, sha, size) = (it.next()?, it.next()?, it.next()?.parse().ok()?);
+                Some((key.to_string(), (sha.to_string(), size)))
+            })
+            .collect()
+    }
+
     /// The keys under `prefix`.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let out = self.with_keys("list", &[prefix]);

@@ -63,7 +63,50 @@ fn device(root: &Path, server: &Server, clients: &Path, i: usize) -> Device {
 #[test]
 fn fifty_daemons_twenty_uploads_each_all_intact_server_memory_bounded() {
     let dir = workdir();
-    let clients = dir.path().join("clients");
+    let clients = clients(dir.path());
+    let server = Server::start_tenants(
+        dir.path(),
+        &clients,
+        &["--max-buffered-bytes", &BUFFERED.to_string()],
+    );
+    let objects = server.data_dir.join("objects");
+    let object_sha = |tenant: &str, name: &str| {
+        let path = objects.join(tenant).join(name);
+        path.exists().then(|| sha256_file(&path))
+    };
+    run_load(dir.path(), &server, &clients, DAEMONS, &object_sha);
+}
+
+/// The same against an object store (moto, with every request's signature checked), with
+/// fewer devices: moto is one Python process on the same two cores.
+#[test]
+fn ten_daemons_twenty_uploads_each_into_an_object_store_all_intact_memory_bounded() {
+    let dir = workdir();
+    let clients = clients(dir.path());
+    let s3 = S3Server::start(dir.path(), "load");
+    let server = Server::start_tenants_env(
+        dir.path(),
+        &clients,
+        &[
+            "--max-buffered-bytes",
+            &BUFFERED.to_string(),
+            "--store",
+            "s3://load/fleet",
+        ],
+        &s3.env(),
+    );
+    let stored = std::cell::OnceCell::new();
+    let object_sha = |tenant: &str, name: &str| {
+        let all = stored.get_or_init(|| s3.object_shas("fleet/objects/"));
+        all.get(&format!("fleet/objects/{tenant}/{name}"))
+            .map(|(sha, _)| sha.clone())
+    };
+    run_load(dir.path(), &server, &clients, 10, &object_sha);
+}
+
+/// A clients dir of [`TENANTS`] tenants.
+fn clients(dir: &Path) -> PathBuf {
+    let clients = dir.join("clients");
     std::fs::create_dir_all(&clients).expect("clients dir");
     for t in 0..TENANTS {
         write_secret(
@@ -71,15 +114,22 @@ fn fifty_daemons_twenty_uploads_each_all_intact_server_memory_bounded() {
             &format!("load-secret-{t}"),
         );
     }
-    let server = Server::start_tenants(
-        dir.path(),
-        &clients,
-        &["--max-buffered-bytes", &BUFFERED.to_string()],
-    );
-    let devices: Vec<Device> = (0..DAEMONS)
-        .map(|i| device(dir.path(), &server, &clients, i))
+    clients
+}
+
+/// `daemons` devices hand over their files at once; every object must then read back
+/// (`object_sha(tenant, name)`) as its file, and the server's peak memory stay bounded.
+fn run_load(
+    root: &Path,
+    server: &Server,
+    clients: &Path,
+    daemons: usize,
+    object_sha: &dyn Fn(&str, &str) -> Option<String>,
+) {
+    let devices: Vec<Device> = (0..daemons)
+        .map(|i| device(root, server, clients, i))
         .collect();
-    let total: u64 = (0..FILES_PER_DAEMON).map(size_of_file).sum::<u64>() * DAEMONS as u64;
+    let total: u64 = (0..FILES_PER_DAEMON).map(size_of_file).sum::<u64>() * daemons as u64;
 
     // Every device hands over its 20 files at once and follows them to the end.
     let start = Instant::now();
@@ -103,7 +153,6 @@ fn fifty_daemons_twenty_uploads_each_all_intact_server_memory_bounded() {
     });
     let secs = start.elapsed().as_secs_f64();
 
-    let objects = server.data_dir.join("objects");
     let mut completed = 0;
     for (d, out) in devices.iter().zip(&outputs) {
         let lines = json_lines(out);
@@ -115,18 +164,22 @@ fn fifty_daemons_twenty_uploads_each_all_intact_server_memory_bounded() {
                 .find(|l| l["path"] == path.as_str() && l["state"].is_string())
                 .unwrap_or_else(|| panic!("no final record for {path}: {out:?}"));
             assert_eq!(record["state"], "completed", "{record}");
-            let name = f.file_name().expect("file name");
-            let object = objects.join(&d.tenant).join(name);
-            assert_eq!(sha256_file(&object), sha256_file(f), "{}", object.display());
+            let name = f.file_name().expect("file name").to_string_lossy();
+            assert_eq!(
+                object_sha(&d.tenant, &name),
+                Some(sha256_file(f)),
+                "{}/{name}",
+                d.tenant
+            );
             completed += 1;
         }
         assert!(out.status.success(), "{out:?}");
     }
-    assert_eq!(completed, DAEMONS * FILES_PER_DAEMON);
+    assert_eq!(completed, daemons * FILES_PER_DAEMON);
 
     let peak = peak_rss(server.proc.child.id());
     eprintln!(
-        "load: {DAEMONS} daemons x {FILES_PER_DAEMON} uploads, {} MiB in {secs:.1} s \
+        "load: {daemons} daemons x {FILES_PER_DAEMON} uploads, {} MiB in {secs:.1} s \
          ({:.0} MiB/s ingest); server peak RSS {} MiB (budget {} MiB + base {} MiB)",
         total / MIB,
         total as f64 / MIB as f64 / secs,
