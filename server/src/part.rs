@@ -59,6 +59,7 @@ struct RunningHash {
 /// The part file of one upload, with its chunk log.
 pub struct PartFile {
     file: File,
+    writing: Mutex<()>,
     data_sync: GroupSync,
     log: Mutex<File>,
     /// A second handle on the log, so syncing never waits for the append lock.
@@ -71,6 +72,7 @@ impl PartFile {
     pub fn new(file: File, log: File) -> std::io::Result<PartFile> {
         Ok(PartFile {
             file,
+            writing: Mutex::new(()),
             data_sync: GroupSync::default(),
             log_for_sync: log.try_clone()?,
             log: Mutex::new(log),
@@ -90,10 +92,13 @@ impl PartFile {
     /// over HTTP/2 (the kernel's copy into the page cache grew from 21 % to 39 % of the
     /// profile) and saved 10 % over HTTP/3.
     pub fn write_durable(&self, offset: u64, parts: &[Bytes]) -> std::io::Result<()> {
-        let mut at = offset;
-        for p in parts {
-            self.file.write_all_at(p, at)?;
-            at += p.len() as u64;
+        {
+            let _one = lock(&self.writing);
+            let mut at = offset;
+            for p in parts {
+                self.file.write_all_at(p, at)?;
+                at += p.len() as u64;
+            }
         }
         self.data_sync.sync(&self.file)
     }
