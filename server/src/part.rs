@@ -59,6 +59,7 @@ struct RunningHash {
 /// The part file of one upload, with its chunk log.
 pub struct PartFile {
     file: File,
+    /// Held while a chunk's bytes are written (see [`PartFile::write_durable`]).
     writing: Mutex<()>,
     data_sync: GroupSync,
     log: Mutex<File>,
@@ -91,6 +92,11 @@ impl PartFile {
     /// `pwritev` of 16 or 512 pieces, the vectored write cost the server 50 % more CPU
     /// over HTTP/2 (the kernel's copy into the page cache grew from 21 % to 39 % of the
     /// profile) and saved 10 % over HTTP/3.
+    ///
+    /// Writers take turns in userspace: concurrent `pwrite`s to one file queue on the
+    /// inode's lock in the kernel, which spins while the holder copies. Over HTTP/3 (a
+    /// dozen chunks written at once) that spinning was 9 % of the server's CPU; behind a
+    /// mutex that parks, it is gone.
     pub fn write_durable(&self, offset: u64, parts: &[Bytes]) -> std::io::Result<()> {
         {
             let _one = lock(&self.writing);
