@@ -3,7 +3,7 @@
 //! must carry a valid SigV4 signature, and boto3 (the operator's view) to read what it holds.
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use crate::interop::{interop_file, interop_python};
 pub struct S3Server {
     child: Child,
     pub endpoint: String,
+    /// Over https: the CA that signed the endpoint's certificate.
+    pub ca: Option<PathBuf>,
     pub bucket: String,
     pub access_key_id: String,
     pub secret_access_key: String,
@@ -20,6 +22,16 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(dir: &Path, bucket: &str) -> S3Server {
+        Self::start_with(dir, bucket, false)
+    }
+
+    /// Over https, with a certificate for 127.0.0.1 from a CA of its own (made with
+    /// `openssl`, as an operator would); [`Self::ca`] names the CA.
+    pub fn start_tls(dir: &Path, bucket: &str) -> S3Server {
+        Self::start_with(dir, bucket, true)
+    }
+
+    fn start_with(dir: &Path, bucket: &str, tls: bool) -> S3Server {
         let python = interop_python();
         let moto = python.with_file_name("moto_server");
         assert!(
@@ -32,8 +44,14 @@ impl S3Server {
             .expect("a free port")
             .port();
         let log = std::fs::File::create(dir.join("moto.log")).expect("moto log");
-        let child = Command::new(&moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(&moto);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let ca = tls.then(|| {
+            let (ca, cert, key) = make_certificate(dir);
+            cmd.arg("-c").arg(cert).arg("-k").arg(key);
+            ca
+        });
+        let child = cmd
             // The first three requests (the IAM setup) go unauthenticated; then SigV4 is
             // checked on every request.
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
@@ -41,9 +59,11 @@ impl S3Server {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start moto_server");
+        let scheme = if tls { "https" } else { "http" };
         let mut server = S3Server {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+            ca,
             bucket: bucket.to_string(),
             access_key_id: String::new(),
             secret_access_key: String::new(),
@@ -61,7 +81,11 @@ impl S3Server {
     }
 
     fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(interop_python())
+        let mut cmd = Command::new(interop_python());
+        if let Some(ca) = &self.ca {
+            cmd.env("AWS_CA_BUNDLE", ca);
+        }
+        let out = cmd
             .arg(interop_file("s3_admin.py"))
             .args(args)
             .output()
@@ -126,6 +150,61 @@ impl S3Server {
             ("AWS_REGION", "us-east-1"),
         ]
     }
+}
+
+/// A CA and a certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem) in `dir`.
+fn make_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let d = dir.join("s3-tls");
+    std::fs::create_dir_all(&d).expect("tls dir");
+    let p = |f: &str| d.join(f);
+    std::fs::write(p("leaf.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext file");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<&str>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &["-keyout", "key.pem", "-out", "leaf.csr"],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-extfile",
+            "leaf.ext",
+        ],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let subject = ["/CN=s3 test CA", "/CN=127.0.0.1", ""][i];
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(&d).args(step).args(["-days", "2"]);
+        if !subject.is_empty() {
+            cmd.args(["-subj", subject]);
+        }
+        let out = cmd.output().expect("run openssl");
+        assert!(out.status.success(), "openssl {step:?}: {out:?}");
+    }
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 
 impl Drop for S3Server {

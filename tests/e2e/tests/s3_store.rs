@@ -209,3 +209,48 @@ fn a_wrong_secret_stops_the_server_at_start_with_the_stores_answer() {
         "{err}"
     );
 }
+
+#[test]
+fn over_https_the_store_is_trusted_through_aws_ca_bundle_and_only_so() {
+    let dir = workdir();
+    let s3 = S3Server::start_tls(dir.path(), BUCKET);
+    let ca = s3.ca.clone().expect("a CA");
+    let ca = ca.to_str().expect("utf-8 path");
+
+    // Without the endpoint's CA (the system's roots only) the server does not start.
+    let token = dir.path().join("token");
+    write_secret(&token, TOKEN);
+    let out = std::process::Command::new(bin("uplink-server"))
+        .args(["--listen", "127.0.0.1:0", "--store", STORE, "--token-file"])
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(dir.path().join("untrusting"))
+        .envs(s3.env())
+        .env("AWS_CA_BUNDLE", "")
+        .output()
+        .expect("run uplink-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+
+    // With it, uploads go through TLS to the store.
+    let mut env = s3.env();
+    env.push(("AWS_CA_BUNDLE", ca));
+    let server = Server::start_on(
+        &dir.path().join("node"),
+        "127.0.0.1:0",
+        &["--store", STORE],
+        &env,
+    );
+    let device = dir.path().join("device");
+    std::fs::create_dir_all(&device).unwrap();
+    let daemon = Daemon::start(&device, &server);
+    let file = dir.path().join("mesh.bin");
+    random_file(&file, 20 * MIB + 3);
+    let done = send_wait(&daemon.socket, &file);
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(
+        s3.object_sha("uplink/objects/mesh.bin"),
+        Some((sha256_file(&file), 20 * MIB + 3))
+    );
+}
