@@ -118,7 +118,7 @@ impl Session {
     pub(super) fn complete_remote(
         &self,
         store: &Store,
-        remote: &Remote,
+        remote: &Arc<Remote>,
         claimed: [u8; 32],
         size: u64,
     ) -> Result<UploadCompleted, ApiError> {
@@ -205,14 +205,25 @@ impl Session {
         *meta = next;
         drop(meta);
         store.note_stored(&self.tenant, size, 0);
-        for (&offset, &(length, sha)) in &listed {
-            if let Err(e) = remote
-                .s3
-                .delete(&remote.chunk_key(&self.id, offset, length, &sha))
-            {
-                // The session's keys all go when it is swept.
-                tracing::warn!(upload_id = %self.id, error = %e, "cannot delete a chunk object");
+        // The chunk objects go after the answer: one request each, thousands for a big
+        // file. If this stops midway, the rest go when the session is swept.
+        let (remote, id) = (Arc::clone(remote), self.id.clone());
+        let cleanup = move || {
+            for (&offset, &(length, sha)) in &listed {
+                if let Err(e) = remote
+                    .s3
+                    .delete(&remote.chunk_key(&id, offset, length, &sha))
+                {
+                    tracing::warn!(upload_id = %id, error = %e, "cannot delete a chunk object");
+                    break;
+                }
             }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("chunk-cleanup".into())
+            .spawn(cleanup)
+        {
+            tracing::warn!(upload_id = %self.id, error = %e, "chunk objects left for the sweep");
         }
         Ok(done)
     }

@@ -64,9 +64,18 @@ fn a_node_killed_mid_upload_and_the_daemon_finishes_through_another() {
         before["bytes_acked"]
     );
     assert!(resent < 96 * MIB / 2, "{done}");
-    // Nothing of the upload is left but its record (kept for a repeated complete).
-    let left = s3.keys(&format!("uplink/sessions/{upload_id}/"));
-    assert_eq!(left, [format!("uplink/sessions/{upload_id}/meta.json")]);
+    // Nothing of the upload is left but its record (kept for a repeated complete): the
+    // chunk objects go right after the answer.
+    let record = [format!("uplink/sessions/{upload_id}/meta.json")];
+    let left = wait_for(std::time::Duration::from_secs(20), || {
+        let left = s3.keys(&format!("uplink/sessions/{upload_id}/"));
+        (left == record).then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "{:?}",
+        s3.keys(&format!("uplink/sessions/{upload_id}/"))
+    );
     assert!(s3.open_multipart_uploads().is_empty());
     drop(b);
 }
