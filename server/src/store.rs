@@ -375,6 +375,8 @@ impl Store {
         }
         .filter(|s| s.tenant == tenant)
         .ok_or_else(|| ApiError::unknown_upload(id))?;
+        // In use: an object store's session is not forgotten while requests come.
+        s.last_used.store(now_secs(), Ordering::Relaxed);
         if lock(&s.meta).expires_at <= now_secs() {
             return Err(ApiError::new(
                 410,
@@ -388,6 +390,12 @@ impl Store {
     /// `DELETE /v1/uploads/{id}`: forget the session and free its space. A completed
     /// object stays.
     pub fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+        if let Some(remote) = &self.remote
+            && !lock(&self.index).by_id.contains_key(id)
+        {
+            // Another node may have created it.
+            self.load_remote(remote, id)?;
+        }
         let mut idx = lock(&self.index);
         if idx.by_id.get(id).is_none_or(|s| s.tenant != tenant) {
             return Err(ApiError::unknown_upload(id));

@@ -62,15 +62,23 @@ impl S3Error {
         self.status == Some(412) || self.code == "PreconditionFailed"
     }
 
+    /// The key (or upload) does not exist. A missing bucket is not that: it is an error.
     pub fn is_not_found(&self) -> bool {
-        self.status == Some(404)
+        self.status == Some(404) && self.code != "NoSuchBucket"
     }
 
-    /// Worth trying again later: no answer, throttling, or a server error.
+    /// Worth trying again later: no answer, throttling, a server error (also one S3 puts
+    /// in a 200 answer's body), or two conditional writes to one key at once.
     pub fn is_transient(&self) -> bool {
         self.status.is_none_or(|s| s >= 500 || s == 429 || s == 408)
-            || self.code == "SlowDown"
-            || self.code == "RequestTimeout"
+            || matches!(
+                self.code.as_str(),
+                "SlowDown"
+                    | "RequestTimeout"
+                    | "InternalError"
+                    | "ServiceUnavailable"
+                    | "ConditionalRequestConflict"
+            )
     }
 }
 
@@ -283,6 +291,18 @@ impl S3 {
         }
     }
 
+    /// Checks that the bucket exists and these credentials may list it (one key at most
+    /// under `prefix`).
+    pub fn check_bucket(&self, prefix: &str) -> Result<(), S3Error> {
+        let query = vec![
+            ("list-type".to_string(), "2".to_string()),
+            ("max-keys".to_string(), "1".to_string()),
+            ("prefix".to_string(), prefix.to_string()),
+        ];
+        self.call(Method::GET, "", query, Vec::new(), Vec::new(), None)
+            .map(drop)
+    }
+
     /// Every key under `prefix`, in key order (ListObjectsV2, page by page).
     pub fn list(&self, prefix: &str) -> Result<Vec<Listed>, S3Error> {
         self.list_with(prefix, false).map(|(keys, _)| keys)
@@ -327,7 +347,11 @@ impl S3 {
                 common.extend(xml::first(item, "Prefix"));
             }
             token = match xml::first(&xml, "IsTruncated").as_deref() {
-                Some("true") => xml::first(&xml, "NextContinuationToken"),
+                Some("true") => {
+                    Some(xml::first(&xml, "NextContinuationToken").ok_or_else(|| {
+                        S3Error::transport("a truncated listing without a continuation token")
+                    })?)
+                }
                 _ => None,
             };
             if token.is_none() {
@@ -481,10 +505,19 @@ impl S3 {
                 .map_err(|e| S3Error::transport(format!("building the request: {e}")))
         };
         let inner2 = Arc::clone(inner);
-        let head_only = build()?.method() == Method::HEAD;
+        // Sent again on a fresh connection only if a repeat cannot do harm: not a create
+        // (`If-None-Match`) nor a multipart start or completion (POST), which the store
+        // may have applied before the connection broke.
+        let (head_only, repeatable) = {
+            let req = build()?;
+            let repeatable =
+                req.method() != Method::POST && !req.headers().contains_key("if-none-match");
+            (req.method() == Method::HEAD, repeatable)
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         inner.rt.spawn(async move {
-            let answer = tokio::time::timeout(REQUEST_TIMEOUT, inner2.roundtrip(build)).await;
+            let answer =
+                tokio::time::timeout(REQUEST_TIMEOUT, inner2.roundtrip(build, repeatable)).await;
             let answer = answer.unwrap_or_else(|_| {
                 Err(S3Error::transport(format!(
                     "no answer within {} s",
@@ -519,6 +552,7 @@ impl Inner {
     async fn roundtrip(
         &self,
         build: impl Fn() -> Result<Request<Parts>, S3Error>,
+        repeatable: bool,
     ) -> Result<(u16, HeaderMap, Bytes), S3Error> {
         let mut pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(sender) = &mut pooled
@@ -531,7 +565,10 @@ impl Inner {
                 match sender.send_request(build()?).await {
                     Ok(r) => Ok((r, sender)),
                     // Closed under us before an answer: once more on a fresh connection.
-                    Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                    Err(e)
+                        if e.is_canceled()
+                            || repeatable && (e.is_closed() || e.is_incomplete_message()) =>
+                    {
                         Err(())
                     }
                     Err(e) => return Err(S3Error::transport(format!("request failed: {e}"))),

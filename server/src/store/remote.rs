@@ -103,8 +103,7 @@ impl Remote {
     /// stops the server rather than every upload).
     pub fn probe(&self) -> Result<(), String> {
         self.s3
-            .head(&self.key("sessions/.probe"))
-            .map(drop)
+            .check_bucket(&self.key("sessions/"))
             .map_err(|e| format!("bucket {}: {e}", self.s3.bucket()))
     }
 
@@ -139,15 +138,16 @@ impl Remote {
         })
     }
 
-    /// The chunks stored for session `id`. Of two records at one offset (a chunk replaced
-    /// in a growing file, the old record not yet deleted) the newer wins.
-    pub(super) fn chunks(&self, id: &str) -> Result<BTreeMap<u64, (u64, [u8; 32])>, ApiError> {
+    /// Every chunk record stored for session `id`, by offset; at one offset the newest
+    /// first. Records can overlap: nodes that did not see each other's chunks took
+    /// differently cut ones (a restarted daemon chose other sizes).
+    pub(super) fn records(&self, id: &str) -> Result<Records, ApiError> {
         let prefix = self.chunks_prefix(id);
         let listed = self
             .s3
             .list(&prefix)
             .map_err(|e| s3_error("listing the upload's chunks", &e))?;
-        let mut newest: BTreeMap<u64, (String, u64, [u8; 32])> = BTreeMap::new();
+        let mut out: Records = BTreeMap::new();
         for item in listed {
             let Some((offset, length, sha)) =
                 item.key.strip_prefix(&prefix).and_then(parse_chunk_name)
@@ -155,17 +155,19 @@ impl Remote {
                 tracing::warn!(key = %item.key, "ignoring an unknown key among the chunks");
                 continue;
             };
-            if newest
-                .get(&offset)
-                .is_none_or(|(at, _, _)| *at <= item.last_modified)
-            {
-                newest.insert(offset, (item.last_modified, length, sha));
-            }
+            out.entry(offset)
+                .or_default()
+                .push((length, sha, item.last_modified));
         }
-        Ok(newest
-            .into_iter()
-            .map(|(o, (_, l, s))| (o, (l, s)))
-            .collect())
+        for at in out.values_mut() {
+            at.sort_by(|a, b| b.2.cmp(&a.2));
+        }
+        Ok(out)
+    }
+
+    /// The chunks stored for session `id`, the newest record at each offset.
+    pub(super) fn chunks(&self, id: &str) -> Result<Chunks, ApiError> {
+        Ok(newest(&self.records(id)?))
     }
 
     /// Stores a verified chunk; it is durable when this returns.
@@ -225,7 +227,16 @@ impl Remote {
         let body = vec![Bytes::from(id.to_string())];
         match self.s3.put(&object, body, None, true, &[]) {
             Ok(()) => Ok(None),
-            Err(e) if e.is_precondition_failed() => self.key_owner(tenant, key),
+            Err(e) if e.is_precondition_failed() => match self.key_owner(tenant, key)? {
+                Some(owner) => Ok(Some(owner)),
+                // Released between the two calls: the client tries again.
+                None => Err(ApiError::new(
+                    503,
+                    code::UNAVAILABLE,
+                    "this Idempotency-Key is being released; try again",
+                )
+                .retry_in(1)),
+            },
             Err(e) => Err(s3_error("recording the idempotency key", &e)),
         }
     }
@@ -283,7 +294,11 @@ impl Remote {
         // Without per-tenant dirs other tenants' dirs do not exist; skip nested keys anyway.
         Ok(listed
             .iter()
-            .filter(|i| !i.key[prefix.len()..].contains('/'))
+            .filter(|i| {
+                i.key
+                    .strip_prefix(&prefix)
+                    .is_some_and(|n| !n.contains('/'))
+            })
             .map(|i| i.size)
             .sum())
     }
@@ -328,6 +343,49 @@ impl Remote {
     }
 }
 
+/// offset -> (length, SHA-256).
+pub(super) type Chunks = BTreeMap<u64, (u64, [u8; 32])>;
+/// offset -> every (length, SHA-256, last modified) stored there, newest first.
+pub(super) type Records = BTreeMap<u64, Vec<(u64, [u8; 32], String)>>;
+
+/// The newest record at each offset.
+pub(super) fn newest(records: &Records) -> Chunks {
+    records
+        .iter()
+        .filter_map(|(o, at)| at.first().map(|(l, s, _)| (*o, (*l, *s))))
+        .collect()
+}
+
+/// Chunks that tile `[0, size)` end to end, chosen among `records` (which may overlap):
+/// where two ways reach the same byte, the newer record wins, since the client that
+/// completes holds the acknowledgements of its latest requests. `None` if no tiling exists.
+pub(super) fn tiling(records: &Records, size: u64) -> Option<Chunks> {
+    // end -> (start, length, sha, last modified) of the record that reaches it.
+    let mut reached: BTreeMap<u64, (u64, u64, [u8; 32], &str)> = BTreeMap::new();
+    for (&offset, at) in records {
+        if offset != 0 && !reached.contains_key(&offset) {
+            continue;
+        }
+        for (length, sha, modified) in at {
+            let Some(end) = offset.checked_add(*length).filter(|e| *e <= size) else {
+                continue;
+            };
+            let newer = reached.get(&end).is_none_or(|r| r.3 < modified.as_str());
+            if newer {
+                reached.insert(end, (offset, *length, *sha, modified));
+            }
+        }
+    }
+    let mut out = Chunks::new();
+    let mut end = size;
+    while end > 0 {
+        let (start, length, sha, _) = *reached.get(&end)?;
+        out.insert(start, (length, sha));
+        end = start;
+    }
+    Some(out)
+}
+
 /// `<offset:020>.<len>.<sha256 hex>` -> its parts.
 fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32])> {
     let mut it = name.split('.');
@@ -343,6 +401,42 @@ fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(len: u64, sha: u8, modified: &str) -> (u64, [u8; 32], String) {
+        (len, [sha; 32], modified.to_string())
+    }
+
+    #[test]
+    fn overlapping_records_tile_the_file_by_the_newest_way() {
+        // An old 0+16 from one node; a restarted client's 0+8 and 8+8 through another.
+        let mut records = Records::new();
+        records.insert(
+            0,
+            vec![
+                rec(8, 2, "2026-12-03T10:00:05Z"),
+                rec(16, 1, "2026-12-03T10:00:01Z"),
+            ],
+        );
+        records.insert(8, vec![rec(8, 3, "2026-12-03T10:00:06Z")]);
+        records.insert(16, vec![rec(4, 4, "2026-12-03T10:00:07Z")]);
+        let t = tiling(&records, 20).expect("a tiling");
+        let chosen: Vec<(u64, u64, u8)> = t.iter().map(|(o, (l, s))| (*o, *l, s[0])).collect();
+        assert_eq!(chosen, [(0, 8, 2), (8, 8, 3), (16, 4, 4)]);
+        // The old record newer instead: it wins.
+        records.insert(
+            0,
+            vec![
+                rec(16, 1, "2026-12-03T10:00:09Z"),
+                rec(8, 2, "2026-12-03T10:00:05Z"),
+            ],
+        );
+        let t = tiling(&records, 20).expect("a tiling");
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), [0, 16]);
+        // A gap: none.
+        records.remove(&16);
+        assert!(tiling(&records, 20).is_none());
+        assert!(tiling(&Records::new(), 1).is_none());
+    }
 
     #[test]
     fn chunk_names_round_trip() {

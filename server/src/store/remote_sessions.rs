@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
-use super::remote::{META_UPLOAD, Remote, s3_error};
+use super::remote::{META_UPLOAD, Remote, newest, s3_error, tiling};
 
 /// Chunks read ahead while `complete` writes the object (each up to 32 MiB).
 const PREFETCH: usize = 2;
@@ -142,8 +142,10 @@ impl Session {
             }
             meta.overwrite
         };
-        // Chunks another node stored count too.
-        let listed = remote.chunks(&self.id)?;
+        // Chunks another node stored count too; where records overlap (nodes that did not
+        // see each other's), the newest way through the file is taken.
+        let records = remote.records(&self.id)?;
+        let listed = tiling(&records, size).unwrap_or_else(|| newest(&records));
         {
             let mut st = lock(&self.state);
             st.received = listed.values().map(|(l, _)| *l).sum();
@@ -199,17 +201,19 @@ impl Session {
             size,
             location: wire::object_path(&self.name),
         };
-        let mut meta = lock(&self.meta);
-        let next = meta.completed_with(&done, size, &claimed);
+        // Not under the meta lock: the sweep and quota checks take it, and S3 may be slow.
+        let next = lock(&self.meta).completed_with(&done, size, &claimed);
         remote.save_meta(&next)?;
-        *meta = next;
-        drop(meta);
+        *lock(&self.meta) = next;
         store.note_stored(&self.tenant, size, 0);
         // The chunk objects go after the answer: one request each, thousands for a big
         // file. If this stops midway, the rest go when the session is swept.
         let (remote, id) = (Arc::clone(remote), self.id.clone());
         let cleanup = move || {
-            for (&offset, &(length, sha)) in &listed {
+            let every = records
+                .iter()
+                .flat_map(|(o, at)| at.iter().map(move |(l, s, _)| (*o, *l, *s)));
+            for (offset, length, sha) in every {
                 if let Err(e) = remote
                     .s3
                     .delete(&remote.chunk_key(&id, offset, length, &sha))
@@ -231,9 +235,11 @@ impl Session {
     /// Memory `complete` holds while it writes the object from the store: the chunks read
     /// ahead, the one being written, and a part.
     pub fn assembly_bytes(&self) -> u64 {
+        // Queued, one waiting to queue, one being written, one in the answer being read;
+        // a part being uploaded and the next one filling.
         let size = self.bound();
         let chunk = size.min(wire::MAX_CHUNK_SIZE);
-        chunk * (PREFETCH as u64 + 1) + crate::s3::writer::part_size(size).min(size)
+        chunk * (PREFETCH as u64 + 2) + 2 * crate::s3::writer::part_size(size).min(size)
     }
 
     /// A stored chunk's bytes, checked to be as long as its record says.

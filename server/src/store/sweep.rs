@@ -26,8 +26,10 @@ impl Store {
                 let remove = meta.outlived(now, retention_secs);
                 // A node forgets an idle session of the object store (another node may be
                 // serving it now); the next request reads it afresh.
+                // Not while a request holds it (a chunk being received, a complete).
                 let forget = s.remote.is_some()
-                    && s.last_used.load(Ordering::Relaxed) + IDLE_CLOSE_SECS <= now;
+                    && s.last_used.load(Ordering::Relaxed) + IDLE_CLOSE_SECS <= now
+                    && Arc::strong_count(s) == 1;
                 if (remove || forget)
                     && let Some(k) = &meta.idempotency_key
                 {

@@ -195,28 +195,45 @@ async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
     drop(c);
 }
 
-#[test]
-fn a_wrong_secret_stops_the_server_at_start_with_the_stores_answer() {
-    let dir = workdir();
-    let s3 = S3Server::start(dir.path(), BUCKET);
-    let token = dir.path().join("token");
+/// Runs `uplink-server --store store` with the store's settings and `env` over them, to
+/// its exit (it must not start): its stderr.
+fn refused_at_start(
+    dir: &std::path::Path,
+    s3: &S3Server,
+    store: &str,
+    env: &[(&str, &str)],
+) -> String {
+    let token = dir.join("token");
     write_secret(&token, TOKEN);
     let out = std::process::Command::new(bin("uplink-server"))
-        .args(["--listen", "127.0.0.1:0", "--store", STORE, "--token-file"])
+        .args(["--listen", "127.0.0.1:0", "--store", store, "--token-file"])
         .arg(&token)
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("AWS_ENDPOINT_URL", &s3.endpoint)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .arg(dir.join("refused"))
+        .envs(s3.env())
+        .envs(env.iter().copied())
         .output()
         .expect("run uplink-server");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_wrong_secret_or_bucket_stops_the_server_at_start_with_the_stores_answer() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let err = refused_at_start(
+        dir.path(),
+        &s3,
+        STORE,
+        &[("AWS_SECRET_ACCESS_KEY", "not-the-secret")],
+    );
     assert!(
         err.contains("bucket captures") && err.contains("403"),
         "{err}"
     );
+    let err = refused_at_start(dir.path(), &s3, "s3://no-such-bucket/x", &[]);
+    assert!(err.contains("NoSuchBucket"), "{err}");
 }
 
 #[test]
@@ -227,19 +244,7 @@ fn over_https_the_store_is_trusted_through_aws_ca_bundle_and_only_so() {
     let ca = ca.to_str().expect("utf-8 path");
 
     // Without the endpoint's CA (the system's roots only) the server does not start.
-    let token = dir.path().join("token");
-    write_secret(&token, TOKEN);
-    let out = std::process::Command::new(bin("uplink-server"))
-        .args(["--listen", "127.0.0.1:0", "--store", STORE, "--token-file"])
-        .arg(&token)
-        .arg("--data-dir")
-        .arg(dir.path().join("untrusting"))
-        .envs(s3.env())
-        .env("AWS_CA_BUNDLE", "")
-        .output()
-        .expect("run uplink-server");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_start(dir.path(), &s3, STORE, &[("AWS_CA_BUNDLE", "")]);
     assert!(err.contains("certificate"), "{err}");
 
     // With it, uploads go through TLS to the store.
