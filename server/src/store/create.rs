@@ -116,6 +116,7 @@ impl Store {
                         .retry_in(1))
                     });
             }
+            remote.mark_open(&meta)?;
         }
         let dir = self.sessions_dir.join(&id);
         let make = || -> std::io::Result<PartFile> {

@@ -45,12 +45,16 @@ impl Store {
         if quota.bytes.is_none() && quota.sessions.is_none() {
             return Ok(());
         }
-        let (open, open_bytes) = {
-            let idx = lock(&self.index);
-            idx.by_id
-                .values()
-                .filter(|s| s.tenant == tenant && lock(&s.meta).completed.is_none())
-                .fold((0usize, 0u64), |(n, b), s| (n + 1, b + s.size))
+        let (open, open_bytes) = match &self.remote {
+            // Every node's uploads count.
+            Some(remote) => remote.open_uploads(tenant)?,
+            None => {
+                let idx = lock(&self.index);
+                idx.by_id
+                    .values()
+                    .filter(|s| s.tenant == tenant && lock(&s.meta).completed.is_none())
+                    .fold((0usize, 0u64), |(n, b), s| (n + 1, b + s.size))
+            }
         };
         if let Some(max) = quota.sessions
             && session

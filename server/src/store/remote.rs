@@ -6,6 +6,8 @@
 //! sessions/<id>/meta.json                          the session (as on disk)
 //! sessions/<id>/chunks/<offset:020>.<len>.<sha256> one verified chunk: its bytes, its record in its name
 //! objects/<name> | objects/<tenant>/<name>         completed files
+//! open/<tenant>/<id>.<size>                        an upload open (for quotas across nodes)
+//! keys/<hash>                                      the upload an idempotency key created
 //! ```
 //! A chunk is acknowledged once its PUT returned: S3 made it durable, and its key *is* the
 //! chunk log, so whichever node the client reaches next lists the same chunks. A node
@@ -248,6 +250,40 @@ impl Remote {
             .map_err(|e| s3_error("deleting the idempotency key", &e))
     }
 
+    /// The marker of an upload open (created, not completed): `open/<tenant>/<id>.<size>`,
+    /// so one listing counts a tenant's open uploads and their bytes across nodes.
+    fn open_marker(&self, meta: &SessionMeta) -> String {
+        self.key(&format!(
+            "open/{}/{}.{}",
+            meta.tenant, meta.upload_id, meta.size
+        ))
+    }
+
+    pub(super) fn mark_open(&self, meta: &SessionMeta) -> Result<(), ApiError> {
+        self.s3
+            .put(&self.open_marker(meta), Vec::new(), None, false, &[])
+            .map_err(|e| s3_error("recording the upload as open", &e))
+    }
+
+    pub(super) fn mark_closed(&self, meta: &SessionMeta) -> Result<(), ApiError> {
+        self.s3
+            .delete(&self.open_marker(meta))
+            .map_err(|e| s3_error("recording the upload as closed", &e))
+    }
+
+    /// `tenant`'s uploads open on any node: how many, and their declared bytes.
+    pub(super) fn open_uploads(&self, tenant: &str) -> Result<(usize, u64), ApiError> {
+        let prefix = self.key(&format!("open/{tenant}/"));
+        let listed = self
+            .s3
+            .list(&prefix)
+            .map_err(|e| s3_error("counting the tenant's open uploads", &e))?;
+        Ok(listed
+            .iter()
+            .filter_map(|i| i.key.rsplit_once('.')?.1.parse::<u64>().ok())
+            .fold((0, 0), |(n, b), size| (n + 1, b + size)))
+    }
+
     /// Removes every key of session `id` (and the idempotency key that names it, if
     /// `meta` tells it).
     pub(super) fn delete_session(
@@ -255,11 +291,13 @@ impl Remote {
         id: &str,
         meta: Option<&SessionMeta>,
     ) -> Result<(), ApiError> {
-        if let Some(meta) = meta
-            && let Some(key) = &meta.idempotency_key
-            && self.key_owner(&meta.tenant, key)?.as_deref() == Some(id)
-        {
-            self.release_key(&meta.tenant, key)?;
+        if let Some(meta) = meta {
+            self.mark_closed(meta)?;
+            if let Some(key) = &meta.idempotency_key
+                && self.key_owner(&meta.tenant, key)?.as_deref() == Some(id)
+            {
+                self.release_key(&meta.tenant, key)?;
+            }
         }
         let all = self
             .s3

@@ -204,7 +204,11 @@ impl Session {
         // Not under the meta lock: the sweep and quota checks take it, and S3 may be slow.
         let next = lock(&self.meta).completed_with(&done, size, &claimed);
         remote.save_meta(&next)?;
-        *lock(&self.meta) = next;
+        *lock(&self.meta) = next.clone();
+        if let Err(e) = remote.mark_closed(&next) {
+            // It goes with the session's sweep; until then it counts against the quota.
+            tracing::warn!(upload_id = %self.id, error = %e.message, "cannot unmark an upload");
+        }
         store.note_stored(&self.tenant, size, 0);
         // The chunk objects go after the answer: one request each, thousands for a big
         // file. If this stops midway, the rest go when the session is swept.

@@ -11,8 +11,14 @@ const STORE: &str = "s3://captures/uplink";
 const MIB: u64 = 1 << 20;
 
 /// Starts a node of the store in `dir`, at `listen`, serving the certificate in
-/// `tls_from` (another node's generated one) if given.
-fn node(dir: &std::path::Path, listen: &str, s3: &S3Server, tls_from: Option<&Server>) -> Server {
+/// `tls_from` (another node's generated one) if given, with `extra` flags.
+fn node(
+    dir: &std::path::Path,
+    listen: &str,
+    s3: &S3Server,
+    tls_from: Option<&Server>,
+    extra: &[&str],
+) -> Server {
     if let Some(other) = tls_from {
         let to = dir.join("server-data/tls");
         std::fs::create_dir_all(&to).unwrap();
@@ -21,14 +27,15 @@ fn node(dir: &std::path::Path, listen: &str, s3: &S3Server, tls_from: Option<&Se
         }
         chmod(&to.join("key.pem"), 0o600);
     }
-    Server::start_on(dir, listen, &["--store", STORE], &s3.env())
+    let flags = [&["--store", STORE][..], extra].concat();
+    Server::start_on(dir, listen, &flags, &s3.env())
 }
 
 #[test]
 fn a_node_killed_mid_upload_and_the_daemon_finishes_through_another() {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
-    let mut a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None);
+    let mut a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &[]);
     let file = dir.path().join("scan.bin");
     random_file(&file, 96 * MIB);
     let device = dir.path().join("device");
@@ -42,7 +49,7 @@ fn a_node_killed_mid_upload_and_the_daemon_finishes_through_another() {
 
     // Node B: a fresh data dir, the same address (what a load balancer or DNS name gives
     // the daemon), the same certificate and store.
-    let b = node(&dir.path().join("node-b"), &a.addr, &s3, Some(&a));
+    let b = node(&dir.path().join("node-b"), &a.addr, &s3, Some(&a), &[]);
     assert!(
         !b.data_dir.join("sessions").join(&upload_id).exists(),
         "node B starts with nothing of the upload on its own disk"
@@ -94,8 +101,14 @@ fn create(name: &str, size: u64) -> CreateUpload {
 async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
-    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None);
-    let b = node(&dir.path().join("node-b"), "127.0.0.1:0", &s3, Some(&a));
+    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &[]);
+    let b = node(
+        &dir.path().join("node-b"),
+        "127.0.0.1:0",
+        &s3,
+        Some(&a),
+        &[],
+    );
     let (api_a, api_b) = (server_client(&a), server_client(&b));
 
     // Two uploads of one name, each begun on a different node, their chunks alternating
@@ -182,7 +195,10 @@ async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
         &s3.env(),
     );
     let swept = wait_for(std::time::Duration::from_secs(20), || {
-        let left = s3.keys("uplink/sessions/").len() + s3.keys("uplink/keys/").len();
+        let left = ["sessions", "keys", "open"]
+            .iter()
+            .map(|k| s3.keys(&format!("uplink/{k}/")).len())
+            .sum::<usize>();
         (left == 0).then_some(())
     });
     assert!(
@@ -267,4 +283,36 @@ fn over_https_the_store_is_trusted_through_aws_ca_bundle_and_only_so() {
         s3.object_sha("uplink/objects/mesh.bin"),
         Some((sha256_file(&file), 20 * MIB + 3))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_quota_counts_the_uploads_open_on_every_node() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let quota = ["--quota-sessions", "1"];
+    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &quota);
+    let b = node(
+        &dir.path().join("node-b"),
+        "127.0.0.1:0",
+        &s3,
+        Some(&a),
+        &quota,
+    );
+    let (api_a, api_b) = (server_client(&a), server_client(&b));
+
+    let first = api_a
+        .create("q-1", &create("one.bin", 10))
+        .await
+        .expect("the first upload");
+    // Open on node A: node B counts it.
+    refused_with(
+        api_b.create("q-2", &create("two.bin", 10)).await,
+        429,
+        "too_many_sessions",
+    );
+    api_a.delete(&first.upload_id).await.expect("delete");
+    api_b
+        .create("q-3", &create("two.bin", 10))
+        .await
+        .expect("room again once the first is gone");
 }
