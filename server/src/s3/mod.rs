@@ -15,30 +15,24 @@
 //! (`bucket.s3.region.amazonaws.com/key`).
 
 mod config;
+mod connection;
 pub mod sigv4;
 pub mod writer;
 pub mod xml;
 
-use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
-use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 
 pub use config::Config;
+use connection::{Connections, Parts};
 use sigv4::{Credentials, Signable, UNSIGNED_PAYLOAD};
 
 /// How long one S3 request may take, body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Idle connections kept for reuse.
-const POOL: usize = 16;
 
 /// A failed S3 call: the HTTP status and S3's error code when the server answered.
 #[derive(Debug, Clone)]
@@ -49,7 +43,7 @@ pub struct S3Error {
 }
 
 impl S3Error {
-    fn transport(message: impl Into<String>) -> S3Error {
+    pub(super) fn transport(message: impl Into<String>) -> S3Error {
         S3Error {
             status: None,
             code: "Transport".into(),
@@ -113,46 +107,6 @@ pub struct Listed {
     pub last_modified: String,
 }
 
-/// A request body of several buffers (a chunk as it arrived), sent without joining them.
-pub struct Parts {
-    parts: VecDeque<Bytes>,
-    left: u64,
-}
-
-impl Parts {
-    pub fn new(parts: Vec<Bytes>) -> Parts {
-        let left = parts.iter().map(|p| p.len() as u64).sum();
-        Parts {
-            parts: parts.into(),
-            left,
-        }
-    }
-}
-
-impl http_body::Body for Parts {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let next = self.parts.pop_front();
-        if let Some(b) = &next {
-            self.left -= b.len() as u64;
-        }
-        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
-    }
-}
-
 /// A client for one bucket.
 #[derive(Clone)]
 pub struct S3 {
@@ -160,16 +114,12 @@ pub struct S3 {
 }
 
 struct Inner {
-    https: bool,
-    /// `host[:port]` to connect to and sign.
-    authority: String,
+    conns: Connections,
     /// `/bucket` for path-style addressing, else empty.
     bucket_path: String,
     bucket: String,
     region: String,
     creds: Credentials,
-    tls: Option<tokio_rustls::TlsConnector>,
-    pool: Mutex<Vec<SendRequest<Parts>>>,
     rt: &'static tokio::runtime::Runtime,
 }
 
@@ -191,10 +141,6 @@ impl S3 {
             .build()
             .map_err(|e| format!("cannot start the S3 client's runtime: {e}"))?;
         let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
-        let tls = match config.https {
-            true => Some(tls_connector(config.ca_bundle.as_deref())?),
-            false => None,
-        };
         let (authority, bucket_path) = match config.path_style {
             true => (config.authority, format!("/{}", config.bucket)),
             false => (
@@ -202,16 +148,14 @@ impl S3 {
                 String::new(),
             ),
         };
+        let conns = Connections::new(config.https, authority, config.ca_bundle.as_deref())?;
         Ok(S3 {
             inner: Arc::new(Inner {
-                https: config.https,
-                authority,
+                conns,
                 bucket_path,
                 bucket: config.bucket,
                 region: config.region,
                 creds: config.credentials,
-                tls,
-                pool: Mutex::new(Vec::new()),
                 rt,
             }),
         })
@@ -470,7 +414,7 @@ impl S3 {
             None => UNSIGNED_PAYLOAD.to_string(),
         };
         let amz_date = sigv4::amz_date(now_secs());
-        headers.push(("host".into(), inner.authority.clone()));
+        headers.push(("host".into(), inner.conns.authority.clone()));
         headers.push(("x-amz-date".into(), amz_date.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
         if let Some(t) = &inner.creds.session_token {
@@ -517,7 +461,8 @@ impl S3 {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         inner.rt.spawn(async move {
             let answer =
-                tokio::time::timeout(REQUEST_TIMEOUT, inner2.roundtrip(build, repeatable)).await;
+                tokio::time::timeout(REQUEST_TIMEOUT, inner2.conns.roundtrip(build, repeatable))
+                    .await;
             let answer = answer.unwrap_or_else(|_| {
                 Err(S3Error::transport(format!(
                     "no answer within {} s",
@@ -546,97 +491,6 @@ impl S3 {
     }
 }
 
-impl Inner {
-    /// Sends on a pooled connection (replacing it once if the server had closed it) or a
-    /// new one; returns status, headers and the whole body.
-    async fn roundtrip(
-        &self,
-        build: impl Fn() -> Result<Request<Parts>, S3Error>,
-        repeatable: bool,
-    ) -> Result<(u16, HeaderMap, Bytes), S3Error> {
-        let mut pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(sender) = &mut pooled
-            && sender.ready().await.is_err()
-        {
-            pooled = None;
-        }
-        let resp = match pooled {
-            Some(mut sender) => {
-                match sender.send_request(build()?).await {
-                    Ok(r) => Ok((r, sender)),
-                    // Closed under us before an answer: once more on a fresh connection.
-                    Err(e)
-                        if e.is_canceled()
-                            || repeatable && (e.is_closed() || e.is_incomplete_message()) =>
-                    {
-                        Err(())
-                    }
-                    Err(e) => return Err(S3Error::transport(format!("request failed: {e}"))),
-                }
-            }
-            None => Err(()),
-        };
-        let (resp, sender) = match resp {
-            Ok(pair) => pair,
-            Err(()) => {
-                let mut sender = self.connect().await?;
-                let r = sender
-                    .send_request(build()?)
-                    .await
-                    .map_err(|e| S3Error::transport(format!("request failed: {e}")))?;
-                (r, sender)
-            }
-        };
-        let status = resp.status().as_u16();
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| S3Error::transport(format!("reading the answer: {e}")))?
-            .to_bytes();
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL && !sender.is_closed() {
-            pool.push(sender);
-        }
-        Ok((status, parts.headers, body))
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Parts>, S3Error> {
-        let fail = |e: std::io::Error| {
-            S3Error::transport(format!("cannot connect to {}: {e}", self.authority))
-        };
-        let addr = match self.authority.contains(':') {
-            true => self.authority.clone(),
-            false => format!("{}:{}", self.authority, if self.https { 443 } else { 80 }),
-        };
-        let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(fail)?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => handshake(tcp).await,
-            Some(tls) => {
-                let host = self.authority.split(':').next().unwrap_or_default();
-                let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| S3Error::transport(format!("bad S3 host {host}: {e}")))?;
-                let stream = tls.connect(name, tcp).await.map_err(fail)?;
-                handshake(stream).await
-            }
-        }
-    }
-}
-
-async fn handshake<S>(stream: S) -> Result<SendRequest<Parts>, S3Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| S3Error::transport(format!("HTTP handshake: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 /// `x-amz-checksum-crc32c` for a body: S3 verifies the bytes it received against it.
 fn checksum_header(body: &[Bytes]) -> Vec<(String, String)> {
     let crc = body.iter().fold(0u32, |c, b| crc32c::crc32c_append(c, b));
@@ -662,38 +516,6 @@ fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-fn tls_connector(
-    ca_bundle: Option<&std::path::Path>,
-) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_bundle {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read AWS_CA_BUNDLE {}: {e}", path.display()))?;
-            use rustls_pki_types::pem::PemObject;
-            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert =
-                    cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    if roots.is_empty() {
-        return Err("no trusted CA certificates for the S3 endpoint (set AWS_CA_BUNDLE)".into());
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// SHA-256 of a byte slice as an array.
