@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use uplink_proto::wire::code;
 
-use super::SessionMeta;
+use super::{SessionMeta, now_secs};
 use crate::error::ApiError;
 use crate::s3::writer::ObjectWriter;
 use crate::s3::{S3, S3Error};
@@ -284,6 +284,43 @@ impl Remote {
             .fold((0, 0), |(n, b), size| (n + 1, b + size)))
     }
 
+    /// Takes the right to write session `id`'s object: a lease object made with
+    /// `If-None-Match`, so that of nodes asked to complete at once (a client's complete
+    /// timed out and was sent again elsewhere) one writes and the others answer 503 until
+    /// it is done. A lease outlives a node that died holding it by at most [`LEASE_SECS`].
+    pub(super) fn take_lease(&self, id: &str) -> Result<Lease<'_>, ApiError> {
+        let key = self.key(&format!("sessions/{id}/completing"));
+        let busy = || {
+            ApiError::new(
+                503,
+                code::UNAVAILABLE,
+                "another server is completing this upload; ask again shortly",
+            )
+            .retry_in(5)
+        };
+        for _ in 0..2 {
+            let until = Bytes::from((now_secs() + LEASE_SECS).to_string());
+            match self.s3.put(&key, vec![until], None, true, &[]) {
+                Ok(()) => return Ok(Lease { remote: self, key }),
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => return Err(s3_error("taking the completion lease", &e)),
+            }
+            let held_until = self
+                .s3
+                .get(&key)
+                .map_err(|e| s3_error("reading the completion lease", &e))?
+                .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<u64>().ok());
+            if held_until.is_some_and(|t| t > now_secs()) {
+                return Err(busy());
+            }
+            // Its holder died (or just let go): take it over.
+            self.s3
+                .delete(&key)
+                .map_err(|e| s3_error("clearing a stale completion lease", &e))?;
+        }
+        Err(busy())
+    }
+
     /// Removes every key of session `id` (and the idempotency key that names it, if
     /// `meta` tells it).
     pub(super) fn delete_session(
@@ -377,6 +414,23 @@ impl Remote {
             Ok(()) => Ok(Some(replaced)),
             Err(e) if e.is_precondition_failed() => Ok(None),
             Err(e) => Err(s3_error("storing the object", &e)),
+        }
+    }
+}
+
+/// How long a completion lease holds (a complete of 100 GB takes minutes).
+const LEASE_SECS: u64 = 900;
+
+/// The right to write one session's object, given back when dropped.
+pub(super) struct Lease<'a> {
+    remote: &'a Remote,
+    key: String,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.remote.s3.delete(&self.key) {
+            tracing::warn!(key = %self.key, error = %e, "cannot give back a completion lease");
         }
     }
 }

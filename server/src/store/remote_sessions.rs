@@ -123,25 +123,10 @@ impl Session {
         size: u64,
     ) -> Result<UploadCompleted, ApiError> {
         let _one = lock(&self.completing);
-        // Another node may have completed (or deleted) it.
-        match remote.load_meta(&self.id)? {
-            Some(fresh) => *lock(&self.meta) = fresh,
-            None => return Err(ApiError::unknown_upload(&self.id)),
+        if let Some(done) = self.completed_elsewhere(remote, &claimed)? {
+            return Ok(done);
         }
-        let overwrite = {
-            let meta = lock(&self.meta);
-            if let Some(done) = &meta.completed {
-                return match meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
-                    true => Ok(done.clone()),
-                    false => Err(ApiError::new(
-                        422,
-                        code::MERKLE_MISMATCH,
-                        "upload completed with another Merkle root",
-                    )),
-                };
-            }
-            meta.overwrite
-        };
+        let overwrite = lock(&self.meta).overwrite;
         // Chunks another node stored count too; where records overlap (nodes that did not
         // see each other's), the newest way through the file is taken.
         let records = remote.records(&self.id)?;
@@ -152,6 +137,12 @@ impl Session {
             st.chunks = listed.clone();
         }
         super::complete::check_tiling(&listed, size, &claimed)?;
+        let lease = remote.take_lease(&self.id)?;
+        // The node that held the lease before may just have finished.
+        if let Some(done) = self.completed_elsewhere(remote, &claimed)? {
+            return Ok(done);
+        }
+        tracing::info!(upload_id = %self.id, size, "writing the object from its chunks");
         let key = remote.object_key(&self.tenant, &self.name);
         let mut w = ObjectWriter::new(&remote.s3, &key, size, &[(META_UPLOAD, &self.id)]);
         // The next chunks are read while this one is hashed and uploaded.
@@ -204,6 +195,7 @@ impl Session {
         // Not under the meta lock: the sweep and quota checks take it, and S3 may be slow.
         let next = lock(&self.meta).completed_with(&done, size, &claimed);
         remote.save_meta(&next)?;
+        drop(lease);
         *lock(&self.meta) = next.clone();
         if let Err(e) = remote.mark_closed(&next) {
             // It goes with the session's sweep; until then it counts against the quota.
@@ -234,6 +226,31 @@ impl Session {
             tracing::warn!(upload_id = %self.id, error = %e, "chunk objects left for the sweep");
         }
         Ok(done)
+    }
+
+    /// Reads the session again (another node may have completed or deleted it): its
+    /// answer if it is complete, `None` if not yet.
+    fn completed_elsewhere(
+        &self,
+        remote: &Remote,
+        claimed: &[u8; 32],
+    ) -> Result<Option<UploadCompleted>, ApiError> {
+        let Some(fresh) = remote.load_meta(&self.id)? else {
+            return Err(ApiError::unknown_upload(&self.id));
+        };
+        let mut meta = lock(&self.meta);
+        *meta = fresh;
+        let Some(done) = &meta.completed else {
+            return Ok(None);
+        };
+        match meta.merkle_root.as_deref() == Some(&hex::encode(claimed)) {
+            true => Ok(Some(done.clone())),
+            false => Err(ApiError::new(
+                422,
+                code::MERKLE_MISMATCH,
+                "upload completed with another Merkle root",
+            )),
+        }
     }
 
     /// Memory `complete` holds while it writes the object from the store: the chunks read

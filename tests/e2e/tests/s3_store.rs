@@ -316,3 +316,79 @@ async fn the_session_quota_counts_the_uploads_open_on_every_node() {
         .await
         .expect("room again once the first is gone");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_complete_sent_to_two_nodes_at_once_writes_the_object_once() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &[]);
+    let b = node(
+        &dir.path().join("node-b"),
+        "127.0.0.1:0",
+        &s3,
+        Some(&a),
+        &[],
+    );
+    let (api_a, api_b) = (server_client(&a), server_client(&b));
+    let size = 64 * MIB;
+    let chunk = 4 * MIB as usize;
+    let mut data = vec![0u8; size as usize];
+    fill_random(&mut data, &mut 4242);
+    let created = api_a
+        .create("twice", &create("twice.bin", size))
+        .await
+        .expect("create");
+    let keys = api_a
+        .session_keys(&created.upload_id, &created.nonce)
+        .unwrap();
+    let mut leaves = Vec::new();
+    for (n, piece) in data.chunks(chunk).enumerate() {
+        let payload = chunk_payload((n * chunk) as u64, piece.to_vec());
+        api_a.put_chunk(&keys, &payload, 0).await.expect("chunk");
+        leaves.push((payload.offset, piece.len() as u64, payload.sha256));
+    }
+    let root = uplink_proto::merkle::root_of(leaves.iter().map(|(o, l, s)| (*o, *l, s))).unwrap();
+
+    // The client's complete, sent to both nodes at once (as after a timeout and a retry
+    // through the other node): one writes the object; the other answers 503 while it
+    // does, or the same result once it is done.
+    let id = created.upload_id.as_str();
+    let (on_a, on_b) = tokio::join!(
+        api_a.complete(id, &root, None),
+        api_b.complete(id, &root, None)
+    );
+    let want = hex::encode(uplink_proto::integrity::sha256(&data));
+    let mut answered = 0;
+    for r in [on_a, on_b] {
+        match r {
+            Ok(done) => {
+                assert_eq!(done.sha256, want);
+                answered += 1;
+            }
+            Err(e) => refused_with(Err::<(), _>(e), 503, "unavailable"),
+        }
+    }
+    assert!(answered >= 1);
+    for api in [&api_a, &api_b] {
+        let done = api.complete(id, &root, None).await.expect("complete again");
+        assert_eq!(done.sha256, want);
+    }
+    let writes: usize = [&a, &b]
+        .iter()
+        .map(|n| {
+            let log = std::fs::read_to_string(&n.proc.log).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("writing the object from its chunks") && l.contains(id))
+                .count()
+        })
+        .sum();
+    assert_eq!(writes, 1, "the object was written {writes} times");
+    assert_eq!(
+        s3.object_sha("uplink/objects/twice.bin"),
+        Some((want, size))
+    );
+    assert!(
+        s3.keys(&format!("uplink/sessions/{id}/completing"))
+            .is_empty()
+    );
+}
