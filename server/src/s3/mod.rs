@@ -385,6 +385,20 @@ impl S3 {
         Ok(())
     }
 
+    /// Multipart uploads started under `prefix` and neither completed nor aborted:
+    /// (key, upload id, when initiated), at most 1000.
+    pub fn multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, String)>, S3Error> {
+        let query = vec![
+            ("uploads".to_string(), String::new()),
+            ("prefix".to_string(), prefix.to_string()),
+        ];
+        let a = self.call(Method::GET, "", query, Vec::new(), Vec::new(), None)?;
+        Ok(parse_uploads(&String::from_utf8_lossy(&a.body)))
+    }
+
     /// Drops `upload_id` and its parts.
     pub fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
         let query = vec![("uploadId".to_string(), upload_id.to_string())];
@@ -491,6 +505,20 @@ impl S3 {
     }
 }
 
+/// The uploads of a ListMultipartUploads answer.
+fn parse_uploads(xml: &str) -> Vec<(String, String, String)> {
+    xml::blocks(xml, "Upload")
+        .into_iter()
+        .filter_map(|u| {
+            Some((
+                xml::first(u, "Key")?,
+                xml::first(u, "UploadId")?,
+                xml::first(u, "Initiated")?,
+            ))
+        })
+        .collect()
+}
+
 /// `x-amz-checksum-crc32c` for a body: S3 verifies the bytes it received against it.
 fn checksum_header(body: &[Bytes]) -> Vec<(String, String)> {
     let crc = body.iter().fold(0u32, |c, b| crc32c::crc32c_append(c, b));
@@ -533,6 +561,23 @@ impl DigestBytes for sha2::Sha256 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_uploads_in_progress() {
+        let xml = "<ListMultipartUploadsResult><Bucket>b</Bucket>\
+            <Upload><Key>p/objects/a.bin</Key><UploadId>u1</UploadId>\
+            <Initiated>2026-12-03T07:00:00.000Z</Initiated></Upload>\
+            <Upload><Key>p/objects/b.bin</Key><UploadId>u2</UploadId></Upload>\
+            </ListMultipartUploadsResult>";
+        assert_eq!(
+            parse_uploads(xml),
+            [(
+                "p/objects/a.bin".to_string(),
+                "u1".to_string(),
+                "2026-12-03T07:00:00.000Z".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn base64_of_a_crc() {

@@ -140,6 +140,19 @@ pub fn amz_date(unix_secs: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` for a Unix time (how S3 writes times in its listings, which
+/// then compare as text).
+pub fn iso8601(unix_secs: u64) -> String {
+    let (y, m, d) = civil_from_days((unix_secs / 86_400) as i64);
+    let secs = unix_secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
 /// algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -238,6 +251,7 @@ mod tests {
         assert_eq!(amz_date(1_369_353_600), "20130524T000000Z");
         assert_eq!(amz_date(951_782_400 + 3661), "20000229T010101Z");
         assert_eq!(amz_date(4_102_444_799), "20991231T235959Z");
+        assert_eq!(iso8601(951_782_400 + 3661), "2000-02-29T01:01:01");
     }
 
     #[test]

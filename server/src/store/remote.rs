@@ -321,6 +321,32 @@ impl Remote {
         Err(busy())
     }
 
+    /// Aborts the multipart uploads that completes which died left behind (their parts
+    /// cost storage and are never seen). Returns how many.
+    pub(super) fn abort_stale_multiparts(&self, now: u64) -> usize {
+        let uploads = match self.s3.multipart_uploads(&self.key("objects/")) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the multipart uploads in progress");
+                return 0;
+            }
+        };
+        let before = crate::s3::sigv4::iso8601(now.saturating_sub(STALE_MULTIPART_SECS));
+        let mut aborted = 0;
+        for (key, upload_id, initiated) in uploads {
+            if initiated
+                .get(..before.len())
+                .is_some_and(|t| t < before.as_str())
+            {
+                match self.s3.abort_multipart(&key, &upload_id) {
+                    Ok(()) => aborted += 1,
+                    Err(e) => tracing::warn!(%key, error = %e, "cannot abort a multipart upload"),
+                }
+            }
+        }
+        aborted
+    }
+
     /// Removes every key of session `id` (and the idempotency key that names it, if
     /// `meta` tells it).
     pub(super) fn delete_session(
@@ -418,8 +444,12 @@ impl Remote {
     }
 }
 
-/// How long a completion lease holds (a complete of 100 GB takes minutes).
-const LEASE_SECS: u64 = 900;
+/// How long a completion lease holds: a complete of 100 GB takes minutes; one whose node
+/// died holds the upload back at most this long.
+const LEASE_SECS: u64 = 3600;
+/// A multipart upload older than this was left by a complete that died (one that lives
+/// finishes within its lease).
+const STALE_MULTIPART_SECS: u64 = 6 * 3600;
 
 /// The right to write one session's object, given back when dropped.
 pub(super) struct Lease<'a> {

@@ -113,6 +113,13 @@ impl Store {
                 }
             }
         }
+        let aborted = remote.abort_stale_multiparts(now);
+        if aborted > 0 {
+            tracing::info!(
+                aborted,
+                "aborted multipart uploads left by completes that died"
+            );
+        }
         removed
     }
 }
