@@ -1,25 +1,20 @@
 //! Sessions kept in an S3-compatible object store (`--store s3://bucket/prefix`), so that
-//! several `uplink-server` nodes behind one name serve the same uploads.
+//! several `uplink-server` nodes behind one name serve the same uploads: the layout, and
+//! the S3 calls the store makes (`remote_sessions.rs` is the Store and Session side).
 //!
 //! Layout under the prefix:
 //! ```text
 //! sessions/<id>/meta.json                          the session (as on disk)
 //! sessions/<id>/chunks/<offset:020>.<len>.<sha256> one verified chunk: its bytes, its record in its name
+//! sessions/<id>/completing                         the completion lease (until when, Unix seconds)
 //! objects/<name> | objects/<tenant>/<name>         completed files
 //! open/<tenant>/<id>.<size>                        an upload open (for quotas across nodes)
 //! keys/<hash>                                      the upload an idempotency key created
 //! ```
 //! A chunk is acknowledged once its PUT returned: S3 made it durable, and its key *is* the
-//! chunk log, so whichever node the client reaches next lists the same chunks. A node
-//! knows a session it did not create by reading it on first request ([`Store::get`]);
-//! `complete` lists the chunks again, so chunks another node took count.
-//!
-//! `complete` reads the chunks in order into the object — one multipart upload of fixed
-//! parts ([`crate::s3::writer`]), hashing as it goes (the whole-file SHA-256 comes from
-//! that same pass) — and makes it visible with `If-None-Match: *` unless the upload asked
-//! to overwrite, so of two uploads of one name exactly one wins. The object carries the
-//! upload id in its metadata, so a complete repeated after a crash recognises its own
-//! object. The chunk objects go once completion is recorded.
+//! chunk log, so whichever node the client reaches next lists the same chunks. Nodes that
+//! did not see each other's chunks can store overlapping ones; `complete` takes the newest
+//! way through the file ([`tiling`]).
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,15 @@
-//! The Store and Session side of the object-store backend (see `remote.rs` for the
-//! layout): a node reads a session it does not know when a request first names it,
-//! reads it again for requests that report it, and completes it from the chunks the store
-//! lists (whichever node took them).
+//! The Store and Session side of the object-store backend (`remote.rs` has the layout):
+//! a node reads a session it does not know when a request first names it, reads it again
+//! for requests that report it, and completes it from the chunks the store lists
+//! (whichever node took them).
+//!
+//! `complete` takes the session's lease (so two nodes asked at once write the object
+//! once), reads the chunks in order into the object — one multipart upload of fixed parts
+//! ([`crate::s3::writer`]), hashing as it goes (the whole-file SHA-256 comes from that
+//! same pass) — and makes it visible with `If-None-Match: *` unless the upload asked to
+//! overwrite, so of two uploads of one name exactly one wins. The object carries the
+//! upload id in its metadata, so a complete repeated after a crash recognises its own
+//! object. The chunk objects go after the answer.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
