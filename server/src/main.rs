@@ -213,6 +213,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => {
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let config = s3::Config::from_env(url, &env)?;
+            let credentials = config.credentials.describe();
+            tracing::info!(store = %url, %credentials, "object store");
             let prefix = config.prefix.clone();
             let remote = store::Remote::new(s3::S3::new(config)?, &prefix, per_tenant);
             remote.probe()?;

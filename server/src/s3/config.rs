@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use super::credentials::{ContainerToken, Endpoint, Source};
 use super::sigv4::Credentials;
 
 /// Everything the client needs.
@@ -18,7 +19,8 @@ pub struct Config {
     pub authority: String,
     pub path_style: bool,
     pub region: String,
-    pub credentials: Credentials,
+    /// Where the credentials come from (fetched at the first request, not here).
+    pub credentials: Source,
     pub ca_bundle: Option<PathBuf>,
 }
 
@@ -75,35 +77,18 @@ impl Config {
         };
         let region = setting(&["AWS_REGION", "AWS_DEFAULT_REGION"], "region")
             .unwrap_or_else(|| "us-east-1".into());
-        let access_key_id = setting(&["AWS_ACCESS_KEY_ID"], "aws_access_key_id");
-        let secret = setting(&["AWS_SECRET_ACCESS_KEY"], "aws_secret_access_key");
-        let (Some(access_key_id), Some(secret)) = (access_key_id, secret) else {
-            return Err(format!(
-                "--store {url}: no S3 credentials (set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY, or profile {profile:?} in ~/.aws/credentials)"
-            ));
-        };
-        let credentials = Credentials {
-            access_key_id,
-            secret_access_key: Zeroizing::new(secret),
-            session_token: setting(&["AWS_SESSION_TOKEN"], "aws_session_token"),
-        };
         let endpoint = setting(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"], "endpoint_url");
         let (https, authority, path_style) = match endpoint {
             Some(e) => {
-                let (https, rest) = match (e.strip_prefix("https://"), e.strip_prefix("http://")) {
-                    (Some(r), _) => (true, r),
-                    (None, Some(r)) => (false, r),
-                    _ => return Err(format!("endpoint {e:?}: expected http:// or https://")),
-                };
-                let authority = rest.trim_end_matches('/');
-                if authority.is_empty() || authority.contains('/') {
+                let parsed = Endpoint::parse(&e).map_err(|m| format!("endpoint {m}"))?;
+                if parsed.path != "/" {
                     return Err(format!("endpoint {e:?}: expected scheme://host[:port]"));
                 }
-                (https, authority.to_string(), true)
+                (parsed.https, parsed.authority, true)
             }
             None => (true, format!("s3.{region}.amazonaws.com"), false),
         };
+        let credentials = credential_source(url, &var, &setting, &region, &profile)?;
         Ok(Config {
             bucket,
             prefix,
@@ -115,6 +100,93 @@ impl Config {
             ca_bundle: setting(&["AWS_CA_BUNDLE"], "ca_bundle").map(PathBuf::from),
         })
     }
+}
+
+/// The first link of the credential chain the environment and profile set up (see
+/// [`super::credentials`] for the order).
+fn credential_source(
+    url: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+    setting: &dyn Fn(&[&str], &str) -> Option<String>,
+    region: &str,
+    profile: &str,
+) -> Result<Source, String> {
+    let access_key_id = setting(&["AWS_ACCESS_KEY_ID"], "aws_access_key_id");
+    let secret = setting(&["AWS_SECRET_ACCESS_KEY"], "aws_secret_access_key");
+    if let (Some(access_key_id), Some(secret)) = (access_key_id, secret) {
+        return Ok(Source::Static(Credentials {
+            access_key_id,
+            secret_access_key: Zeroizing::new(secret),
+            session_token: setting(&["AWS_SESSION_TOKEN"], "aws_session_token"),
+        }));
+    }
+    let role_arn = setting(&["AWS_ROLE_ARN"], "role_arn");
+    let token_file = setting(&["AWS_WEB_IDENTITY_TOKEN_FILE"], "web_identity_token_file");
+    match (role_arn, token_file) {
+        (Some(role_arn), Some(token_file)) => {
+            let sts = match setting(
+                &["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"],
+                "endpoint_url",
+            ) {
+                Some(e) => Endpoint::parse(&e).map_err(|m| format!("STS endpoint {m}"))?,
+                None => Endpoint {
+                    https: true,
+                    authority: format!("sts.{region}.amazonaws.com"),
+                    path: "/".into(),
+                },
+            };
+            return Ok(Source::WebIdentity {
+                role_arn,
+                token_file: PathBuf::from(token_file),
+                session_name: setting(&["AWS_ROLE_SESSION_NAME"], "role_session_name")
+                    .unwrap_or_else(|| "uplink-server".into()),
+                sts,
+            });
+        }
+        (Some(role_arn), None) => {
+            return Err(format!(
+                "--store {url}: profile {profile:?} assumes role {role_arn} without a web \
+                 identity token file; roles assumed from another profile's keys \
+                 (source_profile) are not supported: give the keys, or \
+                 AWS_WEB_IDENTITY_TOKEN_FILE"
+            ));
+        }
+        _ => {}
+    }
+    let container = match (
+        var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+    ) {
+        (Some(full), _) => Some(full),
+        (None, Some(rel)) => Some(format!("http://169.254.170.2{rel}")),
+        (None, None) => None,
+    };
+    if let Some(c) = container {
+        let endpoint =
+            Endpoint::parse(&c).map_err(|m| format!("AWS_CONTAINER_CREDENTIALS_*_URI {m}"))?;
+        let token = match (
+            var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+            var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        ) {
+            (Some(f), _) => Some(ContainerToken::File(PathBuf::from(f))),
+            (None, Some(v)) => Some(ContainerToken::Value(v)),
+            (None, None) => None,
+        };
+        return Ok(Source::Container { endpoint, token });
+    }
+    if var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Err(format!(
+            "--store {url}: no S3 credentials (set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, profile {profile:?} in ~/.aws/credentials, \
+             AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE, or a container endpoint; \
+             the instance metadata service is off by AWS_EC2_METADATA_DISABLED)"
+        ));
+    }
+    let imds =
+        var("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into());
+    let endpoint =
+        Endpoint::parse(&imds).map_err(|m| format!("AWS_EC2_METADATA_SERVICE_ENDPOINT {m}"))?;
+    Ok(Source::Imds { endpoint })
 }
 
 /// The `key = value` lines of `[section]` in an INI file (a missing file is empty).
@@ -181,7 +253,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.credentials.access_key_id, "FILEKEY");
+        assert_eq!(key_id(&c), "FILEKEY");
         assert_eq!(c.authority, "s3.eu-west-1.amazonaws.com");
         assert!(c.https && !c.path_style);
         let c = Config::from_env(
@@ -193,7 +265,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.credentials.access_key_id, "OTHER");
+        assert_eq!(key_id(&c), "OTHER");
         assert_eq!(
             (c.https, c.authority.as_str(), c.path_style),
             (false, "127.0.0.1:9000", true)
@@ -203,11 +275,95 @@ mod tests {
             &env(&[("AWS_ACCESS_KEY_ID", "ENV"), ("AWS_SECRET_ACCESS_KEY", "s")]),
         )
         .unwrap();
+        assert_eq!((key_id(&c), c.region.as_str()), ("ENV", "us-east-1"));
+    }
+
+    fn key_id(c: &Config) -> &str {
+        match &c.credentials {
+            Source::Static(k) => &k.access_key_id,
+            other => panic!("expected static keys, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_keys_a_web_identity_then_a_container_then_the_instance_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            "[profile pod]\nrole_arn = arn:aws:iam::1:role/from-file\n\
+             web_identity_token_file = /var/run/token\n\
+             [profile broken]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = default\n",
+        )
+        .unwrap();
+        let config = config.to_str().unwrap();
+        let source = |pairs: &[(&str, &str)]| Config::from_env("s3://bucket1", &env(pairs));
+
+        let c = source(&[
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/ingest"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/tok"),
+            ("AWS_REGION", "eu-west-1"),
+        ])
+        .unwrap();
+        let Source::WebIdentity {
+            role_arn,
+            token_file,
+            session_name,
+            sts,
+        } = c.credentials
+        else {
+            panic!("expected a web identity");
+        };
         assert_eq!(
-            (c.credentials.access_key_id.as_str(), c.region.as_str()),
-            ("ENV", "us-east-1")
+            (
+                role_arn.as_str(),
+                token_file.to_str(),
+                session_name.as_str()
+            ),
+            ("arn:aws:iam::1:role/ingest", Some("/tok"), "uplink-server")
         );
-        let missing = Config::from_env("s3://bucket1", &env(&[])).err().unwrap();
+        assert_eq!(
+            (sts.https, sts.authority.as_str()),
+            (true, "sts.eu-west-1.amazonaws.com")
+        );
+        let c = source(&[("AWS_CONFIG_FILE", config), ("AWS_PROFILE", "pod")]).unwrap();
+        assert!(
+            matches!(&c.credentials, Source::WebIdentity { role_arn, .. } if role_arn.ends_with("from-file"))
+        );
+        let broken = source(&[("AWS_CONFIG_FILE", config), ("AWS_PROFILE", "broken")]);
+        assert!(broken.err().unwrap().contains("source_profile"));
+        // Static keys come first, whatever else is set.
+        let c = source(&[
+            ("AWS_ACCESS_KEY_ID", "K"),
+            ("AWS_SECRET_ACCESS_KEY", "S"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/ingest"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/tok"),
+        ])
+        .unwrap();
+        assert_eq!(key_id(&c), "K");
+
+        let c = source(&[
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/credentials/x",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/t"),
+        ])
+        .unwrap();
+        let Source::Container { endpoint, token } = c.credentials else {
+            panic!("expected the container endpoint");
+        };
+        assert_eq!(endpoint.authority, "169.254.170.2");
+        assert_eq!(endpoint.path, "/v2/credentials/x");
+        assert_eq!(token, Some(ContainerToken::File("/t".into())));
+
+        let c = source(&[]).unwrap();
+        assert!(
+            matches!(&c.credentials, Source::Imds { endpoint } if endpoint.authority == "169.254.169.254")
+        );
+        let missing = source(&[("AWS_EC2_METADATA_DISABLED", "true")])
+            .err()
+            .unwrap();
         assert!(missing.contains("no S3 credentials"), "{missing}");
     }
 }

@@ -8,14 +8,15 @@
 //! answers a failure with a retryable status and the daemon's one retry policy takes over.
 //!
 //! Configuration comes from where every AWS tool reads it: `AWS_ENDPOINT_URL_S3` /
-//! `AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID` /
-//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the profile (`AWS_PROFILE`, default
-//! `default`) in `~/.aws/credentials` and `~/.aws/config`. A custom endpoint is addressed
+//! `AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, the profile (`AWS_PROFILE`,
+//! default `default`) in `~/.aws/credentials` and `~/.aws/config`; credentials by the SDKs'
+//! chain ([`credentials`]: keys, web identity, container, instance role). A custom endpoint is addressed
 //! path-style (`endpoint/bucket/key`), AWS itself virtual-hosted
 //! (`bucket.s3.region.amazonaws.com/key`).
 
 mod config;
 mod connection;
+pub mod credentials;
 pub mod sigv4;
 pub mod writer;
 pub mod xml;
@@ -29,7 +30,8 @@ use http::{HeaderMap, Method, Request};
 
 pub use config::Config;
 use connection::{Connections, Parts};
-use sigv4::{Credentials, Signable, UNSIGNED_PAYLOAD};
+use credentials::Provider;
+use sigv4::{Signable, UNSIGNED_PAYLOAD};
 
 /// How long one S3 request may take, body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -119,7 +121,7 @@ struct Inner {
     bucket_path: String,
     bucket: String,
     region: String,
-    creds: Credentials,
+    creds: Provider,
     rt: &'static tokio::runtime::Runtime,
 }
 
@@ -149,13 +151,14 @@ impl S3 {
             ),
         };
         let conns = Connections::new(config.https, authority, config.ca_bundle.as_deref())?;
+        let creds = Provider::new(config.credentials, config.ca_bundle.as_deref())?;
         Ok(S3 {
             inner: Arc::new(Inner {
                 conns,
                 bucket_path,
                 bucket: config.bucket,
                 region: config.region,
-                creds: config.credentials,
+                creds,
                 rt,
             }),
         })
@@ -427,15 +430,17 @@ impl S3 {
             None if body.is_empty() => hex::encode(sha2::Sha256::digest_bytes(b"")),
             None => UNSIGNED_PAYLOAD.to_string(),
         };
-        let amz_date = sigv4::amz_date(now_secs());
+        let now = now_secs();
+        let creds = inner.creds.current(inner.rt, now)?;
+        let amz_date = sigv4::amz_date(now);
         headers.push(("host".into(), inner.conns.authority.clone()));
         headers.push(("x-amz-date".into(), amz_date.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.clone()));
-        if let Some(t) = &inner.creds.session_token {
+        if let Some(t) = &creds.session_token {
             headers.push(("x-amz-security-token".into(), t.clone()));
         }
         let auth = sigv4::authorization(
-            &inner.creds,
+            &creds,
             &inner.region,
             &amz_date,
             &Signable {

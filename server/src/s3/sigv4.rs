@@ -153,6 +153,42 @@ pub fn iso8601(unix_secs: u64) -> String {
     )
 }
 
+/// Unix seconds of an ISO 8601 UTC time (`2026-12-03T10:03:39Z`, fractions of a second
+/// ignored), as STS, IMDS and S3 write it; `None` if it is not one.
+pub fn parse_iso8601(s: &str) -> Option<u64> {
+    let s = s.trim().trim_end_matches('Z');
+    let (date, time) = s.split_once('T')?;
+    let time = time.split('.').next()?;
+    let num = |t: &str| t.parse::<i64>().ok();
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let mut t = time.split(':');
+    let (h, min, sec) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    let valid = d.next().is_none()
+        && t.next().is_none()
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&h)
+        && (0..60).contains(&min)
+        && (0..=60).contains(&sec);
+    if !valid {
+        return None;
+    }
+    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + min * 60 + sec;
+    u64::try_from(secs).ok()
+}
+
+/// (year, month, day) to days since 1970-01-01, the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
 /// algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -252,6 +288,22 @@ mod tests {
         assert_eq!(amz_date(951_782_400 + 3661), "20000229T010101Z");
         assert_eq!(amz_date(4_102_444_799), "20991231T235959Z");
         assert_eq!(iso8601(951_782_400 + 3661), "2000-02-29T01:01:01");
+        for t in [0, 951_782_400 + 3661, 1_796_292_219, 4_102_444_800] {
+            assert_eq!(parse_iso8601(&format!("{}Z", iso8601(t))), Some(t));
+        }
+        assert_eq!(
+            parse_iso8601("2026-12-03T10:03:39.871883Z"),
+            Some(1_796_292_219)
+        );
+        for bad in [
+            "",
+            "2026-12-03",
+            "2026-13-01T00:00:00Z",
+            "2026-12-03T25:00:00Z",
+            "x-y-zT1:2:3",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
     }
 
     #[test]

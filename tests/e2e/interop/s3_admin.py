@@ -1,9 +1,14 @@
 """What an operator does with boto3 around uplink-server's S3 store, for the e2e tests.
 
-  s3_admin.py setup ENDPOINT BUCKET          -> {"access_key_id": ..., "secret_access_key": ...}
-      (moto started with INITIAL_NO_AUTH_ACTION_COUNT=3: an IAM user allowed s3:*, its
-      access key, then the bucket made with that key; every later request must be signed
-      with it, so a wrong signature is refused)
+  s3_admin.py setup ENDPOINT BUCKET
+      -> {"access_key_id": ..., "secret_access_key": ..., "role_arn": ...}
+      (moto started with INITIAL_NO_AUTH_ACTION_COUNT=5: an IAM user allowed s3:*, a role
+      allowed s3:* that a web identity may assume, the user's access key, then the bucket
+      made with that key; every later request must be signed, so a wrong signature is
+      refused)
+  s3_admin.py unsigned ENDPOINT N   -> lets the next N requests through unsigned (moto's
+      reset-auth): STS's AssumeRoleWithWebIdentity is unsigned in AWS, and moto checks
+      every request once the first ones are spent
   s3_admin.py sha ENDPOINT KEY SECRET BUCKET OBJECT   -> "<sha256 hex> <size>" or "missing"
   s3_admin.py shas ENDPOINT KEY SECRET BUCKET PREFIX  -> "<key> <sha256 hex> <size>" per object
   s3_admin.py list ENDPOINT KEY SECRET BUCKET PREFIX  -> the keys, one per line
@@ -11,7 +16,10 @@
 """
 import hashlib
 import json
+import os
+import ssl
 import sys
+import urllib.request
 
 import boto3
 import botocore
@@ -25,6 +33,11 @@ def client(endpoint, key, secret):
         aws_secret_access_key=secret,
         region_name="us-east-1",
     )
+
+
+def ssl_context():
+    ca = os.environ.get("AWS_CA_BUNDLE")
+    return ssl.create_default_context(cafile=ca) if ca else None
 
 
 def digest(body):
@@ -52,9 +65,41 @@ def main(argv):
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
         }
         iam.put_user_policy(UserName="uplink", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/cluster"},
+                    "Action": "sts:AssumeRoleWithWebIdentity",
+                }
+            ],
+        }
+        role = iam.create_role(RoleName="uplink-ingest", AssumeRolePolicyDocument=json.dumps(trust))
+        iam.put_role_policy(RoleName="uplink-ingest", PolicyName="s3", PolicyDocument=json.dumps(policy))
         k = iam.create_access_key(UserName="uplink")["AccessKey"]
         client(endpoint, k["AccessKeyId"], k["SecretAccessKey"]).create_bucket(Bucket=bucket)
-        print(json.dumps({"access_key_id": k["AccessKeyId"], "secret_access_key": k["SecretAccessKey"]}))
+        print(
+            json.dumps(
+                {
+                    "access_key_id": k["AccessKeyId"],
+                    "secret_access_key": k["SecretAccessKey"],
+                    "role_arn": role["Role"]["Arn"],
+                }
+            )
+        )
+        return 0
+    if cmd == "unsigned":
+        endpoint, n = argv[2], argv[3]
+        # Not a form (werkzeug would consume the body): moto reads the number raw.
+        req = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=n.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(req, context=ssl_context()) as r:
+            r.read()
         return 0
     endpoint, key, secret, bucket = argv[2:6]
     s3 = client(endpoint, key, secret)

@@ -18,6 +18,8 @@ pub struct S3Server {
     pub bucket: String,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// A role allowed `s3:*` that a web identity may assume (through moto's STS).
+    pub role_arn: String,
 }
 
 impl S3Server {
@@ -52,9 +54,9 @@ impl S3Server {
             ca
         });
         let child = cmd
-            // The first three requests (the IAM setup) go unauthenticated; then SigV4 is
+            // The first five requests (the IAM setup) go unauthenticated; then SigV4 is
             // checked on every request.
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -67,6 +69,7 @@ impl S3Server {
             bucket: bucket.to_string(),
             access_key_id: String::new(),
             secret_access_key: String::new(),
+            role_arn: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -77,6 +80,7 @@ impl S3Server {
         let keys: serde_json::Value = serde_json::from_str(&out).expect("setup output");
         server.access_key_id = keys["access_key_id"].as_str().expect("key id").into();
         server.secret_access_key = keys["secret_access_key"].as_str().expect("secret").into();
+        server.role_arn = keys["role_arn"].as_str().expect("role arn").into();
         server
     }
 
@@ -108,6 +112,12 @@ impl S3Server {
         ];
         args.extend_from_slice(rest);
         self.admin(&args)
+    }
+
+    /// Lets the next `n` requests through without a signature, as AWS's STS takes
+    /// `AssumeRoleWithWebIdentity`; every other request stays checked.
+    pub fn allow_unsigned(&self, n: u32) {
+        self.admin(&["unsigned", &self.endpoint, &n.to_string()]);
     }
 
     /// SHA-256 (hex) and size of the object at `key`, `None` if there is none.

@@ -392,3 +392,130 @@ async fn a_complete_sent_to_two_nodes_at_once_writes_the_object_once() {
             .is_empty()
     );
 }
+
+/// What a node sees on a host with no keys of its own: no key variables, no AWS files,
+/// no instance metadata unless a test points it somewhere.
+fn keyless_env<'a>(s3: &'a S3Server, dir: &std::path::Path) -> Vec<(&'a str, String)> {
+    let none = dir.join("no-such-aws-file").display().to_string();
+    vec![
+        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", none.clone()),
+        ("AWS_CONFIG_FILE", none),
+    ]
+}
+
+fn start_keyless(dir: &std::path::Path, env: &[(&str, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_on(dir, "127.0.0.1:0", &["--store", STORE], &env)
+}
+
+fn upload_through(server: &Server, dir: &std::path::Path, name: &str) -> (String, u64) {
+    let device = dir.join(format!("device-{name}"));
+    std::fs::create_dir_all(&device).unwrap();
+    let daemon = Daemon::start(&device, server);
+    let file = dir.join(name);
+    random_file(&file, 9 * MIB + 5);
+    let done = send_wait(&daemon.socket, &file);
+    assert_eq!(done["state"], "completed", "{done}");
+    (sha256_file(&file), 9 * MIB + 5)
+}
+
+#[test]
+fn a_node_with_a_web_identity_token_signs_with_the_role_sts_gives_it() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let token = dir.path().join("sa-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.service-account.sig\n").unwrap();
+    let mut env = keyless_env(&s3, dir.path());
+    env.extend([
+        ("AWS_ROLE_ARN", s3.role_arn.clone()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]);
+
+    // The token file missing: the server says so and does not start.
+    let missing: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| match *k {
+            "AWS_WEB_IDENTITY_TOKEN_FILE" => (*k, "/no/such/token"),
+            _ => (*k, v.as_str()),
+        })
+        .chain([("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")])
+        .collect();
+    let err = refused_at_start(dir.path(), &s3, STORE, &missing);
+    assert!(err.contains("/no/such/token"), "{err}");
+
+    // STS's exchange is the one unsigned request (as in AWS); every S3 request after it
+    // is checked by moto against the role's temporary key and session token, so the
+    // upload only lands if the node signed with what STS gave it.
+    s3.allow_unsigned(1);
+    let server = start_keyless(&dir.path().join("node"), &env);
+    let want = upload_through(&server, dir.path(), "pod.bin");
+    assert_eq!(s3.object_sha("uplink/objects/pod.bin"), Some(want));
+    let log = std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default();
+    assert!(log.contains("POST / HTTP/1.1\" 200"), "no STS call: {log}");
+}
+
+#[test]
+fn a_node_on_an_instance_or_in_a_container_fetches_its_role_keys() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    // moto's instance metadata hands out fixed keys it does not know as IAM keys:
+    // signatures go unchecked from here, so this test shows where the keys come from
+    // (the node has no others and would not start), not that S3 accepts them.
+    s3.allow_unsigned(1_000_000_000);
+
+    // EC2: IMDSv2, a session token first, then the role's keys.
+    let mut env = keyless_env(&s3, dir.path());
+    env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT", s3.endpoint.clone()));
+    let ec2 = start_keyless(&dir.path().join("ec2"), &env);
+    let want = upload_through(&ec2, dir.path(), "ec2.bin");
+    assert_eq!(s3.object_sha("uplink/objects/ec2.bin"), Some(want));
+    let log = std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default();
+    let token_at = log.find("PUT /latest/api/token HTTP/1.1\" 200");
+    let keys_at =
+        log.find("GET /latest/meta-data/iam/security-credentials/default-role HTTP/1.1\" 200");
+    assert!(
+        token_at.is_some() && keys_at.is_some() && token_at < keys_at,
+        "IMDSv2 not used as it must be: {log}"
+    );
+    drop(ec2);
+
+    // ECS / EKS Pod Identity: the container endpoint, with its authorization token
+    // (moto's credentials document stands in for the agent's; the format is the same).
+    let auth = dir.path().join("pod-identity-token");
+    std::fs::write(&auth, "pod-token\n").unwrap();
+    let mut env = keyless_env(&s3, dir.path());
+    env.extend([
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!(
+                "{}/latest/meta-data/iam/security-credentials/default-role",
+                s3.endpoint
+            ),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            auth.display().to_string(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]);
+    let ecs = start_keyless(&dir.path().join("ecs"), &env);
+    let want = upload_through(&ecs, dir.path(), "ecs.bin");
+    assert_eq!(s3.object_sha("uplink/objects/ecs.bin"), Some(want));
+
+    // Nothing at all, instance metadata off: a clear refusal naming what to set.
+    let mut env = keyless_env(&s3, dir.path());
+    env.extend([
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_ACCESS_KEY_ID", String::new()),
+        ("AWS_SECRET_ACCESS_KEY", String::new()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let err = refused_at_start(dir.path(), &s3, STORE, &env);
+    assert!(
+        err.contains("no S3 credentials") && err.contains("AWS_WEB_IDENTITY_TOKEN_FILE"),
+        "{err}"
+    );
+}
