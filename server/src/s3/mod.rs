@@ -58,6 +58,12 @@ impl S3Error {
         self.status == Some(412) || self.code == "PreconditionFailed"
     }
 
+    /// S3 (or this S3-compatible store) does not do what was asked, e.g. a conditional
+    /// delete.
+    pub fn is_not_implemented(&self) -> bool {
+        self.status == Some(501) || self.code == "NotImplemented"
+    }
+
     /// The key (or upload) does not exist. A missing bucket is not that: it is an error.
     pub fn is_not_found(&self) -> bool {
         self.status == Some(404) && self.code != "NoSuchBucket"
@@ -88,6 +94,22 @@ impl std::fmt::Display for S3Error {
 }
 
 impl std::error::Error for S3Error {}
+
+/// What a conditional write requires of its key.
+pub enum Precondition<'a> {
+    /// No object at the key (`If-None-Match: *`).
+    Absent,
+    /// The object there has this ETag (`If-Match`).
+    ETag(&'a str),
+}
+
+fn etag_of(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
 
 /// An answer: status, headers, whole body.
 pub struct Answer {
@@ -187,6 +209,43 @@ impl S3 {
         }
         self.call(Method::PUT, key, Vec::new(), headers, body, sha256)
             .map(drop)
+    }
+
+    /// Stores `body` at `key` only if `pre` holds (else an error that
+    /// [`S3Error::is_precondition_failed`], or not found for a replaced key that is gone);
+    /// returns the new object's ETag. A compare-and-swap on one key.
+    pub fn put_if(
+        &self,
+        key: &str,
+        body: Vec<Bytes>,
+        pre: Precondition<'_>,
+    ) -> Result<String, S3Error> {
+        let mut headers = checksum_header(&body);
+        headers.push(match pre {
+            Precondition::Absent => ("if-none-match".into(), "*".into()),
+            Precondition::ETag(tag) => ("if-match".into(), tag.to_string()),
+        });
+        let a = self.call(Method::PUT, key, Vec::new(), headers, body, None)?;
+        Ok(etag_of(&a.headers))
+    }
+
+    /// The object at `key` and its ETag, `None` if there is none.
+    pub fn get_tagged(&self, key: &str) -> Result<Option<(Bytes, String)>, S3Error> {
+        match self.call(Method::GET, key, Vec::new(), Vec::new(), Vec::new(), None) {
+            Ok(a) => Ok(Some((a.body, etag_of(&a.headers)))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `key` only if its ETag is still `etag` (a missing key succeeds).
+    pub fn delete_if(&self, key: &str, etag: &str) -> Result<(), S3Error> {
+        let headers = vec![("if-match".into(), etag.to_string())];
+        match self.call(Method::DELETE, key, Vec::new(), headers, Vec::new(), None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The object at `key`, `None` if there is none.
@@ -468,13 +527,14 @@ impl S3 {
                 .map_err(|e| S3Error::transport(format!("building the request: {e}")))
         };
         let inner2 = Arc::clone(inner);
-        // Sent again on a fresh connection only if a repeat cannot do harm: not a create
-        // (`If-None-Match`) nor a multipart start or completion (POST), which the store
+        // Sent again on a fresh connection only if a repeat cannot do harm: not a
+        // conditional write (`If-None-Match`, `If-Match`) nor a multipart start or completion (POST), which the store
         // may have applied before the connection broke.
         let (head_only, repeatable) = {
             let req = build()?;
-            let repeatable =
-                req.method() != Method::POST && !req.headers().contains_key("if-none-match");
+            let repeatable = req.method() != Method::POST
+                && !req.headers().contains_key("if-none-match")
+                && !req.headers().contains_key("if-match");
             (req.method() == Method::HEAD, repeatable)
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

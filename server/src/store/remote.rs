@@ -6,7 +6,7 @@
 //! ```text
 //! sessions/<id>/meta.json                          the session (as on disk)
 //! sessions/<id>/chunks/<offset:020>.<len>.<sha256> one verified chunk: its bytes, its record in its name
-//! sessions/<id>/completing                         the completion lease (until when, Unix seconds)
+//! sessions/<id>/completing                         the completion lease (until when, Unix seconds; its holder)
 //! objects/<name> | objects/<tenant>/<name>         completed files
 //! open/<tenant>/<id>.<size>                        an upload open (for quotas across nodes)
 //! keys/<hash>                                      the upload an idempotency key created
@@ -19,12 +19,13 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use rand::RngCore;
 use uplink_proto::wire::code;
 
 use super::{SessionMeta, now_secs};
 use crate::error::ApiError;
 use crate::s3::writer::ObjectWriter;
-use crate::s3::{S3, S3Error};
+use crate::s3::{Precondition, S3, S3Error};
 
 /// Object metadata naming the upload that made an object.
 pub(super) const META_UPLOAD: &str = "uplink-upload";
@@ -282,7 +283,10 @@ impl Remote {
     /// Takes the right to write session `id`'s object: a lease object made with
     /// `If-None-Match`, so that of nodes asked to complete at once (a client's complete
     /// timed out and was sent again elsewhere) one writes and the others answer 503 until
-    /// it is done. A lease outlives a node that died holding it by at most [`LEASE_SECS`].
+    /// it is done. A lease outlives a node that died holding it by at most [`LEASE_SECS`];
+    /// then one node takes it over by replacing it with `If-Match` on the ETag it read
+    /// (of nodes doing so at once, one succeeds). The lease names its holder's token, so a
+    /// write whose answer was lost is still recognised as ours.
     pub(super) fn take_lease(&self, id: &str) -> Result<Lease<'_>, ApiError> {
         let key = self.key(&format!("sessions/{id}/completing"));
         let busy = || {
@@ -293,27 +297,43 @@ impl Remote {
             )
             .retry_in(5)
         };
-        for _ in 0..2 {
-            let until = Bytes::from((now_secs() + LEASE_SECS).to_string());
-            match self.s3.put(&key, vec![until], None, true, &[]) {
-                Ok(()) => return Ok(Lease { remote: self, key }),
-                Err(e) if e.is_precondition_failed() => {}
-                Err(e) => return Err(s3_error("taking the completion lease", &e)),
-            }
-            let held_until = self
-                .s3
-                .get(&key)
-                .map_err(|e| s3_error("reading the completion lease", &e))?
-                .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<u64>().ok());
-            if held_until.is_some_and(|t| t > now_secs()) {
-                return Err(busy());
-            }
-            // Its holder died (or just let go): take it over.
-            self.s3
-                .delete(&key)
-                .map_err(|e| s3_error("clearing a stale completion lease", &e))?;
+        let mut raw = [0u8; 16];
+        rand::rng().fill_bytes(&mut raw);
+        let token = hex::encode(raw);
+        let body = || vec![Bytes::from(format!("{} {token}", now_secs() + LEASE_SECS))];
+        let held = |etag: String| Lease {
+            remote: self,
+            key: key.clone(),
+            token: token.clone(),
+            etag,
+        };
+        match self.s3.put_if(&key, body(), Precondition::Absent) {
+            Ok(etag) => return Ok(held(etag)),
+            // Held by someone, or our write's answer was lost: the lease tells.
+            Err(e) if e.is_precondition_failed() || e.status.is_none() => {}
+            Err(e) => return Err(s3_error("taking the completion lease", &e)),
         }
-        Err(busy())
+        let Some((lease, etag)) = self
+            .s3
+            .get_tagged(&key)
+            .map_err(|e| s3_error("reading the completion lease", &e))?
+        else {
+            // Given back between the two calls: the client asks again.
+            return Err(busy());
+        };
+        let (until, holder) = parse_lease(&lease);
+        if holder == Some(token.as_str()) {
+            return Ok(held(etag));
+        }
+        if until.is_some_and(|t| t > now_secs()) {
+            return Err(busy());
+        }
+        // Its holder died: take it over, unless another node did since we read it.
+        match self.s3.put_if(&key, body(), Precondition::ETag(&etag)) {
+            Ok(etag) => Ok(held(etag)),
+            Err(e) if e.is_precondition_failed() || e.is_not_found() => Err(busy()),
+            Err(e) => Err(s3_error("taking over a stale completion lease", &e)),
+        }
     }
 
     /// Aborts the multipart uploads that completes which died left behind (their parts
@@ -446,16 +466,47 @@ const LEASE_SECS: u64 = 3600;
 /// finishes within its lease).
 const STALE_MULTIPART_SECS: u64 = 6 * 3600;
 
+/// A lease's body: until when it holds (Unix seconds) and its holder's token.
+fn parse_lease(body: &[u8]) -> (Option<u64>, Option<&str>) {
+    let text = std::str::from_utf8(body).unwrap_or_default();
+    let mut fields = text.split_whitespace();
+    let until = fields.next().and_then(|t| t.parse().ok());
+    (until, fields.next())
+}
+
 /// The right to write one session's object, given back when dropped.
 pub(super) struct Lease<'a> {
     remote: &'a Remote,
     key: String,
+    /// Ours, written in the lease.
+    token: String,
+    /// The lease object's ETag when we wrote it.
+    etag: String,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.remote.s3.delete(&self.key) {
-            tracing::warn!(key = %self.key, error = %e, "cannot give back a completion lease");
+        let s3 = &self.remote.s3;
+        // Only the lease we wrote: past its time another node may hold a new one.
+        let given_back = match s3.delete_if(&self.key, &self.etag) {
+            Err(e) if e.is_not_implemented() => match s3.get_tagged(&self.key) {
+                // A store without conditional deletes: look first (a short race).
+                Ok(Some((body, _))) if parse_lease(&body).1 == Some(self.token.as_str()) => {
+                    s3.delete(&self.key)
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        match given_back {
+            Ok(()) => {}
+            Err(e) if e.is_precondition_failed() => {
+                tracing::warn!(key = %self.key, "the completion lease was taken over before it was given back");
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "cannot give back a completion lease");
+            }
         }
     }
 }
@@ -518,6 +569,17 @@ fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_names_its_time_and_holder() {
+        assert_eq!(
+            parse_lease(b"1800000000 ab12"),
+            (Some(1_800_000_000), Some("ab12"))
+        );
+        // Written by an older node: a time only, no holder that could be us.
+        assert_eq!(parse_lease(b"1800000000\n"), (Some(1_800_000_000), None));
+        assert_eq!(parse_lease(b"\xff garbage"), (None, None));
+    }
 
     fn rec(len: u64, sha: u8, modified: &str) -> (u64, [u8; 32], String) {
         (len, [sha; 32], modified.to_string())

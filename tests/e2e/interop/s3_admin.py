@@ -13,6 +13,7 @@
   s3_admin.py shas ENDPOINT KEY SECRET BUCKET PREFIX  -> "<key> <sha256 hex> <size>" per object
   s3_admin.py list ENDPOINT KEY SECRET BUCKET PREFIX  -> the keys, one per line
   s3_admin.py uploads ENDPOINT KEY SECRET BUCKET      -> multipart uploads in progress, one per line
+  s3_admin.py put ENDPOINT KEY SECRET BUCKET OBJECT TEXT -> stores TEXT at OBJECT
 """
 import hashlib
 import json
@@ -123,6 +124,8 @@ def main(argv):
         for page in pages:
             for item in page.get("Contents", []):
                 print(item["Key"])
+    elif cmd == "put":
+        s3.put_object(Bucket=bucket, Key=argv[6], Body=argv[7].encode())
     elif cmd == "uploads":
         for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
             print(u["Key"], u["UploadId"])

@@ -145,6 +145,11 @@ impl S3Server {
         out.lines().map(str::to_string).collect()
     }
 
+    /// Stores `text` at `key` (as another node, or an operator, would).
+    pub fn put_text(&self, key: &str, text: &str) {
+        self.with_keys("put", &[key, text]);
+    }
+
     /// Multipart uploads started and neither completed nor aborted.
     pub fn open_multipart_uploads(&self) -> Vec<String> {
         let out = self.with_keys("uploads", &[]);

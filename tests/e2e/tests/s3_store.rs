@@ -319,6 +319,17 @@ async fn the_session_quota_counts_the_uploads_open_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_complete_sent_to_two_nodes_at_once_writes_the_object_once() {
+    complete_on_two_nodes_at_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_left_by_a_dead_node_is_taken_over_by_one_node_only() {
+    complete_on_two_nodes_at_once(true).await;
+}
+
+/// A complete sent to two nodes at once; with `stale_lease`, a lease expired long ago
+/// (its node died mid-complete) is in the way: both nodes see it expired, one replaces it.
+async fn complete_on_two_nodes_at_once(stale_lease: bool) {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
     let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &[]);
@@ -353,6 +364,10 @@ async fn a_complete_sent_to_two_nodes_at_once_writes_the_object_once() {
     // through the other node): one writes the object; the other answers 503 while it
     // does, or the same result once it is done.
     let id = created.upload_id.as_str();
+    let lease = format!("uplink/sessions/{id}/completing");
+    if stale_lease {
+        s3.put_text(&lease, "1000000000 a-node-that-died");
+    }
     let (on_a, on_b) = tokio::join!(
         api_a.complete(id, &root, None),
         api_b.complete(id, &root, None)
@@ -387,10 +402,7 @@ async fn a_complete_sent_to_two_nodes_at_once_writes_the_object_once() {
         s3.object_sha("uplink/objects/twice.bin"),
         Some((want, size))
     );
-    assert!(
-        s3.keys(&format!("uplink/sessions/{id}/completing"))
-            .is_empty()
-    );
+    assert!(s3.keys(&lease).is_empty(), "the lease was not given back");
 }
 
 /// What a node sees on a host with no keys of its own: no key variables, no AWS files,
