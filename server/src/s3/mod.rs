@@ -409,6 +409,58 @@ impl S3 {
         Ok((etag.to_string(), crc))
     }
 
+    /// Makes part `number` of `upload_id` from bytes `range` (inclusive) of the object at
+    /// `source`, copied inside the store: the bytes do not pass through this node.
+    /// `crc32c` is what the caller computed over those bytes (S3 computes its own and
+    /// compares at completion); returns the part's ETag.
+    pub fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: (u64, u64),
+        crc32c: &str,
+    ) -> Result<String, S3Error> {
+        let query = vec![
+            ("partNumber".to_string(), number.to_string()),
+            ("uploadId".to_string(), upload_id.to_string()),
+        ];
+        let source_path = format!(
+            "/{}/{}",
+            self.inner.bucket,
+            sigv4::uri_encode(source, false)
+        );
+        let headers = vec![
+            ("x-amz-copy-source".to_string(), source_path),
+            (
+                "x-amz-copy-source-range".to_string(),
+                format!("bytes={}-{}", range.0, range.1),
+            ),
+        ];
+        let a = self.call(Method::PUT, key, query, headers, Vec::new(), None)?;
+        // Like a completion, a copy may answer 200 with an error in the body.
+        let xml = String::from_utf8_lossy(&a.body);
+        if let Some(code) = xml::first(&xml, "Code") {
+            return Err(S3Error {
+                status: Some(200),
+                message: xml::first(&xml, "Message").unwrap_or_default(),
+                code,
+            });
+        }
+        if let Some(theirs) = xml::first(&xml, "ChecksumCRC32C")
+            && theirs != crc32c
+        {
+            return Err(S3Error {
+                status: Some(200),
+                code: "BadDigest".into(),
+                message: format!("{source} copied with CRC32C {theirs}, read as {crc32c}"),
+            });
+        }
+        xml::first(&xml, "ETag")
+            .ok_or_else(|| S3Error::transport("UploadPartCopy answered no ETag"))
+    }
+
     /// Completes `upload_id` from its `(number, etag, crc32c)` parts. `create_only`: fail
     /// with 412 if `key` exists.
     pub fn complete_multipart(
@@ -587,10 +639,12 @@ fn parse_uploads(xml: &str) -> Vec<(String, String, String)> {
 /// `x-amz-checksum-crc32c` for a body: S3 verifies the bytes it received against it.
 fn checksum_header(body: &[Bytes]) -> Vec<(String, String)> {
     let crc = body.iter().fold(0u32, |c, b| crc32c::crc32c_append(c, b));
-    vec![(
-        "x-amz-checksum-crc32c".to_string(),
-        base64_encode(&crc.to_be_bytes()),
-    )]
+    vec![("x-amz-checksum-crc32c".to_string(), crc32c_text(crc))]
+}
+
+/// A CRC32C as S3 writes it (base64 of the big-endian bytes).
+pub fn crc32c_text(crc: u32) -> String {
+    base64_encode(&crc.to_be_bytes())
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

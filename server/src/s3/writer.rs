@@ -1,9 +1,16 @@
 //! Writing one object of any size: bytes in, in order, hashed as they pass; a single PUT
 //! when they fit in one part, else a multipart upload.
 //!
-//! S3 takes at most 10,000 parts, each at least 5 MiB but the last. Parts here are a fixed
-//! size chosen from the object's length ([`part_size`]): at least 8 MiB, and large enough
-//! that 9,000 cover the largest file uplink takes, so the limit is never met.
+//! S3 takes at most 10,000 parts, each at least 5 MiB but the last. Parts here are at
+//! least a size chosen from the object's length ([`part_size`]): 8 MiB or more, and large
+//! enough that 9,000 cover the largest file uplink takes, so the limit is never met.
+//!
+//! Bytes already in the store (a chunk object, [`ObjectWriter::write_stored`]) need not
+//! be sent again: where a chunk holds a whole part or more, that part is copied inside
+//! the store (`UploadPartCopy`) and only its hash is computed here. A chunk that follows a
+//! partly filled part first tops it up from its own bytes, then copies the rest, so one
+//! small chunk at the start (the daemon's first chunks are small) does not leave every
+//! later part out of step. Every part but the last is still at least [`part_size`].
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -30,13 +37,20 @@ pub struct ObjectWriter<'a> {
     len: u64,
     upload_id: Option<String>,
     parts: Vec<(u32, String, String)>,
+    /// Bytes the store copied from chunk objects (not sent from here).
+    copied: u64,
 }
 
 /// What [`ObjectWriter::finish`] wrote.
 pub struct Written {
     pub sha256: [u8; 32],
     pub size: u64,
+    /// Of which the store copied this many from objects it held.
+    pub copied: u64,
 }
+
+/// S3's largest part.
+const MAX_PART: u64 = 5 << 30;
 
 impl<'a> ObjectWriter<'a> {
     /// An object at `key` of about `size` bytes (the part size follows from it).
@@ -55,6 +69,7 @@ impl<'a> ObjectWriter<'a> {
             len: 0,
             upload_id: None,
             parts: Vec::new(),
+            copied: 0,
         }
     }
 
@@ -81,15 +96,50 @@ impl<'a> ObjectWriter<'a> {
         Ok(())
     }
 
-    fn upload_part(&mut self) -> Result<(), S3Error> {
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.s3.create_multipart(&self.key, &self.metadata())?;
-                self.upload_id = Some(id.clone());
-                id
-            }
+    /// Appends `data`, which is also the whole object at `source` in the store: what can
+    /// be a part of its own is copied there rather than sent.
+    pub fn write_stored(&mut self, source: &str, data: &[u8]) -> Result<(), S3Error> {
+        let len = data.len() as u64;
+        // Bytes that top up the part being filled, so that the copy starts a part.
+        let fill = match self.buf.len() as u64 {
+            0 => 0,
+            n => self.part_size - n,
         };
+        if len < fill + self.part_size || len - fill > MAX_PART {
+            return self.write(data);
+        }
+        self.write(&data[..fill as usize])?;
+        let rest = &data[fill as usize..];
+        self.sha.update(rest);
+        self.len += rest.len() as u64;
+        let upload_id = self.upload_id()?;
+        let number = self.parts.len() as u32 + 1;
+        let crc = super::crc32c_text(crc32c::crc32c(rest));
+        let etag = self.s3.upload_part_copy(
+            &self.key,
+            &upload_id,
+            number,
+            source,
+            (fill, len - 1),
+            &crc,
+        )?;
+        self.parts.push((number, etag, crc));
+        self.copied += rest.len() as u64;
+        Ok(())
+    }
+
+    /// The multipart upload, started at the first part.
+    fn upload_id(&mut self) -> Result<String, S3Error> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let id = self.s3.create_multipart(&self.key, &self.metadata())?;
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    fn upload_part(&mut self) -> Result<(), S3Error> {
+        let upload_id = self.upload_id()?;
         let number = self.parts.len() as u32 + 1;
         let body: Bytes = std::mem::take(&mut self.buf).freeze();
         self.buf = BytesMut::with_capacity(self.part_size as usize);
@@ -106,6 +156,7 @@ impl<'a> ObjectWriter<'a> {
         let written = Written {
             sha256: std::mem::take(&mut self.sha).finalize().into(),
             size: self.len,
+            copied: self.copied,
         };
         let placed = self.place(create_only);
         (written, placed)

@@ -158,7 +158,10 @@ impl Session {
             let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
             scope.spawn(|| {
                 for (&offset, &(length, sha)) in &listed {
-                    let chunk = self.read_chunk(remote, offset, length, &sha);
+                    let key = remote.chunk_key(&self.id, offset, length, &sha);
+                    let chunk = self
+                        .read_chunk(remote, &key, offset, length)
+                        .map(|c| (key, c));
                     let failed = chunk.is_err();
                     // The receiver went away (a write failed): stop reading.
                     if tx.send(chunk).is_err() || failed {
@@ -168,7 +171,8 @@ impl Session {
                 drop(tx);
             });
             for chunk in rx {
-                w.write(&chunk?)
+                let (key, bytes) = chunk?;
+                w.write_stored(&key, &bytes)
                     .map_err(|e| s3_error("writing the object", &e))?;
             }
             Ok(())
@@ -188,6 +192,12 @@ impl Session {
             }
             Err(e) => return Err(s3_error("writing the object", &e)),
         }
+        tracing::info!(
+            upload_id = %self.id,
+            size,
+            copied = written.copied,
+            "object written; the store copied this much of it from the chunks"
+        );
         if written.size != size {
             return Err(ApiError::new(
                 500,
@@ -275,13 +285,13 @@ impl Session {
     fn read_chunk(
         &self,
         remote: &Remote,
+        key: &str,
         offset: u64,
         length: u64,
-        sha256: &[u8; 32],
     ) -> Result<bytes::Bytes, ApiError> {
         let bytes = remote
             .s3
-            .get(&remote.chunk_key(&self.id, offset, length, sha256))
+            .get(key)
             .map_err(|e| s3_error("reading a chunk back", &e))?
             .ok_or_else(|| {
                 ApiError::new(

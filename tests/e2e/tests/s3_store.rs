@@ -531,3 +531,71 @@ fn a_node_on_an_instance_or_in_a_container_fetches_its_role_keys() {
         "{err}"
     );
 }
+
+/// Bytes the process has written to files and sockets so far (`/proc/PID/io`).
+fn written_by(server: &Server) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", server.proc.child.id()))
+        .expect("/proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wchar")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn complete_has_the_store_copy_whole_parts_from_the_chunks_instead_of_sending_them() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let node = node(&dir.path().join("node"), "127.0.0.1:0", &s3, None, &[]);
+    let api = server_client(&node);
+    // As the daemon cuts a file: a small first chunk, then large ones, a short tail.
+    let sizes = [MIB, 16 * MIB, 16 * MIB, 4 * MIB + 3];
+    let size: u64 = sizes.iter().sum();
+    let mut data = vec![0u8; size as usize];
+    fill_random(&mut data, &mut 77);
+    let created = api
+        .create("copied", &create("copied.bin", size))
+        .await
+        .expect("create");
+    let keys = api
+        .session_keys(&created.upload_id, &created.nonce)
+        .unwrap();
+    let mut leaves = Vec::new();
+    let mut offset = 0u64;
+    for len in sizes {
+        let piece = data[offset as usize..(offset + len) as usize].to_vec();
+        let payload = chunk_payload(offset, piece);
+        api.put_chunk(&keys, &payload, 0).await.expect("chunk");
+        leaves.push((offset, len, payload.sha256));
+        offset += len;
+    }
+    let root = uplink_proto::merkle::root_of(leaves.iter().map(|(o, l, s)| (*o, *l, s))).unwrap();
+
+    let before = written_by(&node);
+    let done = api
+        .complete(&created.upload_id, &root, None)
+        .await
+        .expect("complete");
+    let sent = written_by(&node) - before;
+    eprintln!("complete of {size} bytes: the node wrote {sent} bytes");
+    let want = hex::encode(uplink_proto::integrity::sha256(&data));
+    assert_eq!(done.sha256, want, "the whole-file hash is still computed");
+    assert_eq!(
+        s3.object_sha("uplink/objects/copied.bin"),
+        Some((want, size))
+    );
+    // Parts of 8 MiB: the first is the 1 MiB chunk topped up with 7 MiB of the next, which
+    // then gives its other 9 MiB as a copied part; the third chunk is copied whole; the
+    // tail is sent. So 25 MiB of 37 never pass through the node again.
+    let log = std::fs::read_to_string(&node.proc.log).unwrap_or_default();
+    let copied = 25 * MIB;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("object written") && l.contains(&format!("copied={copied}"))),
+        "{log}"
+    );
+    assert!(
+        sent < size - copied + 4 * MIB,
+        "the node wrote {sent} bytes for a {size}-byte object"
+    );
+}
