@@ -272,7 +272,7 @@ where
     .await?;
     // The running file hash catches up off the request's path: the ack does not wait.
     tokio::task::spawn_blocking(move || {
-        session.advance_hash(Some((offset, &parts)));
+        session.advance_hash(Some((offset, &parts, expect)));
         drop(held);
     });
     drop(held_by_connection);

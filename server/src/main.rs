@@ -219,6 +219,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!(store = %url, %credentials, "object store");
             let prefix = config.prefix.clone();
             let remote = store::Remote::new(s3::S3::new(config)?, &prefix, per_tenant);
+            // Chunks kept for the running hash are bodies in memory too.
+            store::set_hash_ahead_budget(args.max_buffered_bytes / 4);
             remote.probe()?;
             store::Store::open_remote(&args.data_dir, per_tenant, remote)
         }

@@ -180,6 +180,8 @@ pub struct Session {
     partials: Mutex<partials::Partials>,
     /// Where the session lives when not in the data dir (then `dir` and `part` are unused).
     remote: Option<Arc<Remote>>,
+    /// In the object store: the whole-file hash as chunks came to this node.
+    file_hash: Mutex<remote_hash::FileHash>,
 }
 
 #[derive(Default)]
@@ -360,6 +362,7 @@ impl Store {
             partials: Mutex::default(),
             meta: Mutex::new(meta),
             remote: None,
+            file_hash: Mutex::default(),
         })))
     }
 
@@ -550,10 +553,12 @@ mod create;
 mod partials;
 mod quota;
 mod remote;
+mod remote_hash;
 mod remote_sessions;
 mod sweep;
 
 pub use remote::Remote;
+pub use remote_hash::set_budget as set_hash_ahead_budget;
 
 /// Runs `f`, which blocks on the object store, from wherever `get` was called: on a
 /// runtime worker it tells the runtime first, so other tasks move to other workers.

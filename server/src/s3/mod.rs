@@ -257,6 +257,16 @@ impl S3 {
         }
     }
 
+    /// Bytes `first..=last` of the object at `key`, `None` if there is none.
+    pub fn get_range(&self, key: &str, first: u64, last: u64) -> Result<Option<Bytes>, S3Error> {
+        let headers = vec![("range".to_string(), format!("bytes={first}-{last}"))];
+        match self.call(Method::GET, key, Vec::new(), headers, Vec::new(), None) {
+            Ok(a) => Ok(Some(a.body)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The size and metadata of the object at `key`, `None` if there is none.
     pub fn head(&self, key: &str) -> Result<Option<Head>, S3Error> {
         let a = match self.call(Method::HEAD, key, Vec::new(), Vec::new(), Vec::new(), None) {

@@ -39,6 +39,8 @@ pub struct ObjectWriter<'a> {
     parts: Vec<(u32, String, String)>,
     /// Bytes the store copied from chunk objects (not sent from here).
     copied: u64,
+    /// `sha` already covers bytes [0, hashed_to) ([`ObjectWriter::resume_hash`]).
+    hashed_to: u64,
 }
 
 /// What [`ObjectWriter::finish`] wrote.
@@ -51,6 +53,57 @@ pub struct Written {
 
 /// S3's largest part.
 const MAX_PART: u64 = 5 << 30;
+
+/// Where a chunk already in the store goes in the object.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Placement {
+    /// Bytes from the chunk's start that pass through here (to top up a part, or all).
+    pub sent: u64,
+    /// The rest, if any, is a part of its own copied inside the store.
+    pub copy: bool,
+}
+
+/// How a chunk of `len` bytes is placed while `buffered` bytes of a part wait: copied
+/// (after topping up the waiting part) if what is left still makes a whole part.
+pub fn placement(buffered: u64, part_size: u64, len: u64) -> Placement {
+    let fill = match buffered {
+        0 => 0,
+        n => part_size - n,
+    };
+    match len >= fill + part_size && len - fill <= MAX_PART {
+        true => Placement {
+            sent: fill,
+            copy: true,
+        },
+        false => Placement {
+            sent: len,
+            copy: false,
+        },
+    }
+}
+
+/// The placement of each chunk of `lengths` (file order) in an object of `part_size`
+/// parts: what [`ObjectWriter::write_stored`] will do, known before reading a byte.
+pub fn plan(lengths: impl Iterator<Item = u64>, part_size: u64) -> Vec<Placement> {
+    let mut buffered = 0;
+    lengths
+        .map(|len| {
+            let p = placement(buffered, part_size, len);
+            buffered = match p.copy {
+                true => 0,
+                false => (buffered + len) % part_size,
+            };
+            p
+        })
+        .collect()
+}
+
+/// The CRC32C of a chunk's bytes after its first `prefix` ones, from the CRC32C of the
+/// whole chunk and of that prefix: CRCs are linear (`crc(A‖B) = crc(A)·x^|B| ⊕ crc(B)`),
+/// so a copied part's checksum follows without reading it.
+pub fn suffix_crc32c(whole: u32, prefix: u32, suffix_len: u64) -> u32 {
+    whole ^ crc32c::crc32c_combine(prefix, 0, suffix_len as usize)
+}
 
 impl<'a> ObjectWriter<'a> {
     /// An object at `key` of about `size` bytes (the part size follows from it).
@@ -70,7 +123,19 @@ impl<'a> ObjectWriter<'a> {
             upload_id: None,
             parts: Vec::new(),
             copied: 0,
+            hashed_to: 0,
         }
+    }
+
+    pub fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    /// Starts from a hash of the object's first `hashed_to` bytes (made as they arrived):
+    /// chunks within them are not hashed again.
+    pub fn resume_hash(&mut self, sha: Sha256, hashed_to: u64) {
+        self.sha = sha;
+        self.hashed_to = hashed_to;
     }
 
     fn metadata(&self) -> Vec<(&str, &str)> {
@@ -81,9 +146,14 @@ impl<'a> ObjectWriter<'a> {
     }
 
     /// Appends bytes; a full part is uploaded.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), S3Error> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), S3Error> {
         self.sha.update(data);
         self.len += data.len() as u64;
+        self.buffer(data)
+    }
+
+    /// Adds bytes (hashed or not) to the part being filled; a full part is uploaded.
+    fn buffer(&mut self, mut data: &[u8]) -> Result<(), S3Error> {
         while !data.is_empty() {
             let room = self.part_size as usize - self.buf.len();
             let take = room.min(data.len());
@@ -96,25 +166,47 @@ impl<'a> ObjectWriter<'a> {
         Ok(())
     }
 
-    /// Appends `data`, which is also the whole object at `source` in the store: what can
-    /// be a part of its own is copied there rather than sent.
-    pub fn write_stored(&mut self, source: &str, data: &[u8]) -> Result<(), S3Error> {
-        let len = data.len() as u64;
-        // Bytes that top up the part being filled, so that the copy starts a part.
-        let fill = match self.buf.len() as u64 {
-            0 => 0,
-            n => self.part_size - n,
+    /// Appends a chunk of `len` bytes that is also the whole object at `source` in the
+    /// store, placed as [`placement`] says. `bytes`: all of the chunk if the hash has not
+    /// gone over it yet, else at least its first [`Placement::sent`]; `crc32c`: the whole
+    /// chunk's, if known (else a copied part's is computed from `bytes`).
+    pub fn write_stored(
+        &mut self,
+        source: &str,
+        len: u64,
+        bytes: &[u8],
+        crc32c: Option<u32>,
+    ) -> Result<(), S3Error> {
+        let p = placement(self.buf.len() as u64, self.part_size, len);
+        let hashed = self.len + len <= self.hashed_to;
+        let missing = |what: &str| {
+            S3Error::transport(format!(
+                "{source}: {} bytes given, {what} needed",
+                bytes.len()
+            ))
         };
-        if len < fill + self.part_size || len - fill > MAX_PART {
-            return self.write(data);
+        match hashed {
+            false if bytes.len() as u64 != len => return Err(missing("all")),
+            false => self.sha.update(bytes),
+            true if (bytes.len() as u64) < p.sent => return Err(missing("the part sent")),
+            true => {}
         }
-        self.write(&data[..fill as usize])?;
-        let rest = &data[fill as usize..];
-        self.sha.update(rest);
-        self.len += rest.len() as u64;
+        self.len += len;
+        self.buffer(&bytes[..p.sent as usize])?;
+        if !p.copy {
+            return Ok(());
+        }
+        let fill = p.sent;
+        let crc = match crc32c {
+            Some(whole) => {
+                suffix_crc32c(whole, crc32c::crc32c(&bytes[..fill as usize]), len - fill)
+            }
+            None if bytes.len() as u64 == len => crc32c::crc32c(&bytes[fill as usize..]),
+            None => return Err(missing("all, or the chunk's CRC32C,")),
+        };
+        let crc = super::crc32c_text(crc);
         let upload_id = self.upload_id()?;
         let number = self.parts.len() as u32 + 1;
-        let crc = super::crc32c_text(crc32c::crc32c(rest));
         let etag = self.s3.upload_part_copy(
             &self.key,
             &upload_id,
@@ -124,7 +216,7 @@ impl<'a> ObjectWriter<'a> {
             &crc,
         )?;
         self.parts.push((number, etag, crc));
-        self.copied += rest.len() as u64;
+        self.copied += len - fill;
         Ok(())
     }
 
@@ -215,5 +307,66 @@ mod tests {
         }
         assert_eq!(part_size(1 << 30), 8 << 20);
         assert_eq!(part_size(100_000_000_000), 11 << 20);
+    }
+
+    #[test]
+    fn large_chunks_are_copied_and_small_ones_sent_and_every_part_but_the_last_is_whole() {
+        const M: u64 = 1 << 20;
+        let part = 8 * M;
+        let send = |sent| Placement { sent, copy: false };
+        let copy = |sent| Placement { sent, copy: true };
+        // The daemon's ramp: small chunks first, then large ones, a short tail.
+        let lengths = [M / 4, M, 4 * M, 16 * M, 16 * M, 8 * M, 5 * M, 9 * M, 3];
+        let got = plan(lengths.iter().copied(), part);
+        assert_eq!(
+            got,
+            [
+                send(M / 4),
+                send(M),
+                send(4 * M),
+                // Tops up the waiting 5.25 MiB with 2.75, copies its other 13.25.
+                copy(11 * M / 4),
+                copy(0),
+                copy(0),
+                send(5 * M),
+                // 5 waiting: 3 top the part up; 6 left do not make a part, so all is sent.
+                send(9 * M),
+                send(3),
+            ]
+        );
+        // Parts as the writer makes them: sent bytes fill parts of `part`, copies are
+        // parts of their own; none but the last is under `part`.
+        let mut parts = Vec::new();
+        let mut buffered = 0;
+        for (len, p) in lengths.iter().zip(&got) {
+            buffered += p.sent;
+            while buffered >= part {
+                parts.push(part);
+                buffered -= part;
+            }
+            if p.copy {
+                parts.push(len - p.sent);
+            }
+        }
+        if buffered > 0 {
+            parts.push(buffered);
+        }
+        assert_eq!(parts.iter().sum::<u64>(), lengths.iter().sum::<u64>());
+        let last = parts.len() - 1;
+        assert!(parts[..last].iter().all(|&p| p >= part), "{parts:?}");
+    }
+
+    #[test]
+    fn a_suffix_crc_follows_from_the_whole_and_the_prefix() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 256) as u8).collect();
+        for cut in [0, 1, 100, 4999, 5000] {
+            let whole = crc32c::crc32c(&data);
+            let prefix = crc32c::crc32c(&data[..cut]);
+            assert_eq!(
+                suffix_crc32c(whole, prefix, (data.len() - cut) as u64),
+                crc32c::crc32c(&data[cut..]),
+                "cut at {cut}"
+            );
+        }
     }
 }

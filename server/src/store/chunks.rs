@@ -304,8 +304,22 @@ impl Session {
     }
 
     /// Lets the running file hash catch up (blocking; call after a chunk was stored, off
-    /// the request's path). `fresh` is that chunk's bytes, hashed without re-reading.
-    pub fn advance_hash(&self, fresh: Option<(u64, &[Bytes])>) {
+    /// the request's path). `fresh` is that chunk's offset, bytes and digest, hashed
+    /// without re-reading.
+    pub fn advance_hash(&self, fresh: Option<(u64, &[Bytes], ChunkDigest)>) {
+        if self.remote.is_some() {
+            if let Some((offset, parts, digest)) = fresh {
+                let length = parts.iter().map(|p| p.len() as u64).sum();
+                let chunk = super::remote_hash::Hashed {
+                    offset,
+                    length,
+                    digest,
+                };
+                lock(&self.file_hash).offer(chunk, parts);
+            }
+            return;
+        }
+        let fresh = fresh.map(|(offset, parts, _)| (offset, parts));
         let part = lock(&self.part).clone();
         if let Some(part) = part {
             part.advance_hash(|o| lock(&self.state).chunks.get(&o).map(|(l, _)| *l), fresh);

@@ -179,6 +179,7 @@ impl Store {
             partials: Mutex::default(),
             meta: Mutex::new(meta.clone()),
             remote: self.remote.clone(),
+            file_hash: Mutex::default(),
         });
         // The files were made without the index lock (their fsyncs must not hold up every
         // other request); a create with the same key may have won meanwhile.

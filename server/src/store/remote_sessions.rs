@@ -4,15 +4,18 @@
 //! (whichever node took them).
 //!
 //! `complete` takes the session's lease (so two nodes asked at once write the object
-//! once), reads the chunks in order into the object — one multipart upload of fixed parts
-//! ([`crate::s3::writer`]), hashing as it goes (the whole-file SHA-256 comes from that
-//! same pass) — and makes it visible with `If-None-Match: *` unless the upload asked to
+//! once), then makes the object from the chunks in order — one multipart upload
+//! ([`crate::s3::writer`]) whose parts are copied inside the store where a chunk holds a
+//! whole part, else sent from here. The whole-file SHA-256 continues the hash this node
+//! kept as the chunks came ([`super::remote_hash`]); only chunks it did not go over (taken
+//! by another node, or arrived too far ahead) and bytes sent are read back. It makes it
+//! visible with `If-None-Match: *` unless the upload asked to
 //! overwrite, so of two uploads of one name exactly one wins. The object carries the
 //! upload id in its metadata, so a complete repeated after a crash recognises its own
 //! object. The chunk objects go after the answer.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
@@ -22,7 +25,7 @@ use super::remote::{META_UPLOAD, Remote, newest, s3_error, tiling};
 const PREFETCH: usize = 2;
 use super::{Session, SessionState, Store, lock, now_secs};
 use crate::error::ApiError;
-use crate::s3::writer::ObjectWriter;
+use crate::s3::writer::{self, ObjectWriter};
 
 impl Store {
     /// Session `id` as the object store has it, made known to this node; `None` when it
@@ -68,6 +71,7 @@ impl Store {
             partials: std::sync::Mutex::default(),
             meta: std::sync::Mutex::new(meta),
             remote: Some(Arc::clone(remote)),
+            file_hash: std::sync::Mutex::default(),
         });
         let mut idx = lock(&self.index);
         // Another request may have loaded it meanwhile: keep that one.
@@ -153,15 +157,28 @@ impl Session {
         tracing::info!(upload_id = %self.id, size, "writing the object from its chunks");
         let key = remote.object_key(&self.tenant, &self.name);
         let mut w = ObjectWriter::new(&remote.s3, &key, size, &[(META_UPLOAD, &self.id)]);
+        // The hash this node kept as the chunks came: what it went over is not read again,
+        // and parts copied in the store are not read at all.
+        let resumed = lock(&self.file_hash).resume(listed.iter().map(|(o, (l, s))| (*o, *l, s)));
+        let (covered, hashed_before) = (resumed.covered, resumed.frontier);
+        w.resume_hash(resumed.sha, hashed_before);
+        let plan = writer::plan(listed.values().map(|(l, _)| *l), w.part_size());
+        let read_back = AtomicU64::new(0);
         // The next chunks are read while this one is hashed and uploaded.
         std::thread::scope(|scope| -> Result<(), ApiError> {
             let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
             scope.spawn(|| {
-                for (&offset, &(length, sha)) in &listed {
+                for (i, ((&offset, &(length, sha)), p)) in listed.iter().zip(&plan).enumerate() {
                     let key = remote.chunk_key(&self.id, offset, length, &sha);
+                    let known = covered.get(i).map(|h| h.digest.crc32c);
+                    let need = match known {
+                        Some(_) => p.sent,
+                        None => length,
+                    };
+                    read_back.fetch_add(need, Ordering::Relaxed);
                     let chunk = self
-                        .read_chunk(remote, &key, offset, length)
-                        .map(|c| (key, c));
+                        .read_chunk(remote, &key, offset, need, length)
+                        .map(|c| (key, length, c, known));
                     let failed = chunk.is_err();
                     // The receiver went away (a write failed): stop reading.
                     if tx.send(chunk).is_err() || failed {
@@ -171,8 +188,8 @@ impl Session {
                 drop(tx);
             });
             for chunk in rx {
-                let (key, bytes) = chunk?;
-                w.write_stored(&key, &bytes)
+                let (key, length, bytes, crc) = chunk?;
+                w.write_stored(&key, length, &bytes, crc)
                     .map_err(|e| s3_error("writing the object", &e))?;
             }
             Ok(())
@@ -195,8 +212,10 @@ impl Session {
         tracing::info!(
             upload_id = %self.id,
             size,
+            hashed_before,
+            read_back = read_back.load(Ordering::Relaxed),
             copied = written.copied,
-            "object written; the store copied this much of it from the chunks"
+            "object written: hashed before complete, read back from the store, copied in the store"
         );
         if written.size != size {
             return Err(ApiError::new(
@@ -282,16 +301,21 @@ impl Session {
     }
 
     /// A stored chunk's bytes, checked to be as long as its record says.
+    /// The first `need` bytes of the chunk of `length` at `offset`, stored at `key`.
     fn read_chunk(
         &self,
         remote: &Remote,
         key: &str,
         offset: u64,
+        need: u64,
         length: u64,
     ) -> Result<bytes::Bytes, ApiError> {
-        let bytes = remote
-            .s3
-            .get(key)
+        let got = match need {
+            0 => return Ok(bytes::Bytes::new()),
+            n if n == length => remote.s3.get(key),
+            n => remote.s3.get_range(key, 0, n - 1),
+        };
+        let bytes = got
             .map_err(|e| s3_error("reading a chunk back", &e))?
             .ok_or_else(|| {
                 ApiError::new(
@@ -300,12 +324,12 @@ impl Session {
                     format!("chunk {offset}+{length} vanished from the store"),
                 )
             })?;
-        if bytes.len() as u64 != length {
+        if bytes.len() as u64 != need {
             return Err(ApiError::new(
                 500,
                 code::INTERNAL,
                 format!(
-                    "chunk {offset}+{length} reads back as {} bytes",
+                    "chunk {offset}+{length} reads back as {} bytes, not {need}",
                     bytes.len()
                 ),
             ));
