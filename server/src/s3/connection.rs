@@ -144,16 +144,18 @@ impl Connections {
         let fail = |e: std::io::Error| {
             S3Error::transport(format!("cannot connect to {}: {e}", self.authority))
         };
-        let addr = match self.authority.contains(':') {
-            true => self.authority.clone(),
-            false => format!("{}:{}", self.authority, if self.https { 443 } else { 80 }),
+        let (host, port) = split_authority(&self.authority);
+        let port = port.unwrap_or(if self.https { 443 } else { 80 });
+        let addr = match host.contains(':') {
+            // An IPv6 address, bracketed again for the socket address.
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
         };
         let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(fail)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => handshake(tcp).await,
             Some(tls) => {
-                let host = self.authority.split(':').next().unwrap_or_default();
                 let name = rustls_pki_types::ServerName::try_from(host.to_string())
                     .map_err(|e| S3Error::transport(format!("bad S3 host {host}: {e}")))?;
                 let stream = tls.connect(name, tcp).await.map_err(fail)?;
@@ -174,6 +176,19 @@ where
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// `host[:port]` or `[v6]:port` to (host without brackets, port).
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, after)) = rest.split_once(']')
+    {
+        return (host, after.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (authority, None),
+    }
 }
 
 fn tls_connector(
@@ -206,4 +221,20 @@ fn tls_connector(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_authority;
+
+    #[test]
+    fn authorities_split_into_host_and_port_ipv6_too() {
+        assert_eq!(
+            split_authority("s3.amazonaws.com"),
+            ("s3.amazonaws.com", None)
+        );
+        assert_eq!(split_authority("127.0.0.1:9000"), ("127.0.0.1", Some(9000)));
+        assert_eq!(split_authority("[::1]:9000"), ("::1", Some(9000)));
+        assert_eq!(split_authority("[fd00::5]"), ("fd00::5", None));
+    }
 }

@@ -233,6 +233,8 @@ impl Session {
         let next = lock(&self.meta).completed_with(&done, size, &claimed);
         remote.save_meta(&next)?;
         drop(lease);
+        // Chunks still kept ahead (past a range another node took) are of no use now.
+        *lock(&self.file_hash) = Default::default();
         *lock(&self.meta) = next.clone();
         if let Err(e) = remote.mark_closed(&next) {
             // It goes with the session's sweep; until then it counts against the quota.

@@ -2,7 +2,7 @@
 //! `scripts/test` into `.deps/venv`) on a loopback port, with IAM auth on so every request
 //! must carry a valid SigV4 signature, and boto3 (the operator's view) to read what it holds.
 
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,16 +24,21 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(dir: &Path, bucket: &str) -> S3Server {
-        Self::start_with(dir, bucket, false)
+        Self::start_with(dir, bucket, false, Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// On the IPv6 loopback address (`http://[::1]:port`).
+    pub fn start_v6(dir: &Path, bucket: &str) -> S3Server {
+        Self::start_with(dir, bucket, false, Ipv6Addr::LOCALHOST.into())
     }
 
     /// Over https, with a certificate for 127.0.0.1 from a CA of its own (made with
     /// `openssl`, as an operator would); [`Self::ca`] names the CA.
     pub fn start_tls(dir: &Path, bucket: &str) -> S3Server {
-        Self::start_with(dir, bucket, true)
+        Self::start_with(dir, bucket, true, Ipv4Addr::LOCALHOST.into())
     }
 
-    fn start_with(dir: &Path, bucket: &str, tls: bool) -> S3Server {
+    fn start_with(dir: &Path, bucket: &str, tls: bool, ip: IpAddr) -> S3Server {
         let python = interop_python();
         let moto = python.with_file_name("moto_server");
         assert!(
@@ -41,13 +46,13 @@ impl S3Server {
             "{} is missing: run scripts/test",
             moto.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let log = std::fs::File::create(dir.join("moto.log")).expect("moto log");
         let mut cmd = Command::new(&moto);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        cmd.args(["-H", &ip.to_string(), "-p", &port.to_string()]);
         let ca = tls.then(|| {
             let (ca, cert, key) = make_certificate(dir);
             cmd.arg("-c").arg(cert).arg("-k").arg(key);
@@ -64,7 +69,7 @@ impl S3Server {
         let scheme = if tls { "https" } else { "http" };
         let mut server = S3Server {
             child,
-            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://{}", SocketAddr::new(ip, port)),
             ca,
             bucket: bucket.to_string(),
             access_key_id: String::new(),
@@ -72,7 +77,7 @@ impl S3Server {
             role_arn: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((ip, port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start");
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -437,6 +437,16 @@ fn upload_through(server: &Server, dir: &std::path::Path, name: &str) -> (String
 }
 
 #[test]
+fn an_endpoint_at_an_ipv6_address_is_reached() {
+    let dir = workdir();
+    let s3 = S3Server::start_v6(dir.path(), BUCKET);
+    assert!(s3.endpoint.starts_with("http://[::1]:"), "{}", s3.endpoint);
+    let server = node(&dir.path().join("node"), "127.0.0.1:0", &s3, None, &[]);
+    let want = upload_through(&server, dir.path(), "v6.bin");
+    assert_eq!(s3.object_sha("uplink/objects/v6.bin"), Some(want));
+}
+
+#[test]
 fn a_node_with_a_web_identity_token_signs_with_the_role_sts_gives_it() {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
