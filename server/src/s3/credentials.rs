@@ -154,10 +154,18 @@ impl Provider {
         let conns = endpoint
             .map(|e| Connections::new(e.https, e.authority.clone(), ca_bundle))
             .transpose()?;
+        // Static keys never expire: they are the current ones for good.
+        let current = match &source {
+            Source::Static(c) => Some((Arc::new(c.clone()), None)),
+            _ => None,
+        };
         Ok(Provider {
             source,
             conns,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                current,
+                ..State::default()
+            }),
         })
     }
 
@@ -168,9 +176,6 @@ impl Provider {
         rt: &'static tokio::runtime::Runtime,
         now: u64,
     ) -> Result<Arc<Credentials>, S3Error> {
-        if let Source::Static(c) = &self.source {
-            return Ok(Arc::new(c.clone()));
-        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let still_valid = |s: &State| {
             s.current
