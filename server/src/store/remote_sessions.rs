@@ -198,12 +198,16 @@ impl Session {
         match placed {
             Ok(()) => {}
             Err(e) if e.is_precondition_failed() => {
-                // Ours, if an earlier attempt of this complete placed it before a crash.
+                // Ours, if an earlier attempt of this complete placed it before a crash
+                // (the same upload's chunks: the same bytes, so the same size).
                 let head = remote
                     .s3
                     .head(&key)
                     .map_err(|e| s3_error("looking up the object", &e))?;
-                if head.is_none_or(|h| h.metadata.get(META_UPLOAD) != Some(&self.id)) {
+                let ours = |h: &crate::s3::Head| {
+                    h.metadata.get(META_UPLOAD) == Some(&self.id) && h.size == size
+                };
+                if !head.as_ref().is_some_and(ours) {
                     return Err(super::object_exists(&self.name));
                 }
             }

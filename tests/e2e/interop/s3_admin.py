@@ -13,7 +13,8 @@
   s3_admin.py shas ENDPOINT KEY SECRET BUCKET PREFIX  -> "<key> <sha256 hex> <size>" per object
   s3_admin.py list ENDPOINT KEY SECRET BUCKET PREFIX  -> the keys, one per line
   s3_admin.py uploads ENDPOINT KEY SECRET BUCKET      -> multipart uploads in progress, one per line
-  s3_admin.py put ENDPOINT KEY SECRET BUCKET OBJECT TEXT -> stores TEXT at OBJECT
+  s3_admin.py put ENDPOINT KEY SECRET BUCKET OBJECT TEXT|@FILE [NAME=VALUE...]
+      -> stores TEXT (or FILE's bytes) at OBJECT, with those user metadata entries
 """
 import hashlib
 import json
@@ -125,7 +126,10 @@ def main(argv):
             for item in page.get("Contents", []):
                 print(item["Key"])
     elif cmd == "put":
-        s3.put_object(Bucket=bucket, Key=argv[6], Body=argv[7].encode())
+        meta = dict(kv.split("=", 1) for kv in argv[8:])
+        body = argv[7]
+        body = open(body[1:], "rb").read() if body.startswith("@") else body.encode()
+        s3.put_object(Bucket=bucket, Key=argv[6], Body=body, Metadata=meta)
     elif cmd == "uploads":
         for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
             print(u["Key"], u["UploadId"])

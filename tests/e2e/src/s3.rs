@@ -155,6 +155,12 @@ impl S3Server {
         self.with_keys("put", &[key, text]);
     }
 
+    /// Stores `text` (or, as `@path`, that file's bytes) at `key` with one user metadata
+    /// entry (`x-amz-meta-NAME`).
+    pub fn put_text_with_metadata(&self, key: &str, text: &str, name: &str, value: &str) {
+        self.with_keys("put", &[key, text, &format!("{name}={value}")]);
+    }
+
     /// Multipart uploads started and neither completed nor aborted.
     pub fn open_multipart_uploads(&self) -> Vec<String> {
         let out = self.with_keys("uploads", &[]);

@@ -97,18 +97,53 @@ fn create(name: &str, size: u64) -> CreateUpload {
     }
 }
 
+/// Two nodes of the store (B serving A's certificate), each at its own address.
+fn two_nodes(dir: &std::path::Path, s3: &S3Server) -> (Server, Server) {
+    let a = node(&dir.join("node-a"), "127.0.0.1:0", s3, None, &[]);
+    let b = node(&dir.join("node-b"), "127.0.0.1:0", s3, Some(&a), &[]);
+    (a, b)
+}
+
+/// Creates an upload of `data` named `name` through `api` and stores it in chunks of
+/// `sizes` (in the order of `order`, indexes into `sizes`); returns its id and Merkle root.
+async fn stored_upload(
+    api: &uplinkd::server_api::ServerClient,
+    name: &str,
+    data: &[u8],
+    sizes: &[u64],
+    order: &[usize],
+) -> (String, [u8; 32]) {
+    let created = api
+        .create(name, &create(name, data.len() as u64))
+        .await
+        .expect("create");
+    let keys = api
+        .session_keys(&created.upload_id, &created.nonce)
+        .unwrap();
+    let mut chunks = Vec::new();
+    let mut offset = 0u64;
+    for &len in sizes {
+        let piece = data[offset as usize..(offset + len) as usize].to_vec();
+        chunks.push(chunk_payload(offset, piece));
+        offset += len;
+    }
+    assert_eq!(offset, data.len() as u64, "the sizes cover the data");
+    for &i in order {
+        api.put_chunk(&keys, &chunks[i], 0).await.expect("chunk");
+    }
+    let leaves: Vec<_> = chunks
+        .iter()
+        .map(|c| (c.offset, c.data.len() as u64, c.sha256))
+        .collect();
+    let root = uplink_proto::merkle::root_of(leaves.iter().map(|(o, l, s)| (*o, *l, s))).unwrap();
+    (created.upload_id, root)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_live_nodes_share_sessions_and_only_one_upload_of_a_name_wins() {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
-    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &[]);
-    let b = node(
-        &dir.path().join("node-b"),
-        "127.0.0.1:0",
-        &s3,
-        Some(&a),
-        &[],
-    );
+    let (a, b) = two_nodes(dir.path(), &s3);
     let (api_a, api_b) = (server_client(&a), server_client(&b));
 
     // Two uploads of one name, each begun on a different node, their chunks alternating
@@ -333,38 +368,19 @@ async fn a_lease_left_by_a_dead_node_is_taken_over_by_one_node_only() {
 async fn complete_on_two_nodes_at_once(stale_lease: bool) {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
-    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &[]);
-    let b = node(
-        &dir.path().join("node-b"),
-        "127.0.0.1:0",
-        &s3,
-        Some(&a),
-        &[],
-    );
+    let (a, b) = two_nodes(dir.path(), &s3);
     let (api_a, api_b) = (server_client(&a), server_client(&b));
     let size = 64 * MIB;
-    let chunk = 4 * MIB as usize;
     let mut data = vec![0u8; size as usize];
     fill_random(&mut data, &mut 4242);
-    let created = api_a
-        .create("twice", &create("twice.bin", size))
-        .await
-        .expect("create");
-    let keys = api_a
-        .session_keys(&created.upload_id, &created.nonce)
-        .unwrap();
-    let mut leaves = Vec::new();
-    for (n, piece) in data.chunks(chunk).enumerate() {
-        let payload = chunk_payload((n * chunk) as u64, piece.to_vec());
-        api_a.put_chunk(&keys, &payload, 0).await.expect("chunk");
-        leaves.push((payload.offset, piece.len() as u64, payload.sha256));
-    }
-    let root = uplink_proto::merkle::root_of(leaves.iter().map(|(o, l, s)| (*o, *l, s))).unwrap();
+    let sizes = [4 * MIB; 16];
+    let in_order: Vec<usize> = (0..sizes.len()).collect();
+    let (upload_id, root) = stored_upload(&api_a, "twice.bin", &data, &sizes, &in_order).await;
 
     // The client's complete, sent to both nodes at once (as after a timeout and a retry
     // through the other node): one writes the object; the other answers 503 while it
     // does, or the same result once it is done.
-    let id = created.upload_id.as_str();
+    let id = upload_id.as_str();
     let lease = format!("uplink/sessions/{id}/completing");
     if stale_lease {
         s3.put_text(&lease, "1000000000 a-node-that-died");
@@ -569,33 +585,12 @@ async fn complete_hashes_nothing_twice_and_has_the_store_copy_whole_parts() {
     let size: u64 = sizes.iter().sum();
     let mut data = vec![0u8; size as usize];
     fill_random(&mut data, &mut 77);
-    let created = api
-        .create("copied", &create("copied.bin", size))
-        .await
-        .expect("create");
-    let keys = api
-        .session_keys(&created.upload_id, &created.nonce)
-        .unwrap();
-    let mut leaves = Vec::new();
-    let mut offset = 0u64;
-    for len in sizes {
-        let piece = data[offset as usize..(offset + len) as usize].to_vec();
-        leaves.push((offset, len, chunk_payload(offset, piece)));
-        offset += len;
-    }
     // Last first: every chunk waits in memory until the first comes; then all are hashed.
-    for (_, _, payload) in leaves.iter().rev() {
-        api.put_chunk(&keys, payload, 0).await.expect("chunk");
-    }
-    let leaves: Vec<_> = leaves
-        .into_iter()
-        .map(|(o, l, p)| (o, l, p.sha256))
-        .collect();
-    let root = uplink_proto::merkle::root_of(leaves.iter().map(|(o, l, s)| (*o, *l, s))).unwrap();
+    let (upload_id, root) = stored_upload(&api, "copied.bin", &data, &sizes, &[3, 2, 1, 0]).await;
 
     let before = written_by(&node);
     let done = api
-        .complete(&created.upload_id, &root, None)
+        .complete(&upload_id, &root, None)
         .await
         .expect("complete");
     let sent = written_by(&node) - before;
@@ -626,5 +621,54 @@ async fn complete_hashes_nothing_twice_and_has_the_store_copy_whole_parts() {
     assert!(
         sent < size - copied + 4 * MIB,
         "the node wrote {sent} bytes for a {size}-byte object"
+    );
+}
+
+/// A node that died between placing the object and recording the session leaves an
+/// object behind; a complete sent again (to any node) finds it is this upload's own and
+/// answers as if it had written it. An object of another upload stays, and is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_complete_repeated_after_a_crash_recognises_its_own_object() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let node = node(&dir.path().join("node"), "127.0.0.1:0", &s3, None, &[]);
+    let api = server_client(&node);
+    let size = 10 * MIB;
+    let mut data = vec![0u8; size as usize];
+    fill_random(&mut data, &mut 9);
+    let sizes = [4 * MIB, 4 * MIB, 2 * MIB];
+    let in_order = [0, 1, 2];
+    let want = hex::encode(uplink_proto::integrity::sha256(&data));
+
+    // The dead node's object, as it would have placed it: the file, the upload's id in
+    // its metadata.
+    let (ours, root) = stored_upload(&api, "mine.bin", &data, &sizes, &in_order).await;
+    let file = dir.path().join("mine.bin");
+    std::fs::write(&file, &data).unwrap();
+    let placed = format!("@{}", file.display());
+    s3.put_text_with_metadata("uplink/objects/mine.bin", &placed, "uplink-upload", &ours);
+    let done = api.complete(&ours, &root, None).await.expect("complete");
+    assert_eq!(done.sha256, want);
+    assert_eq!(
+        s3.object_sha("uplink/objects/mine.bin"),
+        Some((want.clone(), size))
+    );
+
+    // Another upload's object under the name: not overwritten, 409.
+    let (other, root) = stored_upload(&api, "theirs.bin", &data, &sizes, &in_order).await;
+    s3.put_text_with_metadata(
+        "uplink/objects/theirs.bin",
+        "someone else's",
+        "uplink-upload",
+        "0123456789abcdef0123456789abcdef",
+    );
+    refused_with(
+        api.complete(&other, &root, None).await,
+        409,
+        "object_exists",
+    );
+    assert_eq!(
+        s3.object_sha("uplink/objects/theirs.bin").map(|(_, n)| n),
+        Some("someone else's".len() as u64)
     );
 }
