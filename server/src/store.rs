@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -182,6 +182,9 @@ pub struct Session {
     remote: Option<Arc<Remote>>,
     /// In the object store: the whole-file hash as chunks came to this node.
     file_hash: Mutex<remote_hash::FileHash>,
+    /// Its files were closed for good (deleted, swept, completed): never opened again, so
+    /// a request still in flight cannot make a file in a directory being removed.
+    files_gone: AtomicBool,
 }
 
 #[derive(Default)]
@@ -363,6 +366,7 @@ impl Store {
             meta: Mutex::new(meta),
             remote: None,
             file_hash: Mutex::default(),
+            files_gone: AtomicBool::new(false),
         })))
     }
 
@@ -448,6 +452,9 @@ impl Session {
         if let Some(p) = &*slot {
             return Ok(Arc::clone(p));
         }
+        if self.files_gone.load(Ordering::SeqCst) && lock(&self.meta).completed.is_none() {
+            return Err(ApiError::unknown_upload(&self.id));
+        }
         if lock(&self.meta).completed.is_some() {
             return Err(ApiError::new(
                 409,
@@ -489,8 +496,11 @@ impl Session {
 
     /// Drops the session's handle on its files; they close when the last request using
     /// them ends.
+    /// Closes the files for good (the session is going: deleted, swept, completed).
     fn close_files(&self) {
-        lock(&self.part).take();
+        let mut slot = lock(&self.part);
+        self.files_gone.store(true, Ordering::SeqCst);
+        slot.take();
     }
 
     /// Closes the files if no request has used them for [`IDLE_CLOSE_SECS`] and none

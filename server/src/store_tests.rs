@@ -672,3 +672,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_request_in_flight_when_its_session_is_deleted_makes_no_file_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let st = store(tmp);
+    let s = create(&st, 8);
+    assert!(!put(&s, 0, b"abcd").unwrap());
+    // Idle: the files are closed, and the next chunk would open them again.
+    s.close_if_idle(u64::MAX);
+    // A request holding the session (admitted before) is still going when it is deleted.
+    let dir = s.dir.clone();
+    st.delete(T, &s.id).unwrap();
+    assert!(!dir.exists());
+    assert_eq!(put(&s, 4, b"efgh").unwrap_err().code, code::UNKNOWN_UPLOAD);
+    assert!(!dir.exists(), "the deleted session's directory came back");
+}

@@ -180,6 +180,7 @@ impl Store {
             meta: Mutex::new(meta.clone()),
             remote: self.remote.clone(),
             file_hash: Mutex::default(),
+            files_gone: Default::default(),
         });
         // The files were made without the index lock (their fsyncs must not hold up every
         // other request); a create with the same key may have won meanwhile.

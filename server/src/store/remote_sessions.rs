@@ -72,6 +72,7 @@ impl Store {
             meta: std::sync::Mutex::new(meta),
             remote: Some(Arc::clone(remote)),
             file_hash: std::sync::Mutex::default(),
+            files_gone: Default::default(),
         });
         let mut idx = lock(&self.index);
         // Another request may have loaded it meanwhile: keep that one.
