@@ -61,18 +61,7 @@ impl Drop for Nginx {
     /// SIGTERM, so the master takes its worker down with it (a SIGKILLed master leaves
     /// the worker running, holding the port); SIGKILL if it has not gone within 5 s.
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        uplink_e2e::terminate(&mut self.child, Duration::from_secs(5));
     }
 }
 
