@@ -55,6 +55,12 @@ struct Args {
     /// clients serve the same uploads: any of them takes any request.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// With --store: a multipart upload under the store's objects/ older than this many
+    /// seconds was left by a complete whose node died, and the sweep aborts it (S3 bills
+    /// its parts until then). It must exceed the longest complete (one holds its lease an
+    /// hour at most): a shorter age can abort a complete still running.
+    #[arg(long, value_name = "SECS", default_value_t = store::ABANDONED_MULTIPART_SECS, requires = "store")]
+    abandoned_multipart_after: u64,
     /// File holding the client secret (the daemon uses the same file). The bearer
     /// credential clients present and the key that checks chunk tags are derived from it;
     /// the secret itself is never sent. One client: objects go to DATA_DIR/objects.
@@ -218,7 +224,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let credentials = config.credentials.describe();
             tracing::info!(store = %url, %credentials, "object store");
             let prefix = config.prefix.clone();
-            let remote = store::Remote::new(s3::S3::new(config)?, &prefix, per_tenant);
+            let remote = store::Remote::new(s3::S3::new(config)?, &prefix, per_tenant)
+                .abandoning_multiparts_after(args.abandoned_multipart_after);
+            if args.abandoned_multipart_after < store::LEASE_SECS {
+                tracing::warn!(
+                    secs = args.abandoned_multipart_after,
+                    lease_secs = store::LEASE_SECS,
+                    "--abandoned-multipart-after is shorter than a completion lease: a complete running that long loses its multipart upload and fails"
+                );
+            }
             // Chunks kept for the running hash are bodies in memory too.
             store::set_hash_ahead_budget(args.max_buffered_bytes / 4);
             remote.probe()?;

@@ -567,7 +567,7 @@ mod remote_hash;
 mod remote_sessions;
 mod sweep;
 
-pub use remote::Remote;
+pub use remote::{ABANDONED_MULTIPART_SECS, LEASE_SECS, Remote};
 pub use remote_hash::set_budget as set_hash_ahead_budget;
 
 /// Runs `f`, which blocks on the object store, from wherever `get` was called: on a

@@ -16,7 +16,8 @@
 //! did not see each other's chunks can store overlapping ones; `complete` takes the newest
 //! way through the file ([`tiling`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use rand::RngCore;
@@ -35,6 +36,10 @@ pub struct Remote {
     pub s3: S3,
     prefix: String,
     per_tenant: bool,
+    /// Multipart uploads under objects/ older than this (seconds) are aborted by the sweep.
+    abandoned_multipart_secs: u64,
+    /// upload id -> when this node's sweep first listed it (Unix seconds).
+    multipart_seen: Mutex<HashMap<String, u64>>,
 }
 
 /// A failed S3 call as the client sees it: retryable (503) when the store may recover,
@@ -52,7 +57,16 @@ impl Remote {
             s3,
             prefix: prefix.trim_matches('/').to_string(),
             per_tenant,
+            abandoned_multipart_secs: ABANDONED_MULTIPART_SECS,
+            multipart_seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Multipart uploads older than `secs` are taken as abandoned (their complete's node
+    /// died) and aborted by the sweep.
+    pub fn abandoning_multiparts_after(mut self, secs: u64) -> Remote {
+        self.abandoned_multipart_secs = secs;
+        self
     }
 
     pub(super) fn key(&self, rest: &str) -> String {
@@ -338,6 +352,11 @@ impl Remote {
 
     /// Aborts the multipart uploads that completes which died left behind (their parts
     /// cost storage and are never seen). Returns how many.
+    ///
+    /// An upload is old when the store's `Initiated` says so *and* this node has listed it
+    /// for that long: some S3-compatible stores answer a fixed or wrong `Initiated` (moto
+    /// answers 2010-11-10 for every upload), and trusting it alone would abort a complete
+    /// still writing. A node that restarts only starts counting again: later, never early.
     pub(super) fn abort_stale_multiparts(&self, now: u64) -> usize {
         let uploads = match self.s3.multipart_uploads(&self.key("objects/")) {
             Ok(u) => u,
@@ -346,17 +365,31 @@ impl Remote {
                 return 0;
             }
         };
-        let before = crate::s3::sigv4::iso8601(now.saturating_sub(STALE_MULTIPART_SECS));
+        let age = self.abandoned_multipart_secs;
+        let before = crate::s3::sigv4::iso8601(now.saturating_sub(age));
+        let stale: Vec<(String, String)> = {
+            let mut seen = self
+                .multipart_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            seen.retain(|id, _| uploads.iter().any(|(_, u, _)| u == id));
+            uploads
+                .into_iter()
+                .filter(|(_, upload_id, initiated)| {
+                    let first_seen = *seen.entry(upload_id.clone()).or_insert(now);
+                    let by_store = initiated
+                        .get(..before.len())
+                        .is_some_and(|t| t < before.as_str());
+                    by_store && first_seen.saturating_add(age) <= now
+                })
+                .map(|(key, upload_id, _)| (key, upload_id))
+                .collect()
+        };
         let mut aborted = 0;
-        for (key, upload_id, initiated) in uploads {
-            if initiated
-                .get(..before.len())
-                .is_some_and(|t| t < before.as_str())
-            {
-                match self.s3.abort_multipart(&key, &upload_id) {
-                    Ok(()) => aborted += 1,
-                    Err(e) => tracing::warn!(%key, error = %e, "cannot abort a multipart upload"),
-                }
+        for (key, upload_id) in stale {
+            match self.s3.abort_multipart(&key, &upload_id) {
+                Ok(()) => aborted += 1,
+                Err(e) => tracing::warn!(%key, error = %e, "cannot abort a multipart upload"),
             }
         }
         aborted
@@ -461,10 +494,10 @@ impl Remote {
 
 /// How long a completion lease holds: a complete of 100 GB takes minutes; one whose node
 /// died holds the upload back at most this long.
-const LEASE_SECS: u64 = 3600;
-/// A multipart upload older than this was left by a complete that died (one that lives
-/// finishes within its lease).
-const STALE_MULTIPART_SECS: u64 = 6 * 3600;
+pub const LEASE_SECS: u64 = 3600;
+/// By default, a multipart upload older than this was left by a complete that died (one
+/// that lives finishes within its lease).
+pub const ABANDONED_MULTIPART_SECS: u64 = 6 * 3600;
 
 /// A lease's body: until when it holds (Unix seconds) and its holder's token.
 fn parse_lease(body: &[u8]) -> (Option<u64>, Option<&str>) {

@@ -13,6 +13,8 @@
   s3_admin.py shas ENDPOINT KEY SECRET BUCKET PREFIX  -> "<key> <sha256 hex> <size>" per object
   s3_admin.py list ENDPOINT KEY SECRET BUCKET PREFIX  -> the keys, one per line
   s3_admin.py uploads ENDPOINT KEY SECRET BUCKET      -> multipart uploads in progress, one per line
+  s3_admin.py begin ENDPOINT KEY SECRET BUCKET OBJECT -> starts a multipart upload of OBJECT
+      with one 5 MiB part and leaves it open (as a complete whose node died does)
   s3_admin.py put ENDPOINT KEY SECRET BUCKET OBJECT TEXT|@FILE [NAME=VALUE...]
       -> stores TEXT (or FILE's bytes) at OBJECT, with those user metadata entries
 """
@@ -130,6 +132,11 @@ def main(argv):
         body = argv[7]
         body = open(body[1:], "rb").read() if body.startswith("@") else body.encode()
         s3.put_object(Bucket=bucket, Key=argv[6], Body=body, Metadata=meta)
+    elif cmd == "begin":
+        key = argv[6]
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * (5 << 20))
+        print(upload)
     elif cmd == "uploads":
         for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
             print(u["Key"], u["UploadId"])

@@ -161,6 +161,12 @@ impl S3Server {
         self.with_keys("put", &[key, text, &format!("{name}={value}")]);
     }
 
+    /// Starts a multipart upload of `key` with one part and leaves it open, as a complete
+    /// whose node died does.
+    pub fn begin_multipart(&self, key: &str) {
+        self.with_keys("begin", &[key]);
+    }
+
     /// Multipart uploads started and neither completed nor aborted.
     pub fn open_multipart_uploads(&self) -> Vec<String> {
         let out = self.with_keys("uploads", &[]);

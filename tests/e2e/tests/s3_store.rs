@@ -672,3 +672,45 @@ async fn a_complete_repeated_after_a_crash_recognises_its_own_object() {
         Some("someone else's".len() as u64)
     );
 }
+
+/// A complete whose node died leaves its multipart upload open, and S3 bills the parts
+/// until someone aborts it: the sweep does, once it is older than
+/// `--abandoned-multipart-after`, and only under the server's own objects/.
+#[test]
+fn the_sweep_aborts_a_multipart_upload_a_dead_complete_left_and_nothing_else() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    s3.begin_multipart("uplink/objects/orphan.bin");
+    // Someone else's, outside the server's prefix.
+    s3.begin_multipart("elsewhere/theirs.bin");
+    let _node = node(
+        &dir.path().join("node"),
+        "127.0.0.1:0",
+        &s3,
+        None,
+        &[
+            "--completed-retention",
+            "2",
+            "--abandoned-multipart-after",
+            "12",
+        ],
+    );
+    let keys = || -> Vec<String> {
+        let mut k: Vec<String> = s3
+            .open_multipart_uploads()
+            .iter()
+            .filter_map(|l| l.split(' ').next().map(str::to_string))
+            .collect();
+        k.sort();
+        k
+    };
+    // Younger than the age (the node sweeps every second): kept, a complete may be writing it.
+    assert_eq!(
+        keys(),
+        ["elsewhere/theirs.bin", "uplink/objects/orphan.bin"]
+    );
+    let aborted = wait_for(std::time::Duration::from_secs(40), || {
+        (keys() == ["elsewhere/theirs.bin"]).then_some(())
+    });
+    assert!(aborted.is_some(), "still open: {:?}", keys());
+}
