@@ -117,6 +117,13 @@ impl Store {
                     });
             }
             remote.mark_open(&meta)?;
+            if let Err(e) = self.recheck_quota(tenant, req.size) {
+                // Creates raced this one past the quota: it never existed.
+                if let Err(d) = remote.delete_session(&id, Some(&meta)) {
+                    tracing::warn!(upload_id = %id, error = %d.message, "cannot remove an upload refused by the quota");
+                }
+                return Err(e);
+            }
         }
         let dir = self.sessions_dir.join(&id);
         let make = || -> std::io::Result<PartFile> {
@@ -197,6 +204,16 @@ impl Store {
                     "the upload this key created was deleted meanwhile; try again",
                 ))
             });
+        }
+        // Creates running at once all passed the early check: the last word is given
+        // here, under the index lock, so they cannot all be admitted.
+        if self.remote.is_none()
+            && let Err(e) = self.admit_counted(&idx, tenant, req.size)
+        {
+            drop(idx);
+            session.close_files();
+            session.remove_stored();
+            return Err(e);
         }
         if let Some(k) = scoped {
             idx.by_key.insert(k, id.clone());

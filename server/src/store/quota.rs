@@ -40,6 +40,10 @@ impl Store {
 
     /// Refuses a new upload of `size` bytes that would take `tenant` past its quota (a
     /// `session` also counts against the uploads open; a whole-object PUT does not).
+    ///
+    /// This is the early answer, before anything is written; creates running at once can
+    /// all pass it, so a create checks again once its upload counts
+    /// ([`Store::admit_counted`], [`Store::recheck_quota`]).
     pub fn check_quota(&self, tenant: &str, size: u64, session: bool) -> Result<(), ApiError> {
         let quota = self.quota_of(tenant);
         if quota.bytes.is_none() && quota.sessions.is_none() {
@@ -48,22 +52,61 @@ impl Store {
         let (open, open_bytes) = match &self.remote {
             // Every node's uploads count.
             Some(remote) => remote.open_uploads(tenant)?,
-            None => {
-                let idx = lock(&self.index);
-                idx.by_id
-                    .values()
-                    .filter(|s| s.tenant == tenant && lock(&s.meta).completed.is_none())
-                    .fold((0usize, 0u64), |(n, b), s| (n + 1, b + s.size))
-            }
+            None => open_here(&lock(&self.index), tenant),
         };
+        self.within_quota(tenant, quota, open + usize::from(session), open_bytes, size)
+    }
+
+    /// The local store's last word on a new upload, given the index it is about to join
+    /// (locked by the caller, so no other create counts in between): `tenant`'s open
+    /// uploads plus this one of `size` bytes.
+    pub(super) fn admit_counted(
+        &self,
+        idx: &super::Index,
+        tenant: &str,
+        size: u64,
+    ) -> Result<(), ApiError> {
+        let quota = self.quota_of(tenant);
+        if quota.bytes.is_none() && quota.sessions.is_none() {
+            return Ok(());
+        }
+        let (open, open_bytes) = open_here(idx, tenant);
+        self.within_quota(tenant, quota, open + 1, open_bytes, size)
+    }
+
+    /// An object store's last word on a new upload of `size` bytes whose open marker is
+    /// written: it is counted with every node's. Of creates racing past the quota each sees the others'
+    /// markers, so at worst all of them are refused (429, retryable), never all admitted.
+    pub(super) fn recheck_quota(&self, tenant: &str, size: u64) -> Result<(), ApiError> {
+        let quota = self.quota_of(tenant);
+        if quota.bytes.is_none() && quota.sessions.is_none() {
+            return Ok(());
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let (open, open_bytes) = remote.open_uploads(tenant)?;
+        self.within_quota(tenant, quota, open, open_bytes.saturating_sub(size), size)
+    }
+
+    /// Refuses when `open` uploads, or the tenant's objects plus `open_bytes` plus `size`,
+    /// are past `quota`.
+    fn within_quota(
+        &self,
+        tenant: &str,
+        quota: Quota,
+        open: usize,
+        open_bytes: u64,
+        size: u64,
+    ) -> Result<(), ApiError> {
         if let Some(max) = quota.sessions
-            && session
-            && open >= max
+            && open > max
         {
+            let others = open - 1;
             return Err(ApiError::new(
                 429,
                 code::TOO_MANY_SESSIONS,
-                format!("{open} uploads open, the quota is {max}: one finishing makes room"),
+                format!("{others} uploads open, the quota is {max}: one finishing makes room"),
             )
             .retry_in(5));
         }
@@ -125,4 +168,12 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// `tenant`'s uploads open in this node's index, and their declared bytes.
+fn open_here(idx: &super::Index, tenant: &str) -> (usize, u64) {
+    idx.by_id
+        .values()
+        .filter(|s| s.tenant == tenant && lock(&s.meta).completed.is_none())
+        .fold((0, 0), |(n, b), s| (n + 1, b + s.size))
 }

@@ -714,3 +714,55 @@ fn the_sweep_aborts_a_multipart_upload_a_dead_complete_left_and_nothing_else() {
     });
     assert!(aborted.is_some(), "still open: {:?}", keys());
 }
+
+/// Creates racing on two nodes all pass the early quota check; each counts every node's
+/// open markers again once its own is written, so together they never pass the quota (at
+/// worst all are refused, 429, and retried).
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_racing_on_two_nodes_never_open_more_uploads_than_the_quota() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let quota = ["--quota-sessions", "1"];
+    let a = node(&dir.path().join("node-a"), "127.0.0.1:0", &s3, None, &quota);
+    let b = node(
+        &dir.path().join("node-b"),
+        "127.0.0.1:0",
+        &s3,
+        Some(&a),
+        &quota,
+    );
+    let apis = [
+        std::sync::Arc::new(server_client(&a)),
+        std::sync::Arc::new(server_client(&b)),
+    ];
+    for round in 0..4 {
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let api = std::sync::Arc::clone(&apis[i % 2]);
+                tokio::spawn(async move {
+                    let name = format!("race-{round}-{i}.bin");
+                    api.create(&name, &create(&name, 10)).await
+                })
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for t in tasks {
+            match t.await.expect("create task") {
+                Ok(created) => admitted.push(created.upload_id),
+                refused => refused_with(refused, 429, "too_many_sessions"),
+            }
+        }
+        assert!(
+            admitted.len() <= 1,
+            "round {round}: {admitted:?} open, quota 1"
+        );
+        assert!(
+            s3.keys("uplink/open/").len() <= 1,
+            "{:?}",
+            s3.keys("uplink/open/")
+        );
+        for id in admitted {
+            apis[0].delete(&id).await.expect("delete");
+        }
+    }
+}

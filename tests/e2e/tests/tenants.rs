@@ -382,3 +382,35 @@ fn a_secret_file_others_can_read_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// Creates that arrive together all pass the early quota check; each is counted again as
+/// it joins the server's uploads, so together they never open more than the quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_sent_at_once_never_open_more_uploads_than_the_quota() {
+    let dir = workdir();
+    let server = Server::start_opts(dir.path(), None, &["--quota-sessions", "2"]);
+    let api = std::sync::Arc::new(server_client(&server));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let api = std::sync::Arc::clone(&api);
+            tokio::spawn(async move {
+                let req = uplink_proto::wire::CreateUpload {
+                    deferred_length: false,
+                    size: 10,
+                    name: format!("burst-{i}.bin"),
+                    metadata: Default::default(),
+                    overwrite: false,
+                };
+                api.create(&format!("burst-{i}"), &req).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.expect("create task") {
+            Ok(_) => admitted += 1,
+            refused => refused_with(refused, 429, "too_many_sessions"),
+        }
+    }
+    assert_eq!(admitted, 2, "uploads opened by 16 creates at once, quota 2");
+}
