@@ -120,6 +120,10 @@ fn credential_source(
             session_token: setting(&["AWS_SESSION_TOKEN"], "aws_session_token"),
         }));
     }
+    // The profile's command, before a web identity from the environment (as the SDKs do).
+    if let Some(command) = setting(&[], "credential_process") {
+        return Ok(Source::Process(command));
+    }
     let role_arn = setting(&["AWS_ROLE_ARN"], "role_arn");
     let token_file = setting(&["AWS_WEB_IDENTITY_TOKEN_FILE"], "web_identity_token_file");
     match (role_arn, token_file) {
@@ -177,8 +181,9 @@ fn credential_source(
     if var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err(format!(
             "--store {url}: no S3 credentials (set AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY, profile {profile:?} in ~/.aws/credentials, \
-             AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE, or a container endpoint; \
+             AWS_SECRET_ACCESS_KEY, profile {profile:?} in ~/.aws/credentials, its \
+             credential_process, AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE, or a \
+             container endpoint; \
              the instance metadata service is off by AWS_EC2_METADATA_DISABLED)"
         ));
     }

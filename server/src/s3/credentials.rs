@@ -3,7 +3,8 @@
 //! The chain every AWS SDK walks, in its order ([`super::Config::from_env`] picks the
 //! source; nothing is fetched until the first request):
 //! 1. static keys: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`),
-//!    then the profile in `~/.aws/credentials` / `~/.aws/config`;
+//!    then the profile in `~/.aws/credentials` / `~/.aws/config`; or the profile's
+//!    `credential_process`, a command that prints them ([`super::credential_process`]);
 //! 2. a web identity token exchanged at STS (`AssumeRoleWithWebIdentity`): the token file
 //!    and role from `AWS_WEB_IDENTITY_TOKEN_FILE` / `AWS_ROLE_ARN` or the profile's
 //!    `web_identity_token_file` / `role_arn`, as Kubernetes service accounts (EKS IRSA)
@@ -88,6 +89,8 @@ pub enum ContainerToken {
 #[derive(Clone, Debug)]
 pub enum Source {
     Static(Credentials),
+    /// A profile's `credential_process` command line.
+    Process(String),
     WebIdentity {
         role_arn: String,
         token_file: PathBuf,
@@ -108,6 +111,7 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::Static(_) => "static keys".into(),
+            Source::Process(command) => format!("credential_process `{command}`"),
             Source::WebIdentity { role_arn, sts, .. } => {
                 format!("web identity for {role_arn} at {}", sts.url())
             }
@@ -118,6 +122,7 @@ impl Source {
 }
 
 /// Credentials and when they stop working (unix seconds; `None`: never).
+#[derive(Debug)]
 pub struct Fetched {
     pub credentials: Credentials,
     pub expires: Option<u64>,
@@ -147,7 +152,7 @@ pub struct Provider {
 impl Provider {
     pub fn new(source: Source, ca_bundle: Option<&std::path::Path>) -> Result<Provider, String> {
         let endpoint = match &source {
-            Source::Static(_) => None,
+            Source::Static(_) | Source::Process(_) => None,
             Source::WebIdentity { sts, .. } => Some(sts),
             Source::Container { endpoint, .. } | Source::Imds { endpoint } => Some(endpoint),
         };
@@ -212,6 +217,9 @@ impl Provider {
     }
 
     fn fetch_blocking(&self, rt: &'static tokio::runtime::Runtime) -> Result<Fetched, S3Error> {
+        if let Source::Process(command) = &self.source {
+            return super::credential_process::run(command, FETCH_TIMEOUT);
+        }
         let Some(conns) = &self.conns else {
             return Err(S3Error::transport("no credentials endpoint"));
         };
@@ -248,6 +256,9 @@ async fn fetch(source: &Source, conns: &Connections) -> Result<Fetched, S3Error>
             credentials: c.clone(),
             expires: None,
         }),
+        Source::Process(_) => Err(S3Error::transport(
+            "credential_process runs outside the runtime",
+        )),
         Source::WebIdentity {
             role_arn,
             token_file,

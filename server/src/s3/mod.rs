@@ -16,6 +16,7 @@
 
 mod config;
 mod connection;
+mod credential_process;
 pub mod credentials;
 mod multipart;
 pub mod sigv4;

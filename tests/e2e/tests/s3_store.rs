@@ -462,6 +462,74 @@ fn an_endpoint_at_an_ipv6_address_is_reached() {
     assert_eq!(s3.object_sha("uplink/objects/v6.bin"), Some(want));
 }
 
+/// A profile whose `credential_process` prints the keys (aws-vault, IAM Roles Anywhere's
+/// signing helper): the node runs it, signs with what it printed, and a command that fails
+/// stops the node at start with what the command said.
+#[test]
+fn a_node_whose_profile_names_a_credential_process_signs_with_what_it_prints() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let ran = dir.path().join("process-ran");
+    let script = dir.path().join("vault.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {ran}\n\
+             printf '{{\"Version\": 1, \"AccessKeyId\": \"%s\", \"SecretAccessKey\": \"%s\", \
+             \"Expiration\": \"2099-01-01T00:00:00Z\"}}' {id} {secret}\n",
+            ran = ran.display(),
+            id = s3.access_key_id,
+            secret = s3.secret_access_key,
+        ),
+    )
+    .unwrap();
+    chmod(&script, 0o700);
+    let config = dir.path().join("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile capture]\ncredential_process = {} capture-profile\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let mut env = keyless_env(&s3, dir.path());
+    env.retain(|(k, _)| *k != "AWS_CONFIG_FILE");
+    env.push(("AWS_CONFIG_FILE", config.display().to_string()));
+    env.push(("AWS_PROFILE", "capture".into()));
+    let server = start_keyless(&dir.path().join("node"), &env);
+    let log = std::fs::read_to_string(&server.proc.log).unwrap_or_default();
+    assert!(
+        log.contains("credential_process"),
+        "the log names the source: {log}"
+    );
+    let want = upload_through(&server, dir.path(), "vault.bin");
+    assert_eq!(s3.object_sha("uplink/objects/vault.bin"), Some(want));
+    let runs = std::fs::read_to_string(&ran).unwrap();
+    assert!(runs.lines().all(|l| l == "capture-profile"), "{runs}");
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "keys valid until 2099 are fetched once"
+    );
+    drop(server);
+
+    // A command that fails: the node does not start, and says why.
+    std::fs::write(
+        &config,
+        "[profile capture]\ncredential_process = sh -c 'echo session expired, run vault login >&2; exit 2'\n",
+    )
+    .unwrap();
+    // (s3.env()'s keys, which refused_at_start also sets, blanked: they would come first.)
+    env.extend([
+        ("AWS_ACCESS_KEY_ID", String::new()),
+        ("AWS_SECRET_ACCESS_KEY", String::new()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let said = refused_at_start(dir.path(), &s3, STORE, &env);
+    assert!(said.contains("session expired, run vault login"), "{said}");
+}
+
 #[test]
 fn a_node_with_a_web_identity_token_signs_with_the_role_sts_gives_it() {
     let dir = workdir();
