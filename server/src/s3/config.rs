@@ -61,13 +61,31 @@ impl Config {
             p => format!("profile {p}"),
         };
         let from_config = config_file
-            .map(|f| read_ini(&f, &config_section))
+            .as_ref()
+            .map(|f| read_ini(f, &config_section))
             .transpose()?
             .unwrap_or_default();
         let from_creds = creds_file
-            .map(|f| read_ini(&f, &profile))
+            .as_ref()
+            .map(|f| read_ini(f, &profile))
             .transpose()?
             .unwrap_or_default();
+        // Another profile's settings (a source_profile's keys), credentials file first.
+        let other_profile = |name: &str| -> Result<HashMap<String, String>, String> {
+            let section = match name {
+                "default" => "default".to_string(),
+                p => format!("profile {p}"),
+            };
+            let mut all = config_file
+                .as_ref()
+                .map(|f| read_ini(f, &section))
+                .transpose()?
+                .unwrap_or_default();
+            if let Some(f) = &creds_file {
+                all.extend(read_ini(f, name)?);
+            }
+            Ok(all)
+        };
         let setting = |env_names: &[&str], file_key: &str| {
             env_names
                 .iter()
@@ -88,7 +106,8 @@ impl Config {
             }
             None => (true, format!("s3.{region}.amazonaws.com"), false),
         };
-        let credentials = credential_source(url, &var, &setting, &region, &profile)?;
+        let credentials =
+            credential_source(url, &var, &setting, &other_profile, &region, &profile)?;
         Ok(Config {
             bucket,
             prefix,
@@ -102,12 +121,16 @@ impl Config {
     }
 }
 
+/// Reads the settings of a named profile (a `source_profile`) from the AWS files.
+type ProfileReader<'a> = dyn Fn(&str) -> Result<HashMap<String, String>, String> + 'a;
+
 /// The first link of the credential chain the environment and profile set up (see
 /// [`super::credentials`] for the order).
 fn credential_source(
     url: &str,
     var: &dyn Fn(&str) -> Option<String>,
     setting: &dyn Fn(&[&str], &str) -> Option<String>,
+    other_profile: &ProfileReader,
     region: &str,
     profile: &str,
 ) -> Result<Source, String> {
@@ -126,33 +149,62 @@ fn credential_source(
     }
     let role_arn = setting(&["AWS_ROLE_ARN"], "role_arn");
     let token_file = setting(&["AWS_WEB_IDENTITY_TOKEN_FILE"], "web_identity_token_file");
-    match (role_arn, token_file) {
-        (Some(role_arn), Some(token_file)) => {
-            let sts = match setting(
-                &["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"],
-                "endpoint_url",
-            ) {
-                Some(e) => Endpoint::parse(&e).map_err(|m| format!("STS endpoint {m}"))?,
-                None => Endpoint {
-                    https: true,
-                    authority: format!("sts.{region}.amazonaws.com"),
-                    path: "/".into(),
-                },
-            };
+    let sts = || -> Result<Endpoint, String> {
+        match setting(
+            &["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"],
+            "endpoint_url",
+        ) {
+            Some(e) => Endpoint::parse(&e).map_err(|m| format!("STS endpoint {m}")),
+            None => Ok(Endpoint {
+                https: true,
+                authority: format!("sts.{region}.amazonaws.com"),
+                path: "/".into(),
+            }),
+        }
+    };
+    let session_name = || {
+        setting(&["AWS_ROLE_SESSION_NAME"], "role_session_name")
+            .unwrap_or_else(|| "uplink-server".into())
+    };
+    match (role_arn, token_file, setting(&[], "source_profile")) {
+        (Some(role_arn), Some(token_file), _) => {
             return Ok(Source::WebIdentity {
                 role_arn,
                 token_file: PathBuf::from(token_file),
-                session_name: setting(&["AWS_ROLE_SESSION_NAME"], "role_session_name")
-                    .unwrap_or_else(|| "uplink-server".into()),
-                sts,
+                session_name: session_name(),
+                sts: sts()?,
             });
         }
-        (Some(role_arn), None) => {
+        (Some(role_arn), None, Some(source)) => {
+            let keys = other_profile(&source)?;
+            let (Some(id), Some(secret)) = (
+                keys.get("aws_access_key_id"),
+                keys.get("aws_secret_access_key"),
+            ) else {
+                return Err(format!(
+                    "--store {url}: profile {profile:?} assumes role {role_arn} with the keys \
+                     of source_profile {source:?}, which has none (aws_access_key_id and \
+                     aws_secret_access_key in ~/.aws/credentials)"
+                ));
+            };
+            return Ok(Source::AssumeRole {
+                role_arn,
+                session_name: session_name(),
+                external_id: setting(&[], "external_id"),
+                source: Credentials {
+                    access_key_id: id.clone(),
+                    secret_access_key: Zeroizing::new(secret.clone()),
+                    session_token: keys.get("aws_session_token").cloned(),
+                },
+                sts: sts()?,
+                region: region.to_string(),
+            });
+        }
+        (Some(role_arn), None, None) => {
             return Err(format!(
-                "--store {url}: profile {profile:?} assumes role {role_arn} without a web \
-                 identity token file; roles assumed from another profile's keys \
-                 (source_profile) are not supported: give the keys, or \
-                 AWS_WEB_IDENTITY_TOKEN_FILE"
+                "--store {url}: profile {profile:?} assumes role {role_arn} with neither a web \
+                 identity token file nor a source_profile whose keys assume it: set \
+                 AWS_WEB_IDENTITY_TOKEN_FILE or source_profile"
             ));
         }
         _ => {}
@@ -370,5 +422,62 @@ mod tests {
             .err()
             .unwrap();
         assert!(missing.contains("no S3 credentials"), "{missing}");
+    }
+
+    #[test]
+    fn a_role_is_assumed_with_the_keys_of_its_source_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, creds) = (dir.path().join("config"), dir.path().join("credentials"));
+        std::fs::write(
+            &config,
+            "[profile ingest]\nrole_arn = arn:aws:iam::1:role/ingest\n\
+             source_profile = base\nexternal_id = fleet-7\nrole_session_name = node-a\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &creds,
+            "[base]\naws_access_key_id = BASEKEY\naws_secret_access_key = basesecret\n",
+        )
+        .unwrap();
+        let c = Config::from_env(
+            "s3://bucket1",
+            &env(&[
+                ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+                ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+                ("AWS_PROFILE", "ingest"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ]),
+        )
+        .unwrap();
+        let Source::AssumeRole {
+            role_arn,
+            session_name,
+            external_id,
+            source,
+            sts,
+            region,
+        } = c.credentials
+        else {
+            panic!("expected a role to assume, got {:?}", c.credentials);
+        };
+        assert_eq!(
+            (
+                role_arn.as_str(),
+                session_name.as_str(),
+                external_id.as_deref()
+            ),
+            ("arn:aws:iam::1:role/ingest", "node-a", Some("fleet-7"))
+        );
+        assert_eq!(
+            (
+                source.access_key_id.as_str(),
+                source.secret_access_key.as_str()
+            ),
+            ("BASEKEY", "basesecret")
+        );
+        assert_eq!(
+            (sts.authority.as_str(), region.as_str()),
+            ("127.0.0.1:5000", "us-east-1")
+        );
     }
 }

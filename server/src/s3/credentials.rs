@@ -9,6 +9,8 @@
 //!    and role from `AWS_WEB_IDENTITY_TOKEN_FILE` / `AWS_ROLE_ARN` or the profile's
 //!    `web_identity_token_file` / `role_arn`, as Kubernetes service accounts (EKS IRSA)
 //!    provide them; the file is read anew at every refresh, since the kubelet rotates it;
+//!    or a role assumed at STS (`AssumeRole`, signed with the keys of the profile's
+//!    `source_profile`);
 //! 3. the container endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or `_RELATIVE_URI`,
 //!    with `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]`): ECS tasks and EKS Pod Identity;
 //! 4. the EC2 instance's role through IMDSv2 (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, off
@@ -35,7 +37,7 @@ pub const REFRESH_BEFORE: u64 = 300;
 /// After a failed fetch, the next one waits this long.
 pub const RETRY_AFTER: u64 = 10;
 /// How long STS or the container endpoint may take to answer.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// IMDS is on the instance: it answers at once or not at all.
 const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lifetime asked of an IMDSv2 session token.
@@ -71,7 +73,7 @@ impl Endpoint {
         })
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://{}{}", self.authority, self.path)
     }
@@ -97,6 +99,15 @@ pub enum Source {
         session_name: String,
         sts: Endpoint,
     },
+    /// A role assumed at STS with another profile's keys (`role_arn` + `source_profile`).
+    AssumeRole {
+        role_arn: String,
+        session_name: String,
+        external_id: Option<String>,
+        source: Credentials,
+        sts: Endpoint,
+        region: String,
+    },
     Container {
         endpoint: Endpoint,
         token: Option<ContainerToken>,
@@ -115,6 +126,16 @@ impl Source {
             Source::WebIdentity { role_arn, sts, .. } => {
                 format!("web identity for {role_arn} at {}", sts.url())
             }
+            Source::AssumeRole {
+                role_arn,
+                source,
+                sts,
+                ..
+            } => format!(
+                "role {role_arn} assumed at {} with key {}",
+                sts.url(),
+                source.access_key_id
+            ),
             Source::Container { endpoint, .. } => format!("container endpoint {}", endpoint.url()),
             Source::Imds { endpoint } => format!("instance metadata at {}", endpoint.url()),
         }
@@ -153,7 +174,7 @@ impl Provider {
     pub fn new(source: Source, ca_bundle: Option<&std::path::Path>) -> Result<Provider, String> {
         let endpoint = match &source {
             Source::Static(_) | Source::Process(_) => None,
-            Source::WebIdentity { sts, .. } => Some(sts),
+            Source::WebIdentity { sts, .. } | Source::AssumeRole { sts, .. } => Some(sts),
             Source::Container { endpoint, .. } | Source::Imds { endpoint } => Some(endpoint),
         };
         let conns = endpoint
@@ -271,36 +292,22 @@ async fn fetch(source: &Source, conns: &Connections) -> Result<Fetched, S3Error>
                     token_file.display()
                 ))
             })?;
-            let enc = |s: &str| sigv4::uri_encode(s, true);
-            let form = format!(
-                "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn={}\
-                 &RoleSessionName={}&WebIdentityToken={}",
-                enc(role_arn),
-                enc(session_name),
-                enc(token.trim())
-            );
-            let headers = [(
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8".to_string(),
-            )];
-            let (status, _, body) = send(
-                conns,
-                Method::POST,
-                &sts.path,
-                &headers,
-                Bytes::from(form),
-                FETCH_TIMEOUT,
-            )
-            .await?;
-            let text = String::from_utf8_lossy(&body);
-            match status {
-                200 => parse_sts(&text),
-                _ => Err(S3Error {
-                    status: Some(status),
-                    code: super::xml::first(&text, "Code").unwrap_or(format!("Http{status}")),
-                    message: super::xml::first(&text, "Message").unwrap_or_default(),
-                }),
-            }
+            super::sts::with_web_identity(conns, sts, role_arn, session_name, token.trim()).await
+        }
+        Source::AssumeRole {
+            role_arn,
+            session_name,
+            external_id,
+            source,
+            sts,
+            region,
+        } => {
+            let role = super::sts::Role {
+                arn: role_arn,
+                session_name,
+                external_id: external_id.as_deref(),
+            };
+            super::sts::assume_role(conns, sts, region, source, &role).await
         }
         Source::Container { endpoint, token } => {
             let auth = match token {
@@ -388,7 +395,7 @@ async fn fetch(source: &Source, conns: &Connections) -> Result<Fetched, S3Error>
 }
 
 /// One request to a credentials endpoint: status, headers, body.
-async fn send(
+pub(super) async fn send(
     conns: &Connections,
     method: Method,
     path: &str,
@@ -431,27 +438,12 @@ fn expect_ok(status: u16, body: &[u8]) -> Result<(), S3Error> {
     }
 }
 
-fn malformed(what: &str) -> S3Error {
+pub(super) fn malformed(what: &str) -> S3Error {
     S3Error {
         status: Some(200),
         code: "MalformedCredentials".into(),
         message: format!("the answer has no {what}"),
     }
-}
-
-/// Credentials from an `AssumeRoleWithWebIdentity` answer.
-pub fn parse_sts(xml: &str) -> Result<Fetched, S3Error> {
-    let block = super::xml::blocks(xml, "Credentials")
-        .into_iter()
-        .next()
-        .ok_or_else(|| malformed("Credentials"))?;
-    let field = |tag: &str| super::xml::first(block, tag).ok_or_else(|| malformed(tag));
-    fetched(
-        field("AccessKeyId")?,
-        field("SecretAccessKey")?,
-        Some(field("SessionToken")?),
-        &field("Expiration")?,
-    )
 }
 
 /// Credentials from the JSON the container endpoint and IMDS answer.
@@ -480,7 +472,7 @@ pub fn parse_json(body: &[u8]) -> Result<Fetched, S3Error> {
     )
 }
 
-fn fetched(
+pub(super) fn fetched(
     access_key_id: String,
     secret: String,
     session_token: Option<String>,
@@ -569,25 +561,6 @@ mod tests {
         // Fresh keys are used as they are.
         p.state.lock().unwrap().current = Some((Arc::new(key("NEW")), Some(now + 3600)));
         assert_eq!(p.current(rt, now).unwrap().access_key_id, "NEW");
-    }
-
-    #[test]
-    fn reads_an_sts_answer() {
-        let xml = "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult>\
-            <Credentials><AccessKeyId>ASIAX</AccessKeyId><SecretAccessKey>s/e+c</SecretAccessKey>\
-            <SessionToken>tok&amp;en</SessionToken>\
-            <Expiration>2026-12-03T10:03:39.871883Z</Expiration></Credentials>\
-            </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
-        let f = parse_sts(xml).unwrap();
-        assert_eq!(f.credentials.access_key_id, "ASIAX");
-        assert_eq!(f.credentials.secret_access_key.as_str(), "s/e+c");
-        assert_eq!(f.credentials.session_token.as_deref(), Some("tok&en"));
-        assert_eq!(f.expires, Some(1_796_292_219));
-        let no_token = xml.replace("<SessionToken>tok&amp;en</SessionToken>", "");
-        assert_eq!(
-            parse_sts(&no_token).err().unwrap().code,
-            "MalformedCredentials"
-        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod credential_process;
 pub mod credentials;
 mod multipart;
 pub mod sigv4;
+mod sts;
 pub mod writer;
 pub mod xml;
 

@@ -43,15 +43,26 @@ pub struct Signable<'a> {
     pub payload_hash: &'a str,
 }
 
-/// The `Authorization` header for `req` at `amz_date` (`YYYYMMDDTHHMMSSZ`).
+/// The `Authorization` header for S3 request `req` at `amz_date` (`YYYYMMDDTHHMMSSZ`).
 pub fn authorization(
     creds: &Credentials,
     region: &str,
     amz_date: &str,
     req: &Signable<'_>,
 ) -> String {
+    authorization_for("s3", creds, region, amz_date, req)
+}
+
+/// The `Authorization` header for a request to AWS `service` (`s3`, `sts`).
+pub fn authorization_for(
+    service: &str,
+    creds: &Credentials,
+    region: &str,
+    amz_date: &str,
+    req: &Signable<'_>,
+) -> String {
     let date = &amz_date[..8.min(amz_date.len())];
-    let scope = format!("{date}/{region}/s3/aws4_request");
+    let scope = format!("{date}/{region}/{service}/aws4_request");
     let mut headers: Vec<(String, String)> = req
         .headers
         .iter()
@@ -78,7 +89,7 @@ pub fn authorization(
     );
     let secret = Zeroizing::new(format!("AWS4{}", creds.secret_access_key.as_str()));
     let mut key = hmac(secret.as_bytes(), date.as_bytes());
-    for part in [region, "s3", "aws4_request"] {
+    for part in [region, service, "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
     let signature = hex::encode(hmac(&key, to_sign.as_bytes()));

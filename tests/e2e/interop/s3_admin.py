@@ -2,8 +2,8 @@
 
   s3_admin.py setup ENDPOINT BUCKET
       -> {"access_key_id": ..., "secret_access_key": ..., "role_arn": ...}
-      (moto started with INITIAL_NO_AUTH_ACTION_COUNT=5: an IAM user allowed s3:*, a role
-      allowed s3:* that a web identity may assume, the user's access key, then the bucket
+      (moto started with INITIAL_NO_AUTH_ACTION_COUNT=5: an IAM user allowed s3:* and to
+      assume the role, a role allowed s3:* that a web identity or that user may assume, the user's access key, then the bucket
       made with that key; every later request must be signed, so a wrong signature is
       refused)
   s3_admin.py unsigned ENDPOINT N   -> lets the next N requests through unsigned (moto's
@@ -68,7 +68,11 @@ def main(argv):
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
         }
-        iam.put_user_policy(UserName="uplink", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        user_policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:*", "sts:AssumeRole"], "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="uplink", PolicyName="s3", PolicyDocument=json.dumps(user_policy))
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -76,6 +80,11 @@ def main(argv):
                     "Effect": "Allow",
                     "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/cluster"},
                     "Action": "sts:AssumeRoleWithWebIdentity",
+                },
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::123456789012:user/uplink"},
+                    "Action": "sts:AssumeRole",
                 }
             ],
         }

@@ -530,6 +530,52 @@ fn a_node_whose_profile_names_a_credential_process_signs_with_what_it_prints() {
     assert!(said.contains("session expired, run vault login"), "{said}");
 }
 
+/// A profile that assumes a role with another profile's keys (`role_arn` +
+/// `source_profile`, as in a multi-account setup): the node asks STS with a signed
+/// `AssumeRole` and signs every S3 request with the role's temporary keys.
+#[test]
+fn a_node_assumes_its_role_with_the_keys_of_its_source_profile() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let (config, creds) = (
+        dir.path().join("aws-config"),
+        dir.path().join("aws-credentials"),
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[profile ingest]\nrole_arn = {}\nsource_profile = base\n\
+             role_session_name = node-a\n",
+            s3.role_arn
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &creds,
+        format!(
+            "[base]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key_id, s3.secret_access_key
+        ),
+    )
+    .unwrap();
+    chmod(&creds, 0o600);
+    let mut env = keyless_env(&s3, dir.path());
+    env.retain(|(k, _)| !k.ends_with("_FILE"));
+    env.extend([
+        ("AWS_CONFIG_FILE", config.display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
+        ("AWS_PROFILE", "ingest".into()),
+    ]);
+    let server = start_keyless(&dir.path().join("node"), &env);
+    let log = std::fs::read_to_string(&server.proc.log).unwrap_or_default();
+    assert!(
+        log.contains(&format!("role {} assumed", s3.role_arn)),
+        "the log names the source: {log}"
+    );
+    let want = upload_through(&server, dir.path(), "assumed.bin");
+    assert_eq!(s3.object_sha("uplink/objects/assumed.bin"), Some(want));
+}
+
 #[test]
 fn a_node_with_a_web_identity_token_signs_with_the_role_sts_gives_it() {
     let dir = workdir();
