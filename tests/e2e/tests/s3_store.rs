@@ -463,21 +463,28 @@ fn an_endpoint_at_an_ipv6_address_is_reached() {
 }
 
 /// A profile whose `credential_process` prints the keys (aws-vault, IAM Roles Anywhere's
-/// signing helper): the node runs it, signs with what it printed, and a command that fails
-/// stops the node at start with what the command said.
+/// signing helper): the node runs it, signs with what it printed, runs it again when the
+/// keys are due for renewal, and a command that fails stops the node at start with what
+/// the command said.
 #[test]
 fn a_node_whose_profile_names_a_credential_process_signs_with_what_it_prints() {
     let dir = workdir();
     let s3 = S3Server::start(dir.path(), BUCKET);
     let ran = dir.path().join("process-ran");
+    // Keys valid until 2099, or (once `short` exists) for 306 s from each run: then they
+    // are due for renewal (5 min before expiry) 6 s after they were fetched.
+    let short = dir.path().join("short-lived");
     let script = dir.path().join("vault.sh");
     std::fs::write(
         &script,
         format!(
             "#!/bin/sh\necho \"$1\" >> {ran}\n\
+             exp=2099-01-01T00:00:00Z\n\
+             [ -f {short} ] && exp=$(date -u -d '+306 seconds' +%Y-%m-%dT%H:%M:%SZ)\n\
              printf '{{\"Version\": 1, \"AccessKeyId\": \"%s\", \"SecretAccessKey\": \"%s\", \
-             \"Expiration\": \"2099-01-01T00:00:00Z\"}}' {id} {secret}\n",
+             \"Expiration\": \"%s\"}}' {id} {secret} \"$exp\"\n",
             ran = ran.display(),
+            short = short.display(),
             id = s3.access_key_id,
             secret = s3.secret_access_key,
         ),
@@ -512,6 +519,16 @@ fn a_node_whose_profile_names_a_credential_process_signs_with_what_it_prints() {
         1,
         "keys valid until 2099 are fetched once"
     );
+    drop(server);
+
+    // Short-lived keys are fetched again once due, and the uploads go on.
+    std::fs::write(&short, "").unwrap();
+    let server = start_keyless(&dir.path().join("node-short"), &env);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let want = upload_through(&server, dir.path(), "renewed.bin");
+    assert_eq!(s3.object_sha("uplink/objects/renewed.bin"), Some(want));
+    let runs = std::fs::read_to_string(&ran).unwrap().lines().count();
+    assert!(runs >= 3, "{runs} runs: short-lived keys were not renewed");
     drop(server);
 
     // A command that fails: the node does not start, and says why.
