@@ -122,7 +122,11 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::Static(_) => "static keys".into(),
-            Source::Process(command) => format!("credential_process `{command}`"),
+            // The program only: arguments may carry what a log should not.
+            Source::Process(command) => format!(
+                "credential_process {}",
+                command.split_whitespace().next().unwrap_or_default()
+            ),
             Source::WebIdentity { role_arn, sts, .. } => {
                 format!("web identity for {role_arn} at {}", sts.url())
             }

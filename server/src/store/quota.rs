@@ -54,7 +54,9 @@ impl Store {
             Some(remote) => remote.open_uploads(tenant)?,
             None => open_here(&lock(&self.index), tenant),
         };
-        self.within_quota(tenant, quota, open + usize::from(session), open_bytes, size)
+        // A whole-object PUT opens no upload: only bytes count for it.
+        let sessions = session.then_some(open + 1);
+        self.within_quota(tenant, quota, sessions, open_bytes, size)
     }
 
     /// The local store's last word on a new upload, given the index it is about to join
@@ -71,12 +73,13 @@ impl Store {
             return Ok(());
         }
         let (open, open_bytes) = open_here(idx, tenant);
-        self.within_quota(tenant, quota, open + 1, open_bytes, size)
+        self.within_quota(tenant, quota, Some(open + 1), open_bytes, size)
     }
 
     /// An object store's last word on a new upload of `size` bytes whose open marker is
-    /// written: it is counted with every node's. Of creates racing past the quota each sees the others'
-    /// markers, so at worst all of them are refused (429, retryable), never all admitted.
+    /// written: it is counted with every node's. Of creates racing past the quota, each
+    /// sees the others' markers: at worst all are refused (429, retryable), never all
+    /// admitted.
     pub(super) fn recheck_quota(&self, tenant: &str, size: u64) -> Result<(), ApiError> {
         let quota = self.quota_of(tenant);
         if quota.bytes.is_none() && quota.sessions.is_none() {
@@ -86,20 +89,26 @@ impl Store {
             return Ok(());
         };
         let (open, open_bytes) = remote.open_uploads(tenant)?;
-        self.within_quota(tenant, quota, open, open_bytes.saturating_sub(size), size)
+        self.within_quota(
+            tenant,
+            quota,
+            Some(open),
+            open_bytes.saturating_sub(size),
+            size,
+        )
     }
 
-    /// Refuses when `open` uploads, or the tenant's objects plus `open_bytes` plus `size`,
-    /// are past `quota`.
+    /// Refuses when `open` uploads (this one among them; `None`: not counted), or the
+    /// tenant's objects plus `open_bytes` plus `size`, are past `quota`.
     fn within_quota(
         &self,
         tenant: &str,
         quota: Quota,
-        open: usize,
+        open: Option<usize>,
         open_bytes: u64,
         size: u64,
     ) -> Result<(), ApiError> {
-        if let Some(max) = quota.sessions
+        if let (Some(max), Some(open)) = (quota.sessions, open)
             && open > max
         {
             let others = open - 1;

@@ -282,6 +282,27 @@ fn quotas_answer_with_stable_codes() {
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("too_many_sessions"), "{body}");
     assert!(body.to_ascii_lowercase().contains("retry-after:"), "{body}");
+    // A whole-object PUT opens no upload: at the session quota it still goes, as long as
+    // its bytes fit (9 MB open + 0.6 MB of 10 MB), and past them it is refused.
+    let photo = dir.path().join("photo.jpg");
+    seeded_file(&photo, 600_000, 5);
+    let put = |name: &str| {
+        let path = format!("/v1/objects/{name}");
+        curl(
+            &server,
+            &alice,
+            "PUT",
+            &path,
+            &["-T", photo.to_str().expect("utf-8 path")],
+        )
+    };
+    assert_eq!(put("first.jpg").0, 201);
+    let (status, body) = put("second.jpg");
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (413, "quota_exceeded"),
+        "{body}"
+    );
     // Bob's quota is his own: 15 MB is past the server's 10 MB but within his 20 MB,
     // and his second upload is past his one session.
     assert_eq!(create(&bob, "a", 15_000_000).0, 201);
