@@ -8,6 +8,7 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
@@ -31,27 +32,8 @@ pub fn run(command: &str, limit: Duration) -> Result<Fetched, S3Error> {
         .spawn()
         .map_err(|e| failed(format!("cannot run sh: {e}")))?;
     // Both pipes drained while it runs: a command that fills one would otherwise block.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut out);
-            }
-            out
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
@@ -68,14 +50,31 @@ pub fn run(command: &str, limit: Duration) -> Result<Fetched, S3Error> {
             Err(e) => return Err(failed(format!("cannot wait for it: {e}"))),
         }
     };
-    let out = Zeroizing::new(stdout.join().unwrap_or_default());
-    let err = stderr.join().unwrap_or_default();
+    // A process it left behind may hold the pipes open: wait for them only until the
+    // deadline (the caller holds the credentials lock meanwhile).
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let kept_open = || failed("exited, but something it started keeps its output open".into());
+    let out = Zeroizing::new(stdout.recv_timeout(left()).map_err(|_| kept_open())?);
+    let err = stderr.recv_timeout(left()).unwrap_or_default();
     if !status.success() {
         let said = String::from_utf8_lossy(&err);
         let said: String = said.trim().chars().take(STDERR_QUOTED).collect();
         return Err(failed(format!("exited with {status}: {said}")));
     }
     parse(&out)
+}
+
+/// Reads `pipe` to its end on a thread of its own; the bytes come on the channel.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out);
+        }
+        let _ = tx.send(out);
+    });
+    rx
 }
 
 /// The credentials in the command's output.
@@ -151,6 +150,16 @@ mod tests {
             let e = parse(out).unwrap_err();
             assert!(e.message.contains(says), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn a_process_left_holding_the_output_open_does_not_hold_the_caller() {
+        let e = run(
+            r#"sleep 30 & echo '{"Version": 1, "AccessKeyId": "A", "SecretAccessKey": "s"}'"#,
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("keeps its output open"), "{}", e.message);
     }
 
     #[test]
