@@ -75,6 +75,7 @@ fn fuzz_checkpoint_decoder_yields_only_checkpoints_a_resume_can_use() {
                     offset: i * MIB,
                     length: n * MIB,
                     sha256: [i as u8; 32],
+                    from: None,
                 })
                 .collect();
             let ranges: Vec<[u64; 2]> = chunks

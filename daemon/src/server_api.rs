@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use uplink_proto::chain::FileState;
 use uplink_proto::integrity::{self, ChunkId, ChunkSecret, Credentials};
 use uplink_proto::wire::{
     self, ChunkPage, ChunkResume, ChunkStored, CompleteUpload, CreateUpload, ErrorBody,
@@ -156,6 +157,9 @@ pub struct ChunkPayload {
     pub data: Bytes,
     /// Replaces the chunk the server holds here ([`wire::HDR_CHUNK_REPLACE`]).
     pub replace: bool,
+    /// The chunk was hashed as a link of the file's hash from this state
+    /// ([`wire::HDR_CHUNK_SHA256_FROM`]); `sha256` is then the link's digest.
+    pub from: Option<FileState>,
 }
 
 pub struct ServerClient {
@@ -552,7 +556,10 @@ impl ServerClient {
 
 /// A chunk's identity as the server checks it: length, digests and the HMAC tag over them
 /// (on its PUT, and on the question how much of it the server has).
-pub fn chunk_headers(keys: &SessionKeys, chunk: &ChunkPayload) -> [(&'static str, String); 4] {
+pub fn chunk_headers(
+    keys: &SessionKeys,
+    chunk: &ChunkPayload,
+) -> impl Iterator<Item = (&'static str, String)> + use<> {
     let length = chunk.data.len() as u64;
     let tag = integrity::chunk_tag(
         &keys.key,
@@ -570,6 +577,13 @@ pub fn chunk_headers(keys: &SessionKeys, chunk: &ChunkPayload) -> [(&'static str
         (wire::HDR_CHUNK_CRC32C, format!("{:08x}", chunk.crc32c)),
         (wire::HDR_CHUNK_HMAC, hex::encode(tag)),
     ]
+    .into_iter()
+    .chain(
+        chunk
+            .from
+            .as_ref()
+            .map(|from| (wire::HDR_CHUNK_SHA256_FROM, from.encode())),
+    )
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::chain::{self, FileState};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Hashing walks the data in blocks of this size so both digests see each block while
@@ -193,22 +195,54 @@ pub struct ChunkDigest {
     pub crc32c: u32,
 }
 
+/// The SHA-256 a chunk hasher keeps: of the chunk alone, or of the file from the state at
+/// the chunk's first byte (a chained digest, see [`crate::chain`]).
+#[derive(Clone)]
+enum Sha {
+    Plain(Sha256),
+    Link { from: FileState, to: FileState },
+}
+
 /// Incremental SHA-256 + CRC32C, fed in any split of the data.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ChunkHasher {
-    sha: Sha256,
+    sha: Sha,
     crc: u32,
     len: u64,
 }
 
+impl Default for ChunkHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ChunkHasher {
+    /// Hashes the chunk on its own: the digest is its bytes' SHA-256.
     pub fn new() -> Self {
-        Self::default()
+        ChunkHasher {
+            sha: Sha::Plain(Sha256::new()),
+            crc: 0,
+            len: 0,
+        }
+    }
+
+    /// Hashes the chunk as a link of the file's hash, from `from`, the file's state at the
+    /// chunk's first byte: the digest is [`chain::link_digest`].
+    pub fn from_state(from: FileState) -> Self {
+        ChunkHasher {
+            sha: Sha::Link { to: from, from },
+            crc: 0,
+            len: 0,
+        }
     }
 
     pub fn update(&mut self, data: &[u8]) {
         for block in data.chunks(HASH_BLOCK) {
-            self.sha.update(block);
+            match &mut self.sha {
+                Sha::Plain(sha) => sha.update(block),
+                Sha::Link { to, .. } => to.update(block),
+            }
             self.crc = crc32c::crc32c_append(self.crc, block);
         }
         self.len += data.len() as u64;
@@ -223,10 +257,20 @@ impl ChunkHasher {
     }
 
     pub fn finish(self) -> ChunkDigest {
-        ChunkDigest {
-            sha256: self.sha.finalize().into(),
+        self.finish_link().0
+    }
+
+    /// The digest, and for a chained one the file's state after the chunk.
+    pub fn finish_link(self) -> (ChunkDigest, Option<FileState>) {
+        let (sha256, to) = match self.sha {
+            Sha::Plain(sha) => (sha.finalize().into(), None),
+            Sha::Link { from, to } => (chain::link_digest(&from, &to), Some(to)),
+        };
+        let digest = ChunkDigest {
+            sha256,
             crc32c: self.crc,
-        }
+        };
+        (digest, to)
     }
 }
 

@@ -5,8 +5,11 @@
 //!   JSON bodies, error codes and limits.
 //! - [`integrity`]: the credentials derived from the token file (bearer credential, chunk
 //!   secret), chunk digests, the per-session HMAC key and tag.
+//! - [`chain`]: chunk digests that chain into the whole file's SHA-256 (one pass on the
+//!   server, not two).
 //! - [`merkle`]: the RFC 6962 Merkle tree over the chunks, built incrementally.
 
+pub mod chain;
 pub mod integrity;
 pub mod merkle;
 pub mod paths;

@@ -31,7 +31,13 @@ pub const SESSION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 pub const HDR_AUTHORIZATION: &str = "authorization";
 pub const HDR_IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const HDR_CHUNK_LENGTH: &str = "x-chunk-length";
+/// The chunk's digest: SHA-256 of its bytes, or with [`HDR_CHUNK_SHA256_FROM`] its link
+/// digest ([`crate::chain`]).
 pub const HDR_CHUNK_SHA256: &str = "x-chunk-sha256";
+/// On a chunk PUT (optional): the whole file's SHA-256 state at the chunk's first byte
+/// ([`crate::chain::FileState::encode`]); the chunk's digest is then a link of the file's
+/// hash, and the server need not hash the file a second time.
+pub const HDR_CHUNK_SHA256_FROM: &str = "x-chunk-sha256-from";
 pub const HDR_CHUNK_CRC32C: &str = "x-chunk-crc32c";
 pub const HDR_CHUNK_HMAC: &str = "x-chunk-hmac";
 /// On a chunk PUT: the body is the chunk's bytes from this offset on; the server holds
@@ -212,6 +218,10 @@ pub struct UploadCreated {
     pub nonce: String,
     /// Unix seconds.
     pub expires_at: u64,
+    /// The server takes chunks as links of the file's hash (`X-Chunk-SHA256-From`,
+    /// [`crate::chain`]). A server that does not say so must get plain digests.
+    #[serde(default)]
+    pub sha256_chain: bool,
 }
 
 /// One chunk the server holds.
@@ -219,8 +229,13 @@ pub struct UploadCreated {
 pub struct ChunkRecord {
     pub offset: u64,
     pub length: u64,
-    /// Hex SHA-256 of the raw bytes.
+    /// The digest the chunk was sent with: hex SHA-256 of the raw bytes, or its link
+    /// digest when `sha256_from` is given.
     pub sha256: String,
+    /// For a chunk sent as a link of the file's hash: the state it started from, as its
+    /// `X-Chunk-SHA256-From` gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256_from: Option<String>,
 }
 
 /// `GET /v1/uploads/{id}`: what the server holds.
@@ -248,6 +263,9 @@ pub struct UploadState {
     pub chunk_puts: u64,
     /// Of those, PUTs of a chunk it already held (replays: no-ops).
     pub duplicate_puts: u64,
+    /// As in [`UploadCreated::sha256_chain`].
+    #[serde(default)]
+    pub sha256_chain: bool,
 }
 
 impl UploadState {
@@ -266,6 +284,7 @@ impl UploadState {
             completed: None,
             chunk_puts: 0,
             duplicate_puts: 0,
+            sha256_chain: false,
         }
     }
 }

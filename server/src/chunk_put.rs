@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use uplink_proto::chain::FileState;
 use uplink_proto::integrity::{self, ChunkDigest, ChunkId};
 use uplink_proto::wire::{self, ChunkResume, ChunkStored, code};
 
@@ -34,7 +35,7 @@ where
     // Answered before the body is read (refused, or a replay): read a little of it first,
     // so a client still sending sees the answer rather than a reset stream.
     match admit(app, client, id, offset, &head) {
-        Ok(Admitted::Receive(chunk)) => receive(chunk, offset, body).await,
+        Ok(Admitted::Receive(chunk)) => receive(*chunk, offset, body).await,
         Ok(Admitted::Duplicate { length }) => {
             drain(&mut body).await;
             Ok(json(
@@ -59,7 +60,7 @@ enum Admitted {
     Duplicate {
         length: u64,
     },
-    Receive(Incoming),
+    Receive(Box<Incoming>),
 }
 
 /// A chunk whose range is reserved and whose body is to be read.
@@ -69,6 +70,8 @@ struct Incoming {
     length: u64,
     lz4: bool,
     expect: ChunkDigest,
+    /// The file's hash state at the chunk's first byte, when it came as a link.
+    from: Option<FileState>,
     /// The body's first bytes, received by an earlier request (a resumed PUT).
     prefix: Vec<Bytes>,
     /// The memory its body may take: the server's share, held until its bytes are stored
@@ -82,6 +85,8 @@ struct ChunkHeaders {
     length: u64,
     lz4: bool,
     expect: ChunkDigest,
+    /// `X-Chunk-SHA256-From`: the chunk is a link of the file's hash from this state.
+    from: Option<FileState>,
     /// `X-Chunk-Resume-From`: the body starts at this byte of the chunk.
     resume_from: u64,
 }
@@ -116,6 +121,22 @@ fn chunk_headers(
         .then(|| u32::from_str_radix(crc_hex, 16).ok())
         .flatten()
         .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
+    let from = match header_str(h, wire::HDR_CHUNK_SHA256_FROM)? {
+        None => None,
+        Some(_) if !session.takes_links() => {
+            return Err(ApiError::bad_header(
+                "this upload takes plain chunk digests: its create did not offer \
+                 sha256_chain, so X-Chunk-SHA256-From has no place here",
+            ));
+        }
+        Some(text) => Some(FileState::parse(text, offset).ok_or_else(|| {
+            ApiError::bad_header(format!(
+                "X-Chunk-SHA256-From must be the file's SHA-256 state at byte {offset}: \
+                 64 hex digits, then 2 per byte of the unfinished block ({} here)",
+                offset % 64
+            ))
+        })?),
+    };
     let tag = hex::decode(required(h, wire::HDR_CHUNK_HMAC)?)
         .map_err(|_| ApiError::bad_header("X-Chunk-HMAC must be hex"))?;
     let resume_from: u64 = match header_str(h, wire::HDR_CHUNK_RESUME_FROM)? {
@@ -151,6 +172,7 @@ fn chunk_headers(
         length,
         lz4,
         expect: ChunkDigest { sha256, crc32c },
+        from,
         resume_from,
     })
 }
@@ -168,6 +190,7 @@ fn admit(
         length,
         lz4,
         expect,
+        from,
         resume_from,
     } = chunk_headers(&session, client, offset, h)?;
     let replace = h
@@ -188,15 +211,16 @@ fn admit(
                     0 => Vec::new(),
                     from => session.resume_prefix(offset, length, &expect.sha256, from)?,
                 };
-                Admitted::Receive(Incoming {
+                Admitted::Receive(Box::new(Incoming {
                     session,
                     reservation,
                     length,
                     lz4,
                     expect,
+                    from,
                     prefix,
                     held,
-                })
+                }))
             }
         },
     )
@@ -242,6 +266,7 @@ where
         length,
         lz4,
         expect,
+        from,
         prefix,
         held: (held, held_by_connection),
     } = chunk;
@@ -266,7 +291,7 @@ where
             true => vec![decode_lz4(&body, length)?],
             false => body,
         };
-        s2.store_chunk(reservation, &parts, &expect)?;
+        s2.store_chunk(reservation, &parts, &expect, from.as_ref())?;
         Ok(parts)
     })
     .await?;

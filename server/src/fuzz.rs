@@ -191,6 +191,7 @@ fn placeholder() -> UploadCreated {
         upload_id: String::new(),
         nonce: String::new(),
         expires_at: 0,
+        sha256_chain: false,
     }
 }
 

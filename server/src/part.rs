@@ -8,7 +8,8 @@
 //! - **Running file hash.** `complete` answers the whole file's SHA-256. Hashing 100 GB
 //!   at the end would be a long serial tail, so a running hash follows the contiguous
 //!   prefix of stored chunks as they arrive (from the request's bytes while they are in
-//!   memory, else from the page cache); `complete` only hashes what is left.
+//!   memory, else from the page cache); `complete` only hashes what is left. A chunk that
+//!   came as a link of the file's hash is not hashed a second time: the hash jumps over it.
 
 use std::fs::File;
 use std::io::Write;
@@ -17,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use uplink_proto::chain::FileState;
+
+use crate::store::Link;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -49,11 +52,21 @@ impl GroupSync {
 }
 
 struct RunningHash {
-    sha: Sha256,
+    sha: FileState,
+    tally: HashTally,
     /// Bytes [0, frontier) are hashed.
     frontier: u64,
     /// A read failed mid-way; `finish` starts over from the file.
     broken: bool,
+}
+
+/// How the running hash came by its bytes: what it costs beyond verifying each chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashTally {
+    /// Bytes it jumped over on their chunks' links: no second pass.
+    pub linked: u64,
+    /// Bytes it hashed a second time (from a request's bytes or the file).
+    pub hashed: u64,
 }
 
 /// The part file of one upload, with its chunk log.
@@ -79,7 +92,8 @@ impl PartFile {
             log: Mutex::new(log),
             log_sync: GroupSync::default(),
             hash: Mutex::new(RunningHash {
-                sha: Sha256::new(),
+                sha: FileState::start(),
+                tally: HashTally::default(),
                 frontier: 0,
                 broken: false,
             }),
@@ -116,11 +130,14 @@ impl PartFile {
     }
 
     /// Advances the running hash over stored chunks. `stored(offset)` is the length of the
-    /// stored chunk starting at `offset`, if any; `fresh` is a just-stored chunk's bytes.
+    /// stored chunk starting at `offset`, if any, and its link if it came as one; `fresh`
+    /// is a just-stored chunk's bytes. A link that starts from the very state the hash
+    /// holds moves it to the link's end without touching the bytes (its end state was
+    /// computed from them when the chunk was verified).
     /// Never blocks on another advancer: if one is running, it will pick up our chunk.
     pub fn advance_hash(
         &self,
-        stored: impl Fn(u64) -> Option<u64>,
+        stored: impl Fn(u64) -> Option<(u64, Option<Link>)>,
         fresh: Option<(u64, &[Bytes])>,
     ) {
         loop {
@@ -128,10 +145,17 @@ impl PartFile {
                 return;
             };
             while !h.broken {
-                let Some(len) = stored(h.frontier) else { break };
-                match fresh {
-                    Some((off, parts)) if off == h.frontier => {
-                        parts.iter().for_each(|p| h.sha.update(p))
+                let Some((len, link)) = stored(h.frontier) else {
+                    break;
+                };
+                match (link, fresh) {
+                    (Some(link), _) if link.from == h.sha => {
+                        h.sha = link.to;
+                        h.tally.linked += len;
+                    }
+                    (_, Some((off, parts))) if off == h.frontier => {
+                        parts.iter().for_each(|p| h.sha.update(p));
+                        h.tally.hashed += len;
                     }
                     _ => {
                         let from = h.frontier;
@@ -139,6 +163,7 @@ impl PartFile {
                             h.broken = true;
                             break;
                         }
+                        h.tally.hashed += len;
                     }
                 }
                 h.frontier += len;
@@ -158,26 +183,31 @@ impl PartFile {
     pub fn rewind_hash(&self, offset: u64) {
         let mut h = lock(&self.hash);
         if offset < h.frontier || h.broken {
-            h.sha = Sha256::new();
+            h.sha = FileState::start();
             h.frontier = 0;
             h.broken = false;
         }
     }
 
-    /// SHA-256 of the whole file of `size` bytes, using the running hash.
-    pub fn finish_hash(&self, size: u64) -> std::io::Result<[u8; 32]> {
+    /// SHA-256 of the whole file of `size` bytes, using the running hash; and how the
+    /// running hash came by its bytes, these included.
+    pub fn finish_hash(&self, size: u64) -> std::io::Result<([u8; 32], HashTally)> {
         let mut h = lock(&self.hash);
         if h.broken || h.frontier > size {
-            h.sha = Sha256::new();
+            h.sha = FileState::start();
             h.frontier = 0;
             h.broken = false;
         }
-        let (from, mut sha) = (h.frontier, h.sha.clone());
+        let (from, mut sha) = (h.frontier, h.sha);
         self.hash_range(&mut sha, from, size - from)?;
-        Ok(sha.finalize().into())
+        let tally = HashTally {
+            hashed: h.tally.hashed + (size - from),
+            ..h.tally
+        };
+        Ok((sha.finish(), tally))
     }
 
-    fn hash_range(&self, sha: &mut Sha256, from: u64, len: u64) -> std::io::Result<()> {
+    fn hash_range(&self, sha: &mut FileState, from: u64, len: u64) -> std::io::Result<()> {
         let mut buf = vec![0u8; (1 << 20).min(len as usize)];
         let mut at = from;
         let end = from + len;
@@ -194,6 +224,7 @@ impl PartFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn part(dir: &std::path::Path, size: u64) -> PartFile {
         let f = std::fs::OpenOptions::new()
@@ -241,7 +272,8 @@ mod tests {
             )];
             p.write_durable(off, &bytes).unwrap();
             lock(&stored).insert(off, 8000u64);
-            p.advance_hash(|o| lock(&stored).get(&o).copied(), Some((off, &bytes)));
+            let stored = |o| lock(&stored).get(&o).map(|l| (*l, None));
+            p.advance_hash(stored, Some((off, &bytes)));
         }
         assert_eq!(
             lock(&p.hash).frontier,
@@ -249,7 +281,60 @@ mod tests {
             "the hash caught up with the prefix"
         );
         let want: [u8; 32] = Sha256::digest(&data).into();
-        assert_eq!(p.finish_hash(40_000).unwrap(), want);
+        assert_eq!(p.finish_hash(40_000).unwrap().0, want);
+    }
+
+    /// The first chunk's bytes are never written to the file: the hash can only be right
+    /// if it jumped over them on their link. The second chunk's link starts from a state
+    /// the hash does not hold, so its bytes are hashed from the file instead.
+    #[test]
+    fn the_running_hash_jumps_a_link_from_its_own_state_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..24_001u32).map(|i| (i * 7 % 253) as u8).collect();
+        let p = part(dir.path(), data.len() as u64);
+        p.write_durable(8000, &[Bytes::copy_from_slice(&data[8000..])])
+            .unwrap();
+        let mut first = FileState::start();
+        first.update(&data[..8000]);
+        let mut elsewhere = FileState::start();
+        elsewhere.update(&[0u8; 8000]);
+        let mut lie = elsewhere;
+        lie.update(&[1u8; 8000]);
+        let links = [
+            (
+                0,
+                8000,
+                Some(Link {
+                    from: FileState::start(),
+                    to: first,
+                }),
+            ),
+            (
+                8000,
+                8000,
+                Some(Link {
+                    from: elsewhere,
+                    to: lie,
+                }),
+            ),
+            (16_000, 8001, None),
+        ];
+        let stored = |o| {
+            let (_, l, link) = links.iter().find(|(at, _, _)| *at == o)?;
+            Some((*l as u64, link.clone()))
+        };
+        p.advance_hash(stored, None);
+        assert_eq!(lock(&p.hash).frontier, 24_001);
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        let (sha, tally) = p.finish_hash(24_001).unwrap();
+        assert_eq!(sha, want);
+        assert_eq!(
+            tally,
+            HashTally {
+                linked: 8000,
+                hashed: 16_001
+            }
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use uplink_proto::chain::FileState;
 use uplink_proto::wire::{
     ChunkPage, ChunkPageQuery, ChunkRecord, UploadCompleted, UploadState, code,
 };
@@ -191,6 +192,9 @@ pub struct Session {
 struct SessionState {
     /// offset -> (length, sha256) of verified, durable chunks.
     chunks: BTreeMap<u64, (u64, [u8; 32])>,
+    /// offset -> the file-hash states around the chunk held there, if it came as a link
+    /// of the file's hash (see [`uplink_proto::chain`]).
+    links: BTreeMap<u64, Link>,
     /// offset -> chunks being received right now.
     reserved: BTreeMap<u64, InFlight>,
     /// Numbers reservations, so a superseded one knows it is no longer the holder.
@@ -198,6 +202,14 @@ struct SessionState {
     received: u64,
     chunk_puts: u64,
     duplicate_puts: u64,
+}
+
+/// A chunk that came as a link of the file's hash: the state at its first byte, as the
+/// client named it, and the state after it, as this server computed from its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub from: FileState,
+    pub to: FileState,
 }
 
 /// The byte ranges the chunks cover, adjacent ones merged.
@@ -336,7 +348,11 @@ impl Store {
             .map_err(|e| std::io::Error::other(e.message))?;
             state.received = done.size;
         } else {
-            let (chunks, good_len) = chunk_log::read(&dir.join(LOG))?;
+            let chunk_log::Logged {
+                chunks,
+                links,
+                good_len,
+            } = chunk_log::read(&dir.join(LOG))?;
             let log = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -348,6 +364,7 @@ impl Store {
             }
             state.received = chunks.values().map(|(l, _)| *l).sum();
             state.chunks = chunks;
+            state.links = links;
             // The files open again when a request needs them.
         }
         Ok(Some(Arc::new(Session {
@@ -513,6 +530,12 @@ impl Session {
         }
     }
 
+    /// Chunks may come as links of the file's hash (`X-Chunk-SHA256-From`). The data dir
+    /// keeps their states in the chunk log; the object store does not yet keep them.
+    pub fn takes_links(&self) -> bool {
+        self.remote.is_none()
+    }
+
     pub fn nonce(&self) -> &[u8] {
         &self.nonce
     }
@@ -534,6 +557,7 @@ impl Session {
             completed: meta.completed,
             chunk_puts: st.chunk_puts,
             duplicate_puts: st.duplicate_puts,
+            sha256_chain: self.takes_links(),
         }
     }
 
@@ -548,6 +572,7 @@ impl Session {
                 offset: *o,
                 length: *l,
                 sha256: hex::encode(s),
+                sha256_from: st.links.get(o).map(|link| link.from.encode()),
             })
             .collect();
         ChunkPage {
@@ -585,6 +610,8 @@ use chunks::InFlight;
 pub use chunks::{BeginChunk, Reservation};
 pub use partials::{Receipt, TakenOver};
 
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod tenant_tests;
 #[cfg(test)]

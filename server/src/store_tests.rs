@@ -21,7 +21,7 @@ fn put_as(s: &Arc<Session>, offset: u64, data: &[u8], replace: bool) -> Result<b
     match s.begin_chunk(offset, data.len() as u64, &d.sha256, replace)? {
         BeginChunk::Duplicate => Ok(true),
         BeginChunk::Reserved(r) => s
-            .store_chunk(r, &[bytes::Bytes::copy_from_slice(data)], &d)
+            .store_chunk(r, &[bytes::Bytes::copy_from_slice(data)], &d, None)
             .map(|()| false),
     }
 }
@@ -102,7 +102,7 @@ fn a_bad_digest_stores_nothing() {
         panic!()
     };
     let err = s
-        .store_chunk(r, &[bytes::Bytes::from_static(b"abce")], &good)
+        .store_chunk(r, &[bytes::Bytes::from_static(b"abce")], &good, None)
         .unwrap_err();
     assert_eq!(err.code, code::CRC32C_MISMATCH);
     assert!(s.state().chunk_count == 0);
@@ -183,9 +183,9 @@ fn the_same_chunk_may_be_received_twice_at_once_but_other_bytes_wait() {
             .code,
         code::CHUNK_IN_PROGRESS
     );
-    s.store_chunk(retry, &[bytes::Bytes::from_static(b"abcd")], &d)
+    s.store_chunk(retry, &[bytes::Bytes::from_static(b"abcd")], &d, None)
         .unwrap();
-    s.store_chunk(first, &[bytes::Bytes::from_static(b"abcd")], &d)
+    s.store_chunk(first, &[bytes::Bytes::from_static(b"abcd")], &d, None)
         .unwrap();
     let state = s.state();
     assert_eq!((state.chunk_count, state.received_bytes), (1, 4));
@@ -408,6 +408,7 @@ fn a_request_cut_differently_supersedes_an_abandoned_one_still_receiving() {
             old,
             &[bytes::Bytes::copy_from_slice(&data[..32])],
             &integrity::digest(&data[..32]),
+            None,
         )
         .unwrap_err();
     assert_eq!(err.code, code::CHUNK_IN_PROGRESS, "{err:?}");
@@ -415,6 +416,7 @@ fn a_request_cut_differently_supersedes_an_abandoned_one_still_receiving() {
         new,
         &[bytes::Bytes::copy_from_slice(&data[8..40])],
         &integrity::digest(&data[8..40]),
+        None,
     )
     .unwrap();
     assert_eq!(s.state().ranges, vec![[0, 40]]);

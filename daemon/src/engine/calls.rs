@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use uplink_engine::Failure;
+use uplink_proto::chain::FileState;
 use uplink_proto::wire::{self, CreateUpload, UploadCompleted, UploadCreated, UploadState};
 
 use super::compress::{self, Lz4Pool};
@@ -24,6 +25,9 @@ pub(super) enum Resumed {
         dispatched_until: u64,
         /// CRC32C of acknowledged chunks (see `rescan`).
         crcs: super::rescan::ChunkCrcs,
+        /// When the server takes chunks as links of the file's hash: the file's hash
+        /// states this resume came to know (see `chain`).
+        chain: Option<Vec<FileState>>,
     },
 }
 
@@ -72,11 +76,33 @@ pub(super) async fn resume(
     // verified now, for the re-scan before a live job completes.
     let mut crcs = checkpoint.map(|c| c.crcs).unwrap_or_default();
     crcs.retain(|offset, _| ledger.contains(*offset));
-    let (ledger, crcs) = tokio::task::spawn_blocking(move || {
+    // Linked chunks go on from the state where the acknowledged prefix ends: the record
+    // that ends there says where its link started, and re-hashing it gives that state.
+    let prefix_end = ledger.prefix_end();
+    let before_prefix = match state.sha256_chain && prefix_end > 0 && prefix_end < size {
+        true => {
+            let at = prefix_end.saturating_sub(wire::MAX_CHUNK_SIZE);
+            server_chunks(client, upload_id, at, state.chunk_count)
+                .await?
+                .into_iter()
+                .find(|c| c.offset + c.length == prefix_end && c.from.is_some())
+        }
+        false => None,
+    };
+    let chaining = state.sha256_chain;
+    let (ledger, crcs, states) = tokio::task::spawn_blocking(move || {
+        let mut states = vec![FileState::start()];
+        if let Some(c) = before_prefix
+            && let Ok((_, digest, Some(to))) = source.read_chunk_from(c.offset, c.length, c.from)
+            && digest.sha256 == c.sha256
+        {
+            states.push(to);
+        }
         for c in verify {
-            let (_, digest) = source
-                .read_chunk(c.offset, c.length)
+            let (_, digest, to) = source
+                .read_chunk_from(c.offset, c.length, c.from)
                 .map_err(read_failure)?;
+            states.extend(c.from.into_iter().chain(to));
             if digest.sha256 != c.sha256 {
                 return Err(Failure::permanent(
                     "server_conflict",
@@ -94,7 +120,7 @@ pub(super) async fn resume(
             };
             crcs.insert(c.offset, sent);
         }
-        Ok((ledger, crcs))
+        Ok((ledger, crcs, states))
     })
     .await
     .map_err(|e| Failure::permanent("internal", e.to_string()))??;
@@ -102,6 +128,7 @@ pub(super) async fn resume(
         ledger,
         dispatched_until: plan.dispatched_until,
         crcs,
+        chain: chaining.then_some(states),
     })
 }
 
@@ -126,6 +153,15 @@ async fn server_chunks(
             let sha256 = uplink_proto::parse_hex32(&c.sha256).ok_or_else(|| {
                 Failure::permanent("server_protocol", "a chunk record has a malformed sha256")
             })?;
+            let from = match &c.sha256_from {
+                None => None,
+                Some(text) => Some(FileState::parse(text, c.offset).ok_or_else(|| {
+                    Failure::permanent(
+                        "server_protocol",
+                        "a chunk record has a malformed sha256_from",
+                    )
+                })?),
+            };
             if c.offset < at
                 || out
                     .last()
@@ -140,6 +176,7 @@ async fn server_chunks(
                 offset: c.offset,
                 length: c.length,
                 sha256,
+                from,
             });
         }
         next = page.next_from.filter(|&n| n > at);
@@ -172,8 +209,10 @@ pub(super) async fn whole(
     let size = body.size;
     let read = Arc::clone(&source);
     let (lz4, above) = (Arc::clone(&how.lz4), how.compress_above);
+    // Hashed as a link from the file's start, which a server that offers links (all of
+    // ours) takes without a second pass; another gets the plain digest.
     let (data, digest, packed) = tokio::task::spawn_blocking(move || {
-        let (data, digest) = read.read_chunk(0, size)?;
+        let (data, digest, _) = read.read_chunk_from(0, size, Some(FileState::start()))?;
         let packed = (compress::sample_saving(&data) > above)
             .then(|| lz4.compress(&data))
             .flatten();
@@ -183,6 +222,10 @@ pub(super) async fn whole(
     .map_err(|e| Failure::permanent("internal", e.to_string()))?
     .map_err(read_failure)?;
     let created = client.create(key, body).await.map_err(|e| failure(&e))?;
+    let (digest, from) = match created.sha256_chain {
+        true => (digest, Some(FileState::start())),
+        false => (uplink_proto::integrity::digest(&data), None),
+    };
     let keys = client
         .session_keys(&created.upload_id, &created.nonce)
         .map_err(|e| failure(&e))?;
@@ -192,6 +235,7 @@ pub(super) async fn whole(
         sha256: digest.sha256,
         crc32c: digest.crc32c,
         data,
+        from,
     };
     *wire_bytes += packed.as_ref().map_or(size, |p| p.len() as u64);
     match client

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use uplink_engine::{Action, Engine, Event, Failure, JobId, ReqId, Time};
+use uplink_proto::chain::FileState;
 use uplink_proto::grpc::{self, job_event::Kind};
 use uplink_proto::integrity::ChunkDigest;
 use uplink_proto::wire::{UploadCompleted, UploadCreated};
@@ -37,6 +38,7 @@ mod reports;
 mod requests;
 
 use super::calls::{Resumed, WholeDone};
+use super::chain::ChainTracker;
 use super::compress::Lz4Pool;
 use super::ledger::Checkpoint;
 use super::reader::{ReadError, SourceFile};
@@ -101,6 +103,8 @@ struct Active {
     record: JobRecord,
     source: Arc<SourceFile>,
     keys: Option<Arc<SessionKeys>>,
+    /// The file's hash states at chunk boundaries, when the server takes chunks as links.
+    chain: Option<Arc<ChainTracker>>,
     checkpoint: Checkpoint,
     /// Chunks read and hashed, waiting to be sent (or re-sent): offset -> payload.
     buffers: HashMap<u64, ChunkPayload>,
@@ -136,8 +140,9 @@ enum Done {
     Read {
         job: JobId,
         offset: u64,
-        /// The bytes, their digests, and what LZ4 saved on their samples.
-        result: Result<(Bytes, ChunkDigest, f32), ReadError>,
+        /// The bytes, their digests, the file's hash state they were hashed from (a
+        /// link), and what LZ4 saved on their samples.
+        result: Result<(Bytes, ChunkDigest, Option<FileState>, f32), ReadError>,
     },
     Put {
         req: ReqId,

@@ -6,6 +6,7 @@
 
 pub mod buffer;
 mod calls;
+pub mod chain;
 pub mod compress;
 pub mod drive;
 pub mod ledger;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use uplink_proto::chain::FileState;
 use uplink_proto::integrity::{self, ChunkDigest};
 
 /// Files above this size have their pages dropped from the cache behind the reader.
@@ -144,6 +145,19 @@ impl SourceFile {
     /// Maps `[offset, offset + len)` and hashes it (SHA-256 + CRC32C, one pass).
     /// Blocking: call from a blocking thread.
     pub fn read_chunk(&self, offset: u64, len: u64) -> Result<(Bytes, ChunkDigest), ReadError> {
+        self.read_chunk_from(offset, len, None)
+            .map(|(data, digest, _)| (data, digest))
+    }
+
+    /// [`SourceFile::read_chunk`]; with `from`, the file's SHA-256 state at `offset`, the
+    /// chunk is hashed as a link of the file's hash (its digest the link's) and the state
+    /// after it comes back too.
+    pub fn read_chunk_from(
+        &self,
+        offset: u64,
+        len: u64,
+        from: Option<FileState>,
+    ) -> Result<(Bytes, ChunkDigest, Option<FileState>), ReadError> {
         self.check_holds(offset + len)?;
         let page = page_size();
         let aligned = offset - offset % page;
@@ -169,8 +183,13 @@ impl SourceFile {
             file_offset: offset,
             drop_cache: self.drop_cache,
         };
-        let digest = integrity::digest(view.as_ref());
-        Ok((Bytes::from_owner(view), digest))
+        let mut hasher = match from {
+            Some(from) => integrity::ChunkHasher::from_state(from),
+            None => integrity::ChunkHasher::new(),
+        };
+        hasher.update(view.as_ref());
+        let (digest, to) = hasher.finish_link();
+        Ok((Bytes::from_owner(view), digest, to))
     }
 }
 

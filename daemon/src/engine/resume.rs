@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use uplink_proto::chain::FileState;
+
 use super::ledger::{Checkpoint, Ledger};
 
 /// A chunk as the server reports it.
@@ -18,6 +20,8 @@ pub struct ServerChunk {
     pub offset: u64,
     pub length: u64,
     pub sha256: [u8; 32],
+    /// It came as a link of the file's hash from this state: `sha256` is the link's.
+    pub from: Option<FileState>,
 }
 
 /// The starting point of a run.
@@ -118,6 +122,7 @@ mod tests {
             offset: i * 4,
             length: 4,
             sha256: [i as u8; 32],
+            from: None,
         }
     }
 

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use uplink_proto::chain::FileState;
 use uplink_proto::integrity::{self, ChunkDigest};
 use uplink_proto::wire::{self, code};
 
-use super::{Session, chunk_log, lock};
+use super::{Link, Session, chunk_log, lock};
 use crate::error::ApiError;
 
 /// A chunk some request is receiving.
@@ -213,14 +214,20 @@ impl Session {
     }
 
     /// Verifies a received chunk and makes it durable (blocking: run off the reactor).
-    /// Nothing is written unless length, CRC32C and SHA-256 all match.
+    /// Nothing is written unless length, CRC32C and SHA-256 all match. `from`: the chunk
+    /// came as a link of the file's hash, starting from this state (its digest is then
+    /// the link's, see [`uplink_proto::chain`]).
     pub fn store_chunk(
         &self,
         res: Reservation,
         parts: &[Bytes],
         expect: &ChunkDigest,
+        from: Option<&FileState>,
     ) -> Result<(), ApiError> {
-        let mut hasher = integrity::ChunkHasher::new();
+        let mut hasher = match from {
+            Some(from) => integrity::ChunkHasher::from_state(*from),
+            None => integrity::ChunkHasher::new(),
+        };
         parts.iter().for_each(|p| hasher.update(p));
         if hasher.len() != res.length {
             return Err(ApiError::new(
@@ -233,7 +240,8 @@ impl Session {
                 ),
             ));
         }
-        let got = hasher.finish();
+        let (got, to) = hasher.finish_link();
+        let link = from.cloned().zip(to).map(|(from, to)| Link { from, to });
         if got.crc32c != expect.crc32c {
             return Err(ApiError::new(
                 422,
@@ -283,7 +291,7 @@ impl Session {
                 part.write_durable(res.offset, parts)
                     .map_err(|e| ApiError::io("writing the chunk", &e))?;
                 // The log's last line for an offset wins when it is read back.
-                let line = chunk_log::line(res.offset, res.length, &got.sha256);
+                let line = chunk_log::line(res.offset, res.length, &got.sha256, link.as_ref());
                 part.log_durable(&line)
                     .map_err(|e| ApiError::io("recording the chunk", &e))?;
                 if replaced.is_some() {
@@ -300,6 +308,10 @@ impl Session {
         {
             st.received += res.length;
         }
+        match link {
+            Some(link) => st.links.insert(res.offset, link),
+            None => st.links.remove(&res.offset),
+        };
         Ok(())
     }
 
@@ -322,7 +334,12 @@ impl Session {
         let fresh = fresh.map(|(offset, parts, _)| (offset, parts));
         let part = lock(&self.part).clone();
         if let Some(part) = part {
-            part.advance_hash(|o| lock(&self.state).chunks.get(&o).map(|(l, _)| *l), fresh);
+            let stored = |o| {
+                let st = lock(&self.state);
+                let (length, _) = st.chunks.get(&o)?;
+                Some((*length, st.links.get(&o).cloned()))
+            };
+            part.advance_hash(stored, fresh);
         }
     }
 }

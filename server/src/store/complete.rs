@@ -87,9 +87,16 @@ impl Session {
         check_tiling(&st.chunks, size, &claimed)?;
         drop(st);
         let part = self.part()?;
-        let sha = part
+        let (sha, tally) = part
             .finish_hash(size)
             .map_err(|e| ApiError::io("hashing the assembled file", &e))?;
+        tracing::info!(
+            upload_id = %self.id,
+            size,
+            linked = tally.linked,
+            hashed_again = tally.hashed,
+            "whole-file SHA-256: bytes taken on chunk links, bytes hashed a second time"
+        );
         let done = UploadCompleted {
             sha256: hex::encode(sha),
             size,

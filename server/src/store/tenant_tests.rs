@@ -29,7 +29,7 @@ fn upload(
 fn finish(st: &Store, s: &Arc<Session>, data: &[u8]) -> Result<(), ApiError> {
     let d = integrity::digest(data);
     if let BeginChunk::Reserved(r) = s.begin_chunk(0, data.len() as u64, &d.sha256, false)? {
-        s.store_chunk(r, &[bytes::Bytes::copy_from_slice(data)], &d)?;
+        s.store_chunk(r, &[bytes::Bytes::copy_from_slice(data)], &d, None)?;
     }
     let root = uplink_proto::merkle::root_of([(0, data.len() as u64, &d.sha256)])
         .map_err(|e| ApiError::new(500, code::INTERNAL, e.to_string()))?;

@@ -126,6 +126,7 @@ pub fn chunk_payload(
         sha256: d.sha256,
         crc32c: d.crc32c,
         data,
+        from: None,
     }
 }
 

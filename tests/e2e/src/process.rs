@@ -393,6 +393,21 @@ impl Server {
     pub fn object(&self, name: &str) -> PathBuf {
         self.data_dir.join("objects").join(name)
     }
+
+    /// How the server came by the whole-file SHA-256 of the upload it completed last:
+    /// (bytes taken on chunk links, bytes it hashed a second time), from its log.
+    pub fn file_hash_tally(&self) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(&self.proc.log).unwrap_or_default();
+        let line = text
+            .lines()
+            .map(strip_ansi)
+            .rfind(|l| l.contains("whole-file SHA-256"))?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.parse::<u64>().ok())
+        };
+        Some((field("linked=")?, field("hashed_again=")?))
+    }
 }
 
 /// A running `uplinkd`.

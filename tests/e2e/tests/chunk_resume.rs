@@ -26,11 +26,7 @@ fn curl_chunk_put(
     let file = dir.join(format!("body-{from}.bin"));
     std::fs::write(&file, &chunk.data[from as usize..]).expect("write body");
     let mut headers = vec![format!("Authorization: Bearer {}", server.bearer())];
-    headers.extend(
-        chunk_headers(keys, chunk)
-            .iter()
-            .map(|(name, value)| format!("{name}: {value}")),
-    );
+    headers.extend(chunk_headers(keys, chunk).map(|(name, value)| format!("{name}: {value}")));
     if from > 0 {
         headers.push(format!("X-Chunk-Resume-From: {from}"));
     }

@@ -81,6 +81,7 @@ async fn an_lz4_body_must_decode_to_exactly_the_chunk_it_claims() {
         sha256: d.sha256,
         crc32c: d.crc32c,
         data: Bytes::from(raw.clone()),
+        from: None,
     };
     // Not LZ4 at all.
     let garbage = Bytes::from_static(&[0xff; 64]);

@@ -53,6 +53,8 @@ fn a_1_gib_file_arrives_intact_with_send_wait() {
     assert_eq!(record["merkle_root"].as_str().map(str::len), Some(64));
     assert!(record["time_to_first_ack_ms"].as_u64().unwrap() > 0);
     assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
+    // Every chunk came as a link of the file's hash: the server hashed each byte once.
+    assert_eq!(server.file_hash_tally(), Some((GIB, 0)));
 }
 
 #[test]
@@ -111,6 +113,10 @@ fn kill_9_of_the_daemon_mid_upload_resends_at_most_the_chunks_in_flight() {
         "server saw {} chunk PUTs for {chunks} chunks",
         state.chunk_puts
     );
+    // The restarted daemon went on with the chain where the server's records end.
+    let tally = server.file_hash_tally();
+    eprintln!("file hash (linked, hashed again): {tally:?}");
+    assert_eq!(tally, Some((GIB, 0)));
 }
 
 #[test]
@@ -133,6 +139,10 @@ fn a_server_restart_mid_upload_still_completes_intact() {
     assert_eq!(record["state"], "completed", "{record}");
     assert_eq!(record["server_sha256"], local_sha.as_str());
     assert_eq!(sha256_file(&server.object("capture.bin")), local_sha);
+    // The links outlived the restart in the chunk log.
+    let tally = server.file_hash_tally();
+    eprintln!("file hash (linked, hashed again): {tally:?}");
+    assert_eq!(tally, Some((size, 0)));
 }
 
 /// With adaptive chunk sizes, the restarted daemon cuts the unsent bytes differently

@@ -11,6 +11,7 @@ use uplink_proto::wire::UploadCompleted;
 
 use super::{Active, Done, Driver};
 use crate::engine::calls::{Resumed, failure, read_error_code};
+use crate::engine::chain::ChainTracker;
 use crate::engine::ledger::Checkpoint;
 use crate::engine::rescan::Sent;
 use crate::jobs::{JobRecord, JobState, now_ms};
@@ -79,6 +80,7 @@ impl Driver {
                         record: *record,
                         source,
                         keys: None,
+                        chain: None,
                         checkpoint: Checkpoint::default(),
                         buffers: HashMap::new(),
                         pending_reads: HashMap::new(),
@@ -118,6 +120,7 @@ impl Driver {
                 a.record.upload_id = Some(created.upload_id.clone());
                 a.record.nonce = Some(created.nonce);
                 a.keys = Some(Arc::new(keys));
+                a.chain = created.sha256_chain.then(ChainTracker::from_start);
                 a.checkpoint = Checkpoint {
                     upload_id: created.upload_id,
                     ..Default::default()
@@ -154,6 +157,7 @@ impl Driver {
                         ledger,
                         dispatched_until,
                         crcs,
+                        chain,
                     } => {
                         let Some(a) = self.jobs.get_mut(&job) else {
                             return;
@@ -171,6 +175,7 @@ impl Driver {
                                 return;
                             }
                         }
+                        a.chain = chain.map(ChainTracker::knowing);
                         let acked = ledger
                             .covered()
                             .into_iter()
@@ -202,7 +207,7 @@ impl Driver {
                 offset,
                 result,
             } => match result {
-                Ok((data, digest, saving)) => {
+                Ok((data, digest, from, saving)) => {
                     let Some(a) = self.jobs.get_mut(&job) else {
                         return;
                     };
@@ -220,6 +225,7 @@ impl Driver {
                             sha256: digest.sha256,
                             crc32c: digest.crc32c,
                             data,
+                            from,
                         },
                     );
                     self.engine.handle(

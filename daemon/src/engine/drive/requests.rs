@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use uplink_engine::{Failure, JobId, ReqId};
+use uplink_proto::chain::FileState;
 use uplink_proto::wire::CreateUpload;
 
 use super::{Done, Driver};
@@ -80,12 +81,31 @@ impl Driver {
         };
         a.pending_reads.insert(offset, len);
         let source = Arc::clone(&a.source);
+        // A chunk acknowledged before and read again (rewritten, see `rescan`) goes plain:
+        // the states after it are no longer the file's.
+        let replacing = a.checkpoint.crcs.contains_key(&offset);
+        let link = a
+            .chain
+            .as_ref()
+            .filter(|_| !replacing)
+            .map(|chain| chain.expect(offset, len));
         self.tasks.spawn(async move {
             let result = tokio::task::spawn_blocking(move || {
+                // A start state nothing brings is hashed up to from a known one nearby.
+                let fill = |known: FileState, to: u64| {
+                    let gap = to.checked_sub(known.len())?;
+                    let (_, _, state) =
+                        source.read_chunk_from(known.len(), gap, Some(known)).ok()?;
+                    state
+                };
+                let from = link.as_ref().and_then(|l| l.start(fill));
                 // The sample rides the hashing pass, while the pages are hot.
-                let (data, digest) = source.read_chunk(offset, len)?;
+                let (data, digest, to) = source.read_chunk_from(offset, len, from)?;
+                if let (Some(link), Some(to)) = (link, to) {
+                    link.publish(to);
+                }
                 let saving = compress::sample_saving(&data);
-                Ok((data, digest, saving))
+                Ok((data, digest, from, saving))
             })
             .await
             .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())));

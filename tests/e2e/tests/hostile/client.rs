@@ -152,7 +152,6 @@ pub fn chunk(offset: u64, len: u64, seed: u64) -> ChunkPayload {
 /// The four chunk headers as the daemon sends them, as owned (name, value) pairs.
 pub fn signed(keys: &SessionKeys, c: &ChunkPayload) -> Headers {
     chunk_headers(keys, c)
-        .into_iter()
         .map(|(n, v)| (n, v.into_bytes()))
         .collect()
 }
