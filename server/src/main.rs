@@ -9,6 +9,7 @@ mod error;
 mod fsutil;
 #[cfg(test)]
 mod fuzz;
+mod heap;
 mod http2;
 mod http3;
 mod http3_body;
@@ -149,6 +150,7 @@ fn main() -> std::process::ExitCode {
         // Colours for a person at a terminal; plain text for journald and log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    heap::keep_freed_buffers();
     let args = Args::parse();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
