@@ -283,9 +283,14 @@ mod tests {
     fn a_body_in_many_pieces_is_written_whole_at_its_offset() {
         let dir = tempfile::tempdir().unwrap();
         let p = part(dir.path(), 0);
-        // Many pieces of uneven sizes, some empty.
-        let pieces: Vec<Bytes> = (0..1500u32)
-            .map(|i| Bytes::from(vec![(i % 251) as u8; (i % 7) as usize * 5]))
+        // Many pieces of uneven sizes, some empty, runs of small ones (written together,
+        // more than one vectored write holds) broken by large ones (written alone).
+        let size = |i: u32| match i % 1300 {
+            0 => 20_000,
+            _ => (i % 7) as usize * 5,
+        };
+        let pieces: Vec<Bytes> = (0..2500u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; size(i)]))
             .collect();
         let want: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
         p.write_durable(100, &pieces).unwrap();
