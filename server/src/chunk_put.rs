@@ -123,12 +123,6 @@ fn chunk_headers(
         .ok_or_else(|| ApiError::bad_header("X-Chunk-CRC32C must be 8 hex digits"))?;
     let from = match header_str(h, wire::HDR_CHUNK_SHA256_FROM)? {
         None => None,
-        Some(_) if !session.takes_links() => {
-            return Err(ApiError::bad_header(
-                "this upload takes plain chunk digests: its create did not offer \
-                 sha256_chain, so X-Chunk-SHA256-From has no place here",
-            ));
-        }
         Some(text) => Some(FileState::parse(text, offset).ok_or_else(|| {
             ApiError::bad_header(format!(
                 "X-Chunk-SHA256-From must be the file's SHA-256 state at byte {offset}: \

@@ -206,7 +206,7 @@ struct SessionState {
 
 /// A chunk that came as a link of the file's hash: the state at its first byte, as the
 /// client named it, and the state after it, as this server computed from its bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
     pub from: FileState,
     pub to: FileState,
@@ -530,12 +530,6 @@ impl Session {
         }
     }
 
-    /// Chunks may come as links of the file's hash (`X-Chunk-SHA256-From`). The data dir
-    /// keeps their states in the chunk log; the object store does not yet keep them.
-    pub fn takes_links(&self) -> bool {
-        self.remote.is_none()
-    }
-
     pub fn nonce(&self) -> &[u8] {
         &self.nonce
     }
@@ -557,7 +551,9 @@ impl Session {
             completed: meta.completed,
             chunk_puts: st.chunk_puts,
             duplicate_puts: st.duplicate_puts,
-            sha256_chain: self.takes_links(),
+            // Every upload takes links: the data dir keeps their states in the chunk log,
+            // the object store in the chunk objects' names.
+            sha256_chain: true,
         }
     }
 

@@ -13,7 +13,7 @@
 //! later part out of step. Every part but the last is still at least [`part_size`].
 
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
+use uplink_proto::chain::FileState;
 
 use super::{S3, S3Error};
 
@@ -33,7 +33,7 @@ pub struct ObjectWriter<'a> {
     metadata: Vec<(String, String)>,
     part_size: u64,
     buf: BytesMut,
-    sha: Sha256,
+    sha: FileState,
     len: u64,
     upload_id: Option<String>,
     parts: Vec<(u32, String, String)>,
@@ -118,7 +118,7 @@ impl<'a> ObjectWriter<'a> {
                 .collect(),
             part_size,
             buf: BytesMut::with_capacity(part_size.min(size) as usize),
-            sha: Sha256::new(),
+            sha: FileState::start(),
             len: 0,
             upload_id: None,
             parts: Vec::new(),
@@ -133,7 +133,7 @@ impl<'a> ObjectWriter<'a> {
 
     /// Starts from a hash of the object's first `hashed_to` bytes (made as they arrived):
     /// chunks within them are not hashed again.
-    pub fn resume_hash(&mut self, sha: Sha256, hashed_to: u64) {
+    pub fn resume_hash(&mut self, sha: FileState, hashed_to: u64) {
         self.sha = sha;
         self.hashed_to = hashed_to;
     }
@@ -246,7 +246,7 @@ impl<'a> ObjectWriter<'a> {
     /// key exists by then. What was written (its hash, its size) is known either way.
     pub fn finish(mut self, create_only: bool) -> (Written, Result<(), S3Error>) {
         let written = Written {
-            sha256: std::mem::take(&mut self.sha).finalize().into(),
+            sha256: self.sha.finish(),
             size: self.len,
             copied: self.copied,
         };

@@ -278,12 +278,17 @@ impl Session {
                 }
             }
         }
-        let replaced = lock(&self.state).chunks.get(&res.offset).copied();
+        let (replaced, replaced_link) = {
+            let st = lock(&self.state);
+            let at = res.offset;
+            (st.chunks.get(&at).copied(), st.links.get(&at).copied())
+        };
         match &self.remote {
             Some(remote) => {
-                remote.put_chunk(&self.id, res.offset, res.length, &got.sha256, parts)?;
+                let (id, at, len) = (&self.id, res.offset, res.length);
+                remote.put_chunk(id, at, len, &got.sha256, link.as_ref(), parts)?;
                 if let Some((length, sha)) = replaced {
-                    remote.delete_chunk(&self.id, res.offset, length, &sha)?;
+                    remote.delete_chunk(id, at, length, &sha, replaced_link.as_ref())?;
                 }
             }
             None => {
@@ -322,10 +327,17 @@ impl Session {
         if self.remote.is_some() {
             if let Some((offset, parts, digest)) = fresh {
                 let length = parts.iter().map(|p| p.len() as u64).sum();
+                // Its link, if the chunk held there is still this one.
+                let link = {
+                    let st = lock(&self.state);
+                    let held = st.chunks.get(&offset) == Some(&(length, digest.sha256));
+                    held.then(|| st.links.get(&offset).copied()).flatten()
+                };
                 let chunk = super::remote_hash::Hashed {
                     offset,
                     length,
                     digest,
+                    link,
                 };
                 lock(&self.file_hash).offer(chunk, parts);
             }

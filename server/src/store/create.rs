@@ -219,7 +219,7 @@ impl Store {
             idx.by_key.insert(k, id.clone());
         }
         idx.by_id.insert(id, session);
-        Ok(created(&meta, self.remote.is_none()))
+        Ok(created(&meta))
     }
 
     /// The session an idempotency key already created, if any (or its mismatch).
@@ -243,16 +243,16 @@ impl Store {
                 "this Idempotency-Key created an upload with another size or name",
             )));
         }
-        Some(Ok(created(&meta, self.remote.is_none())))
+        Some(Ok(created(&meta)))
     }
 }
 
-/// `sha256_chain`: the store takes chained chunk digests (see [`Session::takes_links`]).
-fn created(meta: &SessionMeta, sha256_chain: bool) -> UploadCreated {
+/// The answer to a create. Every upload takes chained chunk digests (`sha256_chain`).
+fn created(meta: &SessionMeta) -> UploadCreated {
     UploadCreated {
         upload_id: meta.upload_id.clone(),
         nonce: meta.nonce.clone(),
         expires_at: meta.expires_at,
-        sha256_chain,
+        sha256_chain: true,
     }
 }

@@ -23,10 +23,11 @@ use bytes::Bytes;
 use rand::RngCore;
 use uplink_proto::wire::code;
 
-use super::{SessionMeta, now_secs};
+use super::{Link, SessionMeta, now_secs};
 use crate::error::ApiError;
 use crate::s3::writer::ObjectWriter;
 use crate::s3::{Precondition, S3, S3Error};
+use uplink_proto::chain::FileState;
 
 /// Object metadata naming the upload that made an object.
 pub(super) const META_UPLOAD: &str = "uplink-upload";
@@ -84,15 +85,22 @@ impl Remote {
         self.key(&format!("sessions/{id}/chunks/"))
     }
 
+    /// `<offset:020>.<len>.<digest>`, and for a link `.<from>.<to>` (the file-hash states,
+    /// as `X-Chunk-SHA256-From` writes them): a listing tells all a resume or `complete`
+    /// needs, with no request per chunk.
     pub(super) fn chunk_key(
         &self,
         id: &str,
         offset: u64,
         length: u64,
         sha256: &[u8; 32],
+        link: Option<&Link>,
     ) -> String {
+        let states = link.map_or(String::new(), |l| {
+            format!(".{}.{}", l.from.encode(), l.to.encode())
+        });
         format!(
-            "{}{offset:020}.{length}.{}",
+            "{}{offset:020}.{length}.{}{states}",
             self.chunks_prefix(id),
             hex::encode(sha256)
         )
@@ -161,7 +169,7 @@ impl Remote {
             .map_err(|e| s3_error("listing the upload's chunks", &e))?;
         let mut out: Records = BTreeMap::new();
         for item in listed {
-            let Some((offset, length, sha)) =
+            let Some((offset, length, sha, link)) =
                 item.key.strip_prefix(&prefix).and_then(parse_chunk_name)
             else {
                 tracing::warn!(key = %item.key, "ignoring an unknown key among the chunks");
@@ -169,7 +177,7 @@ impl Remote {
             };
             out.entry(offset)
                 .or_default()
-                .push((length, sha, item.last_modified));
+                .push((length, sha, item.last_modified, link));
         }
         for at in out.values_mut() {
             at.sort_by(|a, b| b.2.cmp(&a.2));
@@ -177,9 +185,13 @@ impl Remote {
         Ok(out)
     }
 
-    /// The chunks stored for session `id`, the newest record at each offset.
-    pub(super) fn chunks(&self, id: &str) -> Result<Chunks, ApiError> {
-        Ok(newest(&self.records(id)?))
+    /// The chunks stored for session `id`, the newest record at each offset, and the
+    /// links among them.
+    pub(super) fn chunks(&self, id: &str) -> Result<(Chunks, Links), ApiError> {
+        let records = self.records(id)?;
+        let chunks = newest(&records);
+        let links = links_of(&records, &chunks);
+        Ok((chunks, links))
     }
 
     /// Stores a verified chunk; it is durable when this returns.
@@ -189,11 +201,15 @@ impl Remote {
         offset: u64,
         length: u64,
         sha256: &[u8; 32],
+        link: Option<&Link>,
         parts: &[Bytes],
     ) -> Result<(), ApiError> {
-        let key = self.chunk_key(id, offset, length, sha256);
+        let key = self.chunk_key(id, offset, length, sha256, link);
+        // A link's digest is not its bytes' SHA-256: the body goes unsigned, its CRC32C
+        // checked by the store.
+        let payload_sha = link.is_none().then_some(*sha256);
         self.s3
-            .put(&key, parts.to_vec(), Some(*sha256), false, &[])
+            .put(&key, parts.to_vec(), payload_sha, false, &[])
             .map_err(|e| s3_error("storing the chunk", &e))
     }
 
@@ -204,9 +220,10 @@ impl Remote {
         offset: u64,
         length: u64,
         sha256: &[u8; 32],
+        link: Option<&Link>,
     ) -> Result<(), ApiError> {
         self.s3
-            .delete(&self.chunk_key(id, offset, length, sha256))
+            .delete(&self.chunk_key(id, offset, length, sha256, link))
             .map_err(|e| s3_error("replacing the chunk", &e))
     }
 
@@ -546,14 +563,28 @@ impl Drop for Lease<'_> {
 
 /// offset -> (length, SHA-256).
 pub(super) type Chunks = BTreeMap<u64, (u64, [u8; 32])>;
-/// offset -> every (length, SHA-256, last modified) stored there, newest first.
-pub(super) type Records = BTreeMap<u64, Vec<(u64, [u8; 32], String)>>;
+/// offset -> the link of the chunk chosen there, if it came as one.
+pub(super) type Links = BTreeMap<u64, Link>;
+/// offset -> every (length, digest, last modified, link) stored there, newest first.
+pub(super) type Records = BTreeMap<u64, Vec<(u64, [u8; 32], String, Option<Link>)>>;
 
 /// The newest record at each offset.
 pub(super) fn newest(records: &Records) -> Chunks {
     records
         .iter()
-        .filter_map(|(o, at)| at.first().map(|(l, s, _)| (*o, (*l, *s))))
+        .filter_map(|(o, at)| at.first().map(|(l, s, _, _)| (*o, (*l, *s))))
+        .collect()
+}
+
+/// The links of the records `chunks` chose.
+pub(super) fn links_of(records: &Records, chunks: &Chunks) -> Links {
+    chunks
+        .iter()
+        .filter_map(|(o, (l, s))| {
+            let at = records.get(o)?;
+            let link = at.iter().find(|r| r.0 == *l && r.1 == *s)?.3?;
+            Some((*o, link))
+        })
         .collect()
 }
 
@@ -567,7 +598,7 @@ pub(super) fn tiling(records: &Records, size: u64) -> Option<Chunks> {
         if offset != 0 && !reached.contains_key(&offset) {
             continue;
         }
-        for (length, sha, modified) in at {
+        for (length, sha, modified, _) in at {
             let Some(end) = offset.checked_add(*length).filter(|e| *e <= size) else {
                 continue;
             };
@@ -587,16 +618,21 @@ pub(super) fn tiling(records: &Records, size: u64) -> Option<Chunks> {
     Some(out)
 }
 
-/// `<offset:020>.<len>.<sha256 hex>` -> its parts.
-fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32])> {
+/// A chunk object's name ([`Remote::chunk_key`]) -> its parts.
+fn parse_chunk_name(name: &str) -> Option<(u64, u64, [u8; 32], Option<Link>)> {
     let mut it = name.split('.');
-    let offset = it.next()?.parse().ok()?;
-    let length = it.next()?.parse().ok()?;
+    let offset: u64 = it.next()?.parse().ok()?;
+    let length: u64 = it.next()?.parse().ok()?;
     let sha = uplink_proto::parse_hex32(it.next()?)?;
-    match it.next() {
-        None => Some((offset, length, sha)),
-        Some(_) => None,
-    }
+    let link = match (it.next(), it.next(), it.next()) {
+        (None, _, _) => None,
+        (Some(from), Some(to), None) => Some(Link {
+            from: FileState::parse(from, offset)?,
+            to: FileState::parse(to, offset.checked_add(length)?)?,
+        }),
+        _ => return None,
+    };
+    Some((offset, length, sha, link))
 }
 
 #[cfg(test)]
@@ -614,8 +650,8 @@ mod tests {
         assert_eq!(parse_lease(b"\xff garbage"), (None, None));
     }
 
-    fn rec(len: u64, sha: u8, modified: &str) -> (u64, [u8; 32], String) {
-        (len, [sha; 32], modified.to_string())
+    fn rec(len: u64, sha: u8, modified: &str) -> (u64, [u8; 32], String, Option<Link>) {
+        (len, [sha; 32], modified.to_string(), None)
     }
 
     #[test]
@@ -654,9 +690,23 @@ mod tests {
     fn chunk_names_round_trip() {
         let sha = [7u8; 32];
         let name = format!("{:020}.{}.{}", 4096u64, 1024u64, hex::encode(sha));
-        assert_eq!(parse_chunk_name(&name), Some((4096, 1024, sha)));
+        assert_eq!(parse_chunk_name(&name), Some((4096, 1024, sha, None)));
         assert_eq!(parse_chunk_name("12.3"), None);
         assert_eq!(parse_chunk_name(&format!("{name}.x")), None);
         assert_eq!(parse_chunk_name("x.1.00"), None);
+        // A link names the states at both ends; states of other offsets are refused.
+        let (mut from, mut to) = (FileState::start(), FileState::start());
+        from.update(&[1; 4096]);
+        to.update(&[1; 5096]);
+        let link = Link { from, to };
+        let name = format!("{:020}.{}.{}", 4096u64, 1000u64, hex::encode(sha));
+        let linked = format!("{name}.{}.{}", from.encode(), to.encode());
+        assert_eq!(
+            parse_chunk_name(&linked),
+            Some((4096, 1000, sha, Some(link)))
+        );
+        let swapped = format!("{name}.{}.{}", to.encode(), from.encode());
+        assert_eq!(parse_chunk_name(&swapped), None);
+        assert_eq!(parse_chunk_name(&format!("{linked}.x")), None);
     }
 }

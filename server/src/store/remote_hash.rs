@@ -8,14 +8,18 @@
 //! there, and `complete` reads the rest back from the store. The
 //! chunks hashed are recorded with their CRC32C, so `complete` can check they are the very
 //! chunks it assembles (another node may have taken a newer chunk for some range) and can
-//! give the store the checksums of the parts it copies without reading them.
+//! give the store the checksums of the parts it copies without reading them. A chunk that
+//! came as a link of the file's hash from the very state the hash holds is not hashed
+//! again: the hash jumps to the link's end.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use uplink_proto::chain::FileState;
 use uplink_proto::integrity::ChunkDigest;
+
+use super::Link;
 
 /// Bytes of chunks ahead of their session's frontier kept in memory, all sessions together.
 static BUDGET: AtomicU64 = AtomicU64::new(64 << 20);
@@ -26,20 +30,25 @@ pub fn set_budget(bytes: u64) {
     BUDGET.store(bytes, Ordering::Relaxed);
 }
 
-/// One chunk the hash went over: where, its length and digests.
+/// One chunk the hash went over: where, its length and digests, and its link if it came
+/// as one.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hashed {
     pub offset: u64,
     pub length: u64,
     pub digest: ChunkDigest,
+    pub link: Option<Link>,
 }
 
 /// The hash of a file's first bytes, as the chunks came.
 #[derive(Default)]
 pub struct FileHash {
-    sha: Sha256,
+    sha: FileState,
     /// Bytes [0, frontier) are hashed.
     frontier: u64,
+    /// Of those, bytes jumped over on links, and bytes hashed (a second pass).
+    linked: u64,
+    hashed: u64,
     /// The chunks hashed, in file order.
     covered: Vec<Hashed>,
     /// offset -> a chunk stored past the frontier, with its bytes.
@@ -48,8 +57,11 @@ pub struct FileHash {
 
 /// Where `complete` starts: the hash over the first `covered.len()` chunks it assembles.
 pub struct Resumed {
-    pub sha: Sha256,
+    pub sha: FileState,
     pub frontier: u64,
+    /// Of the bytes before `frontier`, those jumped over on links and those hashed.
+    pub linked: u64,
+    pub hashed: u64,
     pub covered: Vec<Hashed>,
 }
 
@@ -63,8 +75,9 @@ impl FileHash {
                 return;
             }
             // Bytes already hashed were replaced: start over (what is ahead stays good).
-            self.sha = Sha256::new();
+            self.sha = FileState::start();
             self.frontier = 0;
+            (self.linked, self.hashed) = (0, 0);
             self.covered.clear();
         }
         if offset != self.frontier {
@@ -78,7 +91,16 @@ impl FileHash {
     }
 
     fn hash(&mut self, chunk: Hashed, parts: &[Bytes]) {
-        parts.iter().for_each(|p| self.sha.update(p));
+        match chunk.link {
+            Some(link) if link.from == self.sha => {
+                self.sha = link.to;
+                self.linked += chunk.length;
+            }
+            _ => {
+                parts.iter().for_each(|p| self.sha.update(p));
+                self.hashed += chunk.length;
+            }
+        }
         self.frontier += chunk.length;
         self.covered.push(chunk);
     }
@@ -111,13 +133,17 @@ impl FileHash {
             .count();
         match matches == self.covered.len() {
             true => Resumed {
-                sha: self.sha.clone(),
+                sha: self.sha,
                 frontier: self.frontier,
+                linked: self.linked,
+                hashed: self.hashed,
                 covered: self.covered.clone(),
             },
             false => Resumed {
-                sha: Sha256::new(),
+                sha: FileState::start(),
                 frontier: 0,
+                linked: 0,
+                hashed: 0,
                 covered: Vec::new(),
             },
         }
@@ -150,6 +176,7 @@ mod tests {
             offset: offset as u64,
             length: data.len() as u64,
             digest,
+            link: None,
         };
         // Two pieces, as a body arrives.
         let mid = data.len() / 2;
@@ -196,9 +223,38 @@ mod tests {
             let r = h.resume(recs.iter().map(|(o, l, s)| (*o, *l, s)));
             assert_eq!(r.frontier, 10_000);
             assert_eq!(r.covered.len(), 5);
-            let got: [u8; 32] = r.sha.finalize().into();
+            let got: [u8; 32] = r.sha.finish();
             assert_eq!(got, uplink_proto::integrity::sha256(&data), "{order:?}");
         }
+    }
+
+    /// The first chunk's bytes given are not its own: the hash is right only if it jumped
+    /// over them on the link. The second's link starts from a state the hash does not
+    /// hold: its bytes are hashed.
+    #[test]
+    fn a_link_from_the_hash_state_is_jumped_and_one_from_elsewhere_hashed() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 3 % 251) as u8).collect();
+        let mut h = FileHash::default();
+        let mut to = FileState::start();
+        to.update(&data[..2000]);
+        let (mut first, _) = chunk(0, &data[..2000]);
+        first.link = Some(Link {
+            from: FileState::start(),
+            to,
+        });
+        h.offer(first, &[Bytes::from(vec![0u8; 2000])]);
+        let (mut second, parts) = chunk(2000, &data[2000..]);
+        let mut elsewhere = FileState::start();
+        elsewhere.update(&[9u8; 2000]);
+        second.link = Some(Link {
+            from: elsewhere,
+            to: elsewhere,
+        });
+        h.offer(second, &parts);
+        let recs = records(&data, &[2000, 5000]);
+        let r = h.resume(recs.iter().map(|(o, l, s)| (*o, *l, s)));
+        assert_eq!(r.sha.finish(), uplink_proto::integrity::sha256(&data));
+        assert_eq!((r.linked, r.hashed), (2000, 3000));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
-use super::remote::{META_UPLOAD, Remote, newest, s3_error, tiling};
+use super::remote::{META_UPLOAD, Remote, links_of, newest, s3_error, tiling};
 
 /// Chunks read ahead while `complete` writes the object (each up to 32 MiB).
 const PREFETCH: usize = 2;
@@ -46,7 +46,7 @@ impl Store {
         match &meta.completed {
             Some(done) => state.received = done.size,
             None => {
-                state.chunks = remote.chunks(id)?;
+                (state.chunks, state.links) = remote.chunks(id)?;
                 state.received = state.chunks.values().map(|(l, _)| *l).sum();
             }
         }
@@ -102,12 +102,16 @@ impl Store {
             return Err(ApiError::unknown_upload(id));
         };
         if meta.completed.is_none() {
-            let listed = remote.chunks(id)?;
+            let (listed, links) = remote.chunks(id)?;
             let mut st = lock(&s.state);
             for (offset, chunk) in listed {
                 if st.chunks.insert(offset, chunk).is_none() {
                     st.received += chunk.0;
                 }
+                match links.get(&offset) {
+                    Some(link) => st.links.insert(offset, *link),
+                    None => st.links.remove(&offset),
+                };
             }
         }
         *lock(&s.meta) = meta;
@@ -144,10 +148,12 @@ impl Session {
         // see each other's), the newest way through the file is taken.
         let records = remote.records(&self.id)?;
         let listed = tiling(&records, size).unwrap_or_else(|| newest(&records));
+        let links = links_of(&records, &listed);
         {
             let mut st = lock(&self.state);
             st.received = listed.values().map(|(l, _)| *l).sum();
             st.chunks = listed.clone();
+            st.links = links.clone();
         }
         super::complete::check_tiling(&listed, size, &claimed)?;
         let lease = remote.take_lease(&self.id)?;
@@ -162,6 +168,7 @@ impl Session {
         // and parts copied in the store are not read at all.
         let resumed = lock(&self.file_hash).resume(listed.iter().map(|(o, (l, s))| (*o, *l, s)));
         let (covered, hashed_before) = (resumed.covered, resumed.frontier);
+        let (linked, hashed_again) = (resumed.linked, resumed.hashed + (size - hashed_before));
         w.resume_hash(resumed.sha, hashed_before);
         let plan = writer::plan(listed.values().map(|(l, _)| *l), w.part_size());
         let read_back = AtomicU64::new(0);
@@ -170,7 +177,7 @@ impl Session {
             let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
             scope.spawn(|| {
                 for (i, ((&offset, &(length, sha)), p)) in listed.iter().zip(&plan).enumerate() {
-                    let key = remote.chunk_key(&self.id, offset, length, &sha);
+                    let key = remote.chunk_key(&self.id, offset, length, &sha, links.get(&offset));
                     let known = covered.get(i).map(|h| h.digest.crc32c);
                     let need = match known {
                         Some(_) => p.sent,
@@ -229,6 +236,13 @@ impl Session {
                 format!("the chunks held {} bytes, not {size}", written.size),
             ));
         }
+        tracing::info!(
+            upload_id = %self.id,
+            size,
+            linked,
+            hashed_again,
+            "whole-file SHA-256: bytes taken on chunk links, bytes hashed a second time"
+        );
         let done = UploadCompleted {
             sha256: hex::encode(written.sha256),
             size,
@@ -252,11 +266,12 @@ impl Session {
         let cleanup = move || {
             let every = records
                 .iter()
-                .flat_map(|(o, at)| at.iter().map(move |(l, s, _)| (*o, *l, *s)));
-            for (offset, length, sha) in every {
-                if let Err(e) = remote
-                    .s3
-                    .delete(&remote.chunk_key(&id, offset, length, &sha))
+                .flat_map(|(o, at)| at.iter().map(move |(l, s, _, k)| (*o, *l, *s, *k)));
+            for (offset, length, sha, link) in every {
+                if let Err(e) =
+                    remote
+                        .s3
+                        .delete(&remote.chunk_key(&id, offset, length, &sha, link.as_ref()))
                 {
                     tracing::warn!(upload_id = %id, error = %e, "cannot delete a chunk object");
                     break;

@@ -91,6 +91,41 @@ fn a_node_killed_mid_upload_and_the_daemon_finishes_through_another() {
     drop(b);
 }
 
+/// Chunks come as links of the file's hash; their objects' names carry both states, and
+/// the node that takes them in order hashes each byte once.
+#[test]
+fn a_daemon_upload_through_one_node_hashes_every_byte_once() {
+    let dir = workdir();
+    let s3 = S3Server::start(dir.path(), BUCKET);
+    let mut a = node(&dir.path().join("node"), "127.0.0.1:0", &s3, None, &[]);
+    let size = 64 * MIB + 12_345;
+    let file = dir.path().join("linked.bin");
+    random_file(&file, size);
+    let device = dir.path().join("device");
+    std::fs::create_dir_all(&device).unwrap();
+    let daemon = Daemon::start(&device, &a);
+    let job = enqueue(&daemon.socket, &file);
+    let before = wait_acked(&daemon.socket, &job, 8 * MIB);
+    let upload_id = before["upload_id"].as_str().expect("upload id").to_string();
+    let names = s3.keys(&format!("uplink/sessions/{upload_id}/chunks/"));
+    // <offset>.<len>.<digest>.<from>.<to>, the first from the start of SHA-256.
+    let first = names.first().expect("a chunk object");
+    let parts: Vec<&str> = first.rsplit('/').next().unwrap_or("").split('.').collect();
+    assert_eq!(parts.len(), 5, "{first}");
+    assert!(parts[3].starts_with("6a09e667bb67ae85"), "{first}");
+    let done = wait_done(&daemon.socket, &job);
+    assert_eq!(done["state"], "completed", "{done}");
+    let want = sha256_file(&file);
+    assert_eq!(done["server_sha256"], want, "{done}");
+    assert_eq!(
+        s3.object_sha("uplink/objects/linked.bin"),
+        Some((want, size))
+    );
+    assert_eq!(a.file_hash_tally(), Some((size, 0)));
+    drop(daemon);
+    a.proc.kill9();
+}
+
 fn create(name: &str, size: u64) -> CreateUpload {
     CreateUpload {
         deferred_length: false,
