@@ -362,7 +362,7 @@ mod tests {
         ];
         let stored = |o| {
             let (_, l, link) = links.iter().find(|(at, _, _)| *at == o)?;
-            Some((*l as u64, link.clone()))
+            Some((*l as u64, *link))
         };
         p.advance_hash(stored, None);
         assert_eq!(lock(&p.hash).frontier, 24_001);
