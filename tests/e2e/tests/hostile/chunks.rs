@@ -168,6 +168,31 @@ pub async fn chunk_puts(f: &Fixture, t: &mut Tally) {
             Answer(422, "crc32c_mismatch"),
         ),
         (
+            "chunk: X-Chunk-SHA256-From not hex",
+            h(wire::HDR_CHUNK_SHA256_FROM, Some(&[b'z'; 64])),
+            c1_path.clone(),
+            body.clone(),
+            Answer(400, "bad_header"),
+        ),
+        (
+            "chunk: X-Chunk-SHA256-From of another offset's length",
+            h(wire::HDR_CHUNK_SHA256_FROM, Some(&[b'0'; 66])),
+            c1_path.clone(),
+            body.clone(),
+            Answer(400, "bad_header"),
+        ),
+        (
+            // Signed as a plain chunk, sent as a link: the link's digest is another.
+            "chunk: a plain digest claimed as a link",
+            h(
+                wire::HDR_CHUNK_SHA256_FROM,
+                Some(uplink_proto::chain::FileState::start().encode().as_bytes()),
+            ),
+            c1_path.clone(),
+            body.clone(),
+            Answer(422, "sha256_mismatch"),
+        ),
+        (
             "chunk: body shorter than declared",
             h("", None),
             c1_path.clone(),
