@@ -578,6 +578,7 @@ impl Session {
     }
 }
 
+mod chunk_records;
 mod chunks;
 mod complete;
 mod create;

@@ -8,6 +8,7 @@ use uplink_engine::Failure;
 use uplink_proto::chain::FileState;
 use uplink_proto::wire::{self, CreateUpload, UploadCompleted, UploadCreated, UploadState};
 
+use super::chain::ChainTracker;
 use super::compress::{self, Lz4Pool};
 use super::ledger::Ledger;
 use super::reader::{ReadError, SourceFile};
@@ -42,6 +43,8 @@ pub(super) struct WholeDone {
 /// that the checkpoint does not know (acked after it) are re-read and re-hashed here —
 /// not re-sent — and count only if the hashes agree. With `verify_all` (the global
 /// watchdog fired) the checkpoint is not trusted: every chunk the server holds is re-hashed.
+/// `chain`: the job's file-hash states from earlier in this run, if any.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn resume(
     client: &ServerClient,
     db: &JobDb,
@@ -50,6 +53,7 @@ pub(super) async fn resume(
     upload_id: &str,
     size: u64,
     verify_all: bool,
+    chain: Option<Arc<ChainTracker>>,
 ) -> Result<Resumed, Failure> {
     let state: UploadState = client.state(upload_id).await.map_err(|e| failure(&e))?;
     if let Some(done) = state.completed {
@@ -60,7 +64,18 @@ pub(super) async fn resume(
         .map_err(|e| Failure::transient("state_store", e.to_string()))?
         .filter(|c| c.upload_id == upload_id && !verify_all);
     let from = resume::chunks_needed_from(checkpoint.as_ref(), &state.ranges);
-    let tail = server_chunks(client, upload_id, from, state.chunk_count).await?;
+    // Linked chunks go on from the state where the acknowledged prefix ends: the record
+    // that ends there says where its link started, and re-hashing it gives that state. It
+    // starts at most a chunk before `from`, so it comes in the same request.
+    let fetch_from = match state.sha256_chain {
+        true => from.saturating_sub(wire::MAX_CHUNK_SIZE),
+        false => from,
+    };
+    let mut tail = server_chunks(client, upload_id, fetch_from, state.chunk_count).await?;
+    let before_from = {
+        let rest = tail.split_off(tail.partition_point(|c| c.offset < from));
+        std::mem::replace(&mut tail, rest)
+    };
     let mut plan = resume::reconcile(size, checkpoint.as_ref(), &state.ranges, from, &tail);
     if plan.checkpoint_discarded && from > 0 {
         let all = server_chunks(client, upload_id, 0, state.chunk_count).await?;
@@ -76,19 +91,12 @@ pub(super) async fn resume(
     // verified now, for the re-scan before a live job completes.
     let mut crcs = checkpoint.map(|c| c.crcs).unwrap_or_default();
     crcs.retain(|offset, _| ledger.contains(*offset));
-    // Linked chunks go on from the state where the acknowledged prefix ends: the record
-    // that ends there says where its link started, and re-hashing it gives that state.
     let prefix_end = ledger.prefix_end();
-    let before_prefix = match state.sha256_chain && prefix_end > 0 && prefix_end < size {
-        true => {
-            let at = prefix_end.saturating_sub(wire::MAX_CHUNK_SIZE);
-            server_chunks(client, upload_id, at, state.chunk_count)
-                .await?
-                .into_iter()
-                .find(|c| c.offset + c.length == prefix_end && c.from.is_some())
-        }
-        false => None,
-    };
+    let known = chain.is_some_and(|t| t.knows(prefix_end));
+    let before_prefix = before_from
+        .into_iter()
+        .filter(|_| !known)
+        .find(|c| c.offset + c.length == prefix_end && c.from.is_some());
     let chaining = state.sha256_chain;
     let (ledger, crcs, states) = tokio::task::spawn_blocking(move || {
         let mut states = vec![FileState::start()];

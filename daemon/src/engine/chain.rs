@@ -54,14 +54,22 @@ impl ChainTracker {
 
     /// Knowing these states (a resumed session's, re-hashed from the server's records).
     pub fn knowing(states: impl IntoIterator<Item = FileState>) -> Arc<ChainTracker> {
-        let tracker = ChainTracker::default();
-        {
-            let mut inner = lock(&tracker.inner);
-            for s in states {
-                inner.learn(s);
-            }
+        let tracker = Arc::new(ChainTracker::default());
+        tracker.learn(states);
+        tracker
+    }
+
+    /// Whether the state at `offset` is known.
+    pub fn knows(&self, offset: u64) -> bool {
+        lock(&self.inner).known.contains_key(&offset)
+    }
+
+    /// Learns these states too (a session resumed within the same run).
+    pub fn learn(&self, states: impl IntoIterator<Item = FileState>) {
+        let mut inner = lock(&self.inner);
+        for s in states {
+            inner.learn(s);
         }
-        Arc::new(tracker)
     }
 
     /// A read of `[offset, offset + len)` is asked for: the state at its end will come.

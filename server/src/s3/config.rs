@@ -24,6 +24,10 @@ pub struct Config {
     pub ca_bundle: Option<PathBuf>,
 }
 
+/// The longest key prefix taken. A chunk object's name adds up to about 520 bytes to it
+/// (session id, offset, length, digest, and a link's two states), and S3 keys end at 1024.
+pub const MAX_PREFIX: usize = 400;
+
 /// Splits `s3://bucket/prefix` into bucket and prefix.
 pub fn parse_url(url: &str) -> Result<(String, String), String> {
     let rest = url
@@ -39,7 +43,15 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
             "--store {url:?}: {bucket:?} is not a bucket name (3-63 of a-z 0-9 . -)"
         ));
     }
-    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    let prefix = prefix.trim_matches('/');
+    if prefix.len() > MAX_PREFIX {
+        return Err(format!(
+            "--store: the prefix is {} bytes; at most {MAX_PREFIX} leave room for the chunk \
+             objects' names within S3's 1024-byte keys",
+            prefix.len()
+        ));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
 }
 
 impl Config {
@@ -289,6 +301,10 @@ mod tests {
         assert!(parse_url("http://bucket1").is_err());
         assert!(parse_url("s3://B").is_err());
         assert!(parse_url("s3://").is_err());
+        let long = "p".repeat(MAX_PREFIX);
+        assert!(parse_url(&format!("s3://bucket1/{long}")).is_ok());
+        let err = parse_url(&format!("s3://bucket1/{long}x")).unwrap_err();
+        assert!(err.contains("1024-byte keys"), "{err}");
     }
 
     #[test]

@@ -102,8 +102,8 @@ fn a_link_whose_digest_does_not_match_its_state_and_bytes_stores_nothing() {
     let s = session(&st, file.len() as u64);
     let from = FileState::start();
     let d = link_digest(&from, &file);
-    // The same bytes from another state, or other bytes from this one.
-    // A state at byte 0 (as the header is read for this offset) other than the start.
+    // The same bytes from another state (one at byte 0, as the header is read for this
+    // offset, but not the start), or other bytes from this one.
     let other = FileState::parse(&state_at(&file, 64).encode(), 0).unwrap();
     let mut flipped = file.clone();
     flipped[4000] ^= 1;

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use uplink_proto::wire::{self, UploadCompleted, code};
 
-use super::remote::{META_UPLOAD, Remote, links_of, newest, s3_error, tiling};
+use super::chunk_records::{links_of, newest, tiling};
+use super::remote::{META_UPLOAD, Remote, s3_error};
 
 /// Chunks read ahead while `complete` writes the object (each up to 32 MiB).
 const PREFETCH: usize = 2;

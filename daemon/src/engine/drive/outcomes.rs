@@ -175,7 +175,14 @@ impl Driver {
                                 return;
                             }
                         }
-                        a.chain = chain.map(ChainTracker::knowing);
+                        // Resumed within the run: what the tracker knows stays good.
+                        a.chain = match (a.chain.take(), chain) {
+                            (Some(known), Some(states)) => {
+                                known.learn(states);
+                                Some(known)
+                            }
+                            (_, states) => states.map(ChainTracker::knowing),
+                        };
                         let acked = ledger
                             .covered()
                             .into_iter()

@@ -64,13 +64,17 @@ impl Driver {
             return;
         };
         let (client, db) = (Arc::clone(&self.shared.client), Arc::clone(&self.shared.db));
-        let (source, job_id, size) = (
+        let (source, job_id, size, chain) = (
             Arc::clone(&a.source),
             a.record.job_id.clone(),
             a.record.size,
+            a.chain.clone(),
         );
         self.spawn_request(req, async move {
-            let result = resume(&client, &db, source, &job_id, &upload_id, size, verify_all).await;
+            let result = resume(
+                &client, &db, source, &job_id, &upload_id, size, verify_all, chain,
+            )
+            .await;
             Done::Resumed { req, job, result }
         });
     }
