@@ -232,7 +232,15 @@ pub(super) async fn whole(
     let created = client.create(key, body).await.map_err(|e| failure(&e))?;
     let (digest, from) = match created.sha256_chain {
         true => (digest, Some(FileState::start())),
-        false => (uplink_proto::integrity::digest(&data), None),
+        // A server that takes no links: hash again, off the reactor like the first time.
+        false => {
+            let bytes = data.clone();
+            let plain =
+                tokio::task::spawn_blocking(move || uplink_proto::integrity::digest(&bytes))
+                    .await
+                    .map_err(|e| Failure::permanent("internal", e.to_string()))?;
+            (plain, None)
+        }
     };
     let keys = client
         .session_keys(&created.upload_id, &created.nonce)
